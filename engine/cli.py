@@ -1,0 +1,138 @@
+"""The command line: ``warmstart run`` and ``warmstart list`` (also ``python -m engine``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from strategies.registry import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML experiment config (keys as in the README)")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="sets",
+        help="override one config key, e.g. --set init.name=warm (repeatable; VALUE in YAML syntax)",
+    )
+    parser.add_argument(
+        "--plugin",
+        metavar="MODULE_OR_FILE.py",
+        action="append",
+        default=[],
+        dest="plugins",
+        help="import a module or file that registers strategies (repeatable)",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="warmstart",
+        description="Rounds of online and active learning: random init, warm start, shrink and perturb.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run one trial and append its rounds to a Parquet dataset")
+    _add_config_args(run)
+    run.add_argument("--out", metavar="DIR", default="results", help="results directory or URI (default: results)")
+    run.add_argument("--quiet", action="store_true", help="no per-round lines")
+
+    lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
+    lister.add_argument(
+        "--plugin",
+        metavar="MODULE_OR_FILE.py",
+        action="append",
+        default=[],
+        dest="plugins",
+        help="also list the strategies this module or file registers",
+    )
+    return top
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.config import build
+    from engine.loop import Silent, load_data, plan_rounds, resolve_device, run_rounds
+    from engine.progress import ConsoleReporter
+    from engine.store import TrialStore
+
+    # Everything that can be refused is checked before anything is written under --out.
+    cfg = build(args.config, args.sets, args.plugins)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg, device)
+    plan = plan_rounds(cfg, data.pool_y.shape[0])
+    trial_id = cfg.trial_id()
+    store = TrialStore(args.out, trial_id)
+    saved = store.saved_config()
+    if saved is not None and type(cfg)(saved).identity() != cfg.identity():
+        raise ConfigError(
+            f"{args.out} already holds trial {trial_id!r} with a different config; choose another --out or trial_id."
+        )
+    checkpoint = store.load_checkpoint()
+    store.save_config(cfg.to_yaml())
+
+    reporter = ConsoleReporter(sys.stdout)
+    print(
+        f"trial {trial_id}: {cfg.dataset.name} ({plan.n_pool} pool, {data.eval_y.shape[0]} {cfg.dataset.eval}), "
+        f"{cfg.model.name}, init {cfg.init.name}, acquisition {cfg.acquisition.name}, "
+        f"{plan.rounds} rounds of {plan.per_round} after {plan.initial}, on {device.type}"
+    )
+    if checkpoint is not None:
+        if checkpoint["round"] >= plan.rounds:
+            print(f"already complete: {plan.rounds} rounds in {args.out}")
+            return 0
+        print(f"resuming after round {checkpoint['round']} (found in {args.out})")
+    if not args.quiet:
+        reporter.header()
+    began = time.perf_counter()
+    rows = run_rounds(cfg, data, store, device, reporter=Silent() if args.quiet else reporter)
+    total = time.perf_counter() - began
+    if rows:
+        last = rows[-1]
+        print(f"done: {len(rows)} rounds in {total:.1f}s, final test_acc {last['test_acc']:.4f}; rows in {args.out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from engine.data import DATASET_DOCS
+    from engine.models import MODELS
+    from engine.plugins import load_plugins
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+    from strategies.init import INIT_STRATEGIES
+
+    load_plugins(args.plugins)
+    print("datasets:")
+    for name, doc in sorted(DATASET_DOCS.items()):
+        print(f"  {name:<22} {doc}")
+    for title, registry in (
+        ("models", MODELS),
+        ("init strategies", INIT_STRATEGIES),
+        ("acquisition strategies", ACQUISITION_STRATEGIES),
+    ):
+        print(f"{title}:")
+        for entry in registry.entries():
+            needs = entry.extra.get("needs")
+            suffix = f"  [needs: {', '.join(needs)}]" if needs else ""
+            print(f"  {entry.signature()}{suffix}")
+            if entry.doc:
+                print(f"      {entry.doc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+    except ConfigError as exc:
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "\nwarmstart: interrupted; completed rounds are saved, re-run the same command to resume", file=sys.stderr
+        )
+        return 130

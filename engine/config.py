@@ -1,0 +1,300 @@
+"""The experiment config: defaults, YAML and ``--set`` overrides, validation, identity.
+
+One nested mapping with fixed key names (the contract in DESIGN.md).  Overrides must
+name an existing key and match the default's type; ``model``, ``init`` and
+``acquisition`` are components: a ``name`` plus that builder's own parameters,
+checked against its registered signature.  Everything is checked once, before a run
+starts, and every problem is one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import math
+from typing import Any
+
+import yaml
+
+from strategies.registry import ConfigError, Interval, OneOf, Type, check_value
+
+DEFAULTS: dict[str, Any] = {
+    "suite": None,  # set by `warmstart suite`; a plain run has none
+    "trial_id": None,  # None: derived from the config (see trial_id())
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "plugins": [],  # modules or .py files that register strategies
+    "dataset": {"name": "digits", "root": "~/.cache/warmstart", "eval": "holdout", "holdout": 0.3333, "download": True},
+    "model": {"name": "mlp"},
+    "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0, "momentum": 0.9},
+    "batch_size": 128,
+    "init": {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1, "bn_stats": "fresh"},
+    "acquisition": {"name": "random"},
+    "rounds": {"initial": 100, "per_round": 100, "max_rounds": None},
+    "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000},
+    "eval": {"precise_bn": True, "batch_size": 1024},
+    "scaling": {"workers": None, "gpus_per_worker": 0, "max_failures": 3, "sync_batchnorm": False},
+}
+
+COMPONENTS = ("model", "init", "acquisition")
+
+
+class Count:
+    """A sample count: an int >= 1, or a float in (0, 1) meaning that fraction of the pool."""
+
+    def check(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
+
+    def describe(self) -> str:
+        return "an int >= 1 (a count) or a float in (0, 1) (a fraction of the pool)"
+
+
+class Optional_:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def check(self, value: Any) -> bool:
+        return value is None or self.inner.check(value)
+
+    def describe(self) -> str:
+        return f"null or {self.inner.describe()}"
+
+
+class Device:
+    def check(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        return value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
+    def describe(self) -> str:
+        return "one of 'auto', 'cpu', 'cuda', 'cuda:N'"
+
+
+class StrList:
+    def check(self, value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    def describe(self) -> str:
+        return "a list of strings"
+
+
+ALLOWED: dict[str, Any] = {
+    "suite": Optional_(Type(str)),
+    "trial_id": Optional_(Type(str)),
+    "seed": Interval(0, integer=True),
+    "device": Device(),
+    "plugins": StrList(),
+    "dataset.root": Type(str),
+    "dataset.eval": OneOf("holdout", "test"),
+    "dataset.holdout": Interval(0, 1, low_open=True, high_open=True),
+    "dataset.download": Type(bool),
+    "optimizer.name": OneOf("adam", "sgd"),
+    "optimizer.lr": Interval(0, low_open=True),
+    "optimizer.weight_decay": Interval(0),
+    "optimizer.momentum": Interval(0, 1),
+    "batch_size": Interval(1, integer=True),
+    "rounds.initial": Count(),
+    "rounds.per_round": Count(),
+    "rounds.max_rounds": Optional_(Interval(1, integer=True)),
+    "convergence.train_acc": Interval(0, 1, low_open=True),
+    "convergence.patience": Optional_(Interval(1, integer=True)),
+    "convergence.min_delta": Interval(0),
+    "convergence.max_epochs": Interval(1, integer=True),
+    "eval.precise_bn": Type(bool),
+    "eval.batch_size": Interval(1, integer=True),
+    "scaling.workers": Optional_(Interval(1, integer=True)),
+    "scaling.gpus_per_worker": Interval(0),
+    "scaling.max_failures": Interval(0, integer=True),
+    "scaling.sync_batchnorm": Type(bool),
+}
+
+# Keys that do not change what a trial computes, left out of its identity.
+NOT_IDENTITY = ("suite", "trial_id", "plugins", "device", "dataset.root", "dataset.download", "scaling.max_failures")
+
+
+class Section:
+    """Read-only attribute access to one level of the config."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        object.__setattr__(self, "_data", data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self._data[key]
+        except KeyError:
+            raise AttributeError(key) from None
+        return Section(value) if isinstance(value, dict) else value
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("the config is frozen; build a new one with merge()")
+
+    def params(self) -> dict[str, Any]:
+        """A component's parameters: everything but its name."""
+        return {k: v for k, v in self._data.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+
+class Config(Section):
+    """The whole, validated experiment config."""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def identity(self) -> dict[str, Any]:
+        """The keys that decide what the trial computes (NOT_IDENTITY left out)."""
+        identity = self.to_dict()
+        for dotted in NOT_IDENTITY:
+            *parents, leaf = dotted.split(".")
+            node = identity
+            for p in parents:
+                node = node[p]
+            node.pop(leaf, None)
+        return identity
+
+    def trial_id(self) -> str:
+        """A stable, readable id: the same config gives the same id on every machine."""
+        if self._data["trial_id"]:
+            return self._data["trial_id"]
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.dataset.name}-{self.model.name}-{self.init.name}-{self.acquisition.name}-s{self.seed}-{digest}"
+
+
+# --- building a config --------------------------------------------------------------
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"Malformed YAML in {source}{where}: {problem}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"The config in {source} must be a mapping of keys to values, got {type(data).__name__}.")
+    return data
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
+    return parse_yaml(text, path)
+
+
+def parse_set(assignment: str) -> dict[str, Any]:
+    """``a.b.c=value`` (value in YAML syntax) -> ``{'a': {'b': {'c': value}}}``."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set takes dotted.key=value, got {assignment!r}.")
+    value = parse_yaml(f"v: {raw}", f"--set {assignment}")["v"] if raw.strip() else None
+    node: dict[str, Any] = {}
+    root = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return root
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"known keys here: {', '.join(known)}.{hint}"
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``override`` on top of ``base``; unknown keys are refused (components take any params)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str):
+            raise ConfigError(f"Config keys must be strings, got {key!r}.")
+        if prefix == "" and key in COMPONENTS:
+            if isinstance(value, str):  # `init: warm` is shorthand for `init: {name: warm}`
+                value = {"name": value}
+            if not isinstance(value, dict):
+                raise ConfigError(f"The '{key}' key must be a mapping with a 'name', got {value!r}.")
+            # A new name drops the old component's parameters; the same name refines them.
+            same = value.get("name", out[key]["name"]) == out[key]["name"]
+            out[key] = {**(out[key] if same else {}), **value}
+            continue
+        if key not in out:
+            raise ConfigError(f"Unknown config key {dotted!r}; {_suggest(key, list(out))}")
+        if isinstance(out[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"The '{dotted}' key is a section; set its keys ({', '.join(out[key])}), got {value!r}."
+                )
+            out[key] = merge(out[key], value, f"{dotted}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _check_fixed_keys(data: dict[str, Any]) -> None:
+    for dotted, constraint in ALLOWED.items():
+        node = data
+        for part in dotted.split("."):
+            node = node[part]
+        check_value(node, constraint, f"'{dotted}' parameter")
+
+
+def validate(data: dict[str, Any]) -> Config:
+    """Check every key and every component's parameters; fill in component defaults."""
+    # Imported here: the registries fill up as plugins load, which happens before validation.
+    from engine.data import DATASETS
+    from engine.models import MODELS
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+    from strategies.init import INIT_STRATEGIES
+
+    data = copy.deepcopy(data)
+    if data["dataset"]["name"] not in DATASETS:
+        raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
+    _check_fixed_keys(data)
+    for key, registry in (("model", MODELS), ("init", INIT_STRATEGIES), ("acquisition", ACQUISITION_STRATEGIES)):
+        section = data[key]
+        if "name" not in section:
+            raise ConfigError(f"The '{key}' section needs a 'name'; known: {', '.join(registry.names())}.")
+        entry = registry.get(section["name"])
+        params = {k: v for k, v in section.items() if k != "name"}
+        data[key] = {"name": section["name"], **entry.resolve(params, registry.what)}
+    return Config(data)
+
+
+def build(path: str | None = None, sets: list[str] = (), plugins: list[str] = ()) -> Config:
+    """DEFAULTS, then the YAML file, then each ``--set``; plugins load before validation."""
+    from engine.plugins import load_plugins
+
+    data = DEFAULTS
+    if path:
+        data = merge(data, load_file(path))
+    for assignment in sets:
+        data = merge(data, parse_set(assignment))
+    if plugins:
+        data = merge(data, {"plugins": list(data["plugins"]) + [p for p in plugins if p not in data["plugins"]]})
+    check_value(data["plugins"], ALLOWED["plugins"], "'plugins' parameter")
+    # Absolute paths, so that workers on other processes or nodes load the same files.
+    data = merge(data, {"plugins": load_plugins(data["plugins"])})
+    return validate(data)
+
+
+def resolve_count(value: int | float, pool: int, key: str) -> int:
+    """A count or fraction of the pool, as a number of samples."""
+    count = value if isinstance(value, int) else int(math.floor(value * pool + 0.5))
+    if count < 1 or count > pool:
+        raise ConfigError(
+            f"The '{key}' parameter must be between 1 and the pool size {pool}. Got {value!r} ({count} samples)."
+        )
+    return count

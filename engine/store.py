@@ -1,0 +1,143 @@
+"""The results store: one Parquet file per (trial, round), and each trial's checkpoint beside them.
+
+Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://bucket/x``):
+
+    <trial_id>-round0001.parquet      one row each; pandas.read_parquet(out) reads them all
+    _warmstart/<trial_id>/config.yaml the frozen config that made the rows
+    _warmstart/<trial_id>/checkpoint.pt  what the next round needs to continue
+
+pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
+metadata and half-written temporary files are never read as results.  A row is
+written to a temporary name and renamed into place (a single PUT on object stores),
+so an interrupted run never leaves a partial file; the file name is fixed by
+(trial, round), so re-running a round replaces its row instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+SCHEMA = pa.schema(
+    [
+        ("suite", pa.string()),
+        ("trial_id", pa.string()),
+        ("seed", pa.int64()),
+        ("dataset", pa.string()),
+        ("model", pa.string()),
+        ("optimizer", pa.string()),
+        ("lr", pa.float64()),
+        ("batch_size", pa.int64()),
+        ("weight_decay", pa.float64()),
+        ("init", pa.string()),
+        ("shrink", pa.float64()),  # effective λ: random 0, warm 1
+        ("perturb", pa.float64()),  # effective σ: random 1, warm 0
+        ("acquisition", pa.string()),
+        ("per_round", pa.int64()),
+        ("round", pa.int64()),  # from 1
+        ("n_labeled", pa.int64()),
+        ("epochs", pa.int64()),
+        ("steps", pa.int64()),
+        ("stop_reason", pa.string()),  # threshold | plateau | max_epochs
+        ("train_acc", pa.float64()),  # running accuracy over the last training epoch
+        ("train_loss", pa.float64()),
+        ("test_acc", pa.float64()),  # on the evaluation split (holdout or test)
+        ("test_loss", pa.float64()),
+        ("train_seconds", pa.float64()),
+        ("acquire_seconds", pa.float64()),
+        ("world_size", pa.int64()),
+        ("device", pa.string()),
+        ("acquired", pa.list_(pa.int64())),  # dataset indices added for this round
+        # beyond the contract
+        ("eval_split", pa.string()),  # holdout | test
+        ("precise_bn", pa.bool_()),  # BatchNorm statistics re-estimated before evaluation
+        ("bn_stats", pa.string()),  # shrink_perturb's fresh | keep; null otherwise
+        ("momentum", pa.float64()),
+        ("model_params", pa.string()),  # JSON
+        ("init_params", pa.string()),  # JSON
+        ("acquisition_params", pa.string()),  # JSON
+        ("eval_seconds", pa.float64()),
+        ("n_pool", pa.int64()),
+        ("n_eval", pa.int64()),
+    ]
+)
+
+META = "_warmstart"
+
+
+def filesystem(out: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and base path for a local path or a URI."""
+    if "://" in out:
+        return pafs.FileSystem.from_uri(out)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+
+
+class TrialStore:
+    """Rows and checkpoints of one trial under ``out``."""
+
+    def __init__(self, out: str, trial_id: str) -> None:
+        self.fs, self.base = filesystem(out)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.trial_id = trial_id
+        self.meta = f"{self.base}/{META}/{trial_id}"
+
+    def _put(self, path: str, payload: bytes) -> None:
+        """Write ``payload`` to ``path`` so that readers see all of it or nothing."""
+        self.fs.create_dir(os.path.dirname(path), recursive=True)
+        if not self.local:
+            with self.fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
+                f.write(payload)
+            return
+        tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _get(self, path: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    # --- config ---------------------------------------------------------------------
+
+    def saved_config(self) -> dict | None:
+        raw = self._get(f"{self.meta}/config.yaml")
+        return yaml.safe_load(raw) if raw is not None else None
+
+    def save_config(self, config_yaml: str) -> None:
+        self._put(f"{self.meta}/config.yaml", config_yaml.encode())
+
+    # --- rows -----------------------------------------------------------------------
+
+    def row_path(self, round_: int) -> str:
+        return f"{self.base}/{self.trial_id}-round{round_:04d}.parquet"
+
+    def write_row(self, row: dict) -> None:
+        table = pa.Table.from_pylist([row], schema=SCHEMA)
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        self._put(self.row_path(row["round"]), sink.getvalue())
+
+    # --- checkpoint -----------------------------------------------------------------
+
+    def save_checkpoint(self, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        self._put(f"{self.meta}/checkpoint.pt", buffer.getvalue())
+
+    def load_checkpoint(self) -> dict | None:
+        raw = self._get(f"{self.meta}/checkpoint.pt")
+        if raw is None:
+            return None
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)

@@ -1,0 +1,1 @@
+"""What users extend: acquisition strategies (``strategies.acquisition``) and init strategies (``strategies.init``)."""
