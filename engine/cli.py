@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+import torch
+
 from strategies.registry import ConfigError
 
 EXIT_USAGE = 2
@@ -42,6 +44,13 @@ def parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--out", metavar="DIR", default="results", help="results directory or URI (default: results)")
     run.add_argument("--quiet", action="store_true", help="no per-round lines")
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="run on Ray Train with N data-parallel workers (scaling.workers)"
+    )
+    run.add_argument("--gpus-per-worker", type=float, metavar="G", help="GPUs per worker (scaling.gpus_per_worker)")
+    run.add_argument(
+        "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
+    )
 
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     lister.add_argument(
@@ -62,8 +71,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from engine.store import TrialStore
 
     # Everything that can be refused is checked before anything is written under --out.
-    cfg = build(args.config, args.sets, args.plugins)
-    device = resolve_device(cfg.device)
+    sets = list(args.sets)
+    if args.workers is not None:
+        sets.append(f"scaling.workers={args.workers}")
+    if args.gpus_per_worker is not None:
+        sets.append(f"scaling.gpus_per_worker={args.gpus_per_worker}")
+    if args.address and not any(s.startswith("scaling.workers=") for s in sets):
+        sets.append("scaling.workers=1")  # joining a cluster means running there
+    cfg = build(args.config, sets, args.plugins)
+    on_ray = cfg.scaling.workers is not None
+    # The driver of a Ray run loads the data only to check the plan; the workers load their own.
+    device = torch.device("cpu") if on_ray else resolve_device(cfg.device)
     data = load_data(cfg, device)
     plan = plan_rounds(cfg, data.pool_y.shape[0])
     trial_id = cfg.trial_id()
@@ -80,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(
         f"trial {trial_id}: {cfg.dataset.name} ({plan.n_pool} pool, {data.eval_y.shape[0]} {cfg.dataset.eval}), "
         f"{cfg.model.name}, init {cfg.init.name}, acquisition {cfg.acquisition.name}, "
-        f"{plan.rounds} rounds of {plan.per_round} after {plan.initial}, on {device.type}"
+        f"{plan.rounds} rounds of {plan.per_round} after {plan.initial}, "
+        + (f"on Ray Train with {cfg.scaling.workers} worker(s)" if on_ray else f"on {device.type}")
     )
     if checkpoint is not None:
         if checkpoint["round"] >= plan.rounds:
@@ -90,11 +109,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         reporter.header()
     began = time.perf_counter()
-    rows = run_rounds(cfg, data, store, device, reporter=Silent() if args.quiet else reporter)
+    if on_ray:
+        from engine.distributed import run_trial_on_ray
+
+        del data  # the workers load their own copy
+        run_trial_on_ray(cfg, args.out, args.address, None if args.quiet else reporter, plan.rounds)
+    else:
+        run_rounds(cfg, data, store, device, reporter=Silent() if args.quiet else reporter)
     total = time.perf_counter() - began
-    if rows:
-        last = rows[-1]
-        print(f"done: {len(rows)} rounds in {total:.1f}s, final test_acc {last['test_acc']:.4f}; rows in {args.out}")
+    rows = store.rows()
+    last = max(rows, key=lambda r: r["round"])
+    print(f"done: {len(rows)} rounds in {total:.1f}s, final test_acc {last['test_acc']:.4f}; rows in {args.out}")
     return 0
 
 
@@ -131,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"warmstart: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as exc:
+        from engine.distributed import TrialFailed
+
+        if not isinstance(exc, TrialFailed):
+            raise
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "\nwarmstart: interrupted; completed rounds are saved, re-run the same command to resume", file=sys.stderr

@@ -172,6 +172,7 @@ def run_rounds(
 
         fresh = fresh_model(cfg, data, round_, device)
         model = fresh if model is None else init.fn(model, fresh, **cfg.init.params())
+        comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
         optimizer = make_optimizer(
             model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum
         )

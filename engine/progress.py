@@ -20,6 +20,7 @@ class ConsoleReporter:
         self.every = every
         self.prefix = prefix
         self.rounds = 0
+        self._round = 0
         self._last = 0.0
         self._started = 0.0
         self._live = False
@@ -29,10 +30,13 @@ class ConsoleReporter:
 
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
         self.rounds = rounds
-        self._started = self._last = time.perf_counter()
+        self._round, self._started = round_, time.perf_counter()
+        self._last = self._started
 
     def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None:
         now = time.perf_counter()
+        if round_ != self._round:  # progress relayed from elsewhere: the round began about now
+            self._round, self._started, self._last = round_, now, now
         text = f"{self.prefix}  round {round_}/{self.rounds}: epoch {epoch}, train_acc {train_acc:.4f}, loss {train_loss:.4f}, {now - self._started:.0f}s"
         if self.tty:
             print("\r" + text + "\x1b[K", end="", file=self.stream, flush=True)
@@ -52,3 +56,50 @@ class ConsoleReporter:
             file=self.stream,
             flush=True,
         )
+
+
+class ProgressWriter:
+    """A reporter for the process that trains where nobody watches its console (a Ray
+    worker): it leaves the current round and epoch in the store, at most every ``every``
+    seconds, for a ``follow`` on the driver to print."""
+
+    def __init__(self, store, every: float = 2.0) -> None:
+        self.store = store
+        self.every = every
+        self._last = 0.0
+
+    def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
+        self._last = time.perf_counter()
+        self.store.save_progress({"round": round_, "epoch": 0, "train_acc": None, "train_loss": None})
+
+    def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None:
+        now = time.perf_counter()
+        if now - self._last >= self.every:
+            self._last = now
+            self.store.save_progress(
+                {"round": round_, "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss}
+            )
+
+    def round_done(self, row: dict) -> None:
+        pass
+
+
+def follow(store, reporter: ConsoleReporter, rounds: int, done, every: float = 1.0) -> None:
+    """Print a trial's rounds as their rows land in ``store``, until ``done`` (an Event) is set."""
+    seen = {row["round"] for row in store.rows()}
+    epoch_seen = None
+    reporter.rounds = rounds
+    while True:
+        finished = done.wait(every)
+        for row in sorted(store.rows(), key=lambda r: r["round"]):
+            if row["round"] not in seen:
+                seen.add(row["round"])
+                reporter.round_done(row)
+        progress = store.load_progress()
+        if progress and progress["epoch"] and progress["round"] not in seen:
+            key = (progress["round"], progress["epoch"])
+            if key != epoch_seen:
+                epoch_seen = key
+                reporter.epoch(progress["round"], progress["epoch"], progress["train_acc"], progress["train_loss"])
+        if finished:
+            return

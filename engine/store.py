@@ -5,6 +5,7 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
     <trial_id>-round0001.parquet      one row each; pandas.read_parquet(out) reads them all
     _warmstart/<trial_id>/config.yaml the frozen config that made the rows
     _warmstart/<trial_id>/checkpoint.pt  what the next round needs to continue
+    _warmstart/<trial_id>/progress.json  the round and epoch in progress, for whoever reports
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
 metadata and half-written temporary files are never read as results.  A row is
@@ -16,6 +17,7 @@ so an interrupted run never leaves a partial file; the file name is fixed by
 from __future__ import annotations
 
 import io
+import json
 import os
 import uuid
 
@@ -118,6 +120,18 @@ class TrialStore:
     def save_config(self, config_yaml: str) -> None:
         self._put(f"{self.meta}/config.yaml", config_yaml.encode())
 
+    # --- live progress (written by the process that trains, read by the one that reports) ---
+
+    def save_progress(self, progress: dict) -> None:
+        self._put(f"{self.meta}/progress.json", json.dumps(progress).encode())
+
+    def load_progress(self) -> dict | None:
+        raw = self._get(f"{self.meta}/progress.json")
+        try:
+            return json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+
     # --- rows -----------------------------------------------------------------------
 
     def row_path(self, round_: int) -> str:
@@ -128,6 +142,20 @@ class TrialStore:
         sink = io.BytesIO()
         pq.write_table(table, sink)
         self._put(self.row_path(row["round"]), sink.getvalue())
+
+    def rows(self) -> list[dict]:
+        """This trial's rows, in round order."""
+        selector = pafs.FileSelector(self.base)
+        names = sorted(
+            info.path
+            for info in self.fs.get_file_info(selector)
+            if os.path.basename(info.path).startswith(f"{self.trial_id}-round") and info.path.endswith(".parquet")
+        )
+        rows = []
+        for path in names:
+            with self.fs.open_input_file(path) as f:
+                rows += pq.read_table(f).to_pylist()
+        return rows
 
     # --- checkpoint -----------------------------------------------------------------
 

@@ -43,15 +43,19 @@ class LocalComm:
     def broadcast(self, obj):
         return obj
 
+    def check_same(self, model: nn.Module, what: str) -> None:
+        pass
+
 
 LOCAL = LocalComm()
 
 
-def batches(n: int, size: int) -> Iterator[slice]:
-    """Slices of ``size`` over ``n`` items.  A trailing batch of one joins the batch before
-    it: BatchNorm cannot normalise a single sample whose feature map is 1x1."""
+def batches(n: int, size: int, min_last: int = 2) -> Iterator[slice]:
+    """Slices of ``size`` over ``n`` items.  A trailing batch smaller than ``min_last``
+    joins the batch before it: BatchNorm cannot normalise a single sample whose feature
+    map is 1x1 (and under data parallelism every rank needs a share of each batch)."""
     starts = list(range(0, n, size))
-    if len(starts) > 1 and n - starts[-1] == 1:
+    if len(starts) > 1 and n - starts[-1] < min_last:
         starts.pop()
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else n
@@ -97,15 +101,23 @@ def fit(
         order = torch.randperm(n, device=x.device, generator=shuffle)
         correct = torch.zeros((), device=x.device, dtype=torch.int64)
         loss_sum = torch.zeros((), device=x.device)
-        for part in batches(n, batch_size):
+        for part in batches(n, batch_size, min_last=2 * world):
             idx = order[part]
-            local = idx[rank::world] if world > 1 else idx
-            xb, yb = x[local], y[local]
-            out = net(xb)
-            loss = F.cross_entropy(out, yb)
-            scale = world * yb.shape[0] / idx.shape[0]
+            if world == 1:
+                xb, yb = x[idx], y[idx]
+                out = net(xb)
+                loss = F.cross_entropy(out, yb)
+                step_loss = loss
+            else:
+                xb, yb = x[idx[rank::world]], y[idx[rank::world]]
+                out = net(xb)
+                loss = F.cross_entropy(out, yb, reduction="sum")
+                # DDP averages gradients over ranks: sum * world / global batch makes that
+                # the gradient of the mean loss over the whole global batch.
+                step_loss = loss * (world / idx.shape[0])
+                loss = loss / yb.shape[0]
             optimizer.zero_grad(set_to_none=True)
-            (loss * scale if scale != 1 else loss).backward()
+            step_loss.backward()
             optimizer.step()
             correct += (out.argmax(1) == yb).sum()
             loss_sum += loss.detach() * yb.shape[0]
