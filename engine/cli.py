@@ -33,6 +33,17 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
+    parser.add_argument("--out", metavar="DIR_OR_URI", help=f"results directory or URI (default: {default_out})")
+    parser.add_argument(
+        "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the same suite in --out after an interruption")
+    parser.add_argument(
+        "--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="warmstart",
@@ -42,7 +53,9 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one trial and append its rounds to a Parquet dataset")
     _add_config_args(run)
-    run.add_argument("--out", metavar="DIR", default="results", help="results directory or URI (default: results)")
+    run.add_argument(
+        "--out", metavar="DIR_OR_URI", default="results/run", help="results directory or URI (default: results/run)"
+    )
     run.add_argument("--quiet", action="store_true", help="no per-round lines")
     run.add_argument(
         "--workers", type=int, metavar="N", help="run on Ray Train with N data-parallel workers (scaling.workers)"
@@ -51,6 +64,23 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
     )
+
+    suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
+    suite.add_argument(
+        "suite", metavar="FILE_OR_NAME", help="a suite YAML file, or the name of one in benchmarks/suites/"
+    )
+    _add_suite_args(suite, default_out="results/<suite name>")
+    suite.add_argument(
+        "--plugin",
+        metavar="MODULE_OR_FILE.py",
+        action="append",
+        default=[],
+        dest="plugins",
+        help="import a module or file that registers strategies (repeatable)",
+    )
+
+    quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
+    _add_suite_args(quick, default_out="results/quickstart")
 
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     lister.add_argument(
@@ -123,6 +153,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from engine.suite import check_pools, load_suite
+    from engine.tune import format_summary, run_suite, summarize
+
+    suite = load_suite(args.suite, getattr(args, "plugins", []))
+    check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
+    out = args.out or f"results/{suite.name}"
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
+    print(f"suite {suite.name}: {len(suite.trials)} trials -> {out}", flush=True)
+    began = time.perf_counter()
+    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent)
+    print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
+    try:
+        frame = pd.read_parquet(out)
+    except (FileNotFoundError, ValueError, OSError):
+        frame = None
+    if frame is not None and len(frame):
+        print(format_summary(summarize(suite, frame)))
+    if failed:
+        print(f"\n{len(failed)} trial(s) failed:", file=sys.stderr)
+        for trial_id, error in failed:
+            print(f"  {trial_id}: {error}", file=sys.stderr)
+        print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    args.suite = "quickstart"
+    return cmd_suite(args)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from engine.data import DATASET_DOCS
     from engine.models import MODELS
@@ -152,7 +217,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+        commands = {"run": cmd_run, "suite": cmd_suite, "quickstart": cmd_quickstart, "list": cmd_list}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"warmstart: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

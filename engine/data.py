@@ -180,13 +180,18 @@ def load_raw(name: str, root: str, download: bool) -> RawDataset:
     return DATASETS[name](os.path.expanduser(root), download)
 
 
+def pool_size(n_train: int, evaluation: str, holdout: float) -> int:
+    """How many training-split samples the rounds draw from."""
+    return n_train - int(round(holdout * n_train)) if evaluation == "holdout" else n_train
+
+
 def split_and_place(raw: RawDataset, evaluation: str, holdout: float, split_seed: int, device: torch.device) -> Data:
     """Hold out a random ``holdout`` fraction of the training split (``evaluation='holdout'``),
     or evaluate on the official test split (``'test'``), and move both to ``device``."""
     n_train = raw.train.labels.shape[0]
     if evaluation == "holdout":
         order = np.random.default_rng(split_seed).permutation(n_train)
-        n_eval = int(round(holdout * n_train))
+        n_eval = n_train - pool_size(n_train, evaluation, holdout)
         pool_index, eval_index = np.sort(order[n_eval:]), np.sort(order[:n_eval])
         eval_split = RawSplit(raw.train.images[eval_index], raw.train.labels[eval_index])
     else:

@@ -221,6 +221,7 @@ def run_rounds(
             store.write_row(row)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             store.save_checkpoint({"round": round_, "labeled": labeled.copy(), "model": state})
+            store.save_status({"round": round_, "rounds": plan.rounds, "test_acc": test_acc})
         rows.append(row)
         reporter.round_done(row)
     return rows

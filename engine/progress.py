@@ -70,14 +70,16 @@ class ProgressWriter:
 
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
         self._last = time.perf_counter()
-        self.store.save_progress({"round": round_, "epoch": 0, "train_acc": None, "train_loss": None})
+        self.store.save_progress(
+            {"round": round_, "epoch": 0, "train_acc": None, "train_loss": None, "time": time.time()}
+        )
 
     def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None:
         now = time.perf_counter()
         if now - self._last >= self.every:
             self._last = now
             self.store.save_progress(
-                {"round": round_, "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss}
+                {"round": round_, "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss, "time": time.time()}
             )
 
     def round_done(self, row: dict) -> None:

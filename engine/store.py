@@ -5,6 +5,7 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
     <trial_id>-round0001.parquet      one row each; pandas.read_parquet(out) reads them all
     _warmstart/<trial_id>/config.yaml the frozen config that made the rows
     _warmstart/<trial_id>/checkpoint.pt  what the next round needs to continue
+    _warmstart/<trial_id>/status.json    the last completed round and the number of rounds
     _warmstart/<trial_id>/progress.json  the round and epoch in progress, for whoever reports
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
@@ -74,6 +75,33 @@ SCHEMA = pa.schema(
 META = "_warmstart"
 
 
+def read_manifest(out: str) -> dict | None:
+    """The suite recorded under ``out`` (name, trial ids, suite file), if any."""
+    fs, base = filesystem(out)
+    try:
+        with fs.open_input_stream(f"{base}/{META}/suite.yaml") as f:
+            return yaml.safe_load(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    fs, base = filesystem(out)
+    fs.create_dir(f"{base}/{META}", recursive=True)
+    with fs.open_output_stream(f"{base}/{META}/suite.yaml") as f:
+        f.write(yaml.safe_dump(manifest, sort_keys=False).encode())
+
+
+def has_rows(out: str) -> bool:
+    """Whether ``out`` holds any results file."""
+    fs, base = filesystem(out)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+    except FileNotFoundError:
+        return False
+    return any(info.path.endswith(".parquet") for info in infos)
+
+
 def filesystem(out: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and base path for a local path or a URI."""
     if "://" in out:
@@ -119,6 +147,15 @@ class TrialStore:
 
     def save_config(self, config_yaml: str) -> None:
         self._put(f"{self.meta}/config.yaml", config_yaml.encode())
+
+    # --- status: the last completed round, for drivers that decide what is left to run ---
+
+    def save_status(self, status: dict) -> None:
+        self._put(f"{self.meta}/status.json", json.dumps(status).encode())
+
+    def load_status(self) -> dict | None:
+        raw = self._get(f"{self.meta}/status.json")
+        return json.loads(raw) if raw is not None else None
 
     # --- live progress (written by the process that trains, read by the one that reports) ---
 

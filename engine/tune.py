@@ -1,0 +1,269 @@
+"""Ray Tune: a suite's trials packed onto the cluster, one Parquet table, resume, progress.
+
+Each grid point × seed is one Tune trial.  A trial without ``scaling.workers`` runs the
+round loop in the Tune trial's own process with one CPU (and ``gpus_per_worker`` GPUs):
+no worker group to start, which is what a grid of small models needs.  A trial with
+``scaling.workers`` starts one Ray Train worker group for its whole run.
+
+Nothing a trial computes travels through Tune: rows, checkpoints and progress go to
+the results store under ``--out``, which is what makes a suite resumable — finished
+trials are skipped, unfinished ones continue after their last completed round.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+import pandas as pd
+
+from engine.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.suite import Suite
+from strategies.registry import ConfigError
+
+
+def _run_trial(params: dict, trials: list[dict], out: str) -> None:
+    """The Tune trainable: one trial, in-process or as one Ray Train worker group."""
+    import ray
+    import torch
+
+    from engine.config import validate
+    from engine.distributed import run_trial_on_ray
+    from engine.loop import load_data, resolve_device, run_rounds
+    from engine.plugins import load_plugins
+    from engine.progress import ProgressWriter
+
+    data = trials[params["index"]]
+    load_plugins(data["plugins"])
+    cfg = validate(data)
+    if cfg.scaling.workers is not None:
+        run_trial_on_ray(cfg, out)
+        return
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))  # as many threads as CPUs Tune gave this trial
+    store = TrialStore(out, cfg.trial_id())
+    device = resolve_device(cfg.device)
+    run_rounds(cfg, load_data(cfg, device), store, device, reporter=ProgressWriter(store))
+
+
+def _resources(config: dict, trials: list[dict]):
+    from ray import tune
+
+    scaling = trials[config["index"]]["scaling"]
+    if scaling["workers"] is not None:
+        # The trial only drives a worker group that asks for its own resources.
+        return tune.PlacementGroupFactory([{"CPU": 0.01}])
+    bundle = {"CPU": 1.0}
+    if scaling["gpus_per_worker"]:
+        bundle["GPU"] = float(scaling["gpus_per_worker"])
+    return tune.PlacementGroupFactory([bundle])
+
+
+def prepare_out(suite: Suite, out: str, resume: bool) -> None:
+    """Refuse an --out that holds other results; record this suite there."""
+    manifest = read_manifest(out)
+    ids = [t.trial_id for t in suite.trials]
+    if manifest is None:
+        if has_rows(out):
+            raise ConfigError(
+                f"{out} already holds results that are not from suite {suite.name!r}; choose another --out."
+            )
+    elif manifest["name"] != suite.name:
+        raise ConfigError(f"{out} holds suite {manifest['name']!r}, not {suite.name!r}; choose another --out.")
+    elif not resume:
+        raise ConfigError(
+            f"{out} already holds suite {suite.name!r}; pass --resume to continue it, or choose another --out."
+        )
+    elif sorted(manifest["trials"]) != sorted(ids):
+        raise ConfigError(
+            f"Suite {suite.name!r} changed since {out} was written (its trials differ); choose another --out."
+        )
+    write_manifest(out, {"name": suite.name, "trials": ids, "source": suite.source})
+
+
+class SuiteMonitor:
+    """Follows every trial's status in the store and prints progress from the driver."""
+
+    def __init__(self, suite: Suite, out: str, stream: TextIO, every: float) -> None:
+        self.suite, self.stream, self.every = suite, stream, every
+        self.stores = {t.trial_id: TrialStore(out, t.trial_id) for t in suite.trials}
+        self.started = time.time()
+        self.done: set[str] = set()
+        self._last_block = 0.0
+
+    def _finished(self, trial_id: str) -> dict | None:
+        status = self.stores[trial_id].load_status()
+        return status if status and status["round"] >= status["rounds"] else None
+
+    def skip_finished(self) -> list[int]:
+        """Indices of trials still to run; finished ones are reported as such."""
+        todo = []
+        for i, trial in enumerate(self.suite.trials):
+            if self._finished(trial.trial_id):
+                self.done.add(trial.trial_id)
+            else:
+                todo.append(i)
+        if self.done:
+            print(
+                f"{len(self.done)} of {len(self.suite.trials)} trials already complete; skipping them", file=self.stream
+            )
+        return todo
+
+    def poll(self, force_block: bool = False) -> None:
+        running = []
+        for trial in self.suite.trials:
+            tid = trial.trial_id
+            if tid in self.done:
+                continue
+            status = self._finished(tid)
+            if status:
+                self.done.add(tid)
+                point = describe_point(trial.point)
+                print(
+                    f"[{len(self.done)}/{len(self.suite.trials)} done] {point}: "
+                    f"{status['rounds']} rounds, final test_acc {status['test_acc']:.4f}",
+                    file=self.stream,
+                    flush=True,
+                )
+                continue
+            progress = self.stores[tid].load_progress()
+            if progress and progress.get("time", 0) >= self.started:
+                last = self.stores[tid].load_status()
+                running.append((trial, progress, last))
+        now = time.time()
+        if running and (force_block or now - self._last_block >= self.every):
+            self._last_block = now
+            pending = len(self.suite.trials) - len(self.done) - len(running)
+            print(
+                f"-- {len(self.done)} done, {len(running)} running, {pending} pending ({now - self.started:.0f}s)",
+                file=self.stream,
+            )
+            for trial, progress, last in running:
+                acc = f"{last['test_acc']:.4f}" if last else "-"
+                point = describe_point(trial.point)
+                print(f"   {point}: round {progress['round']}, last test_acc {acc}", file=self.stream)
+            self.stream.flush()
+
+
+def run_suite(
+    suite: Suite,
+    out: str,
+    address: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    stream: TextIO = sys.stdout,
+    every: float = 30.0,
+) -> list[tuple[str, str]]:
+    """Run every unfinished trial; returns (trial_id, error) for the trials that failed."""
+    from ray import tune
+
+    from engine.distributed import init_ray
+
+    prepare_out(suite, out, resume)
+    monitor = SuiteMonitor(suite, out, stream, every)
+    todo = monitor.skip_finished()
+    if not todo:
+        return []
+    init_ray(address)
+    location = out if "://" in out else filesystem(out)[1]
+    trials = [t.config.to_dict() for t in suite.trials]
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, trials=trials, out=location),
+        resources=lambda config: _resources(config, trials),
+    )
+    names = [t.trial_id for t in suite.trials]
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"index": tune.grid_search(todo)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda trial: names[trial.config["index"]],
+            trial_dirname_creator=lambda trial: names[trial.config["index"]],
+        ),
+        run_config=tune.RunConfig(
+            name=suite.name,
+            storage_path=f"{location}/_warmstart/tune",
+            failure_config=tune.FailureConfig(max_failures=suite.trials[0].config.scaling.max_failures),
+            verbose=0,
+        ),
+    )
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(2.0):
+            monitor.poll()
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        grid = tuner.fit()
+    finally:
+        stop.set()
+        watcher.join()
+    monitor.poll()
+    failed = []
+    for result in grid:
+        if result.error is not None:
+            text = [line for line in str(result.error).splitlines() if line.strip()]
+            errors = [line for line in text if "Error" in line or "Exception" in line]
+            failed.append((names[result.config["index"]], (errors[-1] if errors else text[-1]).strip()[:300]))
+    return failed
+
+
+def summarize(suite: Suite, frame: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point: final test accuracy and total train time, mean and std over seeds."""
+    from engine.results import per_trial
+
+    trials = per_trial(frame[frame["trial_id"].isin([t.trial_id for t in suite.trials])])
+    keys = suite.grid_keys()
+    points = pd.DataFrame([{"trial_id": t.trial_id, **{k: _label(t.point.get(k)) for k in keys}} for t in suite.trials])
+    merged = points.merge(trials.drop(columns=[k for k in keys if k in trials]), on="trial_id")
+    if merged.empty:
+        return merged
+    if not keys:  # a suite without a grid (or only seeds): one point
+        keys = ["point"]
+        merged = merged.assign(point="all")
+    table = merged.groupby(keys, sort=False).agg(
+        seeds=("trial_id", "count"),
+        final_test_acc_mean=("final_test_acc", "mean"),
+        final_test_acc_std=("final_test_acc", "std"),
+        mean_test_acc_mean=("mean_test_acc", "mean"),
+        mean_test_acc_std=("mean_test_acc", "std"),
+        train_seconds_mean=("total_train_seconds", "mean"),
+        train_seconds_std=("total_train_seconds", "std"),
+        steps_mean=("total_steps", "mean"),
+    )
+    return table.reset_index()
+
+
+def _label(value) -> str:
+    """A grid value as text: a component mapping as ``shrink_perturb(shrink=0.4, perturb=0.1)``."""
+    if isinstance(value, dict):
+        params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        if "name" in value:
+            return f"{value['name']}({params})" if params else value["name"]
+        return params
+    return str(value)
+
+
+def describe_point(point: dict) -> str:
+    return " ".join(f"{k}={_label(v)}" for k, v in point.items())
+
+
+def format_summary(table: pd.DataFrame) -> str:
+    """The summary as a text table: mean ± std over seeds."""
+    if table.empty:
+        return "(no completed trials)"
+
+    def pm(column: str, digits: int) -> list[str]:
+        means, stds = table[f"{column}_mean"], table[f"{column}_std"].fillna(0.0)
+        return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(means, stds, strict=True)]
+
+    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_mean", "_std"))])
+    shown["final test_acc"] = pm("final_test_acc", 4)
+    shown["mean test_acc"] = pm("mean_test_acc", 4)
+    shown["train seconds"] = pm("train_seconds", 1)
+    shown["steps"] = table["steps_mean"].round().astype(int)
+    return shown.to_string(index=False)
