@@ -176,8 +176,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         print(format_summary(summarize(suite, frame)))
     if failed:
         print(f"\n{len(failed)} trial(s) failed:", file=sys.stderr)
-        for trial_id, error in failed:
-            print(f"  {trial_id}: {error}", file=sys.stderr)
+        for trial_id, error, details in failed:
+            print(f"  {trial_id}: {error}\n    traceback: {details}", file=sys.stderr)
         print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
         return 1
     return 0

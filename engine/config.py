@@ -34,11 +34,29 @@ DEFAULTS: dict[str, Any] = {
     "acquisition": {"name": "random"},
     "rounds": {"initial": 100, "per_round": 100, "max_rounds": None},
     "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000},
+    "pretrain": None,  # null: none; a mapping of PRETRAIN_DEFAULTS' keys: train a source model first
     "eval": {"precise_bn": True, "batch_size": 1024},
     "scaling": {"workers": None, "gpus_per_worker": 0, "max_failures": 3, "sync_batchnorm": False},
 }
 
 COMPONENTS = ("model", "init", "acquisition")
+
+# The transfer experiment (the paper's Figure 9).  A source model (the trial's model
+# architecture, the source's class count) is trained on `source_fraction` of the
+# source dataset's pool, with the trial's optimizer (name, weight decay, momentum) but
+# these settings; the trial then runs on `fraction` of the target pool, and round 1 is
+# initialised by the init strategy with the pretrained model as `prev` (engine/loop.py).
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "dataset": None,  # the source dataset, any registered name (the target itself too)
+    "source_fraction": 1.0,  # of the source's pool (split like the target: same eval/holdout)
+    "fraction": 1.0,  # of the target's pool: the trial's pool
+    "lr": 0.001,
+    "batch_size": 128,
+    "train_acc": 0.99,  # convergence, as in the `convergence` section
+    "patience": None,
+    "min_delta": 0.0,
+    "max_epochs": 1000,
+}
 
 
 class Count:
@@ -112,8 +130,24 @@ ALLOWED: dict[str, Any] = {
     "scaling.sync_batchnorm": Type(bool),
 }
 
+PRETRAIN_ALLOWED: dict[str, Any] = {
+    "source_fraction": Interval(0, 1, low_open=True),
+    "fraction": Interval(0, 1, low_open=True),
+    "lr": Interval(0, low_open=True),
+    "batch_size": Interval(1, integer=True),
+    "train_acc": Interval(0, 1, low_open=True),
+    "patience": Optional_(Interval(1, integer=True)),
+    "min_delta": Interval(0),
+    "max_epochs": Interval(1, integer=True),
+}
+
 # Keys that do not change what a trial computes, left out of its identity.
 NOT_IDENTITY = ("suite", "trial_id", "plugins", "device", "dataset.root", "dataset.download", "scaling.max_failures")
+
+# Keys added after results existed, left out of the identity while they hold the value
+# that means "as before": configs written before them keep their trial ids (and so
+# resume into their own rows).
+NEUTRAL_IN_IDENTITY = {"pretrain": None, "model.dropout": 0.0}
 
 
 class Section:
@@ -155,6 +189,13 @@ class Config(Section):
             for p in parents:
                 node = node[p]
             node.pop(leaf, None)
+        for dotted, neutral in NEUTRAL_IN_IDENTITY.items():
+            *parents, leaf = dotted.split(".")
+            node = identity
+            for p in parents:
+                node = node[p]
+            if leaf in node and node[leaf] == neutral and type(node[leaf]) is type(neutral):
+                del node[leaf]
         return identity
 
     def trial_id(self) -> str:
@@ -230,6 +271,9 @@ def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> d
             same = value.get("name", out[key]["name"]) == out[key]["name"]
             out[key] = {**(out[key] if same else {}), **value}
             continue
+        if prefix == "" and key == "pretrain":
+            out[key] = _merge_pretrain(out[key], value)
+            continue
         if key not in out:
             raise ConfigError(f"Unknown config key {dotted!r}; {_suggest(key, list(out))}")
         if isinstance(out[key], dict):
@@ -241,6 +285,56 @@ def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> d
         else:
             out[key] = value
     return out
+
+
+def _merge_pretrain(current: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
+    """``pretrain`` is null or a section; `pretrain: cifar100` is short for `pretrain: {dataset: cifar100}`."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"dataset": value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"The 'pretrain' key must be null, a dataset name or a mapping of its keys "
+            f"({', '.join(PRETRAIN_DEFAULTS)}), got {value!r}."
+        )
+    return merge(PRETRAIN_DEFAULTS if current is None else current, value, "pretrain.")
+
+
+def _check_pretrain(section: Any, datasets) -> dict[str, Any]:
+    """The ``pretrain`` section with its defaults filled in, or a ConfigError."""
+    if not isinstance(section, dict):
+        section = _merge_pretrain(None, section)  # the same message as from a file
+    section = merge(PRETRAIN_DEFAULTS, section, "pretrain.")
+    name = section["dataset"]
+    if name is None:
+        raise ConfigError(
+            f"The 'pretrain.dataset' key must name the source dataset; known: {', '.join(sorted(datasets))}."
+        )
+    if name not in datasets:
+        raise ConfigError(f"Unknown dataset {name!r} in 'pretrain.dataset'; known: {', '.join(sorted(datasets))}.")
+    for key, constraint in PRETRAIN_ALLOWED.items():
+        check_value(section[key], constraint, f"'pretrain.{key}' parameter")
+    return section
+
+
+def _check_combinations(data: dict[str, Any]) -> None:
+    """What no single key can check: a strategy's demands on the model."""
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+    from strategies.init import INIT_STRATEGIES
+
+    model = data["model"]
+    model_params = {k: v for k, v in model.items() if k != "name"}
+    check_model = INIT_STRATEGIES.get(data["init"]["name"]).extra.get("check_model")
+    if check_model is not None:
+        check_model({k: v for k, v in data["init"].items() if k != "name"}, model["name"], model_params)
+    acquisition = data["acquisition"]["name"]
+    if "mc_probs" in ACQUISITION_STRATEGIES.get(acquisition).extra["needs"] and not model.get("dropout"):
+        has = f"model.dropout is {model['dropout']!r}" if "dropout" in model else f"{model['name']} has no dropout"
+        raise ConfigError(
+            f"The acquisition strategy {acquisition!r} samples MC dropout, but {has}: "
+            "use a model with dropout (mlp, resnet18) and set model.dropout > 0, e.g. 0.1."
+        )
 
 
 def _check_fixed_keys(data: dict[str, Any]) -> None:
@@ -260,6 +354,7 @@ def validate(data: dict[str, Any]) -> Config:
     from strategies.init import INIT_STRATEGIES
 
     data = copy.deepcopy(data)
+    data.setdefault("pretrain", None)  # a config saved before the key existed
     if data["dataset"]["name"] not in DATASETS:
         raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
     _check_fixed_keys(data)
@@ -270,6 +365,9 @@ def validate(data: dict[str, Any]) -> Config:
         entry = registry.get(section["name"])
         params = {k: v for k, v in section.items() if k != "name"}
         data[key] = {"name": section["name"], **entry.resolve(params, registry.what)}
+    if data.get("pretrain") is not None:
+        data["pretrain"] = _check_pretrain(data["pretrain"], DATASETS)
+    _check_combinations(data)
     return Config(data)
 
 

@@ -28,14 +28,16 @@ from torch import nn
 
 from engine.config import Config
 
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
+# console output, which honours verbose=0: warmstart prints its own progress.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 class TrialFailed(RuntimeError):
     """A trial that failed for good; the message is one line for the user."""
 
 
-def _first_error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """The worker's own exception: the last line naming an error in the traceback text."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     errors = [line for line in lines if "Error" in line or "Exception" in line]
@@ -152,7 +154,7 @@ def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
     trainer = TorchTrainer(
         worker_main,
-        train_loop_config={"config": cfg.to_dict(), "out": location},
+        train_loop_config={"config": {**cfg.to_dict(), "trial_id": cfg.trial_id()}, "out": location},
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus > 0, resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}
@@ -173,7 +175,7 @@ def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter
     except TrainingFailedError as exc:
         raise TrialFailed(
             f"trial {cfg.trial_id()} failed on Ray Train after {cfg.scaling.max_failures} restart(s): "
-            f"{_first_error_line(exc)} (completed rounds are saved; re-run the same command to resume)"
+            f"{error_line(exc)} (completed rounds are saved; re-run the same command to resume)"
         ) from exc
     finally:
         done.set()

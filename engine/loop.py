@@ -10,22 +10,35 @@
 Every random choice of round r draws from a stream seeded by (seed, r, purpose), so a
 round is reproducible on its own: resuming from a checkpoint needs no RNG state.
 Labeled state is one integer array over the pool: 0 = unlabeled, r = labeled in round r.
+
+With pretraining (config ``pretrain``, the paper's Figure 9), a source model is trained
+first (``pretrain``: seeded, in-process or data-parallel like a round) and round 1
+changes meaning: its training set is still ``rounds.initial`` random samples of the
+target pool, but its model is ``init_strategy(pretrained, fresh model 1)`` instead of
+the fresh model, so ``warm`` fine-tunes the pretrained model, ``shrink_perturb``
+shrinks and perturbs it, and ``random`` ignores it (the no-transfer baseline).  When
+the source and target class counts differ, the pretrained model first gets round 1's
+fresh head.  Rounds 2.. are as without pretraining.  "Pretrain on a fraction, then
+train on all the data" is ``pretrain: {dataset: <the target>, source_fraction: f}``
+with ``rounds.initial`` = the whole pool and one round.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from engine.config import Config, resolve_count
-from engine.data import Data, load_raw, split_and_place
+from engine.data import Data, RawDataset, RawSplit, load_raw, split_and_place
 from engine.models import Classifier, build_model
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
@@ -78,8 +91,94 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(cfg: Config, device: torch.device) -> Data:
+    """The trial's data; with pretraining, its pool is ``pretrain.fraction`` of the target pool
+    (and the source dataset is checked to have the same input shape)."""
     raw = load_raw(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
-    return split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
+    data = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
+    if cfg.pretrain is None:
+        return data
+    if cfg.pretrain.dataset != cfg.dataset.name:
+        # Read here too (pretraining reads it again) so a mismatch is refused before a run writes anything.
+        source = load_raw(cfg.pretrain.dataset, cfg.dataset.root, cfg.dataset.download).train.images.shape[1:]
+        if tuple(source) != data.input_shape:
+            shape = "x".join(map(str, source))
+            raise ConfigError(
+                f"The 'pretrain.dataset' {cfg.pretrain.dataset!r} has {shape} inputs, but 'dataset.name' "
+                f"{cfg.dataset.name!r} has {'x'.join(map(str, data.input_shape))}: a pretrained model cannot transfer."
+            )
+    return pool_fraction(data, cfg.pretrain.fraction, seed_for(cfg.seed, 0, "pool_fraction"))
+
+
+def _sample(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of ``fraction`` of ``n`` items, at random (at least one)."""
+    count = max(1, int(math.floor(fraction * n + 0.5)))
+    return np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+
+
+def pool_fraction(data: Data, fraction: float, seed: int) -> Data:
+    """The same data with only a random ``fraction`` of the pool (the evaluation split is kept whole)."""
+    if fraction >= 1:
+        return data
+    keep = _sample(data.pool_y.shape[0], fraction, seed)
+    index = torch.from_numpy(keep).to(data.pool_x.device)
+    return Data(
+        data.pool_x[index], data.pool_y[index], data.eval_x, data.eval_y, data.pool_index[keep], data.num_classes
+    )
+
+
+@dataclass
+class Pretrained:
+    model: Classifier  # the source's class count
+    source_index: np.ndarray  # dataset indices (training split of the source) it was trained on
+    columns: dict  # pretrain_* values for every row of the trial
+
+
+def pretrain(cfg: Config, device: torch.device, comm=LOCAL) -> Pretrained:
+    """The source model: ``cfg.model`` trained to convergence on ``pretrain.source_fraction``
+    of the source dataset's pool, every random choice seeded by (seed, 0, purpose).
+
+    The source pool is split exactly as the target's (dataset.eval, dataset.holdout and
+    the split seed), so with the target as its own source, pretraining never sees the
+    evaluation samples; with ``dataset.eval: test`` it is the whole training split."""
+    spec = cfg.pretrain
+    raw = load_raw(spec.dataset, cfg.dataset.root, cfg.dataset.download)
+    if cfg.dataset.eval == "test":  # no held-out part: the eval split is never used here
+        raw = RawDataset(raw.train, RawSplit(raw.train.images[:1], raw.train.labels[:1]), raw.num_classes)
+    source = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
+    chosen = _sample(source.pool_y.shape[0], spec.source_fraction, seed_for(cfg.seed, 0, "pretrain_sample"))
+    index = torch.from_numpy(chosen).to(device)
+    x, y, source_index = source.pool_x[index], source.pool_y[index], source.pool_index[chosen]
+    num_classes = raw.num_classes
+    del source, raw  # only the chosen samples stay on the device
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, 0, "pretrain_init"))
+        model = build_model(cfg.model.name, cfg.model.params(), tuple(x.shape[1:]), num_classes)
+    model = model.to(device)
+    optimizer = make_optimizer(model, cfg.optimizer.name, spec.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
+    convergence = SimpleNamespace(
+        train_acc=spec.train_acc, patience=spec.patience, min_delta=spec.min_delta, max_epochs=spec.max_epochs
+    )
+    began = time.perf_counter()
+    stats = fit(model, x, y, optimizer, spec.batch_size, convergence, seed_for(cfg.seed, 0, "pretrain_train"), comm)
+    columns = {
+        "pretrain_samples": int(y.shape[0]),
+        "pretrain_classes": num_classes,
+        "pretrain_epochs": stats.epochs,
+        "pretrain_steps": stats.steps,
+        "pretrain_stop_reason": stats.stop_reason,
+        "pretrain_train_acc": stats.train_acc,
+        "pretrain_seconds": time.perf_counter() - began,
+    }
+    return Pretrained(model, source_index, columns)
+
+
+def with_target_head(pretrained: Classifier, fresh: Classifier) -> Classifier:
+    """The pretrained model as round 1's ``prev``: its head replaced by (a copy of) the fresh
+    model's when the class counts differ, kept when they agree."""
+    if pretrained.head.out_features != fresh.head.out_features:
+        pretrained.head = copy.deepcopy(fresh.head)  # the same slot: parameter order is unchanged
+    return pretrained
 
 
 def fresh_model(cfg: Config, data: Data, round_: int, device: torch.device) -> Classifier:
@@ -93,13 +192,25 @@ def fresh_model(cfg: Config, data: Data, round_: int, device: torch.device) -> C
 def acquire(cfg: Config, model: Classifier, data: Data, labeled: np.ndarray, k: int, round_: int, comm) -> np.ndarray:
     """Pool positions of the k samples the acquisition strategy picks from the unlabeled pool."""
     entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
+    needs, params = entry.extra["needs"], cfg.acquisition.params()
     unlabeled = np.flatnonzero(labeled == 0)
-    x = data.pool_x[torch.from_numpy(unlabeled).to(data.pool_x.device)]
-    outputs = pool_outputs(model, x, entry.extra["needs"], cfg.eval.batch_size, comm)
+    device = data.pool_x.device
+    # Positions, not a gathered copy of the unlabeled inputs: scoring gathers batch by batch.
+    outputs = pool_outputs(
+        model,
+        data.pool_x,
+        needs,
+        cfg.eval.batch_size,
+        comm,
+        positions=torch.from_numpy(unlabeled).to(device),
+        labeled=torch.from_numpy(np.flatnonzero(labeled)).to(device) if "labeled_embeddings" in needs else None,
+        mc_samples=params.get("mc_samples", 0) if "mc_probs" in needs else 0,
+        seed=seed_for(cfg.seed, round_, "mc_dropout"),
+    )
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
-        positions = entry.fn(outputs, k, rng, **cfg.acquisition.params())
+        positions = entry.fn(outputs, k, rng, **params)
         picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size)]
     return comm.broadcast(picked)
 
@@ -132,7 +243,22 @@ def base_row(cfg: Config, plan: Plan, data: Data, device: torch.device, comm) ->
         "acquisition_params": json.dumps(cfg.acquisition.params(), sort_keys=True),
         "n_pool": plan.n_pool,
         "n_eval": int(data.eval_y.shape[0]),
+        # Pretraining (null without); the pretrain_* results join these once known.
+        "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
+        "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
+        **dict.fromkeys(PRETRAIN_COLUMNS),
     }
+
+
+PRETRAIN_COLUMNS = (
+    "pretrain_samples",
+    "pretrain_classes",
+    "pretrain_epochs",
+    "pretrain_steps",
+    "pretrain_stop_reason",
+    "pretrain_train_acc",
+    "pretrain_seconds",
+)
 
 
 def run_rounds(
@@ -149,7 +275,7 @@ def run_rounds(
     init = INIT_STRATEGIES.get(cfg.init.name)
     common = base_row(cfg, plan, data, device, comm)
     labeled = np.zeros(plan.n_pool, dtype=np.int32)
-    model: Classifier | None = None
+    model: Classifier | None = None  # the previous round's model (round 1: the pretrained one, if any)
     start = 1
     checkpoint = store.load_checkpoint() if store is not None else None
     if checkpoint is not None:  # continue after the last completed round
@@ -157,13 +283,18 @@ def run_rounds(
         model = fresh_model(cfg, data, checkpoint["round"], device)
         model.load_state_dict(checkpoint["model"])
         start = checkpoint["round"] + 1
+        common.update(checkpoint.get("pretrain", {}))
+    elif cfg.pretrain is not None:
+        pretrained = pretrain(cfg, device, comm)
+        model = pretrained.model
+        common.update(pretrained.columns)
 
     rows = []
     for round_ in range(start, plan.rounds + 1):
         k = plan.size_after(round_) - plan.size_after(round_ - 1) if round_ > 1 else plan.initial
         reporter.round_started(round_, plan.rounds, plan.size_after(round_))
         began = time.perf_counter()
-        if model is None:
+        if round_ == 1:
             picked = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False)
         else:
             picked = acquire(cfg, model, data, labeled, k, round_, comm)
@@ -171,7 +302,12 @@ def run_rounds(
         acquire_seconds = time.perf_counter() - began
 
         fresh = fresh_model(cfg, data, round_, device)
-        model = fresh if model is None else init.fn(model, fresh, **cfg.init.params())
+        if model is None:  # round 1 without pretraining: always fresh
+            model = fresh
+        else:
+            if round_ == 1:
+                model = with_target_head(model, fresh)
+            model = init.fn(model, fresh, **cfg.init.params())
         comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
         optimizer = make_optimizer(
             model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum
@@ -215,12 +351,16 @@ def run_rounds(
             "precise_bn": bool(re_estimated),
             "acquired": sorted(int(i) for i in data.pool_index[labeled == round_]),
         }
+        del x, y  # the labeled copy: not held while the next round scores the pool
         if store is not None and comm.rank == 0:
             # The row first, then the checkpoint: a crash between the two re-runs this
             # round on resume, which rewrites the same row file instead of adding one.
             store.write_row(row)
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            store.save_checkpoint({"round": round_, "labeled": labeled.copy(), "model": state})
+            pretrained_columns = {c: common[c] for c in PRETRAIN_COLUMNS}
+            store.save_checkpoint(
+                {"round": round_, "labeled": labeled.copy(), "model": state, "pretrain": pretrained_columns}
+            )
             store.save_status({"round": round_, "rounds": plan.rounds, "test_acc": test_acc})
         rows.append(row)
         reporter.round_done(row)

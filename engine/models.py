@@ -3,6 +3,20 @@
 Every model is a ``Classifier``: ``features`` maps a batch to penultimate embeddings
 and ``head`` (one ``nn.Linear``) maps those to class scores, so pool outputs such as
 embeddings come from the same forward pass as the logits.
+
+A model also names its *blocks*: the consecutive groups of modules, input to output,
+that layer-wise init strategies (``warm_partial``) treat as units.  Every parameter
+and buffer belongs to exactly one block, and the head is always the last one:
+
+- ``mlp``: each hidden layer (its ``Linear``; the activation and dropout have no
+  state) is a block, then the head: ``depth + 1`` blocks;
+- ``resnet18``: the stem (3x3 conv + BatchNorm), each of the 8 BasicBlocks, then
+  the head: 10 blocks;
+- ``logreg``: the head alone: 1 block.
+
+``dropout`` (mlp, resnet18; default 0.0 = none, and then no Dropout module exists,
+so the network is exactly the one without the parameter) is what MC-dropout
+acquisition (``bald``) samples from.
 """
 
 from __future__ import annotations
@@ -17,18 +31,24 @@ from strategies.registry import Interval, OneOf, Registry
 MODELS = Registry("model", n_inputs=2)
 
 
-def register(name: str, constraints: dict | None = None):
+def register(name: str, constraints: dict | None = None, *, n_blocks=None):
+    """Register a builder; ``n_blocks(params) -> int`` says how many blocks its models have,
+    so a config can be checked before any model is built (None: the model names no blocks)."""
+
     def wrap(fn):
-        return MODELS.add(name, fn, constraints)
+        return MODELS.add(name, fn, constraints, n_blocks=n_blocks)
 
     return wrap
 
 
 class Classifier(nn.Module):
-    def __init__(self, features: nn.Module, head: nn.Linear) -> None:
+    def __init__(self, features: nn.Module, head: nn.Linear, blocks: list[list[str]] | None = None) -> None:
         super().__init__()
         self.features = features
         self.head = head
+        # Module names (as in state_dict keys) of each block, input to output; () = none named.
+        # Names, not module references: SyncBatchNorm conversion replaces modules in place.
+        self.blocks: tuple[tuple[str, ...], ...] = tuple(tuple(b) for b in blocks or ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -58,8 +78,11 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-@register("resnet18", {"width": Interval(1, integer=True)})
-def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16) -> Classifier:
+DROPOUT = Interval(0, 1, high_open=True)
+
+
+@register("resnet18", {"width": Interval(1, integer=True), "dropout": DROPOUT}, n_blocks=lambda p: 10)
+def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16, dropout: float = 0.0) -> Classifier:
     """ResNet-18 for small images: 3x3 stem, no max-pool; widths w, 2w, 4w, 8w (16 = authors' code, 64 = common)."""
     if len(input_shape) != 3:
         raise ValueError(f"resnet18 needs image input [C, H, W], got shape {input_shape}")
@@ -69,8 +92,11 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16) ->
         c_out = width * 2**stage
         blocks += [BasicBlock(c_in, c_out, stride), BasicBlock(c_out, c_out, 1)]
         c_in = c_out
-    features = nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    return Classifier(features, nn.Linear(c_in, num_classes))
+    # Dropout on the pooled embedding, before the head (where MC-dropout ResNets put it).
+    tail = [nn.AdaptiveAvgPool2d(1), nn.Flatten()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+    features = nn.Sequential(*stem, *blocks, *tail)
+    names = [["features.0", "features.1"]] + [[f"features.{3 + i}"] for i in range(len(blocks))] + [["head"]]
+    return Classifier(features, nn.Linear(c_in, num_classes), names)
 
 
 # --- MLP and logistic regression ---------------------------------------------------
@@ -78,7 +104,13 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16) ->
 
 @register(
     "mlp",
-    {"activation": OneOf("tanh", "relu"), "width": Interval(1, integer=True), "depth": Interval(1, integer=True)},
+    {
+        "activation": OneOf("tanh", "relu"),
+        "width": Interval(1, integer=True),
+        "depth": Interval(1, integer=True),
+        "dropout": DROPOUT,
+    },
+    n_blocks=lambda p: p["depth"] + 1,
 )
 def mlp(
     input_shape: tuple[int, ...],
@@ -87,18 +119,21 @@ def mlp(
     bias: bool = True,
     width: int = 100,
     depth: int = 3,
+    dropout: float = 0.0,
 ) -> Classifier:
-    """Multi-layer perceptron: `depth` hidden layers of `width` units (paper: 3 x 100, tanh)."""
+    """Multi-layer perceptron: `depth` hidden layers of `width` units (paper: 3 x 100, tanh), dropout after each."""
     act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
     layers: list[nn.Module] = [nn.Flatten()]
+    names = []
     n_in = math.prod(input_shape)
     for _ in range(depth):
-        layers += [nn.Linear(n_in, width, bias=bias), act()]
+        names.append([f"features.{len(layers)}"])
+        layers += [nn.Linear(n_in, width, bias=bias), act()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
         n_in = width
-    return Classifier(nn.Sequential(*layers), nn.Linear(n_in, num_classes, bias=bias))
+    return Classifier(nn.Sequential(*layers), nn.Linear(n_in, num_classes, bias=bias), names + [["head"]])
 
 
-@register("logreg")
+@register("logreg", n_blocks=lambda p: 1)
 def logreg(input_shape: tuple[int, ...], num_classes: int, bias: bool = True) -> Classifier:
     """Multinomial logistic regression: one linear layer on the flattened input."""
-    return Classifier(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias))
+    return Classifier(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias), [["head"]])

@@ -12,6 +12,7 @@ trials are skipped, unfinished ones continue after their last completed round.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -59,6 +60,18 @@ def _resources(config: dict, trials: list[dict]):
     if scaling["gpus_per_worker"]:
         bundle["GPU"] = float(scaling["gpus_per_worker"])
     return tune.PlacementGroupFactory([bundle])
+
+
+def _quiet_progress():
+    """Tune's per-trial console lines, silenced: SuiteMonitor reports progress instead.
+    (Passing any TrialProgressCallback keeps Tune from adding its default one.)"""
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    class Quiet(TrialProgressCallback):
+        def _print(self, msg: str) -> None:
+            pass
+
+    return Quiet()
 
 
 def prepare_out(suite: Suite, out: str, resume: bool) -> None:
@@ -153,22 +166,27 @@ def run_suite(
     address: str | None = None,
     resume: bool = False,
     max_concurrent: int | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
     every: float = 30.0,
-) -> list[tuple[str, str]]:
-    """Run every unfinished trial; returns (trial_id, error) for the trials that failed."""
+) -> list[tuple[str, str, str]]:
+    """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials that failed."""
+    stream = stream or sys.stdout
     from ray import tune
 
-    from engine.distributed import init_ray
+    from engine.distributed import error_line, init_ray
 
     prepare_out(suite, out, resume)
+    # A failed trial's traceback goes to its error.txt under --out; the driver lists the
+    # failures at the end instead of Tune logging each traceback mid-progress.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     monitor = SuiteMonitor(suite, out, stream, every)
     todo = monitor.skip_finished()
     if not todo:
         return []
     init_ray(address)
     location = out if "://" in out else filesystem(out)[1]
-    trials = [t.config.to_dict() for t in suite.trials]
+    # The driver's trial ids are final: workers must not re-derive them.
+    trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in suite.trials]
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, trials=trials, out=location),
         resources=lambda config: _resources(config, trials),
@@ -187,6 +205,7 @@ def run_suite(
             storage_path=f"{location}/_warmstart/tune",
             failure_config=tune.FailureConfig(max_failures=suite.trials[0].config.scaling.max_failures),
             verbose=0,
+            callbacks=[_quiet_progress()],
         ),
     )
     stop = threading.Event()
@@ -203,13 +222,11 @@ def run_suite(
         stop.set()
         watcher.join()
     monitor.poll()
-    failed = []
-    for result in grid:
-        if result.error is not None:
-            text = [line for line in str(result.error).splitlines() if line.strip()]
-            errors = [line for line in text if "Error" in line or "Exception" in line]
-            failed.append((names[result.config["index"]], (errors[-1] if errors else text[-1]).strip()[:300]))
-    return failed
+    return [
+        (names[result.config["index"]], error_line(result.error), f"{result.path}/error.txt")
+        for result in grid
+        if result.error is not None
+    ]
 
 
 def summarize(suite: Suite, frame: pd.DataFrame) -> pd.DataFrame:

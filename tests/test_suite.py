@@ -1,0 +1,211 @@
+"""Suite files: grid expansion, validation, the --out guard and the summary (no Ray here)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pandas as pd
+import pytest
+
+from engine.suite import check_pools, load_suite, locate
+from engine.tune import describe_point, format_summary, prepare_out, summarize
+from strategies.registry import ConfigError
+
+
+def write(tmp_path, text: str, name: str = "suite.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+THREE_BY_THREE = """
+    name: tiny
+    base:
+      rounds: {initial: 100, per_round: 100, max_rounds: 2}
+    grid:
+      init:
+        - {name: random}
+        - {name: warm}
+        - {name: shrink_perturb, shrink: 0.4, perturb: 0.1}
+      seed: [0, 1, 2]
+"""
+
+
+def test_mappings_times_seeds_is_nine_validated_trials(tmp_path):
+    suite = load_suite(write(tmp_path, THREE_BY_THREE))
+    assert suite.name == "tiny"
+    assert len(suite.trials) == 9
+    assert [t.config.init.name for t in suite.trials[:3]] == ["random", "random", "random"]
+    assert [t.config.seed for t in suite.trials[:3]] == [0, 1, 2]
+    assert {t.config.suite for t in suite.trials} == {"tiny"}
+    assert len({t.trial_id for t in suite.trials}) == 9
+    # The base applies to every trial; component defaults are filled in.
+    assert {t.config.rounds.max_rounds for t in suite.trials} == {2}
+    assert suite.trials[-1].config.init.bn_stats == "fresh"
+    # Stable ids: the same file gives the same ids.
+    again = load_suite(write(tmp_path, THREE_BY_THREE)).trials
+    assert [t.trial_id for t in again] == [t.trial_id for t in suite.trials]
+    assert suite.grid_keys() == ["init"]
+
+
+def test_dotted_keys_cross_into_the_shrink_perturb_grid(tmp_path):
+    suite = load_suite(
+        write(
+            tmp_path,
+            """
+            name: grid
+            base: {init: {name: shrink_perturb, shrink: 0.5, perturb: 0.01}}
+            grid:
+              init.shrink: [0.1, 0.3]
+              init.perturb: [0.0001, 0.001, 0.01]
+            """,
+        )
+    )
+    pairs = [(t.config.init.shrink, t.config.init.perturb) for t in suite.trials]
+    assert pairs == [(s, p) for s in (0.1, 0.3) for p in (0.0001, 0.001, 0.01)]
+    assert suite.grid_keys() == ["init.shrink", "init.perturb"]
+
+
+def test_a_mapping_replaces_the_subtree(tmp_path):
+    suite = load_suite(
+        write(
+            tmp_path,
+            """
+            name: replace
+            base:
+              init: {name: shrink_perturb, shrink: 0.9, perturb: 0.01}
+              convergence: {patience: 5, max_epochs: 50}
+            grid:
+              init: [{name: shrink_perturb, shrink: 0.2}]
+              convergence: [{train_acc: 0.95}]
+            """,
+        )
+    )
+    (trial,) = suite.trials
+    assert trial.config.init.to_dict() == {"name": "shrink_perturb", "shrink": 0.2, "perturb": 0.1, "bn_stats": "fresh"}
+    # The section is its defaults plus the mapping: the base's patience is gone.
+    assert trial.config.convergence.to_dict() == {
+        "train_acc": 0.95,
+        "patience": None,
+        "min_delta": 0.0,
+        "max_epochs": 1000,
+    }
+
+
+def test_a_list_of_grids_concatenates(tmp_path):
+    suite = load_suite(
+        write(
+            tmp_path,
+            """
+            name: two
+            grid:
+              - {model: [{name: mlp}], seed: [0, 1]}
+              - {model: [{name: logreg}], convergence.patience: [3]}
+            """,
+        )
+    )
+    assert [(t.config.model.name, t.config.convergence.patience) for t in suite.trials] == [
+        ("mlp", None),
+        ("mlp", None),
+        ("logreg", 3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        (
+            "init.shrink: [0.5, 1.5]",
+            "trial 2 (init.shrink=1.5): The 'shrink' parameter of shrink_perturb must be a float in [0, 1]. Got 1.5.",
+        ),
+        ("init: [{name: warmest}]", "Unknown init strategy 'warmest'; known:"),
+        ("rounds.per_rond: [5]", "Did you mean 'per_round'?"),
+        ("seed: []", "must have a non-empty list of values"),
+        ("seed: [0, 0]", "trials 1 and 2 (seed=0) are the same config"),
+    ],
+)
+def test_invalid_trials_are_named_and_nothing_runs(tmp_path, grid, message):
+    path = write(tmp_path, f"name: bad\nbase: {{init: {{name: shrink_perturb}}}}\ngrid:\n  {grid}\n")
+    with pytest.raises(ConfigError) as info:
+        load_suite(path)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_suite_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="needs a 'name'"):
+        load_suite(write(tmp_path, "base: {}\n"))
+    with pytest.raises(ConfigError, match="Unknown suite key 'grids'"):
+        load_suite(write(tmp_path, "name: x\ngrids: {}\n"))
+    with pytest.raises(ConfigError, match="shipped: .*quickstart"):
+        locate("no_such_suite")
+    assert locate("quickstart").endswith("benchmarks/suites/quickstart.yaml")
+
+
+def test_check_pools_refuses_impossible_rounds_before_running(tmp_path):
+    suite = load_suite(write(tmp_path, "name: big\ngrid:\n  rounds.per_round: [100, 5000]\n"))
+    with pytest.raises(ConfigError, match=r"trial 2 \(rounds.per_round=5000\).*pool size 1198"):
+        check_pools(suite)
+    missing = load_suite(
+        write(
+            tmp_path,
+            f"name: gone\nbase: {{dataset: {{name: cifar10, root: {tmp_path}/none, download: false}}}}\n",
+            "m.yaml",
+        )
+    )
+    with pytest.raises(ConfigError, match="cifar-10-batches-py"):
+        check_pools(missing)
+
+
+def test_out_guard(tmp_path):
+    out = str(tmp_path / "out")
+    suite = load_suite(write(tmp_path, THREE_BY_THREE))
+    prepare_out(suite, out, resume=False)  # fresh: records the suite
+    with pytest.raises(ConfigError, match="pass --resume"):
+        prepare_out(suite, out, resume=False)
+    prepare_out(suite, out, resume=True)
+    other = load_suite(write(tmp_path, THREE_BY_THREE.replace("name: tiny", "name: other"), "o.yaml"))
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="holds suite 'tiny', not 'other'"):
+            prepare_out(other, out, resume=resume)
+    changed = load_suite(write(tmp_path, THREE_BY_THREE.replace("[0, 1, 2]", "[0, 1]"), "c.yaml"))
+    with pytest.raises(ConfigError, match="changed since"):
+        prepare_out(changed, out, resume=True)
+    # A directory with rows from a plain run is not a suite's.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "x-round0001.parquet").write_bytes(b"")
+    with pytest.raises(ConfigError, match="not from suite 'tiny'"):
+        prepare_out(suite, str(plain), resume=True)
+
+
+def test_summary_is_mean_and_std_over_seeds_per_grid_point(tmp_path):
+    suite = load_suite(write(tmp_path, THREE_BY_THREE))
+    rows = []
+    for i, trial in enumerate(suite.trials):
+        for round_ in (1, 2):
+            rows.append(
+                {
+                    "trial_id": trial.trial_id,
+                    "round": round_,
+                    "seed": trial.config.seed,
+                    "init": trial.config.init.name,
+                    "n_labeled": 100 * round_,
+                    "test_acc": 0.5 + 0.1 * round_ + 0.01 * i,
+                    "train_seconds": float(i + round_),
+                    "epochs": 3,
+                    "steps": 10,
+                }
+            )
+    table = summarize(suite, pd.DataFrame(rows))
+    assert table["init"].tolist() == ["random", "warm", "shrink_perturb(shrink=0.4, perturb=0.1)"]
+    assert table["seeds"].tolist() == [3, 3, 3]
+    # random init is trials 0..2: final accuracies 0.70, 0.71, 0.72
+    assert table.loc[0, "final_test_acc_mean"] == pytest.approx(0.71)
+    assert table.loc[0, "final_test_acc_std"] == pytest.approx(pd.Series([0.70, 0.71, 0.72]).std())
+    # total train time of trial i is (i + 1) + (i + 2) = 2i + 3: warm (3..5) -> 9, 11, 13
+    assert table.loc[1, "train_seconds_mean"] == pytest.approx(11.0)
+    assert table.loc[2, "mean_test_acc_mean"] == pytest.approx(0.65 + 0.07)
+    text = format_summary(table)
+    assert "0.7100 ± 0.0100" in text and "11.0 ± 2.0" in text
+    assert describe_point({"init": {"name": "warm"}, "seed": 1}) == "init=warm seed=1"
