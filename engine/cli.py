@@ -78,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
         dest="plugins",
         help="import a module or file that registers strategies (repeatable)",
     )
+    suite.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="sets",
+        help="override a key of the suite's base config, e.g. --set scaling.gpus_per_worker=0 (repeatable)",
+    )
 
     quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
     _add_suite_args(quick, default_out="results/quickstart")
@@ -159,7 +167,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from engine.suite import check_pools, load_suite
     from engine.tune import format_summary, run_suite, summarize
 
-    suite = load_suite(args.suite, getattr(args, "plugins", []))
+    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []))
     check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
     out = args.out or f"results/{suite.name}"
     if args.max_concurrent is not None and args.max_concurrent < 1:

@@ -13,6 +13,7 @@ DataLoader or transform in the hot loop.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
 from collections.abc import Callable
@@ -93,21 +94,29 @@ def _read_cifar_batches(folder: str, files: list[str], label_key: str) -> RawSpl
 
 def _fetch(root: str, download: bool, needed: list[str], fetch: Callable[[], None], where: str) -> None:
     """Make sure ``needed`` files exist under ``root``, downloading them with torchvision if allowed."""
-    if all(os.path.exists(os.path.join(root, n)) for n in needed):
+
+    def missing() -> list[str]:
+        return [n for n in needed if not os.path.exists(os.path.join(root, n))]
+
+    if not missing():
         return
     hint = f"put {where} under {root}"
     if not download:
-        raise DatasetError(f"Dataset files {needed[0]} not found under {root} (dataset.download is false): {hint}.")
+        raise DatasetError(f"Dataset file {missing()[0]} not found under {root} (dataset.download is false): {hint}.")
     try:
         os.makedirs(root, exist_ok=True)
-        fetch()
+        # Trials starting together on one node would otherwise download the same files at once.
+        with open(os.path.join(root, ".warmstart-download.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if missing():
+                fetch()
     except Exception as exc:  # no network, a proxy, a full disk: the same advice applies
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetError(
-            f"Dataset files {needed[0]} not found under {root} and download failed ({reason}): {hint}."
+            f"Dataset file {missing()[0]} not found under {root} and download failed ({reason}): {hint}."
         ) from None
-    if not all(os.path.exists(os.path.join(root, n)) for n in needed):
-        raise DatasetError(f"Dataset files {needed[0]} still missing under {root} after download: {hint}.")
+    if missing():
+        raise DatasetError(f"Dataset file {missing()[0]} still missing under {root} after download: {hint}.")
 
 
 @dataset("cifar10", "CIFAR-10, 3x32x32, 10 classes, 50,000 train / 10,000 test (torchvision download)")
@@ -177,7 +186,17 @@ def load_svhn(root: str, download: bool) -> RawDataset:
 def load_raw(name: str, root: str, download: bool) -> RawDataset:
     if name not in DATASETS:
         raise ConfigError(f"Unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}.")
-    return DATASETS[name](os.path.expanduser(root), download)
+    root = os.path.expanduser(root)
+    try:
+        return DATASETS[name](root, download)
+    except DatasetError:
+        raise
+    except Exception as exc:  # a truncated pickle or .mat file: say which dataset, not a traceback
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(
+            f"Dataset {name!r} under {root} cannot be read ({type(exc).__name__}: {reason}); "
+            "the files may be corrupt: delete them to download again."
+        ) from None
 
 
 def pool_size(n_train: int, evaluation: str, holdout: float) -> int:

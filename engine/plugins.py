@@ -44,7 +44,7 @@ def _load(spec: str) -> str:
     if spec not in _loaded:
         try:
             importlib.import_module(spec)
-        except ImportError as exc:
-            raise ConfigError(f"Plugin module {spec!r} cannot be imported: {exc}.") from None
+        except Exception as exc:  # a SyntaxError or a failing registration, not only ImportError
+            raise ConfigError(f"Plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}") from None
         _loaded[spec] = spec
     return spec

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from engine.config import COMPONENTS, DEFAULTS, Config, load_file, merge, validate
+from engine.config import COMPONENTS, DEFAULTS, Config, load_file, merge, parse_set, validate
 from engine.plugins import load_plugins
 from strategies.registry import ConfigError
 
@@ -108,8 +108,9 @@ def apply_grid_value(config: dict[str, Any], key: str, value: Any) -> dict[str, 
     return merge(config, nested)
 
 
-def load_suite(file_or_name: str, plugins: list[str] = ()) -> Suite:
-    """Read, expand and validate every trial; nothing runs here."""
+def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = ()) -> Suite:
+    """Read, expand and validate every trial; nothing runs here.  ``sets`` (``--set
+    key=value``) override the base config, before the grid is applied."""
     path = locate(file_or_name)
     with open(path) as f:
         source = f.read()
@@ -124,6 +125,8 @@ def load_suite(file_or_name: str, plugins: list[str] = ()) -> Suite:
     if not isinstance(base, dict):
         raise ConfigError(f"The suite's 'base' must be a config mapping, got {base!r}.")
     base = merge(DEFAULTS, base)
+    for assignment in sets:
+        base = merge(base, parse_set(assignment))
     if plugins:
         base = merge(base, {"plugins": list(base["plugins"]) + [p for p in plugins if p not in base["plugins"]]})
     base = merge(base, {"plugins": load_plugins(base["plugins"]), "suite": name})

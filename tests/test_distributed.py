@@ -60,10 +60,9 @@ def _step_worker(config: dict) -> None:
 
 
 def test_data_parallel_step_equals_in_process_step(ray_address, tmp_path):
+    import ray.cloudpickle
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    import ray.cloudpickle
 
     # Workers cannot import this test module: ship _step_worker and its helpers by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -209,3 +209,14 @@ def test_summary_is_mean_and_std_over_seeds_per_grid_point(tmp_path):
     text = format_summary(table)
     assert "0.7100 ± 0.0100" in text and "11.0 ± 2.0" in text
     assert describe_point({"init": {"name": "warm"}, "seed": 1}) == "init=warm seed=1"
+
+
+def test_set_overrides_the_base_before_the_grid(tmp_path):
+    path = write(tmp_path, THREE_BY_THREE)
+    suite = load_suite(path, sets=["scaling.gpus_per_worker=0.5", "rounds.max_rounds=4", "init.shrink=0.9"])
+    assert {t.config.scaling.gpus_per_worker for t in suite.trials} == {0.5}
+    assert {t.config.rounds.max_rounds for t in suite.trials} == {4}
+    # The grid still wins over the base: its mappings replace the init subtree.
+    assert suite.trials[-1].config.init.shrink == 0.4
+    with pytest.raises(ConfigError, match="Unknown config key 'scaling.gpu'"):
+        load_suite(path, sets=["scaling.gpu=1"])

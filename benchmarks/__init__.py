@@ -1,0 +1,1 @@
+"""Suite files reproducing the paper, and performance benchmarks."""

@@ -1,0 +1,211 @@
+"""engine/models.py: the CIFAR ResNet-18, the MLP, logistic regression, and the model registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from engine.models import MODELS, BasicBlock, Classifier, build_model
+from strategies.registry import ConfigError
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def block_channels(model: Classifier) -> list[int]:
+    return [block.conv2.out_channels for block in model.modules() if isinstance(block, BasicBlock)]
+
+
+# --- ResNet-18, CIFAR variant -----------------------------------------------------------
+
+
+def test_resnet18_has_a_cifar_stem_and_no_max_pool():
+    model = build_model("resnet18", {}, (3, 32, 32), 10)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert stem.in_channels == 3 and stem.out_channels == 16
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.padding == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    # 32x32 in, three stride-2 stages: a 4x4 map reaches the global pool (an ImageNet stem would give 1x1).
+    seen = {}
+    pool = next(m for m in model.modules() if isinstance(m, nn.AdaptiveAvgPool2d))
+
+    def record(module, inputs, output):
+        seen["shape"] = tuple(inputs[0].shape)
+
+    pool.register_forward_hook(record)
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(2, 3, 32, 32))
+    assert seen["shape"] == (2, 128, 4, 4)
+
+
+def test_resnet18_width_16_is_the_authors_network():
+    model = build_model("resnet18", {"width": 16}, (3, 32, 32), 10)
+    assert block_channels(model) == [16, 16, 32, 32, 64, 64, 128, 128]  # 4 stages x 2 basic blocks
+    assert model.head.in_features == 128 and model.head.out_features == 10
+    assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in model.modules()) == 17
+
+
+def test_resnet18_width_64_is_the_common_network():
+    model = build_model("resnet18", {"width": 64}, (3, 32, 32), 10)
+    assert block_channels(model) == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert model.head.in_features == 512
+    assert n_params(model) == 11_173_962  # the usual CIFAR ResNet-18: about 11.2M
+    # The default width is 16 (the authors' code).
+    assert n_params(build_model("resnet18", {}, (3, 32, 32), 10)) < n_params(model) / 10
+
+
+def test_resnet18_class_count_and_input_channels_come_from_the_dataset():
+    model = build_model("resnet18", {"width": 8}, (1, 8, 8), 100)
+    stem = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert stem.in_channels == 1 and stem.out_channels == 8
+    assert model.head.out_features == 100
+
+
+# --- MLP and logistic regression ------------------------------------------------------
+
+
+def test_mlp_defaults_are_three_tanh_layers_of_100():
+    model = build_model("mlp", {}, (1, 8, 8), 10)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 100), (100, 100), (100, 100), (100, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 3
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert all(m.bias is not None for m in linears)
+    assert n_params(model) == 64 * 100 + 100 + 2 * (100 * 100 + 100) + 100 * 10 + 10
+
+
+def test_mlp_relu():
+    model = build_model("mlp", {"activation": "relu"}, (3, 32, 32), 10)
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
+    assert not any(isinstance(m, nn.Tanh) for m in model.modules())
+    assert next(m for m in model.modules() if isinstance(m, nn.Linear)).in_features == 3 * 32 * 32
+
+
+def test_mlp_without_bias_has_no_bias_anywhere():
+    model = build_model("mlp", {"bias": False}, (1, 8, 8), 10)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Linear))
+    assert not any("bias" in name for name, _ in model.named_parameters())
+    assert n_params(model) == 64 * 100 + 2 * 100 * 100 + 100 * 10
+    # Zero input gives exactly zero scores when nothing adds an offset (tanh(0) = 0).
+    assert torch.equal(model(torch.zeros(3, 1, 8, 8)), torch.zeros(3, 10))
+
+
+def test_mlp_width_and_depth():
+    model = build_model("mlp", {"width": 7, "depth": 2}, (1, 8, 8), 4)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 7), (7, 7), (7, 4)]
+
+
+def test_logreg_is_one_linear_layer():
+    model = build_model("logreg", {}, (3, 32, 32), 100)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 1 and linears[0] is model.head
+    assert (model.head.in_features, model.head.out_features) == (3072, 100)
+    assert n_params(model) == 3072 * 100 + 100
+    assert n_params(build_model("logreg", {"bias": False}, (1, 8, 8), 10)) == 640
+
+
+# --- the common interface -------------------------------------------------------------
+
+SHAPES = [(1, 8, 8), (3, 32, 32)]
+MODEL_CASES = [("resnet18", {"width": 4}), ("mlp", {}), ("mlp", {"activation": "relu", "bias": False}), ("logreg", {})]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("name", "params"), MODEL_CASES, ids=lambda c: str(c))
+def test_output_shape_features_and_head(name, params, shape):
+    torch.manual_seed(0)
+    model = build_model(name, params, shape, 7)
+    assert isinstance(model, Classifier)
+    assert isinstance(model.head, nn.Linear)
+    assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1] is model.head  # the last linear layer
+    model.eval()
+    x = torch.randn(5, *shape)
+    with torch.no_grad():
+        logits = model(x)
+        embedding = model.features(x)
+    assert logits.shape == (5, 7)
+    assert embedding.shape == (5, model.head.in_features)  # the penultimate embedding, flat
+    torch.testing.assert_close(model.head(embedding), logits, rtol=0, atol=0)
+
+
+def test_penultimate_embedding_of_the_mlp_is_the_last_hidden_activation():
+    torch.manual_seed(0)
+    model = build_model("mlp", {}, (1, 8, 8), 10)
+    x = torch.randn(4, 1, 8, 8)
+    hidden = x.flatten(1)
+    for layer in [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]:
+        hidden = torch.tanh(layer(hidden))
+    torch.testing.assert_close(model.features(x), hidden)
+    assert model.features(x).abs().max() < 1  # tanh outputs, not the head's scores
+
+
+def test_same_seed_same_initialisation():
+    torch.manual_seed(3)
+    a = build_model("resnet18", {"width": 4}, (1, 8, 8), 10)
+    torch.manual_seed(3)
+    b = build_model("resnet18", {"width": 4}, (1, 8, 8), 10)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+# --- the registry --------------------------------------------------------------------
+
+
+def test_registry_lists_the_models():
+    for name in ("logreg", "mlp", "resnet18"):
+        assert name in MODELS.names()
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "signature"),
+    [
+        ("mlp", {"hidden": 5}, "mlp(activation='tanh', bias=True, width=100, depth=3"),
+        ("resnet18", {"depth": 34}, "resnet18(width=16"),
+        ("logreg", {"width": 3}, "logreg(bias=True"),
+    ],
+)
+def test_unknown_model_parameter_shows_the_signature(name, params, signature):
+    """The whole signature is in the message; it starts with the contract's parameters and defaults
+    (later parameters, such as dropout, may follow)."""
+    entry = MODELS.get(name)
+    assert entry.signature().startswith(signature)
+    with pytest.raises(ConfigError) as info:
+        entry.resolve(params, "model")
+    message = str(info.value)
+    assert entry.signature() in message
+    assert repr(next(iter(params))) in message
+    assert "\n" not in message
+
+
+def test_model_parameter_values_are_checked():
+    entry = MODELS.get("mlp")
+    defaults = entry.resolve({}, "model")
+    assert {k: defaults[k] for k in ("activation", "bias", "width", "depth")} == {
+        "activation": "tanh",
+        "bias": True,
+        "width": 100,
+        "depth": 3,
+    }
+    assert entry.resolve({"activation": "relu", "bias": False}, "model")["activation"] == "relu"
+    with pytest.raises(
+        ConfigError, match=r"^The 'activation' parameter of mlp must be one of 'tanh', 'relu'\. Got 'sigmoid'\.$"
+    ):
+        entry.resolve({"activation": "sigmoid"}, "model")
+    with pytest.raises(ConfigError, match="'bias' parameter of mlp"):
+        entry.resolve({"bias": "no"}, "model")
+    with pytest.raises(ConfigError, match=r"'width' parameter of resnet18 must be an int >= 1\. Got 0\."):
+        MODELS.get("resnet18").resolve({"width": 0}, "model")
+    with pytest.raises(ConfigError, match="'width' parameter of resnet18"):
+        MODELS.get("resnet18").resolve({"width": 16.5}, "model")
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(ConfigError) as info:
+        MODELS.get("vgg16")
+    assert "'vgg16'" in str(info.value)
+    for name in ("logreg", "mlp", "resnet18"):
+        assert name in str(info.value)
