@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import yaml
@@ -161,7 +162,9 @@ class Section:
             value = self._data[key]
         except KeyError:
             raise AttributeError(key) from None
-        return Section(value) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            return Section(value)
+        return tuple(value) if isinstance(value, list) else value  # lists read-only too
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("the config is frozen; build a new one with merge()")
@@ -209,9 +212,21 @@ class Config(Section):
 # --- building a config --------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``1e-4`` (no dot) is a string; read it as YAML 1.2
+    does, as a float, so ``perturb: 1e-4`` means what it says."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

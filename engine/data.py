@@ -200,8 +200,17 @@ def load_raw(name: str, root: str, download: bool) -> RawDataset:
 
 
 def pool_size(n_train: int, evaluation: str, holdout: float) -> int:
-    """How many training-split samples the rounds draw from."""
-    return n_train - int(round(holdout * n_train)) if evaluation == "holdout" else n_train
+    """How many training-split samples the rounds draw from; a holdout that leaves either
+    side empty is refused."""
+    if evaluation != "holdout":
+        return n_train
+    n_eval = int(round(holdout * n_train))
+    if n_eval < 1 or n_eval >= n_train:
+        raise ConfigError(
+            f"The 'dataset.holdout' parameter {holdout} leaves {n_eval} of {n_train} samples for evaluation "
+            f"and {n_train - n_eval} for the pool; it must leave at least one on each side."
+        )
+    return n_train - n_eval
 
 
 def split_and_place(raw: RawDataset, evaluation: str, holdout: float, split_seed: int, device: torch.device) -> Data:
