@@ -90,6 +90,10 @@ def parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
     _add_suite_args(quick, default_out="results/quickstart")
 
+    report = sub.add_parser("report", help="write figures and summary tables for a results table")
+    report.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI (warmstart run/suite --out)")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report)")
+
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     lister.add_argument(
         "--plugin",
@@ -130,7 +134,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.out} already holds trial {trial_id!r} with a different config; choose another --out or trial_id."
         )
     checkpoint = store.load_checkpoint()
-    store.save_config(cfg.to_yaml())
 
     reporter = ConsoleReporter(sys.stdout)
     print(
@@ -182,12 +185,31 @@ def cmd_suite(args: argparse.Namespace) -> int:
         frame = None
     if frame is not None and len(frame):
         print(format_summary(summarize(suite, frame)))
+        try:
+            _write_report(out)
+        except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite
+            print(f"report not written: {exc}", file=sys.stderr)
     if failed:
         print(f"\n{len(failed)} trial(s) failed:", file=sys.stderr)
         for trial_id, error, details in failed:
             print(f"  {trial_id}: {error}\n    traceback: {details}", file=sys.stderr)
         print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
         return 1
+    return 0
+
+
+def _write_report(results: str, out: str | None = None) -> None:
+    from engine.report import write_report
+
+    lines = write_report(results, out)
+    print(f"report: {lines[0]}")
+    for line in lines[1:]:
+        if line.startswith("note: "):
+            print(f"  {line}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    _write_report(args.results, args.out)
     return 0
 
 
@@ -225,7 +247,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        commands = {"run": cmd_run, "suite": cmd_suite, "quickstart": cmd_quickstart, "list": cmd_list}
+        commands = {
+            "run": cmd_run,
+            "suite": cmd_suite,
+            "quickstart": cmd_quickstart,
+            "report": cmd_report,
+            "list": cmd_list,
+        }
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"warmstart: error: {exc}", file=sys.stderr)

@@ -277,6 +277,8 @@ def run_rounds(
     labeled = np.zeros(plan.n_pool, dtype=np.int32)
     model: Classifier | None = None  # the previous round's model (round 1: the pretrained one, if any)
     start = 1
+    if store is not None and comm.rank == 0:
+        store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
     checkpoint = store.load_checkpoint() if store is not None else None
     if checkpoint is not None:  # continue after the last completed round
         labeled = checkpoint["labeled"]

@@ -25,7 +25,6 @@ import uuid
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import torch
 import yaml
 
 SCHEMA = pa.schema(
@@ -197,6 +196,8 @@ class TrialStore:
     # --- checkpoint -----------------------------------------------------------------
 
     def save_checkpoint(self, state: dict) -> None:
+        import torch  # here, not at the top: reading results should not need torch
+
         buffer = io.BytesIO()
         torch.save(state, buffer)
         self._put(f"{self.meta}/checkpoint.pt", buffer.getvalue())
@@ -205,4 +206,6 @@ class TrialStore:
         raw = self._get(f"{self.meta}/checkpoint.pt")
         if raw is None:
             return None
+        import torch
+
         return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)

@@ -1,0 +1,380 @@
+"""Results helpers and the report, on synthetic tables: rows with the store's columns
+written as Parquet files in the real layout (TrialStore.write_row), no training.
+Every figure is checked through the frame it plots, against a pandas aggregation."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine import report, results
+from engine.store import SCHEMA, TrialStore
+from strategies.registry import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RANDOM = {"init": "random", "shrink": 0.0, "perturb": 1.0, "bn_stats": None, "init_params": "{}"}
+WARM = {"init": "warm", "shrink": 1.0, "perturb": 0.0, "bn_stats": None, "init_params": "{}"}
+
+
+def mix(shrink: float, perturb: float) -> dict:
+    params = {"bn_stats": "fresh", "perturb": perturb, "shrink": shrink}
+    return {
+        "init": "shrink_perturb",
+        "shrink": shrink,
+        "perturb": perturb,
+        "bn_stats": "fresh",
+        "init_params": json.dumps(params),
+    }
+
+
+def write_trial(out, rng, *, seed=0, rounds=3, initial=100, per_round=100, n_pool=1000, values=None, **config) -> str:
+    """One trial's rows, as the round loop writes them; test_acc and train_seconds are random
+    unless ``values`` gives (test_acc, train_seconds) per round."""
+    row = {name: None for name in SCHEMA.names}
+    row.update(
+        suite="synthetic", seed=seed, dataset="digits", model="mlp", optimizer="adam", lr=0.001, batch_size=128,
+        weight_decay=0.0, acquisition="random", per_round=per_round, world_size=1, device="cpu",
+        eval_split="holdout", precise_bn=True, model_params='{"width": 100}', acquisition_params="{}",
+        n_pool=n_pool, n_eval=500, stop_reason="threshold", train_acc=0.99, train_loss=0.05, test_loss=0.4,
+        acquire_seconds=0.01, eval_seconds=0.01,
+    )  # fmt: skip
+    row.update(RANDOM)
+    row.update(config)
+    described = "-".join(
+        f"{row[k]}" for k in ("dataset", "model", "optimizer", "init", "shrink", "perturb", "acquisition")
+    )
+    trial_id = f"{described}-s{seed}"
+    store = TrialStore(str(out), trial_id)
+    for r in range(1, rounds + 1):
+        acc, seconds = values[r - 1] if values else (rng.uniform(0.5, 1.0), rng.uniform(0.1, 5.0))
+        n_labeled = min(n_pool, initial + (r - 1) * per_round)
+        row.update(trial_id=trial_id, round=r, n_labeled=n_labeled, epochs=int(rng.integers(1, 50)))
+        row.update(steps=3 * row["epochs"], test_acc=acc, train_seconds=seconds, acquired=[r])
+        store.write_row(row)
+    return trial_id
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory) -> str:
+    """Figure 2's shape: random / warm / one shrink-perturb × two acquisitions × 3 seeds, 4 rounds."""
+    out = tmp_path_factory.mktemp("online")
+    rng = np.random.default_rng(0)
+    for init in (RANDOM, WARM, mix(0.4, 0.1)):
+        for acquisition in ("random", "margin"):
+            for seed in range(3):
+                write_trial(out, rng, seed=seed, rounds=4, acquisition=acquisition, **init)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> str:
+    """Figure 8's shape: a λ × σ grid of shrink-perturb, and random init, for two models, 2 seeds."""
+    out = tmp_path_factory.mktemp("grid")
+    rng = np.random.default_rng(1)
+    for model in ("mlp", "logreg"):
+        for seed in range(2):
+            write_trial(out, rng, seed=seed, rounds=2, model=model, model_params=f'{{"m": "{model}"}}', **RANDOM)
+            for shrink in (0.1, 0.5, 0.9):
+                for perturb in (0.001, 0.01):
+                    params = {"model_params": f'{{"m": "{model}"}}', **mix(shrink, perturb)}
+                    write_trial(out, rng, seed=seed, rounds=2, model=model, **params)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def two_phase(tmp_path_factory) -> str:
+    """Table 1's shape: 50% then 100% of the pool, two datasets × two (model, optimizer) ×
+    random / warm, 3 seeds."""
+    out = tmp_path_factory.mktemp("two_phase")
+    rng = np.random.default_rng(2)
+    for dataset in ("cifar10", "svhn"):
+        for model, optimizer, momentum in (("resnet18", "sgd", 0.9), ("mlp", "adam", None)):
+            for init in (RANDOM, WARM):
+                for seed in range(3):
+                    config = dict(dataset=dataset, model=model, optimizer=optimizer, momentum=momentum, **init)
+                    write_trial(out, rng, seed=seed, rounds=2, initial=500, per_round=500, **config)
+    return str(out)
+
+
+@functools.cache
+def _loaded(path: str) -> pd.DataFrame:
+    return results.load(path)
+
+
+def load(path: str) -> pd.DataFrame:
+    """results.load, read once per table (reading a few hundred small files takes a while)."""
+    return _loaded(path).copy()
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+def test_load_gives_categorical_names_and_integer_counts(online):
+    df = load(online)
+    assert len(df) == 3 * 2 * 3 * 4 and df["trial_id"].nunique() == 18
+    for name in ("init", "acquisition", "dataset", "model"):
+        assert isinstance(df[name].dtype, pd.CategoricalDtype)
+    for name in ("round", "n_labeled", "epochs", "steps", "seed"):
+        assert df[name].dtype == "int64"
+
+
+def test_empty_missing_and_foreign_directories_are_clear_errors(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no warmstart rows"):
+        results.load(str(empty))
+    with pytest.raises(ConfigError, match="does not exist"):
+        results.load(str(tmp_path / "nowhere"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    pq.write_table(pa.table({"x": [1, 2], "y": ["a", "b"]}), foreign / "part-0.parquet")
+    with pytest.raises(ConfigError, match="not a warmstart results table.*'trial_id'"):
+        results.load(str(foreign))
+    for path in (empty, foreign):  # the report says the same, and writes nothing
+        with pytest.raises(ConfigError):
+            report.write_report(str(path))
+        assert not (path / "_report").exists()
+
+
+# --- grid points and summaries ---------------------------------------------------------------
+
+
+def test_grid_columns_name_what_varies_and_nothing_it_implies(online, grid, two_phase):
+    # shrink / perturb / bn_stats / init_params follow from init here, momentum from the optimizer
+    assert results.grid_columns(load(online)) == ["init", "acquisition"]
+    assert results.grid_columns(load(grid)) == ["model", "init", "shrink", "perturb"]
+    assert results.grid_columns(load(two_phase)) == ["dataset", "model", "optimizer", "init"]
+
+
+def test_by_round_is_the_mean_and_std_over_seeds(online):
+    df = load(online)
+    table = results.by_round(df)
+    expected = df.groupby(["init", "acquisition", "round"], observed=True)["test_acc"].agg(["mean", "std", "count"])
+    assert len(table) == len(expected) == 6 * 4
+    got = table.set_index(["init", "acquisition", "round"]).loc[expected.index]
+    np.testing.assert_allclose(got["test_acc_mean"], expected["mean"])
+    np.testing.assert_allclose(got["test_acc_std"], expected["std"])
+    assert (got["seeds"] == expected["count"]).all()
+    assert list(table["init"].drop_duplicates()) == ["random", "warm", "shrink_perturb"]  # reading order
+
+
+def test_summary_and_per_trial(online):
+    df = load(online)
+    trials = results.per_trial(df)
+    last = df[df["round"] == 4].set_index("trial_id")["test_acc"]
+    assert trials.set_index("trial_id")["final_test_acc"].to_dict() == last.to_dict()
+    totals = df.groupby("trial_id")["train_seconds"].sum()
+    np.testing.assert_allclose(trials.set_index("trial_id")["total_train_seconds"], totals.loc[trials["trial_id"]])
+    table = results.summary(df)
+    assert list(table.columns[:4]) == ["init", "acquisition", "seeds", "rounds"]
+    assert (table["seeds"] == 3).all() and len(table) == 6
+
+
+def test_gap_to_random_on_known_numbers(tmp_path):
+    # Two datasets; per seed (final acc, train seconds) chosen so the answers are exact.
+    # Each trial has two rounds; the second is the final one, both count to the total time.
+    rng = np.random.default_rng(0)
+    cases = {
+        ("digits", "random"): [[(0.5, 1.0), (0.80, 9.0)], [(0.5, 1.0), (0.82, 11.0)]],  # final 0.81, total 11
+        ("digits", "warm"): [[(0.5, 1.0), (0.78, 1.0)], [(0.5, 1.0), (0.78, 3.0)]],  # final 0.78, total 3
+        ("svhn", "random"): [[(0.5, 2.0), (0.90, 18.0)], [(0.5, 2.0), (0.90, 18.0)]],  # final 0.90, total 20
+        ("svhn", "warm"): [[(0.5, 2.0), (0.85, 3.0)], [(0.5, 2.0), (0.87, 3.0)]],  # final 0.86, total 5
+    }
+    for (dataset, init), seeds in cases.items():
+        for seed, values in enumerate(seeds):
+            write_trial(
+                tmp_path,
+                rng,
+                seed=seed,
+                rounds=2,
+                values=values,
+                dataset=dataset,
+                **(RANDOM if init == "random" else WARM),
+            )
+    for seed in range(2):  # a strategy on a dataset without random init: no gap to report
+        write_trial(tmp_path, rng, seed=seed, rounds=2, values=[(0.5, 1.0), (0.7, 1.0)], dataset="cifar10", **WARM)
+    gaps = results.gap_to_random(results.load(str(tmp_path))).set_index("dataset")
+    assert list(gaps["init"]) == ["warm"] * 3
+    assert gaps.loc["digits", "final_acc_gap"] == pytest.approx(0.78 - 0.81)
+    assert gaps.loc["digits", "train_time_ratio"] == pytest.approx(3 / 11)
+    assert gaps.loc["digits", "mean_acc_gap"] == pytest.approx((0.5 + 0.78) / 2 - (0.5 + 0.81) / 2)
+    assert gaps.loc["svhn", "final_acc_gap"] == pytest.approx(0.86 - 0.90)
+    assert gaps.loc["svhn", "train_time_ratio"] == pytest.approx(5 / 20)
+    assert gaps.loc["svhn", "random_final_test_acc"] == pytest.approx(0.90)
+    assert gaps.loc["svhn", "seeds"] == 2 and gaps.loc["svhn", "random_seeds"] == 2
+    assert gaps.loc["cifar10", ["final_acc_gap", "train_time_ratio"]].isna().all()
+
+
+# --- the data behind each figure -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("figure, metric", [("accuracy_curves", "test_acc"), ("train_time_curves", "train_seconds")])
+def test_curves_plot_the_seed_means_per_strategy(online, figure, metric):
+    df = load(online)
+    table = getattr(report, figure)(df)
+    expected = df.groupby(["init", "acquisition", "n_labeled"], observed=True)[metric].agg(["mean", "std"])
+    got = table.set_index(["init", "acquisition", "n_labeled"]).loc[expected.index]
+    np.testing.assert_allclose(got["mean"], expected["mean"])
+    np.testing.assert_allclose(got["std"], expected["std"])
+    assert set(table["panel"]) == {""}  # one setting: one panel
+    assert set(table["line"]) == {
+        f"{init} · {acquisition} acquisition"
+        for init in ("random init", "warm start", "shrink-perturb λ=0.4, σ=0.1")
+        for acquisition in ("random", "margin")
+    }
+
+
+def test_curves_get_a_panel_per_setting(grid):
+    table = report.accuracy_curves(load(grid))
+    assert set(table["panel"]) == {"mlp", "logreg"}
+    assert table.groupby("panel")["line"].nunique().to_dict() == {"mlp": 7, "logreg": 7}
+
+
+def test_heatmap_matrices_are_pivots_of_per_trial_finals(grid):
+    df = load(grid)
+    trials = results.per_trial(df)
+    mixed = trials[trials["init"] == "shrink_perturb"]
+    for value, column in [("final_test_acc", "final_test_acc"), ("train_seconds", "total_train_seconds")]:
+        matrices = report.lambda_sigma_matrices(df, value)
+        assert set(matrices) == {"mlp", "logreg"}
+        for model, matrix in matrices.items():
+            part = mixed[mixed["model"] == model]
+            expected = part.pivot_table(index="shrink", columns="perturb", values=column, aggfunc="mean")
+            assert list(matrix.index) == [0.1, 0.5, 0.9] and list(matrix.columns) == [0.001, 0.01]
+            np.testing.assert_allclose(matrix.to_numpy(), expected.to_numpy())
+
+
+def test_no_heatmap_without_a_lambda_sigma_grid(online):
+    assert report.lambda_sigma_matrices(load(online)) == {}
+
+
+def test_table1_cells_are_mean_and_std_of_the_second_phase(two_phase):
+    df = load(two_phase)
+    table = report.table1(df)
+    assert list(table.columns) == ["dataset", "strategy", "mlp / adam", "resnet18 / sgd"]
+    assert list(zip(table["dataset"], table["strategy"], strict=True)) == [
+        ("cifar10", "random init"), ("cifar10", "warm start"), ("svhn", "random init"), ("svhn", "warm start"),
+    ]  # fmt: skip
+    final = df[df["round"] == 2].groupby(["dataset", "init", "model", "optimizer"], observed=True)["test_acc"]
+    for _, row in table.iterrows():
+        init = {"random init": "random", "warm start": "warm"}[row["strategy"]]
+        for model, optimizer in (("resnet18", "sgd"), ("mlp", "adam")):
+            values = final.get_group((row["dataset"], init, model, optimizer))
+            assert len(values) == 3
+            assert row[f"{model} / {optimizer}"] == f"{100 * values.mean():.1f} ({100 * values.std():.1f})"
+    seconds = report.table1(df, "train_seconds")
+    values = df[(df["round"] == 2) & (df["dataset"] == "svhn") & (df["init"] == "warm")]
+    values = values[(values["model"] == "mlp") & (values["optimizer"] == "adam")]["train_seconds"]
+    assert seconds.iloc[3]["mlp / adam"] == f"{values.mean():.1f} ({values.std():.1f})"
+
+
+def test_no_table1_without_two_phase_trials(online):
+    assert report.table1(load(online)).empty
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def test_report_writes_every_file_and_notes_what_it_skips(online):
+    lines = report.write_report(online)
+    out = Path(online) / "_report"
+    paths = [line for line in lines if not line.startswith("note: ")]
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert paths[0] == str(out / "index.html")
+    assert {Path(p).name for p in paths} == {
+        "index.html", "summary.csv", "summary.md", "gap_to_random.csv", "accuracy.png", "train_time.png",
+    }  # fmt: skip
+    assert all(Path(p).stat().st_size > 0 for p in paths)
+    assert any("λ×σ heatmaps skipped" in n for n in notes) and any("Table 1 skipped" in n for n in notes)
+    page = (out / "index.html").read_text()
+    assert '<img src="accuracy.png"' in page and '<img src="train_time.png"' in page
+    assert "Table 1 skipped" in page and "<table" in page
+    assert pd.read_parquet(online)["trial_id"].nunique() == 18  # the report does not spoil the table
+
+    df = load(online)
+    trials = results.per_trial(df)
+    csv = pd.read_csv(out / "summary.csv")
+    assert list(csv.columns[:2]) == ["init", "acquisition"] and len(csv) == 6
+    expected = trials.groupby(["init", "acquisition"], observed=True).agg(
+        acc_mean=("final_test_acc", "mean"),
+        acc_std=("final_test_acc", "std"),
+        time_mean=("total_train_seconds", "mean"),
+        time_std=("total_train_seconds", "std"),
+    )
+    got = csv.set_index(["init", "acquisition"]).loc[expected.index]
+    np.testing.assert_allclose(got["final_test_acc_mean"], expected["acc_mean"])
+    np.testing.assert_allclose(got["final_test_acc_std"], expected["acc_std"])
+    np.testing.assert_allclose(got["train_seconds_mean"], expected["time_mean"])
+    np.testing.assert_allclose(got["train_seconds_std"], expected["time_std"])
+    markdown = (out / "summary.md").read_text()
+    first = expected.loc[("warm", "margin")]
+    assert f"| warm start | margin | 3 | 4 | {first['acc_mean']:.4f} ± {first['acc_std']:.4f} |" in markdown
+
+
+def test_report_with_heatmaps_and_table1(grid, two_phase, tmp_path):
+    names = {Path(line).name for line in report.write_report(grid, str(tmp_path / "grid")) if "note" not in line}
+    assert {"lambda_sigma_accuracy.png", "lambda_sigma_train_time.png"} <= names
+    lines = report.write_report(two_phase, str(tmp_path / "two"))
+    assert {"table1.csv", "table1.md", "table1_train_seconds.csv"} <= {Path(line).name for line in lines}
+    csv = pd.read_csv(tmp_path / "two" / "table1.csv")
+    assert csv.equals(pd.read_csv(io.StringIO(report.table1(load(two_phase)).to_csv(index=False))))
+    assert "Table 1" in (tmp_path / "two" / "index.html").read_text()
+
+
+def test_report_skips_what_the_table_lacks(tmp_path):
+    # A table with only a few columns: an older or hand-made one.  Curves of accuracy, a note for time.
+    rows = pd.DataFrame(
+        {
+            "trial_id": ["a"] * 3 + ["b"] * 3,
+            "seed": [0] * 3 + [1] * 3,
+            "init": ["warm"] * 6,
+            "round": [1, 2, 3] * 2,
+            "n_labeled": [10, 20, 30] * 2,
+            "test_acc": [0.5, 0.6, 0.7, 0.55, 0.65, 0.75],
+        }
+    )
+    rows.to_parquet(tmp_path / "rows.parquet")
+    lines = report.write_report(str(tmp_path))
+    assert any(line.endswith("accuracy.png") for line in lines)
+    assert "note: train_time.png skipped: the table has no train_seconds values." in lines
+    assert any("gap to random init skipped" in line for line in lines)
+    curve = report.accuracy_curves(results.load(str(tmp_path)))
+    np.testing.assert_allclose(curve["mean"], [0.525, 0.625, 0.725])
+
+
+def test_notes_on_unfinished_trials_and_indistinguishable_ones(tmp_path):
+    rng = np.random.default_rng(3)
+    for seed, rounds in [(0, 3), (1, 3), (2, 2)]:
+        write_trial(tmp_path, rng, seed=seed, rounds=rounds)
+    # the same config and seed under another trial id: something the table does not record differs
+    store = TrialStore(str(tmp_path), "other")
+    for row in TrialStore(str(tmp_path), write_trial(tmp_path, rng, seed=0, rounds=3, dataset="svhn")).rows():
+        store.write_row({**row, "trial_id": "other", "dataset": "digits"})
+    notes = report.point_notes(results.load(str(tmp_path)))
+    assert len(notes) == 2
+    assert "1 grid point(s) hold several trials with the same seed" in notes[0]
+    assert "1 trial(s) ran fewer rounds" in notes[1]
+
+
+def test_report_refuses_a_folder_that_would_read_as_results(online):
+    with pytest.raises(ConfigError, match="starting with '_'"):
+        report.write_report(online, str(Path(online) / "report"))
+
+
+def test_analysis_example_runs(online, tmp_path, monkeypatch, capsys):
+    png = tmp_path / "by_hand.png"
+    script = ROOT / "benchmarks" / "analysis_example.py"
+    monkeypatch.setattr(sys, "argv", [str(script), online, "--out", str(png)])
+    runpy.run_path(str(script), run_name="__main__")  # as `python benchmarks/analysis_example.py ...`
+    assert png.stat().st_size > 0 and "18 trials" in capsys.readouterr().out
