@@ -13,23 +13,25 @@ from strategies.registry import ConfigError
 EXIT_USAGE = 2
 
 
+def _add_repeated(parser: argparse.ArgumentParser, flag: str, metavar: str, dest: str, help: str) -> None:
+    parser.add_argument(flag, metavar=metavar, action="append", default=[], dest=dest, help=help)
+
+
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML experiment config (keys as in the README)")
-    parser.add_argument(
+    _add_repeated(
+        parser,
         "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="sets",
-        help="override one config key, e.g. --set init.name=warm (repeatable; VALUE in YAML syntax)",
+        "KEY=VALUE",
+        "sets",
+        "override one config key, e.g. --set init.name=warm (repeatable; VALUE in YAML syntax)",
     )
-    parser.add_argument(
+    _add_repeated(
+        parser,
         "--plugin",
-        metavar="MODULE_OR_FILE.py",
-        action="append",
-        default=[],
-        dest="plugins",
-        help="import a module or file that registers strategies (repeatable)",
+        "MODULE_OR_FILE.py",
+        "plugins",
+        "import a module or file that registers strategies (repeatable)",
     )
 
 
@@ -70,21 +72,19 @@ def parser() -> argparse.ArgumentParser:
         "suite", metavar="FILE_OR_NAME", help="a suite YAML file, or the name of one in benchmarks/suites/"
     )
     _add_suite_args(suite, default_out="results/<suite name>")
-    suite.add_argument(
+    _add_repeated(
+        suite,
         "--plugin",
-        metavar="MODULE_OR_FILE.py",
-        action="append",
-        default=[],
-        dest="plugins",
-        help="import a module or file that registers strategies (repeatable)",
+        "MODULE_OR_FILE.py",
+        "plugins",
+        "import a module or file that registers strategies (repeatable)",
     )
-    suite.add_argument(
+    _add_repeated(
+        suite,
         "--set",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        dest="sets",
-        help="override a key of the suite's base config, e.g. --set scaling.gpus_per_worker=0 (repeatable)",
+        "KEY=VALUE",
+        "sets",
+        "override a key of the suite's base config, e.g. --set scaling.gpus_per_worker=0 (repeatable)",
     )
 
     quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
@@ -95,13 +95,8 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report)")
 
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
-    lister.add_argument(
-        "--plugin",
-        metavar="MODULE_OR_FILE.py",
-        action="append",
-        default=[],
-        dest="plugins",
-        help="also list the strategies this module or file registers",
+    _add_repeated(
+        lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
     )
     return top
 
