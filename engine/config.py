@@ -38,6 +38,16 @@ DEFAULTS: dict[str, Any] = {
     "pretrain": None,  # null: none; a mapping of PRETRAIN_DEFAULTS' keys: train a source model first
     "eval": {"precise_bn": True, "batch_size": 1024},
     "scaling": {"workers": None, "gpus_per_worker": 0, "max_failures": 3, "sync_batchnorm": False},
+    # How a round computes, not what (left out of the trial id, like `device`); `auto` is
+    # off on CPU and the choice in engine.train.resolve_performance on a GPU.  The effective
+    # values are recorded in each row's `performance` column.  benchmarks/README.md has the figures.
+    "performance": {
+        "autocast": "auto",  # bf16 autocast in training, evaluation and scoring
+        "channels_last": "auto",  # NHWC weights and input batches (auto: conv models on a GPU)
+        "fused_optimizer": "auto",  # Adam/SGD with fused=True (false: torch's default implementation)
+        "compile": False,  # torch.compile full training batches; off unless asked: compile time unmeasured
+        "inference_batch_size": "auto",  # evaluation and scoring batch (auto: eval.batch_size; on a GPU >= 4096)
+    },
 }
 
 COMPONENTS = ("model", "init", "acquisition")
@@ -93,6 +103,19 @@ class Device:
         return "one of 'auto', 'cpu', 'cuda', 'cuda:N'"
 
 
+class AutoOr:
+    """'auto', or a value ``inner`` allows."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def check(self, value: Any) -> bool:
+        return value == "auto" or self.inner.check(value)
+
+    def describe(self) -> str:
+        return f"'auto' or {self.inner.describe()}"
+
+
 class StrList:
     def check(self, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
@@ -129,6 +152,11 @@ ALLOWED: dict[str, Any] = {
     "scaling.gpus_per_worker": Interval(0),
     "scaling.max_failures": Interval(0, integer=True),
     "scaling.sync_batchnorm": Type(bool),
+    "performance.autocast": AutoOr(Type(bool)),
+    "performance.channels_last": AutoOr(Type(bool)),
+    "performance.fused_optimizer": AutoOr(Type(bool)),
+    "performance.compile": AutoOr(Type(bool)),
+    "performance.inference_batch_size": AutoOr(Interval(1, integer=True)),
 }
 
 PRETRAIN_ALLOWED: dict[str, Any] = {
@@ -143,7 +171,16 @@ PRETRAIN_ALLOWED: dict[str, Any] = {
 }
 
 # Keys that do not change what a trial computes, left out of its identity.
-NOT_IDENTITY = ("suite", "trial_id", "plugins", "device", "dataset.root", "dataset.download", "scaling.max_failures")
+NOT_IDENTITY = (
+    "suite",
+    "trial_id",
+    "plugins",
+    "device",
+    "dataset.root",
+    "dataset.download",
+    "scaling.max_failures",
+    "performance",
+)
 
 # Keys added after results existed, left out of the identity while they hold the value
 # that means "as before": configs written before them keep their trial ids (and so
@@ -370,6 +407,7 @@ def validate(data: dict[str, Any]) -> Config:
 
     data = copy.deepcopy(data)
     data.setdefault("pretrain", None)  # a config saved before the key existed
+    data.setdefault("performance", copy.deepcopy(DEFAULTS["performance"]))  # likewise
     if data["dataset"]["name"] not in DATASETS:
         raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
     _check_fixed_keys(data)

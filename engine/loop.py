@@ -42,7 +42,17 @@ from engine.data import Data, RawDataset, RawSplit, load_raw, split_and_place
 from engine.models import Classifier, build_model
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
-from engine.train import LOCAL, evaluate, fit, make_optimizer, precise_bn, seed_for
+from engine.train import (
+    LOCAL,
+    PLAIN,
+    Performance,
+    evaluate,
+    fit,
+    make_optimizer,
+    precise_bn,
+    resolve_performance,
+    seed_for,
+)
 from strategies.acquisition import ACQUISITION_STRATEGIES, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
 from strategies.registry import ConfigError
@@ -109,10 +119,14 @@ def load_data(cfg: Config, device: torch.device) -> Data:
     return pool_fraction(data, cfg.pretrain.fraction, seed_for(cfg.seed, 0, "pool_fraction"))
 
 
+def fraction_count(n: int, fraction: float) -> int:
+    """How many of ``n`` items a ``fraction`` keeps (at least one; all for 1)."""
+    return n if fraction >= 1 else max(1, int(math.floor(fraction * n + 0.5)))
+
+
 def _sample(n: int, fraction: float, seed: int) -> np.ndarray:
     """Sorted positions of ``fraction`` of ``n`` items, at random (at least one)."""
-    count = max(1, int(math.floor(fraction * n + 0.5)))
-    return np.sort(np.random.default_rng(seed).choice(n, count, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n, fraction_count(n, fraction), replace=False))
 
 
 def pool_fraction(data: Data, fraction: float, seed: int) -> Data:
@@ -133,7 +147,7 @@ class Pretrained:
     columns: dict  # pretrain_* values for every row of the trial
 
 
-def pretrain(cfg: Config, device: torch.device, comm=LOCAL) -> Pretrained:
+def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Performance = PLAIN) -> Pretrained:
     """The source model: ``cfg.model`` trained to convergence on ``pretrain.source_fraction``
     of the source dataset's pool, every random choice seeded by (seed, 0, purpose).
 
@@ -155,12 +169,20 @@ def pretrain(cfg: Config, device: torch.device, comm=LOCAL) -> Pretrained:
         torch.manual_seed(seed_for(cfg.seed, 0, "pretrain_init"))
         model = build_model(cfg.model.name, cfg.model.params(), tuple(x.shape[1:]), num_classes)
     model = model.to(device)
-    optimizer = make_optimizer(model, cfg.optimizer.name, spec.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
+    optimizer = make_optimizer(
+        model,
+        cfg.optimizer.name,
+        spec.lr,
+        cfg.optimizer.weight_decay,
+        cfg.optimizer.momentum,
+        performance.fused_optimizer,
+    )
     convergence = SimpleNamespace(
         train_acc=spec.train_acc, patience=spec.patience, min_delta=spec.min_delta, max_epochs=spec.max_epochs
     )
     began = time.perf_counter()
-    stats = fit(model, x, y, optimizer, spec.batch_size, convergence, seed_for(cfg.seed, 0, "pretrain_train"), comm)
+    seed = seed_for(cfg.seed, 0, "pretrain_train")
+    stats = fit(model, x, y, optimizer, spec.batch_size, convergence, seed, comm, performance=performance)
     columns = {
         "pretrain_samples": int(y.shape[0]),
         "pretrain_classes": num_classes,
@@ -189,7 +211,24 @@ def fresh_model(cfg: Config, data: Data, round_: int, device: torch.device) -> C
     return model.to(device)
 
 
-def acquire(cfg: Config, model: Classifier, data: Data, labeled: np.ndarray, k: int, round_: int, comm) -> np.ndarray:
+def performance_for(cfg: Config, data: Data, device: torch.device) -> Performance:
+    """The effective ``performance`` options of this trial on ``device`` (``auto`` resolved)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no memory, no RNG use
+        probe = build_model(cfg.model.name, cfg.model.params(), data.input_shape, data.num_classes)
+    conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in probe.modules())
+    return resolve_performance(cfg.performance.to_dict(), device, conv, cfg.eval.batch_size)
+
+
+def acquire(
+    cfg: Config,
+    model: Classifier,
+    data: Data,
+    labeled: np.ndarray,
+    k: int,
+    round_: int,
+    comm,
+    performance: Performance = PLAIN,
+) -> np.ndarray:
     """Pool positions of the k samples the acquisition strategy picks from the unlabeled pool."""
     entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
     needs, params = entry.extra["needs"], cfg.acquisition.params()
@@ -200,12 +239,13 @@ def acquire(cfg: Config, model: Classifier, data: Data, labeled: np.ndarray, k: 
         model,
         data.pool_x,
         needs,
-        cfg.eval.batch_size,
+        performance.inference_batch_size or cfg.eval.batch_size,
         comm,
         positions=torch.from_numpy(unlabeled).to(device),
         labeled=torch.from_numpy(np.flatnonzero(labeled)).to(device) if "labeled_embeddings" in needs else None,
         mc_samples=params.get("mc_samples", 0) if "mc_probs" in needs else 0,
         seed=seed_for(cfg.seed, round_, "mc_dropout"),
+        performance=performance,
     )
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
@@ -274,6 +314,8 @@ def run_rounds(
     plan = plan_rounds(cfg, data.pool_y.shape[0])
     init = INIT_STRATEGIES.get(cfg.init.name)
     common = base_row(cfg, plan, data, device, comm)
+    performance = performance_for(cfg, data, device)
+    common["performance"] = json.dumps(performance.to_dict(), sort_keys=True)
     labeled = np.zeros(plan.n_pool, dtype=np.int32)
     model: Classifier | None = None  # the previous round's model (round 1: the pretrained one, if any)
     start = 1
@@ -287,7 +329,7 @@ def run_rounds(
         start = checkpoint["round"] + 1
         common.update(checkpoint.get("pretrain", {}))
     elif cfg.pretrain is not None:
-        pretrained = pretrain(cfg, device, comm)
+        pretrained = pretrain(cfg, device, comm, performance)
         model = pretrained.model
         common.update(pretrained.columns)
 
@@ -299,7 +341,7 @@ def run_rounds(
         if round_ == 1:
             picked = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False)
         else:
-            picked = acquire(cfg, model, data, labeled, k, round_, comm)
+            picked = acquire(cfg, model, data, labeled, k, round_, comm, performance)
         labeled[picked] = round_
         acquire_seconds = time.perf_counter() - began
 
@@ -312,7 +354,12 @@ def run_rounds(
             model = init.fn(model, fresh, **cfg.init.params())
         comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
         optimizer = make_optimizer(
-            model, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum
+            model,
+            cfg.optimizer.name,
+            cfg.optimizer.lr,
+            cfg.optimizer.weight_decay,
+            cfg.optimizer.momentum,
+            performance.fused_optimizer,
         )
         positions = torch.from_numpy(np.flatnonzero(labeled)).to(device)
         x, y = data.pool_x[positions], data.pool_y[positions]
@@ -328,12 +375,14 @@ def run_rounds(
             seed_for(cfg.seed, round_, "train"),
             comm,
             on_epoch=functools.partial(reporter.epoch, round_),
+            performance=performance,
         )
         train_seconds = time.perf_counter() - began
 
         began = time.perf_counter()
-        re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, comm)
-        test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, cfg.eval.batch_size)
+        re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, comm, performance)
+        eval_batch = performance.inference_batch_size or cfg.eval.batch_size
+        test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
         eval_seconds = time.perf_counter() - began
 
         row = {

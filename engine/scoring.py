@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from engine.models import Classifier
-from engine.train import LOCAL, batches
+from engine.train import LOCAL, PLAIN, Performance, batches
 from strategies.acquisition import PoolOutputs
 from strategies.registry import ConfigError
 
@@ -35,6 +35,7 @@ def pool_outputs(
     labeled: torch.Tensor | None = None,
     mc_samples: int = 0,
     seed: int = 0,
+    performance: Performance = PLAIN,
 ) -> PoolOutputs:
     """The declared outputs over the pool, in pool order, on the CPU.
 
@@ -43,6 +44,8 @@ def pool_outputs(
     labeled    [L] rows of ``x`` of the labeled set (for ``labeled_embeddings``)
     mc_samples T, the number of dropout passes (for ``mc_probs``)
     seed       the dropout masks' seed (each rank adds its rank)
+    performance  autocast and memory format of the forward passes (``batch_size`` is
+               the caller's: engine.loop passes ``performance.inference_batch_size``)
 
     With several ranks, each scores a contiguous shard and the shards are gathered,
     so every rank ends with the whole pool's outputs."""
@@ -65,10 +68,10 @@ def pool_outputs(
 
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in needs}
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), performance.autocast_on(x.device):
         if any(name in needs for name in DETERMINISTIC):
             for idx in rows(positions, n):
-                embeddings = model.features(x[idx])  # [b, D]
+                embeddings = model.features(performance.inputs(x[idx]))  # [b, D]
                 logits = model.head(embeddings).float()  # [b, C]
                 computed = {"embeddings": embeddings, "logits": logits}
                 if "probs" in needs:
@@ -78,9 +81,9 @@ def pool_outputs(
                         parts[name].append(computed[name].float())
         if "labeled_embeddings" in needs:
             for idx in rows(labeled, labeled.shape[0]):
-                parts["labeled_embeddings"].append(model.features(x[idx]).float())
+                parts["labeled_embeddings"].append(model.features(performance.inputs(x[idx])).float())
         if "mc_probs" in needs:
-            parts["mc_probs"] = _mc_probs(model, x, rows(positions, n), mc_samples, seed + comm.rank)
+            parts["mc_probs"] = _mc_probs(model, x, rows(positions, n), mc_samples, seed + comm.rank, performance)
 
     outputs = {}
     for name, chunks in parts.items():
@@ -92,7 +95,9 @@ def pool_outputs(
     return PoolOutputs(n, **{name: value.cpu() for name, value in outputs.items()})
 
 
-def _mc_probs(model: Classifier, x: torch.Tensor, index_batches, mc_samples: int, seed: int) -> list[torch.Tensor]:
+def _mc_probs(
+    model: Classifier, x: torch.Tensor, index_batches, mc_samples: int, seed: int, performance: Performance = PLAIN
+) -> list[torch.Tensor]:
     """[b, T, C] per batch: T forward passes with only the dropout layers in train mode."""
     dropouts = dropout_layers(model)
     devices = [x.device] if x.device.type == "cuda" else []
@@ -105,7 +110,7 @@ def _mc_probs(model: Classifier, x: torch.Tensor, index_batches, mc_samples: int
             m.train()
         try:
             for idx in index_batches:
-                xb = x[idx]
+                xb = performance.inputs(x[idx])
                 chunks.append(torch.stack([torch.softmax(model(xb).float(), 1) for _ in range(mc_samples)], 1))
         finally:
             for m in dropouts:

@@ -68,6 +68,17 @@ SCHEMA = pa.schema(
         ("eval_seconds", pa.float64()),
         ("n_pool", pa.int64()),
         ("n_eval", pa.int64()),
+        ("performance", pa.string()),  # JSON: the effective performance options (engine.train.Performance)
+        # the transfer experiment (config `pretrain`); null without pretraining
+        ("pretrain_dataset", pa.string()),
+        ("pretrain_params", pa.string()),  # JSON of the pretrain section
+        ("pretrain_samples", pa.int64()),
+        ("pretrain_classes", pa.int64()),
+        ("pretrain_epochs", pa.int64()),
+        ("pretrain_steps", pa.int64()),
+        ("pretrain_stop_reason", pa.string()),
+        ("pretrain_train_acc", pa.float64()),
+        ("pretrain_seconds", pa.float64()),
     ]
 )
 

@@ -154,17 +154,23 @@ def check_pools(suite: Suite) -> None:
     """Load each distinct dataset once and check every trial's round counts against its pool,
     so a missing dataset or an impossible per_round fails before any trial starts."""
     from engine.data import load_raw, pool_size
-    from engine.loop import plan_rounds
+    from engine.loop import fraction_count, plan_rounds
 
-    sizes: dict[tuple, int] = {}
+    n_train: dict[tuple, int] = {}
+
+    def training_split(name: str, root: str, download: bool) -> int:
+        if (name, root) not in n_train:
+            n_train[name, root] = load_raw(name, root, download).train.labels.shape[0]
+        return n_train[name, root]
+
     for i, trial in enumerate(suite.trials):
-        ds = trial.config.dataset
-        key = (ds.name, ds.root, ds.eval, ds.holdout)
+        ds, pretrain = trial.config.dataset, trial.config.pretrain
         try:
-            if key not in sizes:
-                n_train = load_raw(ds.name, ds.root, ds.download).train.labels.shape[0]
-                sizes[key] = pool_size(n_train, ds.eval, ds.holdout)
-            plan_rounds(trial.config, sizes[key])
+            pool = pool_size(training_split(ds.name, ds.root, ds.download), ds.eval, ds.holdout)
+            if pretrain is not None:  # the source must be there too; the trial runs on a fraction
+                training_split(pretrain.dataset, ds.root, ds.download)
+                pool = fraction_count(pool, pretrain.fraction)
+            plan_rounds(trial.config, pool)
         except ConfigError as exc:
             described = ", ".join(f"{k}={v!r}" for k, v in trial.point.items())
             raise ConfigError(f"Suite {suite.name!r}, trial {i + 1} ({described}): {exc}") from None

@@ -197,6 +197,7 @@ def run_suite(
         param_space={"index": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a trial process imports torch once, not once per trial
             trial_name_creator=lambda trial: names[trial.config["index"]],
             trial_dirname_creator=lambda trial: names[trial.config["index"]],
         ),

@@ -15,24 +15,35 @@ devices or Ray:
         return ...  # k distinct positions in 0..N-1
 
 Extra keyword parameters with defaults become the strategy's config parameters
-(``acquisition: {name: my_strategy, temperature: 2.0}``).
+(``acquisition: {name: my_strategy, temperature: 2.0}``).  A strategy that declares
+``mc_probs`` must have an ``mc_samples`` parameter: the engine reads the number of
+stochastic passes T from it.
+
+Memory: the engine keeps only the declared outputs, so a strategy over a pool of N
+samples with C classes and D-dimensional embeddings holds N·C or N·D numbers, never
+N·C·D; the built-ins below keep to that (``badge`` uses inner-product identities,
+``coreset`` computes distances in blocks).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from strategies.registry import Registry
+from strategies.registry import Interval, Registry
 
-# What a strategy may declare in ``needs``; each is a tensor over the unlabeled pool,
-# in pool order, on the CPU.
+# What a strategy may declare in ``needs``; each is a tensor on the CPU.  All but
+# ``labeled_embeddings`` are over the unlabeled pool, in pool order.
 POOL_OUTPUTS = {
     "probs": "softmax class probabilities, float [N, C]",
     "logits": "pre-softmax scores, float [N, C]",
     "embeddings": "penultimate-layer features (the input of the last linear layer), float [N, D]",
+    "labeled_embeddings": "penultimate-layer features of the labeled set, in ascending pool position, float [L, D]",
+    "mc_probs": "softmax probabilities of T passes with dropout active (all else in eval mode), float [T, N, C]; "
+    "T is the strategy's `mc_samples` parameter, and the model needs model.dropout > 0",
 }
 
 ACQUISITION_STRATEGIES = Registry("acquisition strategy", n_inputs=3)
@@ -48,6 +59,11 @@ def register(name: str, needs: tuple[str, ...] = (), constraints: dict | None = 
         )
 
     def wrap(fn):
+        if "mc_probs" in needs and "mc_samples" not in inspect.signature(fn).parameters:
+            raise TypeError(
+                f"acquisition strategy {name!r} needs 'mc_probs', so it needs an 'mc_samples' parameter "
+                "(the number of stochastic passes, with a default)"
+            )
         return ACQUISITION_STRATEGIES.add(name, fn, constraints, needs=needs)
 
     return wrap
@@ -55,12 +71,14 @@ def register(name: str, needs: tuple[str, ...] = (), constraints: dict | None = 
 
 @dataclass
 class PoolOutputs:
-    """The declared outputs over the unlabeled pool; undeclared ones stay None."""
+    """The declared outputs (see POOL_OUTPUTS); undeclared ones stay None."""
 
     n: int
     probs: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    labeled_embeddings: torch.Tensor | None = None
+    mc_probs: torch.Tensor | None = None
 
 
 def check_positions(name: str, positions, k: int, n: int) -> np.ndarray:
@@ -97,3 +115,111 @@ def margin(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tens
     """Smallest gap between the two largest class probabilities."""
     top2 = outputs.probs.topk(2, dim=1).values  # [N, 2]
     return top_k(top2[:, 1] - top2[:, 0], k)  # largest negated gap = smallest gap
+
+
+# --- uncertainty --------------------------------------------------------------------------
+
+# Rows per block where a score needs float64 temporaries: bounded memory on any pool.
+CHUNK = 65536
+
+
+@register("entropy", needs=("probs",))
+def entropy(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """Highest predictive entropy −Σ p·log p over the classes."""
+    scores = torch.cat([torch.special.entr(p.double()).sum(1) for p in outputs.probs.split(CHUNK)])
+    return top_k(scores, k)
+
+
+@register("least_confidence", needs=("probs",))
+def least_confidence(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """Lowest top-class probability (the least confident predictions)."""
+    return top_k(-outputs.probs.max(1).values, k)
+
+
+@register("bald", needs=("mc_probs",), constraints={"mc_samples": Interval(2, integer=True)})
+def bald(outputs: PoolOutputs, k: int, rng: np.random.Generator, mc_samples: int = 20) -> torch.Tensor:
+    """Largest mutual information between label and weights under MC dropout (BALD); needs model.dropout > 0."""
+    # I(y; θ) = H(E_t p_t) − E_t H(p_t): high where the passes disagree, not where each
+    # pass is merely unsure.  mc_probs is [T, N, C]; blocks over N bound the temporaries.
+    scores = []
+    for p in outputs.mc_probs.split(CHUNK, dim=1):
+        p = p.double()
+        entropy_of_mean = torch.special.entr(p.mean(0)).sum(1)  # [b]
+        mean_entropy = torch.special.entr(p).sum(2).mean(0)  # [b]
+        scores.append(entropy_of_mean - mean_entropy)
+    return top_k(torch.cat(scores), k)
+
+
+# --- diversity ----------------------------------------------------------------------------
+
+
+@register("badge", needs=("probs", "embeddings"))
+def badge(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> list[int]:
+    """k-means++ seeding on gradient embeddings (p − onehot(argmax p)) ⊗ h (BADGE, Ash et al. 2020)."""
+    # g_i = a_i ⊗ h_i with a_i = p_i − e_i is the last layer's loss gradient for the
+    # predicted label; it has C·D entries, so it is never built:
+    #   ||g_i||² = ||a_i||²·||h_i||²,   <g_i, g_j> = <a_i, a_j>·<h_i, h_j>,
+    # and each pick needs one [N, C] and one [N, D] matrix-vector product.
+    a = outputs.probs.float().clone()  # [N, C]
+    a[torch.arange(a.shape[0]), a.argmax(1)] -= 1.0
+    h = outputs.embeddings.float()  # [N, D]
+    sq_norm = a.square().sum(1).double() * h.square().sum(1).double()  # ||g_i||², [N]
+
+    def sq_dist(j: int) -> torch.Tensor:  # ||g_i − g_j||² for every i, [N]
+        inner = (a @ a[j]).double() * (h @ h[j]).double()
+        return (sq_norm + sq_norm[j] - 2 * inner).clamp_min_(0)
+
+    # The first center: the largest gradient (ties: the lower position), as in the
+    # authors' code; then each next one drawn with probability ∝ D², the squared
+    # distance to the nearest center so far (k-means++).
+    picked = [int(torch.argmax(sq_norm))]
+    nearest = sq_dist(picked[0])
+    nearest[picked[0]] = 0
+    while len(picked) < k:
+        total = float(nearest.sum())
+        if total > 0:
+            cumulative = torch.cumsum(nearest, 0)
+            j = int(
+                torch.searchsorted(cumulative, torch.tensor([rng.random() * total], dtype=torch.float64), right=True)
+            )
+            j = min(j, int(torch.nonzero(nearest).max()))  # rounding at the very top end
+        else:  # every remaining sample coincides with a center: uniform among them
+            rest = np.setdiff1d(np.arange(a.shape[0]), picked)
+            j = int(rng.choice(rest))
+        picked.append(j)
+        nearest = torch.minimum(nearest, sq_dist(j))
+        nearest[picked] = 0
+    return picked
+
+
+BLOCK = 2048  # rows per distance tile: a [BLOCK, BLOCK] float64 tile is 32 MiB
+
+
+def _sq_dists(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances [len(x), len(y)], in float64."""
+    x, y = x.double(), y.double()
+    return (x.square().sum(1)[:, None] + y.square().sum(1)[None, :] - 2 * x @ y.T).clamp_min_(0)
+
+
+@register("coreset", needs=("embeddings", "labeled_embeddings"))
+def coreset(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> list[int]:
+    """k-center greedy on embeddings: each pick is farthest from the labeled set and earlier picks (Core-Set)."""
+    # Sener & Savarese (2018).  Distances are computed in [block, block] tiles, so no
+    # N x L matrix is ever held.  Ties go to the lower position.
+    pool, labeled = outputs.embeddings, outputs.labeled_embeddings
+    n, block = pool.shape[0], BLOCK
+    nearest = torch.full((n,), float("inf"), dtype=torch.float64)  # squared distance to the nearest center
+    for rows in range(0, n, block):
+        for cols in range(0, labeled.shape[0], block):
+            tile = _sq_dists(pool[rows : rows + block], labeled[cols : cols + block])
+            nearest[rows : rows + block] = torch.minimum(nearest[rows : rows + block], tile.min(1).values)
+    picked: list[int] = []
+    while len(picked) < k:
+        # No labeled set (never in a trial: round 1 is random): the first center at random.
+        j = int(rng.integers(n)) if torch.isinf(nearest).all() else int(torch.argmax(nearest))
+        picked.append(j)
+        for rows in range(0, n, block):
+            tile = _sq_dists(pool[rows : rows + block], pool[j : j + 1])[:, 0]
+            nearest[rows : rows + block] = torch.minimum(nearest[rows : rows + block], tile)
+        nearest[picked] = -1.0  # never picked twice, even among exact duplicates
+    return picked

@@ -89,6 +89,19 @@ class Type:
         return _article(self.kind.__name__)
 
 
+@dataclass(frozen=True)
+class Nullable:
+    """None, or a value ``inner`` allows (None usually means "derive it", e.g. half the blocks)."""
+
+    inner: Any
+
+    def check(self, value: Any) -> bool:
+        return value is None or self.inner.check(value)
+
+    def describe(self) -> str:
+        return f"null or {self.inner.describe()}"
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 

@@ -100,7 +100,7 @@ def fingerprinted(prev, fresh, shrink: float = 0.4, perturb: float = 0.1):
 
 @register("die_once")
 def die_once(prev, fresh):
-    """warm start, except that rank 1 kills its own process the first time round 2 starts."""
+    """Warm start, except that rank 1 kills its own process the first time round 2 starts."""
     marker = os.path.join(OUT, "died")
     if dist.is_initialized() and dist.get_rank() == 1 and not os.path.exists(marker):
         open(marker, "w").close()

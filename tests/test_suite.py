@@ -220,3 +220,18 @@ def test_set_overrides_the_base_before_the_grid(tmp_path):
     assert suite.trials[-1].config.init.shrink == 0.4
     with pytest.raises(ConfigError, match="Unknown config key 'scaling.gpu'"):
         load_suite(path, sets=["scaling.gpu=1"])
+
+
+def test_check_pools_knows_pretraining(tmp_path):
+    # The trial runs on half the pool (599 of 1198): 700 per round no longer fits.
+    path = write(
+        tmp_path,
+        "name: pre\nbase: {pretrain: {dataset: digits, fraction: 0.5}}\ngrid:\n  rounds.per_round: [100, 700]\n",
+    )
+    with pytest.raises(ConfigError, match=r"trial 2 \(rounds.per_round=700\).*pool size 599"):
+        check_pools(load_suite(path))
+    # A missing source dataset fails here, before any trial starts.
+    source = f"{{pretrain: {{dataset: cifar10}}, dataset: {{root: {tmp_path}/none, download: false}}}}"
+    missing = load_suite(write(tmp_path, f"name: src\nbase: {source}\n", "s.yaml"))
+    with pytest.raises(ConfigError, match="cifar-10-batches-py"):
+        check_pools(missing)
