@@ -56,6 +56,9 @@ class TorchComm:
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
+        if self.world_size == 1:  # nothing to synchronise: no per-step all-reduce
+            return model
+
         if self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         # DDP also broadcasts rank 0's parameters and buffers once here; the init
@@ -63,10 +66,13 @@ class TorchComm:
         return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
     def broadcast(self, obj):
+        if self.world_size == 1:
+            return obj
         box = [obj]
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
@@ -88,6 +94,8 @@ class TorchComm:
 
     def check_same(self, model: nn.Module, what: str) -> None:
         """Raise when ranks hold different parameters (one small all-gather)."""
+        if self.world_size == 1:
+            return
         with torch.no_grad():
             flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
             fingerprint = torch.stack(
