@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from types import SimpleNamespace
 
 import torch
 
+from benchmarks.round_vs_plain import machine as machine_info
 from engine.config import build
 from engine.distributed import init_ray, run_trial_on_ray
 from engine.loop import load_data, resolve_device, run_rounds
@@ -36,13 +36,9 @@ from engine.store import TrialStore
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    """The machine in one line (the details come from round_vs_plain's probe)."""
+    info = machine_info([torch.device("cpu")])
+    return f"{info['cpu_model']}, {info['cpu_cores']} cores, torch {info['torch']}"
 
 
 def row_times(out: str, trial_id: str) -> list[float]:
