@@ -1,7 +1,7 @@
 """Pool outputs for acquisition: only what the strategy declared, batched, under inference mode.
 
 Memory: the pool's inputs live once, in ``x`` (the whole pool tensor on the device);
-each batch is gathered from it by position (``x[positions[batch]]``), so scoring a
+each batch is gathered from it by position (``x.index_select(0, positions[batch])``), so scoring a
 pool of a million CIFAR images holds one batch of inputs beyond that one copy, plus
 the declared outputs ([N, C], [N, D] or [T, N, C] numbers), never a second copy of
 the pool.
@@ -66,12 +66,15 @@ def pool_outputs(
         shard = torch.arange(lo, hi, device=x.device) if index is None else index[lo:hi]
         return [shard[part] for part in batches(shard.shape[0], batch_size)]
 
+    # Batches are gathered with index_select: on CPU 1.6x as fast as x[idx] (measured on a
+    # 2-core Xeon: 28672 CIFAR-sized rows in 1024-row batches, 0.049 s against 0.080 s), which
+    # matters for small models, where the gather is about a fifth of the pass.
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in needs}
     model.eval()
     with torch.inference_mode(), performance.autocast_on(x.device):
         if any(name in needs for name in DETERMINISTIC):
             for idx in rows(positions, n):
-                embeddings = model.features(performance.inputs(x[idx]))  # [b, D]
+                embeddings = model.features(performance.inputs(x.index_select(0, idx)))  # [b, D]
                 logits = model.head(embeddings).float()  # [b, C]
                 computed = {"embeddings": embeddings, "logits": logits}
                 if "probs" in needs:
@@ -81,7 +84,7 @@ def pool_outputs(
                         parts[name].append(computed[name].float())
         if "labeled_embeddings" in needs:
             for idx in rows(labeled, labeled.shape[0]):
-                parts["labeled_embeddings"].append(model.features(performance.inputs(x[idx])).float())
+                parts["labeled_embeddings"].append(model.features(performance.inputs(x.index_select(0, idx))).float())
         if "mc_probs" in needs:
             parts["mc_probs"] = _mc_probs(model, x, rows(positions, n), mc_samples, seed + comm.rank, performance)
 
@@ -110,7 +113,7 @@ def _mc_probs(
             m.train()
         try:
             for idx in index_batches:
-                xb = performance.inputs(x[idx])
+                xb = performance.inputs(x.index_select(0, idx))
                 chunks.append(torch.stack([torch.softmax(model(xb).float(), 1) for _ in range(mc_samples)], 1))
         finally:
             for m in dropouts:

@@ -1,0 +1,91 @@
+"""benchmarks.perf runs end to end and measures what it says (equal work on both sides of
+each comparison); its FLOP count is right.  No timing is asserted: the figures are in
+benchmarks/README.md."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import perf
+from engine.models import build_model
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("perf") / "perf.json"
+    assert perf.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_perf_quick_writes_every_section(quick_report):
+    r = quick_report
+    assert r["quick"] is True and r["command"].endswith("--quick --repeats 1 --out " + r["command"].split()[-1])
+    assert r["targets"] == perf.TARGETS
+    assert r["ray_overhead"] is None  # skipped by --quick
+    assert "gpu" not in r  # CPU run
+    assert [f"{c['model']}/{c['data']}" for c in r["engine_vs_plain"]] == [
+        "mlp/digits",
+        "resnet18/digits",
+        "mlp/cifar",
+        "resnet18/cifar",
+    ]
+    assert {c["model"] for c in r["scoring"]} == {"mlp", "resnet18"}
+    for section in ("engine_vs_plain", "engine_vs_reference", "scoring"):
+        for case in r[section]:
+            assert case["device"] == "cpu"
+
+
+def test_engine_and_plain_did_the_same_work(quick_report):
+    for case in quick_report["engine_vs_plain"]:
+        assert case["same_result"] is True, case["model"]
+        assert case["steps"] > 0
+        wall = case["wall_seconds"]
+        assert len(wall["engine"]) == len(wall["plain"]) == case["repeats"] == 3  # --quick: 3 pairs
+        assert wall["ratio"] == pytest.approx(wall["median_engine"] / wall["median_plain"])
+        assert case["meets_target"] is (wall["ratio"] <= perf.TARGETS["engine_vs_plain"])
+
+
+def test_reference_did_the_same_steps_as_the_engine(quick_report):
+    for case, spec in zip(quick_report["engine_vs_reference"], perf.REFERENCE_CASES, strict=True):
+        assert case["n"] == spec.quick_n and case["epochs"] == spec.quick_epochs
+        assert case["steps"] == spec.quick_epochs * math.ceil(spec.quick_n / perf.BATCH_SIZE)
+        assert case["speedup"] == pytest.approx(case["reference_seconds"]["median"] / case["engine_seconds"]["median"])
+        assert case["performance"]["autocast"] is False  # auto is the plain path on CPU
+        assert case["meets_target"] is ((case["speedup"] >= 3.0) if case["model"] == "mlp" else None)
+
+
+def test_scoring_scores_the_unlabeled_pool_and_picks_k(quick_report):
+    for case, spec in zip(quick_report["scoring"], perf.SCORING_CASES, strict=True):
+        assert case["pool_unlabeled"] == spec.quick_pool - min(spec.labeled, spec.quick_pool // 4)
+        assert case["picked"] == min(perf.K, case["pool_unlabeled"])
+        assert case["batch_size"] == 1024  # eval.batch_size: the CPU default of inference_batch_size
+        n = case["pool_unlabeled"]
+        assert case["engine_samples_per_s"] == pytest.approx(n / case["engine_seconds"]["median"])
+        assert case["ratio"] == pytest.approx(case["engine_samples_per_s"] / case["bare_samples_per_s"])
+        assert case["meets_target"] is (case["ratio"] >= perf.TARGETS["scoring"])
+
+
+@pytest.mark.parametrize(("width", "gmacs"), [(64, 0.5555), (16, 0.0350)])
+def test_count_macs_of_resnet18(width, gmacs):
+    model = build_model("resnet18", {"width": width}, (3, 32, 32), 10)
+    assert perf.count_macs(model, (3, 32, 32)) / 1e9 == pytest.approx(gmacs, rel=2e-3)
+
+
+def test_count_macs_leaves_batchnorm_statistics_alone():
+    model = build_model("resnet18", {"width": 16}, (3, 32, 32), 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    perf.count_macs(model, (3, 32, 32))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(capsys):
+    assert perf.main(["--device", "cuda"]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
+
+
+def test_bad_repeats_is_refused(capsys):
+    assert perf.main(["--repeats", "0"]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
