@@ -89,3 +89,42 @@ def test_cuda_without_a_gpu_is_refused(capsys):
 def test_bad_repeats_is_refused(capsys):
     assert perf.main(["--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_gpu_section_code_runs_on_cpu(monkeypatch, capsys):
+    """The GPU section's arithmetic and report, run on the CPU at toy size (its figures mean
+    nothing here; on a GPU, ``--device cuda`` runs the same code at full size).  Compiled
+    option sets are left out: a cold compile costs a minute on CPU."""
+    cpu = torch.device("cpu")
+    sets = {k: v for k, v in perf.GPU_OPTION_SETS.items() if "compile" not in k}
+    monkeypatch.setattr(perf, "GPU_OPTION_SETS", sets)
+    peak = perf.peak_bf16_tflops(cpu, size=128, iterations=2)
+    assert peak > 0
+    rows = perf.gpu_width(cpu, width=4, n=256, epochs=1, repeats=1, peak=peak)
+    assert [r["options"] for r in rows] == list(sets)
+    macs = perf.count_macs(build_model("resnet18", {"width": 4}, (3, 32, 32), 10), (3, 32, 32))
+    for r in rows:
+        assert r["forward_macs_per_image"] == macs
+        assert r["images_per_s"] == pytest.approx(256 / r["median_seconds"])
+        floor = 1 / (perf.TRAIN_OVER_FORWARD * 2 * macs / (peak * 1e12))
+        assert r["floor_images_per_s"] == pytest.approx(floor)
+        assert r["time_over_floor"] == pytest.approx(floor / r["images_per_s"])
+        assert r["fraction_of_peak"] == pytest.approx(1 / r["time_over_floor"])
+    by_name = {r["options"]: r["performance"] for r in rows}
+    assert by_name["plain"] == perf.PLAIN.to_dict()
+    assert by_name["channels_last"]["channels_last"] is True and by_name["autocast"]["autocast"] is True
+    report = {
+        "machine": {**perf.round_vs_plain.machine([cpu]), "load_average_end": [0.0, 0.0, 0.0], "gpu": "toy"},
+        "command": "test",
+        "quick": True,
+        "engine_vs_plain": [],
+        "engine_vs_reference": [],
+        "scoring": [],
+        "ray_overhead": None,
+        "gpu": {"peak_bf16_tflops": peak, "training": rows},
+    }
+    perf.print_report(report)
+    printed = capsys.readouterr().out
+    assert "gpu           toy" in printed
+    assert f"width 4: {macs / 1e9:.3f}" in printed
+    assert sum(line.strip().startswith("4 ") for line in printed.splitlines()) == len(sets)
