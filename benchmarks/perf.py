@@ -100,23 +100,14 @@ def timed(run, device: torch.device):
     return time.perf_counter() - began, result
 
 
-def interleaved(a, b, repeats: int, device: torch.device, label: str) -> tuple[list, list]:
-    """``repeats`` pairs of timed calls, A B then B A alternately, after one warm-up of each.
-    Returns ([(seconds, result)] of a, of b)."""
-    timed(a, device), timed(b, device)  # first calls pay allocator, oneDNN/cuDNN and loader set-up
-    runs_a, runs_b = [], []
-    for i in range(repeats):
-        for which in (a, b) if i % 2 == 0 else (b, a):
-            (runs_a if which is a else runs_b).append(timed(which, device))
-        print(f"  {label} pair {i + 1}/{repeats}: {runs_a[-1][0]:.3f} s / {runs_b[-1][0]:.3f} s", file=sys.stderr)
-    return runs_a, runs_b
-
-
-def interleaved_many(runs: dict, repeats: int, device: torch.device, label: str) -> dict[str, list]:
-    """Like ``interleaved`` for several callables: each pass calls them all, in the given
-    order on even passes and reversed on odd ones, after one warm-up call of each."""
-    for run in runs.values():
-        timed(run, device)
+def interleaved(runs: dict, repeats: int, device: torch.device, label: str, warm_up: bool = True) -> dict:
+    """``repeats`` passes of timed calls of every callable in ``runs`` (name -> callable), in
+    the given order on even passes and reversed on odd ones (A B, B A, ...), after one
+    warm-up call of each (first calls pay allocator, oneDNN/cuDNN and loader set-up).
+    Returns name -> [(seconds, result)]."""
+    if warm_up:
+        for run in runs.values():
+            timed(run, device)
     out = {name: [] for name in runs}
     for i in range(repeats):
         for name in list(runs) if i % 2 == 0 else list(reversed(runs)):
@@ -257,7 +248,8 @@ def engine_vs_reference(case: RefCase, device: torch.device, perf: Performance, 
         torch.manual_seed(SEED)  # the sampler's shuffle
         return reference_round(model, dataset, labeled, device, epochs)
 
-    engine_runs, reference_runs = interleaved(engine, reference, repeats, device, f"{case.model}/{case.data}")
+    runs = interleaved({"engine": engine, "reference": reference}, repeats, device, f"{case.model}/{case.data}")
+    engine_runs, reference_runs = runs["engine"], runs["reference"]
     steps = {engine_runs[0][1][0], reference_runs[0][1][0]}
     if len(steps) != 1:
         raise RuntimeError(f"engine and reference made different numbers of steps: {steps}")
@@ -339,7 +331,7 @@ def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: boo
             for start in range(0, n, batch):
                 model(perf.inputs(bare_x[start : start + batch]))
 
-    runs = interleaved_many(
+    runs = interleaved(
         {"engine": engine, "bare": bare, "forward_only": bare_forward_only}, repeats, device, f"scoring {case.model}"
     )
     e, b, f = (seconds_summary(runs[name]) for name in ("engine", "bare", "forward_only"))
@@ -470,11 +462,9 @@ def gpu_width(device: torch.device, width: int, n: int, epochs: int, repeats: in
         if perf.compile:
             torch._dynamo.reset()  # compile time as a new process pays it (inductor's disk cache aside)
         first[name] = timed(lambda perf=perf: run(perf), device)[0]
-    times = {name: [] for name in options}
-    for i in range(repeats):  # round robin over the option sets, reversed every other pass
-        for name in list(options) if i % 2 == 0 else list(reversed(options)):
-            times[name].append(timed(lambda perf=options[name]: run(perf), device)[0])
-        print(f"  gpu width {width} pass {i + 1}/{repeats}", file=sys.stderr)
+    runs = {name: lambda perf=perf: run(perf) for name, perf in options.items()}
+    passes = interleaved(runs, repeats, device, f"gpu width {width}", warm_up=False)  # warmed up above
+    times = {name: [seconds for seconds, _ in passes[name]] for name in options}
     results = []
     for name, perf in options.items():
         median = statistics.median(times[name])
