@@ -500,14 +500,7 @@ def verdict(meets) -> str:
 
 
 def print_report(report: dict) -> None:
-    info = report["machine"]
-    print(f"date          {info['date']}")
-    print(f"cpu           {info['cpu_model']}, {info['cpu_cores']} cores ({info['cpu_cores_usable']} usable)")
-    if "gpu" in info:
-        print(f"gpu           {info['gpu']}")
-    print(f"torch         {info['torch']}, {info['torch_threads']} threads; python {info['python']}")
-    load = lambda key: " ".join(f"{v:.2f}" for v in info[key])  # noqa: E731
-    print(f"load average  start {load('load_average_start')}, end {load('load_average_end')}")
+    round_vs_plain.print_machine(report["machine"])
     print(f"command       {report['command']}")
     if report["quick"]:
         print("quick         a smoke run (small sizes, 2-3 pairs): the verdicts are not measurements")

@@ -285,7 +285,8 @@ def machine(devices: list[torch.device]) -> dict:
     return info
 
 
-def print_table(info: dict, results: list[dict]) -> None:
+def print_machine(info: dict) -> None:
+    """The header of a benchmark table: what ``machine()`` recorded and the caller's ``load_average_end``."""
     print(f"date          {info['date']}")
     print(f"cpu           {info['cpu_model']}, {info['cpu_cores']} cores ({info['cpu_cores_usable']} usable)")
     if "gpu" in info:
@@ -293,6 +294,10 @@ def print_table(info: dict, results: list[dict]) -> None:
     print(f"torch         {info['torch']}, {info['torch_threads']} threads; python {info['python']}")
     load = lambda key: " ".join(f"{v:.2f}" for v in info[key])  # noqa: E731
     print(f"load average  start {load('load_average_start')}, end {load('load_average_end')}")
+
+
+def print_table(info: dict, results: list[dict]) -> None:
+    print_machine(info)
     print(f"target        engine / plain <= {TARGET}")
     print()
     header = (

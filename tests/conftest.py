@@ -2,6 +2,7 @@
 needs it shares one local instance for the whole session."""
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +15,38 @@ def ray_address():
     init_ray(None, num_cpus=4)  # two workers plus headroom for Ray Train's own actors
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    one intra-op thread is as fast on an idle machine and far faster on a loaded CI runner,
+    where spinning worker threads fight over the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+
+
+@pytest.fixture
+def count_host_reads(monkeypatch):
+    """Call it to start counting: returns a list that records (method name, tensor) for
+    every read of a tensor's value on the host (item, tolist, bool, float, int, numpy)
+    until the test calls ``monkeypatch.undo()``."""
+
+    def start() -> list:
+        reads = []
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def counting(self, *args, _original=original, _name=name, **kwargs):
+                reads.append((_name, self))
+                return _original(self, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counting)
+        return reads
+
+    return start

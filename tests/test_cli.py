@@ -13,7 +13,6 @@ import textwrap
 
 import pandas as pd
 import pytest
-import torch
 
 from engine.cli import main
 from engine.data import DATASET_DOCS
@@ -21,7 +20,7 @@ from engine.models import MODELS
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 
-# Subprocesses too: one intra-op thread (see one_torch_thread below).
+# Subprocesses too: one intra-op thread (see one_torch_thread in conftest.py).
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 FAST = ["--set", "device=cpu", "--set", "rounds.max_rounds=2"]
 ROUND_LINE = re.compile(
@@ -65,14 +64,7 @@ def assert_refused(capsys, out_dir, *argv: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one intra-op thread is as fast on an idle machine and far
-    faster on a loaded CI runner, where spinning worker threads fight over the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- bad input: one line, status 2, nothing written ------------------------------------------

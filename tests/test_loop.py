@@ -58,14 +58,7 @@ METRICS = ["round", "n_labeled", "epochs", "steps", "stop_reason", "train_acc", 
 SMALL = ["device=cpu", "rounds.max_rounds=3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one intra-op thread is as fast on an idle machine and far
-    faster on a loaded CI runner, where spinning worker threads fight over the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- helpers ---------------------------------------------------------------------------------

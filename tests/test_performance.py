@@ -29,13 +29,7 @@ CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # only its type is read by resolve_performance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models: one intra-op thread is as fast, and steadier on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def convergence(max_epochs):
@@ -287,21 +281,13 @@ def test_scoring_with_performance_options():
     assert len(margin.fn(fast, k, rng)) == k
 
 
-def test_no_host_sync_per_step_with_options(monkeypatch):
+def test_no_host_sync_per_step_with_options(monkeypatch, count_host_reads):
     """The options add no host read per step (the plain path has its own test in test_train)."""
     x, y = data(128, (3, 8, 8), seed=3)
     model = resnet()
     option = Performance(autocast=True, channels_last=True, fused_optimizer=True)
     optimizer = make_optimizer(model, "adam", 1e-3, 0.0, 0.9, fused=True)
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, _name=name, **kwargs):
-            reads.append((_name, self))
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+    reads = count_host_reads()
     stats = fit(model, x, y, optimizer, 32, convergence(2), seed=0, performance=option)
     monkeypatch.undo()
     state = {id(t) for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)}

@@ -211,7 +211,7 @@ def test_make_optimizer():
 
 
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
-def test_no_host_sync_per_step(monkeypatch, optimizer_name):
+def test_no_host_sync_per_step(monkeypatch, count_host_reads, optimizer_name):
     """Reading a tensor's value on the host (item, tolist, bool, float, int) at most once per epoch.
 
     Adam's own CPU step counters (optimizer state, never on the accelerator) are not counted."""
@@ -219,15 +219,7 @@ def test_no_host_sync_per_step(monkeypatch, optimizer_name):
     torch.manual_seed(0)
     model = build_model("mlp", {"width": 16}, (1, 4, 4), 10)
     optimizer = make_optimizer(model, optimizer_name, 1e-3, 0.0, 0.9)
-    reads = []
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
-        original = getattr(torch.Tensor, name)
-
-        def counting(self, *args, _original=original, _name=name, **kwargs):
-            reads.append((_name, self))
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, counting)
+    reads = count_host_reads()
     stats = fit(model, x, y, optimizer, 8, convergence(train_acc=1.0, max_epochs=3), seed=0)
     monkeypatch.undo()
 
