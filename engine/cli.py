@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 EXIT_USAGE = 2
 

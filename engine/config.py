@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from strategies.registry import ConfigError, Interval, OneOf, Type, check_value
+from engine.registry import ConfigError, Interval, OneOf, Type, check_value
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -372,6 +372,7 @@ def _check_pretrain(section: Any, datasets) -> dict[str, Any]:
 
 def _check_combinations(data: dict[str, Any]) -> None:
     """What no single key can check: a strategy's demands on the model."""
+    from engine.models import model_spec
     from strategies.acquisition import ACQUISITION_STRATEGIES
     from strategies.init import INIT_STRATEGIES
 
@@ -379,7 +380,7 @@ def _check_combinations(data: dict[str, Any]) -> None:
     model_params = {k: v for k, v in model.items() if k != "name"}
     check_model = INIT_STRATEGIES.get(data["init"]["name"]).extra.get("check_model")
     if check_model is not None:
-        check_model({k: v for k, v in data["init"].items() if k != "name"}, model["name"], model_params)
+        check_model({k: v for k, v in data["init"].items() if k != "name"}, model_spec(model["name"], model_params))
     acquisition = data["acquisition"]["name"]
     if "mc_probs" in ACQUISITION_STRATEGIES.get(acquisition).extra["needs"] and not model.get("dropout"):
         has = f"model.dropout is {model['dropout']!r}" if "dropout" in model else f"{model['name']} has no dropout"

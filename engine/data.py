@@ -14,6 +14,7 @@ DataLoader or transform in the hot loop.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 
 class DatasetError(ConfigError):
@@ -247,4 +248,28 @@ def split_and_place(raw: RawDataset, evaluation: str, holdout: float, split_seed
         eval_y=torch.from_numpy(eval_split.labels).to(device),
         pool_index=pool_index,
         num_classes=raw.num_classes,
+    )
+
+
+# --- fractions of a pool (pretraining: `pretrain.fraction`, `pretrain.source_fraction`) ---
+
+
+def fraction_count(n: int, fraction: float) -> int:
+    """How many of ``n`` items a ``fraction`` keeps (at least one; all for 1)."""
+    return n if fraction >= 1 else max(1, int(math.floor(fraction * n + 0.5)))
+
+
+def sample_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted positions of ``fraction`` of ``n`` items, at random (at least one)."""
+    return np.sort(np.random.default_rng(seed).choice(n, fraction_count(n, fraction), replace=False))
+
+
+def pool_fraction(data: Data, fraction: float, seed: int) -> Data:
+    """The same data with only a random ``fraction`` of the pool (the evaluation split is kept whole)."""
+    if fraction >= 1:
+        return data
+    keep = sample_fraction(data.pool_y.shape[0], fraction, seed)
+    index = torch.from_numpy(keep).to(data.pool_x.device)
+    return Data(
+        data.pool_x[index], data.pool_y[index], data.eval_x, data.eval_y, data.pool_index[keep], data.num_classes
     )

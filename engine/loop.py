@@ -25,21 +25,21 @@ with ``rounds.initial`` = the whole pool and one round.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from engine.config import Config, resolve_count
-from engine.data import Data, RawDataset, RawSplit, load_raw, split_and_place
+from engine.data import Data, load_raw, pool_fraction, split_and_place
 from engine.models import Classifier, build_model
+from engine.pretrain import pretrain, with_target_head
+from engine.registry import ConfigError
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
 from engine.train import (
@@ -55,7 +55,6 @@ from engine.train import (
 )
 from strategies.acquisition import ACQUISITION_STRATEGIES, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
-from strategies.registry import ConfigError
 
 
 class Reporter(Protocol):
@@ -117,90 +116,6 @@ def load_data(cfg: Config, device: torch.device) -> Data:
                 f"{cfg.dataset.name!r} has {'x'.join(map(str, data.input_shape))}: a pretrained model cannot transfer."
             )
     return pool_fraction(data, cfg.pretrain.fraction, seed_for(cfg.seed, 0, "pool_fraction"))
-
-
-def fraction_count(n: int, fraction: float) -> int:
-    """How many of ``n`` items a ``fraction`` keeps (at least one; all for 1)."""
-    return n if fraction >= 1 else max(1, int(math.floor(fraction * n + 0.5)))
-
-
-def _sample(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Sorted positions of ``fraction`` of ``n`` items, at random (at least one)."""
-    return np.sort(np.random.default_rng(seed).choice(n, fraction_count(n, fraction), replace=False))
-
-
-def pool_fraction(data: Data, fraction: float, seed: int) -> Data:
-    """The same data with only a random ``fraction`` of the pool (the evaluation split is kept whole)."""
-    if fraction >= 1:
-        return data
-    keep = _sample(data.pool_y.shape[0], fraction, seed)
-    index = torch.from_numpy(keep).to(data.pool_x.device)
-    return Data(
-        data.pool_x[index], data.pool_y[index], data.eval_x, data.eval_y, data.pool_index[keep], data.num_classes
-    )
-
-
-@dataclass
-class Pretrained:
-    model: Classifier  # the source's class count
-    source_index: np.ndarray  # dataset indices (training split of the source) it was trained on
-    columns: dict  # pretrain_* values for every row of the trial
-
-
-def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Performance = PLAIN) -> Pretrained:
-    """The source model: ``cfg.model`` trained to convergence on ``pretrain.source_fraction``
-    of the source dataset's pool, every random choice seeded by (seed, 0, purpose).
-
-    The source pool is split exactly as the target's (dataset.eval, dataset.holdout and
-    the split seed), so with the target as its own source, pretraining never sees the
-    evaluation samples; with ``dataset.eval: test`` it is the whole training split."""
-    spec = cfg.pretrain
-    raw = load_raw(spec.dataset, cfg.dataset.root, cfg.dataset.download)
-    if cfg.dataset.eval == "test":  # no held-out part: the eval split is never used here
-        raw = RawDataset(raw.train, RawSplit(raw.train.images[:1], raw.train.labels[:1]), raw.num_classes)
-    source = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
-    chosen = _sample(source.pool_y.shape[0], spec.source_fraction, seed_for(cfg.seed, 0, "pretrain_sample"))
-    index = torch.from_numpy(chosen).to(device)
-    x, y, source_index = source.pool_x[index], source.pool_y[index], source.pool_index[chosen]
-    num_classes = raw.num_classes
-    del source, raw  # only the chosen samples stay on the device
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed_for(cfg.seed, 0, "pretrain_init"))
-        model = build_model(cfg.model.name, cfg.model.params(), tuple(x.shape[1:]), num_classes)
-    model = model.to(device)
-    optimizer = make_optimizer(
-        model,
-        cfg.optimizer.name,
-        spec.lr,
-        cfg.optimizer.weight_decay,
-        cfg.optimizer.momentum,
-        performance.fused_optimizer,
-    )
-    convergence = SimpleNamespace(
-        train_acc=spec.train_acc, patience=spec.patience, min_delta=spec.min_delta, max_epochs=spec.max_epochs
-    )
-    began = time.perf_counter()
-    seed = seed_for(cfg.seed, 0, "pretrain_train")
-    stats = fit(model, x, y, optimizer, spec.batch_size, convergence, seed, comm, performance=performance)
-    columns = {
-        "pretrain_samples": int(y.shape[0]),
-        "pretrain_classes": num_classes,
-        "pretrain_epochs": stats.epochs,
-        "pretrain_steps": stats.steps,
-        "pretrain_stop_reason": stats.stop_reason,
-        "pretrain_train_acc": stats.train_acc,
-        "pretrain_seconds": time.perf_counter() - began,
-    }
-    return Pretrained(model, source_index, columns)
-
-
-def with_target_head(pretrained: Classifier, fresh: Classifier) -> Classifier:
-    """The pretrained model as round 1's ``prev``: its head replaced by (a copy of) the fresh
-    model's when the class counts differ, kept when they agree."""
-    if pretrained.head.out_features != fresh.head.out_features:
-        pretrained.head = copy.deepcopy(fresh.head)  # the same slot: parameter order is unchanged
-    return pretrained
 
 
 def fresh_model(cfg: Config, data: Data, round_: int, device: torch.device) -> Classifier:

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 _loaded: dict[str, str] = {}  # spec -> module name, so a plugin is imported once per process
 

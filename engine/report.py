@@ -30,9 +30,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from engine import results
+from engine.registry import ConfigError
 from engine.results import STRATEGY_COLUMNS, grid_columns
 from engine.store import filesystem
-from strategies.registry import ConfigError
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
 MAX_PANELS = 24

@@ -18,8 +18,8 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.dataset as pads
 
+from engine.registry import ConfigError
 from engine.store import SCHEMA, filesystem
-from strategies.registry import ConfigError
 
 NAME_COLUMNS = ["suite", "dataset", "model", "optimizer", "init", "acquisition", "stop_reason", "device", "bn_stats"]
 COUNT_COLUMNS = ["seed", "batch_size", "per_round", "round", "n_labeled", "epochs", "steps", "world_size"]

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from engine.models import Classifier
+from engine.registry import ConfigError
 from engine.train import LOCAL, PLAIN, Performance, batches
 from strategies.acquisition import PoolOutputs
-from strategies.registry import ConfigError
 
 DETERMINISTIC = ("probs", "logits", "embeddings")  # from one eval-mode pass over the pool
 

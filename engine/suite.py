@@ -27,7 +27,7 @@ import yaml
 
 from engine.config import COMPONENTS, DEFAULTS, Config, load_file, merge, parse_set, validate
 from engine.plugins import load_plugins
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
 
@@ -153,8 +153,8 @@ def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = ())
 def check_pools(suite: Suite) -> None:
     """Load each distinct dataset once and check every trial's round counts against its pool,
     so a missing dataset or an impossible per_round fails before any trial starts."""
-    from engine.data import load_raw, pool_size
-    from engine.loop import fraction_count, plan_rounds
+    from engine.data import fraction_count, load_raw, pool_size
+    from engine.loop import plan_rounds
 
     n_train: dict[tuple, int] = {}
 

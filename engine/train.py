@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 
 def seed_for(seed: int, round_: int, purpose: str) -> int:

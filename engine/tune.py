@@ -20,9 +20,9 @@ from typing import TextIO
 
 import pandas as pd
 
+from engine.registry import ConfigError
 from engine.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
 from engine.suite import Suite
-from strategies.registry import ConfigError
 
 
 def _run_trial(params: dict, trials: list[dict], out: str) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from strategies.registry import Interval, Registry
+from engine.registry import Interval, Registry
 
 # What a strategy may declare in ``needs``; each is a tensor on the CPU.  All but
 # ``labeled_embeddings`` are over the unlabeled pool, in pool order.

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from strategies.registry import ConfigError, Interval, Nullable, OneOf, Registry
+from engine.registry import ConfigError, Interval, ModelSpec, Nullable, OneOf, Registry
 
 INIT_STRATEGIES = Registry("init strategy", n_inputs=2)
 
@@ -46,8 +46,8 @@ def register(
     ``constraints`` maps a parameter to its allowed values (``Interval``, ``OneOf``).
     ``effective(params) -> (shrink, perturb)`` says which λ/σ the strategy amounts to,
     for the result columns; strategies that are no mix of the two leave it out (NaN).
-    ``check_model(params, model_name, model_params)`` raises ``ConfigError`` when the
-    strategy cannot apply to that model; it runs once, when the config is validated.
+    ``check_model(params, model: ModelSpec)`` raises ``ConfigError`` when the strategy
+    cannot apply to that model; it runs once, when the config is validated.
     """
 
     def wrap(fn):
@@ -136,19 +136,15 @@ def shrink_perturb_gaussian(
     return fresh if bn_stats == "fresh" else prev
 
 
-def _check_blocks(params: dict, model_name: str, model_params: dict) -> None:
-    from engine.models import MODELS  # at call time: engine.models imports strategies.registry
-
-    count = MODELS.get(model_name).extra.get("n_blocks")
-    if count is None:
+def _check_blocks(params: dict, model: ModelSpec) -> None:
+    if model.n_blocks is None:
         raise ConfigError(
-            f"The init strategy warm_partial needs a model that names its blocks; {model_name!r} does not."
+            f"The init strategy warm_partial needs a model that names its blocks; {model.name!r} does not."
         )
-    n = count(model_params)
-    if params["blocks"] is not None and params["blocks"] > n:
+    if params["blocks"] is not None and params["blocks"] > model.n_blocks:
         raise ConfigError(
-            f"The 'blocks' parameter of warm_partial must be at most {n}, the number of blocks of "
-            f"{model_name} here. Got {params['blocks']!r}."
+            f"The 'blocks' parameter of warm_partial must be at most {model.n_blocks}, the number of blocks of "
+            f"{model.name} here. Got {params['blocks']!r}."
         )
 
 

@@ -17,11 +17,11 @@ from engine.config import build
 from engine.data import Data
 from engine.loop import acquire, load_data, run_rounds
 from engine.models import build_model
+from engine.registry import ConfigError
 from engine.scoring import pool_outputs
 from engine.train import LOCAL
 from strategies import acquisition
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
-from strategies.registry import ConfigError
 
 CPU = torch.device("cpu")
 

@@ -11,7 +11,7 @@ import pytest
 
 from engine.config import DEFAULTS, Config, build, load_file, merge, parse_set, parse_yaml, resolve_count, validate
 from engine.models import MODELS
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 SHRINK_PERTURB_DEFAULTS = {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1, "bn_stats": "fresh"}
 # The paper's MLP: three hidden layers of 100 tanh units (the builder may take more parameters).

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine.data import DatasetError, RawDataset, RawSplit, load_raw, split_and_place
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 CIFAR_PIXELS = 3 * 32 * 32
 

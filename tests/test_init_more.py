@@ -14,8 +14,8 @@ from torch import nn
 from engine.config import build
 from engine.loop import fresh_model
 from engine.models import MODELS, build_model
+from engine.registry import ConfigError
 from strategies.init import INIT_STRATEGIES, effective_mix, noise_seed
-from strategies.registry import ConfigError
 
 CPU = torch.device("cpu")
 

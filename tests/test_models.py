@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from engine.models import MODELS, BasicBlock, Classifier, build_model
-from strategies.registry import ConfigError
+from engine.registry import ConfigError
 
 
 def n_params(model: nn.Module) -> int:

@@ -20,10 +20,10 @@ import engine.train
 from engine.config import DEFAULTS, build, validate
 from engine.loop import load_data, run_rounds
 from engine.models import build_model
+from engine.registry import ConfigError
 from engine.scoring import pool_outputs
 from engine.train import PLAIN, Performance, evaluate, fit, make_optimizer, precise_bn, resolve_performance
 from strategies.acquisition import ACQUISITION_STRATEGIES
-from strategies.registry import ConfigError
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")  # only its type is read by resolve_performance

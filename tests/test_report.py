@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine import report, results
+from engine.registry import ConfigError
 from engine.store import SCHEMA, TrialStore
-from strategies.registry import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,11 +14,11 @@ from torch import nn
 
 from engine import plugins
 from engine.models import build_model
+from engine.registry import ConfigError, Registry
 from engine.scoring import pool_outputs
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
-from strategies.registry import ConfigError, Registry
 
 
 @pytest.fixture

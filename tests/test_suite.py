@@ -7,9 +7,9 @@ import textwrap
 import pandas as pd
 import pytest
 
+from engine.registry import ConfigError
 from engine.suite import check_pools, load_suite, locate
 from engine.tune import describe_point, format_summary, prepare_out, summarize
-from strategies.registry import ConfigError
 
 
 def write(tmp_path, text: str, name: str = "suite.yaml") -> str:

@@ -20,10 +20,11 @@ from engine import data as data_module
 from engine.cli import main
 from engine.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
 from engine.data import RawDataset, RawSplit, load_digits
-from engine.loop import fresh_model, load_data, pretrain, run_rounds
+from engine.loop import fresh_model, load_data, run_rounds
+from engine.pretrain import pretrain
+from engine.registry import ConfigError
 from engine.store import TrialStore
 from strategies.init import INIT_STRATEGIES, register
-from strategies.registry import ConfigError
 
 CPU = torch.device("cpu")
 POOL = 1198  # digits: 1797 images, 599 held out

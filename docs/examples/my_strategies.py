@@ -6,9 +6,9 @@ suite); then `tempered_entropy` and `shrink_only` are names like the built-ins.
 
 import torch
 
+from engine.registry import Interval
 from strategies.acquisition import register, top_k
 from strategies.init import register as register_init
-from strategies.registry import Interval
 
 
 @register("tempered_entropy", needs=("logits",), constraints={"temperature": Interval(0, low_open=True)})
