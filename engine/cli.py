@@ -6,8 +6,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 from engine.registry import ConfigError
 
 EXIT_USAGE = 2
@@ -51,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
         prog="warmstart",
         description="Rounds of online and active learning: random init, warm start, shrink and perturb.",
     )
+    from engine import __version__
+
+    top.add_argument("--version", action="version", version=f"warmstart {__version__}")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run one trial and append its rounds to a Parquet dataset")
@@ -69,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
     suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
     suite.add_argument(
-        "suite", metavar="FILE_OR_NAME", help="a suite YAML file, or the name of one in benchmarks/suites/"
+        "suite", metavar="FILE_OR_NAME", help="a suite YAML file, or the name of a shipped suite (warmstart list shows them)"
     )
     _add_suite_args(suite, default_out="results/<suite name>")
     _add_repeated(
@@ -102,60 +103,29 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.config import build
-    from engine.loop import Silent, load_data, plan_rounds, resolve_device, run_rounds
     from engine.progress import ConsoleReporter
-    from engine.store import TrialStore
+    from engine.runner import run_trial
 
     # Everything that can be refused is checked before anything is written under --out.
     sets = list(args.sets)
-    if args.workers is not None:
-        sets.append(f"scaling.workers={args.workers}")
     if args.gpus_per_worker is not None:
         sets.append(f"scaling.gpus_per_worker={args.gpus_per_worker}")
-    if args.address and not any(s.startswith("scaling.workers=") for s in sets):
-        sets.append("scaling.workers=1")  # joining a cluster means running there
-    cfg = build(args.config, sets, args.plugins)
-    on_ray = cfg.scaling.workers is not None
-    # The driver of a Ray run loads the data only to check the plan; the workers load their own.
-    device = torch.device("cpu") if on_ray else resolve_device(cfg.device)
-    data = load_data(cfg, device)
-    plan = plan_rounds(cfg, data.pool_y.shape[0])
-    trial_id = cfg.trial_id()
-    store = TrialStore(args.out, trial_id)
-    saved = store.saved_config()
-    if saved is not None and type(cfg)(saved).identity() != cfg.identity():
-        raise ConfigError(
-            f"{args.out} already holds trial {trial_id!r} with a different config; choose another --out or trial_id."
-        )
-    checkpoint = store.load_checkpoint()
-
-    reporter = ConsoleReporter(sys.stdout)
-    print(
-        f"trial {trial_id}: {cfg.dataset.name} ({plan.n_pool} pool, {data.eval_y.shape[0]} {cfg.dataset.eval}), "
-        f"{cfg.model.name}, init {cfg.init.name}, acquisition {cfg.acquisition.name}, "
-        f"{plan.rounds} rounds of {plan.per_round} after {plan.initial}, "
-        + (f"on Ray Train with {cfg.scaling.workers} worker(s)" if on_ray else f"on {device.type}")
-    )
-    if checkpoint is not None:
-        if checkpoint["round"] >= plan.rounds:
-            print(f"already complete: {plan.rounds} rounds in {args.out}")
-            return 0
-        print(f"resuming after round {checkpoint['round']} (found in {args.out})")
-    if not args.quiet:
-        reporter.header()
     began = time.perf_counter()
-    if on_ray:
-        from engine.distributed import run_trial_on_ray
-
-        del data  # the workers load their own copy
-        run_trial_on_ray(cfg, args.out, args.address, None if args.quiet else reporter, plan.rounds)
-    else:
-        run_rounds(cfg, data, store, device, reporter=Silent() if args.quiet else reporter)
-    total = time.perf_counter() - began
-    rows = store.rows()
-    last = max(rows, key=lambda r: r["round"])
-    print(f"done: {len(rows)} rounds in {total:.1f}s, final test_acc {last['test_acc']:.4f}; rows in {args.out}")
+    reporter = ConsoleReporter(sys.stdout, quiet=args.quiet)
+    rows = run_trial(
+        args.config,
+        args.out,
+        workers=args.workers,
+        address=args.address,
+        reporter=reporter,
+        sets=sets,
+        plugins=args.plugins,
+    )
+    if reporter.ran:
+        print(
+            f"done: {len(rows)} rounds in {time.perf_counter() - began:.1f}s, "
+            f"final test_acc {rows[-1]['test_acc']:.4f}; rows in {args.out}"
+        )
     return 0
 
 

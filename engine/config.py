@@ -14,12 +14,13 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
 from typing import Any
 
 import yaml
 
-from engine.registry import ConfigError, Interval, OneOf, Type, check_value
+from engine.registry import ConfigError, Interval, OneOf, Registry, Type, check_value, value_kind
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -78,6 +79,9 @@ class Count:
             return False
         return (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value < 1)
 
+    def kind(self) -> type:
+        return float
+
     def describe(self) -> str:
         return "an int >= 1 (a count) or a float in (0, 1) (a fraction of the pool)"
 
@@ -89,6 +93,9 @@ class Optional_:
     def check(self, value: Any) -> bool:
         return value is None or self.inner.check(value)
 
+    def kind(self) -> type | None:
+        return value_kind(self.inner)
+
     def describe(self) -> str:
         return f"null or {self.inner.describe()}"
 
@@ -98,6 +105,9 @@ class Device:
         if not isinstance(value, str):
             return False
         return value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
+    def kind(self) -> type:
+        return str
 
     def describe(self) -> str:
         return "one of 'auto', 'cpu', 'cuda', 'cuda:N'"
@@ -112,6 +122,9 @@ class AutoOr:
     def check(self, value: Any) -> bool:
         return value == "auto" or self.inner.check(value)
 
+    def kind(self) -> None:
+        return None  # 'auto' or another kind: stored as JSON text
+
     def describe(self) -> str:
         return f"'auto' or {self.inner.describe()}"
 
@@ -119,6 +132,9 @@ class AutoOr:
 class StrList:
     def check(self, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    def kind(self) -> type:
+        return list
 
     def describe(self) -> str:
         return "a list of strings"
@@ -182,6 +198,11 @@ NOT_IDENTITY = (
     "performance",
 )
 
+# Keys that say how far a trial runs, not what its rounds compute: its identity holds them
+# as null (the default, so trial ids written before this rule are unchanged), and raising
+# `rounds.max_rounds` continues the same trial instead of starting a new one.
+HOW_FAR = ("rounds.max_rounds",)
+
 # Keys added after results existed, left out of the identity while they hold the value
 # that means "as before": configs written before them keep their trial ids (and so
 # resume into their own rows).
@@ -223,17 +244,22 @@ class Config(Section):
     def identity(self) -> dict[str, Any]:
         """The keys that decide what the trial computes (NOT_IDENTITY left out)."""
         identity = self.to_dict()
+
+        def parent(dotted: str) -> tuple[dict, str]:
+            *parents, leaf = dotted.split(".")
+            node = identity
+            for p in parents:
+                node = node[p]
+            return node, leaf
+
         for dotted in NOT_IDENTITY:
-            *parents, leaf = dotted.split(".")
-            node = identity
-            for p in parents:
-                node = node[p]
+            node, leaf = parent(dotted)
             node.pop(leaf, None)
+        for dotted in HOW_FAR:
+            node, leaf = parent(dotted)
+            node[leaf] = None
         for dotted, neutral in NEUTRAL_IN_IDENTITY.items():
-            *parents, leaf = dotted.split(".")
-            node = identity
-            for p in parents:
-                node = node[p]
+            node, leaf = parent(dotted)
             if leaf in node and node[leaf] == neutral and type(node[leaf]) is type(neutral):
                 del node[leaf]
         return identity
@@ -244,6 +270,15 @@ class Config(Section):
             return self._data["trial_id"]
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.dataset.name}-{self.model.name}-{self.init.name}-{self.acquisition.name}-s{self.seed}-{digest}"
+
+
+def component_registry(component: str) -> Registry:
+    """The registry whose builders a component section (model, init, acquisition) names."""
+    from engine.models import MODELS
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+    from strategies.init import INIT_STRATEGIES
+
+    return {"model": MODELS, "init": INIT_STRATEGIES, "acquisition": ACQUISITION_STRATEGIES}[component]
 
 
 # --- building a config --------------------------------------------------------------
@@ -425,13 +460,22 @@ def validate(data: dict[str, Any]) -> Config:
     return Config(data)
 
 
-def build(path: str | None = None, sets: list[str] = (), plugins: list[str] = ()) -> Config:
-    """DEFAULTS, then the YAML file, then each ``--set``; plugins load before validation."""
+def build(source: Config | dict | str | os.PathLike | None = None, sets=(), plugins=()) -> Config:
+    """DEFAULTS, then ``source`` (a YAML file's path, a mapping of keys to override, or a
+    Config), then each ``--set``; plugins load before validation.  Every problem is a
+    ConfigError naming the key."""
     from engine.plugins import load_plugins
 
-    data = DEFAULTS
-    if path:
-        data = merge(data, load_file(path))
+    if isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = merge(DEFAULTS, source)
+    elif isinstance(source, (str, os.PathLike)):
+        data = merge(DEFAULTS, load_file(os.fspath(source)))
+    elif source is None:
+        data = DEFAULTS
+    else:
+        raise ConfigError(f"A config is a mapping, a YAML file's path or a Config; got {type(source).__name__}.")
     for assignment in sets:
         data = merge(data, parse_set(assignment))
     if plugins:

@@ -112,9 +112,9 @@ def worker_main(train_config: dict) -> None:
     import ray.train
 
     from engine.config import validate
-    from engine.loop import load_data, run_rounds
     from engine.plugins import load_plugins
     from engine.progress import ProgressWriter
+    from engine.runner import start_trial
     from engine.store import TrialStore
 
     data = train_config["config"]
@@ -127,9 +127,9 @@ def worker_main(train_config: dict) -> None:
     else:
         device = torch.device("cpu")
     comm = TorchComm(device, cfg.scaling.sync_batchnorm)
-    store = TrialStore(train_config["out"], cfg.trial_id())
-    reporter = ProgressWriter(store) if comm.rank == 0 else None
-    run_rounds(cfg, load_data(cfg, device), store, device, comm, reporter)
+    out = train_config["out"]
+    reporter = ProgressWriter(TrialStore(out, cfg.trial_id())) if comm.rank == 0 else None
+    start_trial(cfg, out, comm=comm, device=device, reporter=reporter).run()
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:

@@ -39,6 +39,7 @@ from engine.config import Config, resolve_count
 from engine.data import Data, load_raw, pool_fraction, split_and_place
 from engine.models import Classifier, build_model
 from engine.pretrain import pretrain, with_target_head
+from engine.records import PRETRAIN_COLUMNS, PretrainRecord, RoundRecord, config_columns
 from engine.registry import ConfigError
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
@@ -53,17 +54,19 @@ from engine.train import (
     resolve_performance,
     seed_for,
 )
-from strategies.acquisition import ACQUISITION_STRATEGIES, check_positions
+from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
 
 
 class Reporter(Protocol):
+    def trial_started(self, info) -> None: ...  # engine.runner.TrialInfo
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None: ...
     def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None: ...
     def round_done(self, row: dict) -> None: ...
 
 
 class Silent:
+    def trial_started(self, info): ...
     def round_started(self, round_, rounds, n_labeled): ...
     def epoch(self, round_, epoch, train_acc, train_loss): ...
     def round_done(self, row): ...
@@ -143,8 +146,9 @@ def acquire(
     round_: int,
     comm,
     performance: Performance = PLAIN,
-) -> np.ndarray:
-    """Pool positions of the k samples the acquisition strategy picks from the unlabeled pool."""
+) -> tuple[np.ndarray, PoolOutputs]:
+    """Pool positions of the k samples the acquisition strategy picks from the unlabeled
+    pool, and the pool outputs it scored them with."""
     entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
     needs, params = entry.extra["needs"], cfg.acquisition.params()
     unlabeled = np.flatnonzero(labeled == 0)
@@ -167,11 +171,11 @@ def acquire(
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
         positions = entry.fn(outputs, k, rng, **params)
         picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size)]
-    return comm.broadcast(picked)
+    return comm.broadcast(picked), outputs
 
 
-def base_row(cfg: Config, plan: Plan, data: Data, device: torch.device, comm) -> dict:
-    """The columns that are the same in every round of the trial."""
+def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
+    """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
     return {
         "suite": cfg.suite,
@@ -198,22 +202,194 @@ def base_row(cfg: Config, plan: Plan, data: Data, device: torch.device, comm) ->
         "acquisition_params": json.dumps(cfg.acquisition.params(), sort_keys=True),
         "n_pool": plan.n_pool,
         "n_eval": int(data.eval_y.shape[0]),
-        # Pretraining (null without); the pretrain_* results join these once known.
+        "performance": json.dumps(performance.to_dict(), sort_keys=True),
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
-        **dict.fromkeys(PRETRAIN_COLUMNS),
+        "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 
 
-PRETRAIN_COLUMNS = (
-    "pretrain_samples",
-    "pretrain_classes",
-    "pretrain_epochs",
-    "pretrain_steps",
-    "pretrain_stop_reason",
-    "pretrain_train_acc",
-    "pretrain_seconds",
-)
+# --- one trial: its fixed context, its state, one round ----------------------------------
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What stays the same for every round of one trial in one process."""
+
+    cfg: Config
+    data: Data
+    plan: Plan
+    device: torch.device
+    comm: object
+    performance: Performance
+    columns: dict  # trial_columns(): the RoundRecord fields every round shares
+    reporter: Reporter
+
+
+@dataclass
+class TrialState:
+    """Where a trial stands: what the next round starts from.  Saved after every round and
+    loaded on resume, both here (``save_round``, ``load_state``) and nowhere else."""
+
+    round: int  # the last completed round; 0 before round 1
+    labeled: np.ndarray  # [n_pool] int32: 0 = unlabeled, r = labeled in round r
+    model: Classifier | None  # round ``round``'s model (before round 1: the pretrained one, or None)
+    pretrain: PretrainRecord | None = None  # pretraining's results, for every row
+
+
+@dataclass
+class RoundResult:
+    """One round's outcome: its row, the dataset indices it added, the pool outputs the
+    acquisition scored (None in round 1, whose set is random) and the trained model."""
+
+    row: dict
+    picked: np.ndarray
+    outputs: PoolOutputs | None
+    model: Classifier
+
+
+def open_trial(
+    cfg: Config,
+    data: Data,
+    store: TrialStore | None,
+    device: torch.device,
+    comm=LOCAL,
+    reporter: Reporter | None = None,
+) -> tuple[TrialContext, TrialState]:
+    """The trial's context, and its state: from the store's checkpoint after the last
+    completed round, else fresh (pretraining first, when configured)."""
+    plan = plan_rounds(cfg, data.pool_y.shape[0])
+    performance = performance_for(cfg, data, device)
+    columns = trial_columns(cfg, plan, data, device, comm, performance)
+    context = TrialContext(cfg, data, plan, device, comm, performance, columns, reporter or Silent())
+    if store is not None and comm.rank == 0:
+        store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
+    state = load_state(store, context)
+    if state is None:
+        state = TrialState(0, np.zeros(plan.n_pool, dtype=np.int32), None)
+        if cfg.pretrain is not None:
+            pretrained = pretrain(cfg, device, comm, performance)
+            state.model, state.pretrain = pretrained.model, pretrained.record
+    return context, state
+
+
+def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
+    """The state saved after the last completed round, or None."""
+    checkpoint = store.load_checkpoint() if store is not None else None
+    if checkpoint is None:
+        return None
+    model = fresh_model(context.cfg, context.data, checkpoint["round"], context.device)
+    model.load_state_dict(checkpoint["model"])
+    record = PretrainRecord.from_columns(checkpoint.get("pretrain") or {})
+    return TrialState(checkpoint["round"], checkpoint["labeled"], model, record)
+
+
+def save_round(store: TrialStore | None, context: TrialContext, state: TrialState, row: dict) -> None:
+    """Persist a completed round (rank 0): the row first, then the checkpoint and status.
+    A crash between the two re-runs this round on resume, which rewrites the same row
+    file instead of adding one."""
+    if store is None or context.comm.rank != 0:
+        return
+    store.write_row(row)
+    weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
+    pretrained = {c: row[c] for c in PRETRAIN_COLUMNS}
+    store.save_checkpoint(
+        {"round": state.round, "labeled": state.labeled.copy(), "model": weights, "pretrain": pretrained}
+    )
+    store.save_status({"round": state.round, "rounds": context.plan.rounds, "test_acc": row["test_acc"]})
+
+
+def run_round(context: TrialContext, state: TrialState) -> RoundResult:
+    """Round ``state.round + 1``: acquire, initialise, train, evaluate.  Advances ``state``."""
+    cfg, data, plan, device, comm, performance = (
+        context.cfg,
+        context.data,
+        context.plan,
+        context.device,
+        context.comm,
+        context.performance,
+    )
+    round_ = state.round + 1
+    k = plan.size_after(round_) - plan.size_after(round_ - 1) if round_ > 1 else plan.initial
+    context.reporter.round_started(round_, plan.rounds, plan.size_after(round_))
+    began = time.perf_counter()
+    outputs = None
+    if round_ == 1:
+        picked = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False)
+    else:
+        picked, outputs = acquire(cfg, state.model, data, state.labeled, k, round_, comm, performance)
+    state.labeled[picked] = round_
+    acquire_seconds = time.perf_counter() - began
+
+    fresh = fresh_model(cfg, data, round_, device)
+    if state.model is None:  # round 1 without pretraining: always fresh
+        model = fresh
+    else:
+        prev = with_target_head(state.model, fresh) if round_ == 1 else state.model
+        model = INIT_STRATEGIES.get(cfg.init.name).fn(prev, fresh, **cfg.init.params())
+    comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
+    optimizer = make_optimizer(
+        model,
+        cfg.optimizer.name,
+        cfg.optimizer.lr,
+        cfg.optimizer.weight_decay,
+        cfg.optimizer.momentum,
+        performance.fused_optimizer,
+    )
+    positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(device)
+    x, y = data.pool_x[positions], data.pool_y[positions]
+
+    began = time.perf_counter()
+    stats = fit(
+        model,
+        x,
+        y,
+        optimizer,
+        cfg.batch_size,
+        cfg.convergence,
+        seed_for(cfg.seed, round_, "train"),
+        comm,
+        on_epoch=functools.partial(context.reporter.epoch, round_),
+        performance=performance,
+    )
+    train_seconds = time.perf_counter() - began
+
+    began = time.perf_counter()
+    re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, comm, performance)
+    eval_batch = performance.inference_batch_size or cfg.eval.batch_size
+    test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
+    eval_seconds = time.perf_counter() - began
+    del x, y  # the labeled copy: not held while the next round scores the pool
+
+    added = np.sort(data.pool_index[state.labeled == round_])
+    record = RoundRecord(
+        **context.columns,
+        round=round_,
+        n_labeled=int(positions.shape[0]),
+        epochs=stats.epochs,
+        steps=stats.steps,
+        stop_reason=stats.stop_reason,
+        train_acc=stats.train_acc,
+        train_loss=stats.train_loss,
+        test_acc=test_acc,
+        test_loss=test_loss,
+        train_seconds=train_seconds,
+        acquire_seconds=acquire_seconds,
+        eval_seconds=eval_seconds,
+        precise_bn=bool(re_estimated),
+        acquired=[int(i) for i in added],
+        pretrain=state.pretrain,
+    )
+    state.round, state.model = round_, model
+    return RoundResult(record.to_row(), added, outputs, model)
+
+
+def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
+    """The next round, run and saved, then reported."""
+    result = run_round(context, state)
+    save_round(store, context, state, result.row)
+    context.reporter.round_done(result.row)
+    return result
 
 
 def run_rounds(
@@ -224,110 +400,9 @@ def run_rounds(
     comm=LOCAL,
     reporter: Reporter | None = None,
 ) -> list[dict]:
-    """Run (or continue) the trial; returns the rows written by this call."""
-    reporter = reporter or Silent()
-    plan = plan_rounds(cfg, data.pool_y.shape[0])
-    init = INIT_STRATEGIES.get(cfg.init.name)
-    common = base_row(cfg, plan, data, device, comm)
-    performance = performance_for(cfg, data, device)
-    common["performance"] = json.dumps(performance.to_dict(), sort_keys=True)
-    labeled = np.zeros(plan.n_pool, dtype=np.int32)
-    model: Classifier | None = None  # the previous round's model (round 1: the pretrained one, if any)
-    start = 1
-    if store is not None and comm.rank == 0:
-        store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
-    checkpoint = store.load_checkpoint() if store is not None else None
-    if checkpoint is not None:  # continue after the last completed round
-        labeled = checkpoint["labeled"]
-        model = fresh_model(cfg, data, checkpoint["round"], device)
-        model.load_state_dict(checkpoint["model"])
-        start = checkpoint["round"] + 1
-        common.update(checkpoint.get("pretrain", {}))
-    elif cfg.pretrain is not None:
-        pretrained = pretrain(cfg, device, comm, performance)
-        model = pretrained.model
-        common.update(pretrained.columns)
-
+    """Run (or continue) the trial to its last round; returns the rows of this call's rounds."""
+    context, state = open_trial(cfg, data, store, device, comm, reporter)
     rows = []
-    for round_ in range(start, plan.rounds + 1):
-        k = plan.size_after(round_) - plan.size_after(round_ - 1) if round_ > 1 else plan.initial
-        reporter.round_started(round_, plan.rounds, plan.size_after(round_))
-        began = time.perf_counter()
-        if round_ == 1:
-            picked = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False)
-        else:
-            picked = acquire(cfg, model, data, labeled, k, round_, comm, performance)
-        labeled[picked] = round_
-        acquire_seconds = time.perf_counter() - began
-
-        fresh = fresh_model(cfg, data, round_, device)
-        if model is None:  # round 1 without pretraining: always fresh
-            model = fresh
-        else:
-            if round_ == 1:
-                model = with_target_head(model, fresh)
-            model = init.fn(model, fresh, **cfg.init.params())
-        comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
-        optimizer = make_optimizer(
-            model,
-            cfg.optimizer.name,
-            cfg.optimizer.lr,
-            cfg.optimizer.weight_decay,
-            cfg.optimizer.momentum,
-            performance.fused_optimizer,
-        )
-        positions = torch.from_numpy(np.flatnonzero(labeled)).to(device)
-        x, y = data.pool_x[positions], data.pool_y[positions]
-
-        began = time.perf_counter()
-        stats = fit(
-            model,
-            x,
-            y,
-            optimizer,
-            cfg.batch_size,
-            cfg.convergence,
-            seed_for(cfg.seed, round_, "train"),
-            comm,
-            on_epoch=functools.partial(reporter.epoch, round_),
-            performance=performance,
-        )
-        train_seconds = time.perf_counter() - began
-
-        began = time.perf_counter()
-        re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, comm, performance)
-        eval_batch = performance.inference_batch_size or cfg.eval.batch_size
-        test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
-        eval_seconds = time.perf_counter() - began
-
-        row = {
-            **common,
-            "round": round_,
-            "n_labeled": int(positions.shape[0]),
-            "epochs": stats.epochs,
-            "steps": stats.steps,
-            "stop_reason": stats.stop_reason,
-            "train_acc": stats.train_acc,
-            "train_loss": stats.train_loss,
-            "test_acc": test_acc,
-            "test_loss": test_loss,
-            "train_seconds": train_seconds,
-            "acquire_seconds": acquire_seconds,
-            "eval_seconds": eval_seconds,
-            "precise_bn": bool(re_estimated),
-            "acquired": sorted(int(i) for i in data.pool_index[labeled == round_]),
-        }
-        del x, y  # the labeled copy: not held while the next round scores the pool
-        if store is not None and comm.rank == 0:
-            # The row first, then the checkpoint: a crash between the two re-runs this
-            # round on resume, which rewrites the same row file instead of adding one.
-            store.write_row(row)
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            pretrained_columns = {c: common[c] for c in PRETRAIN_COLUMNS}
-            store.save_checkpoint(
-                {"round": round_, "labeled": labeled.copy(), "model": state, "pretrain": pretrained_columns}
-            )
-            store.save_status({"round": round_, "rounds": plan.rounds, "test_acc": test_acc})
-        rows.append(row)
-        reporter.round_done(row)
+    while state.round < context.plan.rounds:
+        rows.append(advance(context, state, store).row)
     return rows

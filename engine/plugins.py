@@ -1,7 +1,13 @@
-"""Loading users' strategy modules: ``--plugin my_strategies.py`` or ``--plugin package.module``.
+"""Loading users' strategy modules: ``--plugin my_strategies.py`` or ``--plugin package.module``,
+and every installed package's ``warmstart.plugins`` entry points.
 
-A plugin registers its strategies on import, with the same decorators as the
-built-ins, and they are then usable by name in the config.
+A plugin registers its strategies (or datasets, or models) on import, with the same
+decorators as the built-ins, and they are then usable by name in the config.  An
+installed package makes its plugin load by itself, in every process (Ray workers too),
+with an entry point in its ``pyproject.toml``::
+
+    [project.entry-points."warmstart.plugins"]
+    my_strategies = "my_package.strategies"
 """
 
 from __future__ import annotations
@@ -17,8 +23,37 @@ from engine.registry import ConfigError
 _loaded: dict[str, str] = {}  # spec -> module name, so a plugin is imported once per process
 
 
+ENTRY_POINT_GROUP = "warmstart.plugins"
+_entry_points_loaded = False
+
+
+def load_entry_points() -> None:
+    """Import every installed ``warmstart.plugins`` entry point's module, once per process."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        if entry.value in _loaded:
+            continue
+        try:
+            entry.load()
+        except Exception as exc:
+            _entry_points_loaded = False  # the next call says it again
+            dist = entry.dist.name if entry.dist is not None else "an installed package"
+            raise ConfigError(
+                f"Plugin {entry.name!r} ({entry.value}, entry point of {dist}) failed to import: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        _loaded[entry.value] = entry.value
+
+
 def load_plugins(specs: list[str]) -> list[str]:
-    """Import each plugin; returns the specs with file paths made absolute."""
+    """Import the installed entry-point plugins, then each plugin named; returns the specs
+    with file paths made absolute."""
+    load_entry_points()
     return [_load(spec) for spec in specs]
 
 

@@ -19,6 +19,7 @@ import torch
 from engine.config import Config
 from engine.data import RawDataset, RawSplit, load_raw, sample_fraction, split_and_place
 from engine.models import Classifier, build_model
+from engine.records import PretrainRecord
 from engine.train import LOCAL, PLAIN, Performance, fit, make_optimizer, seed_for
 
 
@@ -26,7 +27,7 @@ from engine.train import LOCAL, PLAIN, Performance, fit, make_optimizer, seed_fo
 class Pretrained:
     model: Classifier  # the source's class count
     source_index: np.ndarray  # dataset indices (training split of the source) it was trained on
-    columns: dict  # pretrain_* values for every row of the trial
+    record: PretrainRecord  # what pretraining measured: the pretrain_* columns of every row
 
 
 def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Performance = PLAIN) -> Pretrained:
@@ -65,16 +66,16 @@ def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Perform
     began = time.perf_counter()
     seed = seed_for(cfg.seed, 0, "pretrain_train")
     stats = fit(model, x, y, optimizer, spec.batch_size, convergence, seed, comm, performance=performance)
-    columns = {
-        "pretrain_samples": int(y.shape[0]),
-        "pretrain_classes": num_classes,
-        "pretrain_epochs": stats.epochs,
-        "pretrain_steps": stats.steps,
-        "pretrain_stop_reason": stats.stop_reason,
-        "pretrain_train_acc": stats.train_acc,
-        "pretrain_seconds": time.perf_counter() - began,
-    }
-    return Pretrained(model, source_index, columns)
+    record = PretrainRecord(
+        samples=int(y.shape[0]),
+        classes=num_classes,
+        epochs=stats.epochs,
+        steps=stats.steps,
+        stop_reason=stats.stop_reason,
+        train_acc=stats.train_acc,
+        seconds=time.perf_counter() - began,
+    )
+    return Pretrained(model, source_index, record)
 
 
 def with_target_head(pretrained: Classifier, fresh: Classifier) -> Classifier:

@@ -14,8 +14,10 @@ class ConsoleReporter:
     updates in place every epoch; a log file (no terminal) gets a line at most every
     ``every`` seconds, so long rounds still show they are alive."""
 
-    def __init__(self, stream: TextIO = sys.stdout, every: float = 30.0, prefix: str = "") -> None:
+    def __init__(self, stream: TextIO = sys.stdout, every: float = 30.0, prefix: str = "", quiet: bool = False) -> None:
         self.stream = stream
+        self.quiet = quiet  # the trial's announcement only: no per-round lines
+        self.ran = False  # whether the announced trial had rounds left to run
         self.tty = stream.isatty()
         self.every = every
         self.prefix = prefix
@@ -28,12 +30,35 @@ class ConsoleReporter:
     def header(self) -> None:
         print(self.prefix + HEADER, file=self.stream, flush=True)
 
+    def trial_started(self, info) -> None:
+        """What the trial is, whether it resumes, then the table header."""
+        cfg = info.cfg
+        print(
+            f"trial {info.trial_id}: {cfg.dataset.name} ({info.n_pool} pool, {info.n_eval} {cfg.dataset.eval}), "
+            f"{cfg.model.name}, init {cfg.init.name}, acquisition {cfg.acquisition.name}, "
+            f"{info.rounds} rounds of {info.per_round} after {info.initial}, on {info.where}",
+            file=self.stream,
+        )
+        self.rounds = info.rounds
+        self.ran = info.completed < info.rounds
+        if not self.ran:
+            print(f"already complete: {info.rounds} rounds in {info.out}", file=self.stream, flush=True)
+            return
+        if info.completed:
+            print(f"resuming after round {info.completed} (found in {info.out})", file=self.stream)
+        if not self.quiet:
+            self.header()
+
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
         self.rounds = rounds
+        if self.quiet:
+            return
         self._round, self._started = round_, time.perf_counter()
         self._last = self._started
 
     def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None:
+        if self.quiet:
+            return
         now = time.perf_counter()
         if round_ != self._round:  # progress relayed from elsewhere: the round began about now
             self._round, self._started, self._last = round_, now, now
@@ -46,6 +71,8 @@ class ConsoleReporter:
             self._last = now
 
     def round_done(self, row: dict) -> None:
+        if self.quiet:
+            return
         if self._live:
             print("\r\x1b[K", end="", file=self.stream)
             self._live = False
@@ -67,6 +94,9 @@ class ProgressWriter:
         self.store = store
         self.every = every
         self._last = 0.0
+
+    def trial_started(self, info) -> None:
+        pass
 
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
         self._last = time.perf_counter()

@@ -47,6 +47,9 @@ class Interval:
             return False
         return True
 
+    def kind(self) -> type:
+        return int if self.integer else float
+
     def describe(self) -> str:
         kind = "an int" if self.integer else "a float"
         if self.low is not None and self.high is not None:
@@ -71,6 +74,10 @@ class OneOf:
 
     def check(self, value: Any) -> bool:
         return any(value == o and type(value) is type(o) for o in self.options)
+
+    def kind(self) -> type | None:
+        kinds = {type(o) for o in self.options}
+        return kinds.pop() if len(kinds) == 1 else None
 
     def describe(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.options)
@@ -98,8 +105,19 @@ class Nullable:
     def check(self, value: Any) -> bool:
         return value is None or self.inner.check(value)
 
+    def kind(self) -> type | None:
+        return value_kind(self.inner)
+
     def describe(self) -> str:
         return f"null or {self.inner.describe()}"
+
+
+def value_kind(constraint: Any) -> type | None:
+    """The Python type of the values a constraint allows, or None when it allows several."""
+    kind = getattr(constraint, "kind", None)
+    if isinstance(kind, type):  # Type: its attribute
+        return kind
+    return kind() if callable(kind) else None
 
 
 def _num(x: float) -> str:

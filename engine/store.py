@@ -27,60 +27,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-SCHEMA = pa.schema(
-    [
-        ("suite", pa.string()),
-        ("trial_id", pa.string()),
-        ("seed", pa.int64()),
-        ("dataset", pa.string()),
-        ("model", pa.string()),
-        ("optimizer", pa.string()),
-        ("lr", pa.float64()),
-        ("batch_size", pa.int64()),
-        ("weight_decay", pa.float64()),
-        ("init", pa.string()),
-        ("shrink", pa.float64()),  # effective λ: random 0, warm 1
-        ("perturb", pa.float64()),  # effective σ: random 1, warm 0
-        ("acquisition", pa.string()),
-        ("per_round", pa.int64()),
-        ("round", pa.int64()),  # from 1
-        ("n_labeled", pa.int64()),
-        ("epochs", pa.int64()),
-        ("steps", pa.int64()),
-        ("stop_reason", pa.string()),  # threshold | plateau | max_epochs
-        ("train_acc", pa.float64()),  # running accuracy over the last training epoch
-        ("train_loss", pa.float64()),
-        ("test_acc", pa.float64()),  # on the evaluation split (holdout or test)
-        ("test_loss", pa.float64()),
-        ("train_seconds", pa.float64()),
-        ("acquire_seconds", pa.float64()),
-        ("world_size", pa.int64()),
-        ("device", pa.string()),
-        ("acquired", pa.list_(pa.int64())),  # dataset indices added for this round
-        # beyond the contract
-        ("eval_split", pa.string()),  # holdout | test
-        ("precise_bn", pa.bool_()),  # BatchNorm statistics re-estimated before evaluation
-        ("bn_stats", pa.string()),  # shrink_perturb's fresh | keep; null otherwise
-        ("momentum", pa.float64()),
-        ("model_params", pa.string()),  # JSON
-        ("init_params", pa.string()),  # JSON
-        ("acquisition_params", pa.string()),  # JSON
-        ("eval_seconds", pa.float64()),
-        ("n_pool", pa.int64()),
-        ("n_eval", pa.int64()),
-        ("performance", pa.string()),  # JSON: the effective performance options (engine.train.Performance)
-        # the transfer experiment (config `pretrain`); null without pretraining
-        ("pretrain_dataset", pa.string()),
-        ("pretrain_params", pa.string()),  # JSON of the pretrain section
-        ("pretrain_samples", pa.int64()),
-        ("pretrain_classes", pa.int64()),
-        ("pretrain_epochs", pa.int64()),
-        ("pretrain_steps", pa.int64()),
-        ("pretrain_stop_reason", pa.string()),
-        ("pretrain_train_acc", pa.float64()),
-        ("pretrain_seconds", pa.float64()),
-    ]
-)
+from engine.records import arrow_schema, record_fields
+
+# The fixed columns (RoundRecord's own and pretrain_*); a written row also has the cfg.*
+# columns of records.arrow_schema().  Both are defined in engine/records.py.
+SCHEMA = pa.schema(record_fields())
 
 META = "_warmstart"
 
@@ -185,7 +136,7 @@ class TrialStore:
         return f"{self.base}/{self.trial_id}-round{round_:04d}.parquet"
 
     def write_row(self, row: dict) -> None:
-        table = pa.Table.from_pylist([row], schema=SCHEMA)
+        table = pa.Table.from_pylist([row], schema=arrow_schema())
         sink = io.BytesIO()
         pq.write_table(table, sink)
         self._put(self.row_path(row["round"]), sink.getvalue())

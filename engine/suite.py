@@ -29,7 +29,7 @@ from engine.config import COMPONENTS, DEFAULTS, Config, load_file, merge, parse_
 from engine.plugins import load_plugins
 from engine.registry import ConfigError
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"  # package data: shipped in the wheel too
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _hashable(value: Any) -> Any:
 
 
 def locate(file_or_name: str) -> str:
-    """A suite file path, or the name of a suite shipped in benchmarks/suites/."""
+    """A suite file path, or the name of a suite shipped in engine/suites/."""
     if os.path.isfile(file_or_name):
         return file_or_name
     shipped = SUITES_DIR / f"{file_or_name}.yaml"

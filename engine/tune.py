@@ -31,22 +31,19 @@ def _run_trial(params: dict, trials: list[dict], out: str) -> None:
     import torch
 
     from engine.config import validate
-    from engine.distributed import run_trial_on_ray
-    from engine.loop import load_data, resolve_device, run_rounds
     from engine.plugins import load_plugins
     from engine.progress import ProgressWriter
+    from engine.runner import run_trial
 
     data = trials[params["index"]]
     load_plugins(data["plugins"])
     cfg = validate(data)
-    if cfg.scaling.workers is not None:
-        run_trial_on_ray(cfg, out)
-        return
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))  # as many threads as CPUs Tune gave this trial
-    store = TrialStore(out, cfg.trial_id())
-    device = resolve_device(cfg.device)
-    run_rounds(cfg, load_data(cfg, device), store, device, reporter=ProgressWriter(store))
+    if cfg.scaling.workers is None:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+        torch.set_num_threads(max(1, int(cpus)))  # as many threads as CPUs Tune gave this trial
+    # In-process, this process trains and leaves progress in the store; on Ray Train, rank 0 does.
+    in_process = cfg.scaling.workers is None
+    run_trial(cfg, out, reporter=ProgressWriter(TrialStore(out, cfg.trial_id())) if in_process else None)
 
 
 def _resources(config: dict, trials: list[dict]):

@@ -1,4 +1,4 @@
-"""The shipped suite files (benchmarks/suites/) and cluster.yaml: every suite expands
+"""The shipped suite files (engine/suites/) and cluster.yaml: every suite expands
 into valid, distinct trials; its size is what its header says; the paper's settings
 hold; cluster.yaml is a Ray cluster launcher config.  No dataset is read and no Ray
 instance is started."""

@@ -139,7 +139,7 @@ def test_suite_file_problems(tmp_path):
         load_suite(write(tmp_path, "name: x\ngrids: {}\n"))
     with pytest.raises(ConfigError, match="shipped: .*quickstart"):
         locate("no_such_suite")
-    assert locate("quickstart").endswith("benchmarks/suites/quickstart.yaml")
+    assert locate("quickstart").endswith("engine/suites/quickstart.yaml")
 
 
 def test_check_pools_refuses_impossible_rounds_before_running(tmp_path):

@@ -230,7 +230,7 @@ def test_the_source_is_a_fraction_of_its_pool_and_never_the_held_out_samples():
     full = load_data(build(sets=SMALL), CPU)
     assert source.source_index.shape[0] == 300  # 0.25 of the 1198-sample pool
     assert set(source.source_index.tolist()) <= set(full.pool_index.tolist())  # no evaluation sample
-    assert source.columns["pretrain_samples"] == 300
+    assert source.record.samples == 300
     # Split as the target is: another holdout fraction, another source pool.
     half = pretrain(build(sets=[*SMALL, "pretrain={dataset: digits5, max_epochs: 1}", "dataset.holdout=0.5"]), CPU)
     assert half.source_index.shape[0] == 899  # 1797 - round(898.5)

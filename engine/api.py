@@ -1,0 +1,312 @@
+"""The Python API, for notebooks and scripts (``import warmstart``).
+
+    import warmstart as ws
+    df = ws.run_trial({"init": "warm", "rounds": {"max_rounds": 3}})     # one trial, rows in memory
+    for r in ws.Trial({"acquisition": "margin"}):                       # round by round
+        print(r.round, r.row["test_acc"], r.picked[:5], r.outputs.probs.shape)
+    df = ws.run_suite("quickstart", "results/quickstart")                # a suite on Ray Tune
+    df = ws.load("results/a", "results/b")                              # several folders, one table
+
+Every function validates exactly as the CLI does and raises ``ConfigError`` (one line
+naming the key) before anything is written; none calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.config import Config, build
+from engine.registry import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Trial",
+    "TrialRound",
+    "list_datasets",
+    "list_models",
+    "list_strategies",
+    "load",
+    "report",
+    "run_suite",
+    "run_trial",
+]
+
+
+def _frame(rows: list[dict]):
+    """Rows as a DataFrame with the Parquet schema's types (as ``load`` would give them)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from engine.records import arrow_schema
+
+    if not rows:
+        return pd.DataFrame(columns=arrow_schema().names)
+    return pa.Table.from_pylist(rows, schema=arrow_schema()).to_pandas()
+
+
+def run_trial(
+    config: Config | dict | str | None = None,
+    out: str | None = None,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    sets: list[str] = (),
+    plugins: list[str] = (),
+    progress: bool = False,
+):
+    """Run (or continue) one trial; its rows as a pandas DataFrame, one per round.
+
+    Args:
+        config: a mapping of config keys (``{"init": "warm", "rounds": {"max_rounds": 3}}``),
+            a YAML file's path, or a ``Config``; keys not given keep their defaults.
+        out: a results folder or URI; the trial resumes there after its last completed
+            round.  None keeps the rows in memory.
+        workers: run on Ray Train with this many data-parallel workers.
+        address: join this Ray cluster (``"auto"``, ``"HOST:PORT"``) instead of a local one.
+        sets: ``"dotted.key=value"`` overrides, as ``--set`` on the CLI.
+        plugins: modules or ``.py`` files that register strategies, datasets or models.
+        progress: print the trial's header and a line per round, as ``warmstart run``.
+
+    Raises:
+        ConfigError: invalid input, before anything runs.
+    """
+    import sys
+
+    from engine.progress import ConsoleReporter
+    from engine.runner import run_trial as run
+
+    reporter = ConsoleReporter(sys.stdout) if progress else None
+    rows = run(config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins)
+    return _frame(rows)
+
+
+@dataclass
+class TrialRound:
+    """One round of a ``Trial``.
+
+    Attributes:
+        round: the round number, from 1.
+        row: the round's result row (the columns of the Parquet table).
+        picked: dataset indices (of the training split) this round added, sorted.
+        outputs: the pool outputs the acquisition strategy scored (``PoolOutputs``: the
+            fields its ``needs`` declared, e.g. ``probs`` [N, C] over the unlabeled pool
+            in pool order); None in round 1, whose set is random.
+    """
+
+    round: int
+    row: dict
+    picked: np.ndarray
+    outputs: Any
+    _trial: Trial
+
+    def model(self):
+        """A CPU copy of the model this round trained.  Only while it is the trial's latest
+        round: the next round may train the same model object further (warm start)."""
+        if self._trial.round != self.round:
+            raise RuntimeError(
+                f"round {self.round}'s model is gone: the trial is at round {self._trial.round}; "
+                "call .model() before advancing the trial"
+            )
+        return self._trial.model()
+
+
+class Trial:
+    """One trial, round by round: an iterator of ``TrialRound``.
+
+        trial = Trial({"init": "warm", "acquisition": "margin"}, out="results/mine")
+        first = next(trial)                     # round 1
+        first.model()                           # inspect it (a CPU copy)
+        for r in trial:                         # the remaining rounds
+            if r.row["test_acc"] > 0.95:
+                break                           # stop; next(trial) continues later
+        trial.frame()                           # the rows so far, as a DataFrame
+
+    With ``out``, every round is saved as it completes, and a new ``Trial`` with the
+    same config and ``out`` (in another process, days later) resumes after the last
+    completed round.  A Trial runs in this process (no Ray): for data-parallel trials
+    use ``run_trial(..., workers=N)``.
+    """
+
+    def __init__(
+        self,
+        config: Config | dict | str | None = None,
+        out: str | None = None,
+        *,
+        sets: list[str] = (),
+        plugins: list[str] = (),
+        device: str | None = None,
+    ) -> None:
+        from engine.runner import start_trial
+
+        sets = list(sets) + ([f"device={device}"] if device else [])
+        cfg = build(config, sets, plugins)
+        if cfg.scaling.workers is not None:
+            raise ConfigError(
+                "A Trial runs in this process; 'scaling.workers' needs Ray Train: use run_trial(config, workers=N)."
+            )
+        self._session = start_trial(cfg, out)
+        self.out = out
+
+    @property
+    def config(self) -> Config:
+        return self._session.context.cfg
+
+    @property
+    def trial_id(self) -> str:
+        return self.config.trial_id()
+
+    @property
+    def round(self) -> int:
+        """The last completed round (0 before round 1)."""
+        return self._session.state.round
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds the trial has in all."""
+        return self._session.context.plan.rounds
+
+    @property
+    def done(self) -> bool:
+        return self._session.done
+
+    @property
+    def labeled(self) -> np.ndarray:
+        """Dataset indices (training split) labeled so far, sorted."""
+        state, data = self._session.state, self._session.context.data
+        return np.sort(data.pool_index[state.labeled > 0])
+
+    def __iter__(self) -> Trial:
+        return self
+
+    def __next__(self) -> TrialRound:
+        if self.done:
+            raise StopIteration
+        result = self._session.step()
+        return TrialRound(result.row["round"], result.row, result.picked, result.outputs, self)
+
+    def model(self):
+        """A CPU copy of the latest round's model (None before round 1)."""
+        model = self._session.state.model
+        return None if model is None else copy.deepcopy(model).cpu()
+
+    def run(self):
+        """Every remaining round; the whole trial's rows as a DataFrame."""
+        for _ in self:
+            pass
+        return self.frame()
+
+    def frame(self):
+        """The trial's rows so far: from ``out`` when given (earlier runs included), else this object's."""
+        store = self._session.store
+        return _frame(store.rows() if store is not None else self._session.rows)
+
+    def __repr__(self) -> str:
+        return f"Trial({self.trial_id!r}, round {self.round}/{self.rounds})"
+
+
+def run_suite(
+    suite: str,
+    out: str | None = None,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    sets: list[str] = (),
+    plugins: list[str] = (),
+    progress: bool = False,
+):
+    """Run a suite (a YAML file's path, or a shipped suite's name) on Ray Tune; the whole
+    table under ``out`` (default ``results/<suite name>``) as a DataFrame.
+
+    Trials that failed are listed in ``frame.attrs["failed"]`` as (trial_id, error,
+    traceback file), with a warning; their completed rounds are in the table, and
+    ``resume=True`` retries them.
+    """
+    import io
+    import sys
+
+    from engine.suite import check_pools, load_suite
+    from engine.tune import run_suite as run
+
+    loaded = load_suite(suite, list(plugins), list(sets))
+    check_pools(loaded)
+    out = out or f"results/{loaded.name}"
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"The 'max_concurrent' parameter must be an int >= 1. Got {max_concurrent!r}.")
+    failed = run(loaded, out, address, resume, max_concurrent, stream=sys.stdout if progress else io.StringIO())
+    frame = load(out)
+    frame.attrs["failed"] = failed
+    if failed:
+        warnings.warn(
+            f"{len(failed)} trial(s) of suite {loaded.name!r} failed: {failed[0][0]}: {failed[0][1]}", stacklevel=2
+        )
+    return frame
+
+
+def load(*paths: str):
+    """The results tables under one or more folders or URIs, as one DataFrame (names as
+    categoricals, counts as integers).  Old folders load too (see the README's migration note)."""
+    import pandas as pd
+
+    from engine import results
+
+    if not paths:
+        raise ConfigError("load() needs at least one results path.")
+    frames = [results.load(p) for p in paths]
+    if len(frames) == 1:
+        return frames[0]
+    frame = pd.concat(frames, ignore_index=True)  # categories that differ become plain values
+    return frame.sort_values(["trial_id", "round"]).reset_index(drop=True)
+
+
+def report(*paths: str, out: str | None = None) -> list[str]:
+    """Write the figures and tables of ``warmstart report`` for one or more results folders;
+    returns the report's path first, then its notes."""
+    from engine.report import write_report
+
+    if not paths:
+        raise ConfigError("report() needs at least one results path.")
+    return write_report(paths[0] if len(paths) == 1 else list(paths), out)
+
+
+def _entries(registry) -> list[dict]:
+    return [
+        {
+            "name": e.name,
+            "params": dict(e.defaults),
+            "doc": e.doc,
+            **({"needs": list(e.extra["needs"])} if "needs" in e.extra else {}),
+        }
+        for e in registry.entries()
+    ]
+
+
+def list_strategies() -> dict[str, list[dict]]:
+    """The registered init and acquisition strategies (plugins included), as ``warmstart
+    list`` prints them: ``{"init": [{name, params, doc}], "acquisition": [{name, params, doc, needs}]}``."""
+    from engine.plugins import load_entry_points
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+    from strategies.init import INIT_STRATEGIES
+
+    load_entry_points()
+    return {"init": _entries(INIT_STRATEGIES), "acquisition": _entries(ACQUISITION_STRATEGIES)}
+
+
+def list_models() -> list[dict]:
+    """The registered models: ``[{name, params, doc}]``."""
+    from engine.models import MODELS
+
+    return _entries(MODELS)
+
+
+def list_datasets() -> list[dict]:
+    """The registered datasets: ``[{name, doc}]`` (and ``params`` where a dataset takes any)."""
+    from engine.data import DATASET_DOCS
+
+    return [{"name": name, "doc": doc} for name, doc in sorted(DATASET_DOCS.items())]
