@@ -70,7 +70,9 @@ def parser() -> argparse.ArgumentParser:
 
     suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
     suite.add_argument(
-        "suite", metavar="FILE_OR_NAME", help="a suite YAML file, or the name of a shipped suite (warmstart list shows them)"
+        "suite",
+        metavar="FILE_OR_NAME",
+        help="a suite YAML file, or the name of a shipped suite (warmstart list shows them)",
     )
     _add_suite_args(suite, default_out="results/<suite name>")
     _add_repeated(

@@ -154,7 +154,9 @@ def test_list_functions_return_what_warmstart_list_prints(capsys):
 def test_rows_in_one_folder_share_one_schema_so_pandas_reads_every_column(tmp_path):
     out = str(tmp_path / "out")
     ws.run_trial({**FAST, "init": "warm", "rounds": {**FAST["rounds"], "max_rounds": 1}}, out)
-    ws.run_trial({**FAST, "init": {"name": "warm_partial", "blocks": 2}, "rounds": {**FAST["rounds"], "max_rounds": 1}}, out)
+    ws.run_trial(
+        {**FAST, "init": {"name": "warm_partial", "blocks": 2}, "rounds": {**FAST["rounds"], "max_rounds": 1}}, out
+    )
     files = sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
     schemas = {str(pq.read_schema(os.path.join(out, f))) for f in files}
     assert len(files) == 2 and len(schemas) == 1
