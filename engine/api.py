@@ -129,7 +129,9 @@ class Trial:
 
     With ``out``, every round is saved as it completes, and a new ``Trial`` with the
     same config and ``out`` (in another process, days later) resumes after the last
-    completed round.  A Trial runs in this process (no Ray): for data-parallel trials
+    completed round.  While a Trial with ``out`` has rounds left, it holds the trial's
+    lock: another process opening the same trial is refused (``TrialBusy``); a newer
+    Trial in the same process takes the trial over.  A Trial runs in this process (no Ray): for data-parallel trials
     use ``run_trial(..., workers=N)``.
     """
 
@@ -186,9 +188,28 @@ class Trial:
 
     def __next__(self) -> TrialRound:
         if self.done:
+            self.close()
             raise StopIteration
         result = self._session.step()
+        if self.done:
+            self.close()  # nothing left to run: another process may open the trial now
         return TrialRound(result.row["round"], result.row, result.picked, result.outputs, self)
+
+    def close(self) -> None:
+        """Release the trial's lock under ``out`` (also on garbage collection and at exit);
+        the trial can then be resumed by another ``Trial`` or process."""
+        self._session.close()
+
+    def __enter__(self) -> Trial:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        session = getattr(self, "_session", None)
+        if session is not None:
+            session.close()
 
     def model(self):
         """A CPU copy of the latest round's model (None before round 1)."""

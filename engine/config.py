@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from engine.registry import ConfigError, Interval, OneOf, Registry, Type, check_value, value_kind
+from engine.registry import ConfigError, Interval, OneOf, PathName, Registry, Type, check_value, value_kind
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -52,6 +52,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 COMPONENTS = ("model", "init", "acquisition")
+
+# The largest seed every consumer takes (numpy's legacy seeding and many libraries stop at
+# 2**32 - 1; torch and numpy's Generator take more): refused beyond, before anything runs.
+MAX_SEED = 2**32 - 1
 
 # The transfer experiment (the paper's Figure 9).  A source model (the trial's model
 # architecture, the source's class count) is trained on `source_fraction` of the
@@ -141,9 +145,9 @@ class StrList:
 
 
 ALLOWED: dict[str, Any] = {
-    "suite": Optional_(Type(str)),
-    "trial_id": Optional_(Type(str)),
-    "seed": Interval(0, integer=True),
+    "suite": Optional_(PathName()),
+    "trial_id": Optional_(PathName()),
+    "seed": Interval(0, MAX_SEED, integer=True),
     "device": Device(),
     "plugins": StrList(),
     "dataset.root": Type(str),
@@ -289,6 +293,21 @@ class _Loader(yaml.SafeLoader):
     does, as a float, so ``perturb: 1e-4`` means what it says."""
 
 
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A mapping that names a key twice is refused: YAML would silently keep the last value."""
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark
+            )
+        if isinstance(key, (str, int, float, bool)):
+            seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
@@ -311,13 +330,21 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def load_file(path: str) -> dict[str, Any]:
+def read_text(path: str, what: str = "config file") -> str:
+    """A YAML file's text, or one line saying why it cannot be read."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"The {what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})."
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
-    return parse_yaml(text, path)
+        raise ConfigError(f"Cannot read {what} {path}: {exc.strerror}.") from None
+
+
+def load_file(path: str, what: str = "config file") -> dict[str, Any]:
+    return parse_yaml(read_text(path, what), path)
 
 
 def parse_set(assignment: str) -> dict[str, Any]:

@@ -129,7 +129,8 @@ def worker_main(train_config: dict) -> None:
     comm = TorchComm(device, cfg.scaling.sync_batchnorm)
     out = train_config["out"]
     reporter = ProgressWriter(TrialStore(out, cfg.trial_id())) if comm.rank == 0 else None
-    start_trial(cfg, out, comm=comm, device=device, reporter=reporter).run()
+    with start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False) as session:
+        session.run()
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:

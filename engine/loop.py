@@ -25,6 +25,7 @@ with ``rounds.initial`` = the whole pool and one round.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -39,8 +40,8 @@ from engine.config import Config, resolve_count
 from engine.data import Data, load_raw, pool_fraction, split_and_place
 from engine.models import Classifier, build_model
 from engine.pretrain import pretrain, with_target_head
-from engine.records import PRETRAIN_COLUMNS, PretrainRecord, RoundRecord, config_columns
-from engine.registry import ConfigError
+from engine.records import PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord, RoundRecord, config_columns
+from engine.registry import ConfigError, TrialError
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
 from engine.train import (
@@ -224,6 +225,10 @@ class TrialContext:
     performance: Performance
     columns: dict  # trial_columns(): the RoundRecord fields every round shares
     reporter: Reporter
+    # Rows that survived in the store for rounds this process recomputes: each new row must
+    # reproduce its saved twin (NOT_CHECKED columns aside) before it replaces it.
+    expected: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)  # what was found and recovered from
 
 
 @dataclass
@@ -265,12 +270,66 @@ def open_trial(
     if store is not None and comm.rank == 0:
         store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
     state = load_state(store, context)
+    if store is not None:
+        state = check_rows(store, context, state)
     if state is None:
         state = TrialState(0, np.zeros(plan.n_pool, dtype=np.int32), None)
         if cfg.pretrain is not None:
             pretrained = pretrain(cfg, device, comm, performance)
             state.model, state.pretrain = pretrained.model, pretrained.record
     return context, state
+
+
+# Columns left out of the integrity check: time measurements, and the suite a trial ran in
+# (not part of its identity: the same trial may run alone, then in a suite).
+NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "pretrain_seconds", "suite")
+
+
+def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
+    """Resume trusts the rows, not only the checkpoint: when a completed round's row is
+    missing or unreadable, the trial is recomputed from round 1 (every round is a function
+    of the seed), and every row that survives is checked bit for bit on the way."""
+    rows, unreadable = store.read_rows()
+    completed = state.round if state is not None else 0
+    lost = sorted(set(range(1, completed + 1)) - set(rows))
+    context.expected.update(rows)
+    context.notes.extend(store.notes)
+    if unreadable:
+        context.notes.append(f"note: the rows of round(s) {_rounds(unreadable)} cannot be read: recomputed")
+    if lost:
+        context.notes.append(
+            f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
+            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce bit for bit"
+        )
+        return None
+    if state is None and rows:
+        context.notes.append(
+            f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
+            f"{len(rows)} saved row(s) must reproduce bit for bit"
+        )
+    return state
+
+
+def _rounds(rounds: list[int]) -> str:
+    return ", ".join(map(str, rounds))
+
+
+def verify_row(context: TrialContext, row: dict) -> None:
+    """Raise when a recomputed round differs from the row saved for it."""
+    saved = context.expected.get(row["round"])
+    if saved is None:
+        return
+    for column in RECORD_COLUMNS:
+        if column in NOT_CHECKED:
+            continue
+        new, old = row.get(column), saved.get(column)
+        same = new == old or (isinstance(new, float) and isinstance(old, float) and math.isnan(new) and math.isnan(old))
+        if not same:
+            raise TrialError(
+                f"Integrity check failed: round {row['round']} of trial {row['trial_id']} does not reproduce its "
+                f"saved row ({column} was {old!r}, now {new!r}); the saved results were not made by this code "
+                "and config on this kind of machine. Nothing was overwritten."
+            )
 
 
 def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
@@ -288,6 +347,7 @@ def save_round(store: TrialStore | None, context: TrialContext, state: TrialStat
     """Persist a completed round (rank 0): the row first, then the checkpoint and status.
     A crash between the two re-runs this round on resume, which rewrites the same row
     file instead of adding one."""
+    verify_row(context, row)  # every rank: a mismatch stops them all at the same round
     if store is None or context.comm.rank != 0:
         return
     store.write_row(row)

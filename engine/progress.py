@@ -39,6 +39,8 @@ class ConsoleReporter:
             f"{info.rounds} rounds of {info.per_round} after {info.initial}, on {info.where}",
             file=self.stream,
         )
+        for note in info.notes:
+            print(note, file=sys.stderr, flush=True)
         self.rounds = info.rounds
         self.ran = info.completed < info.rounds
         if not self.ran:

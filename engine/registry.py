@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """An invalid configuration value. The message is one line meant for the user."""
 
 
+class TrialError(RuntimeError):
+    """A trial that stopped for a reason the user can act on (a strategy that failed, a
+    full disk, divergence, a busy trial).  The message is one line meant for the user;
+    the CLI exits with status 1 and shows the traceback only with --debug."""
+
+
 # --- constraints: allowed values, declared next to the parameter -------------------
 
 
@@ -39,7 +45,7 @@ class Interval:
             return False
         if self.integer and not isinstance(value, int):
             return False
-        if isinstance(value, float) and math.isnan(value):
+        if isinstance(value, float) and not math.isfinite(value):  # NaN and ±inf: no number a run can use
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
             return False
@@ -110,6 +116,29 @@ class Nullable:
 
     def describe(self) -> str:
         return f"null or {self.inner.describe()}"
+
+
+@dataclass(frozen=True)
+class PathName:
+    """A name that becomes part of a file or folder name under ``--out`` (a trial id, a
+    suite name): letters, digits, '.', '_', '-', not starting with '.', at most ``limit``
+    characters, so nothing it names can land outside ``--out`` or overflow a file name."""
+
+    limit: int = 120
+
+    def check(self, value: Any) -> bool:
+        return (
+            isinstance(value, str)
+            and 0 < len(value) <= self.limit
+            and not value.startswith(".")
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in value)
+        )
+
+    def kind(self) -> type:
+        return str
+
+    def describe(self) -> str:
+        return f"a name of 1 to {self.limit} letters, digits, '.', '_' or '-', not starting with '.'"
 
 
 def value_kind(constraint: Any) -> type | None:

@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 
 import torch
+import yaml
 
 from engine.config import Config, build
 from engine.loop import (
@@ -50,19 +51,27 @@ class TrialInfo:
     completed: int  # rounds already completed under ``out`` (0: a new trial)
     where: str  # "cpu", "cuda", or "Ray Train with N worker(s)"
     out: str | None
+    notes: tuple[str, ...] = ()  # what was found under out and recovered from (one line each)
 
 
-def open_store(cfg: Config, out: str | None) -> TrialStore | None:
-    """The trial's store under ``out`` (None: rows stay in memory); refused when ``out``
-    already holds this trial id with a different config."""
+def open_store(cfg: Config, out: str | None, lock: bool = True) -> TrialStore | None:
+    """The trial's store under ``out`` (None: rows stay in memory), probed for writability
+    and locked for this process.  Refused when ``out`` cannot be written or already holds
+    this trial id with a different config; ``TrialBusy`` when another process runs it."""
     if out is None:
         return None
     store = TrialStore(out, cfg.trial_id())
-    saved = store.saved_config()
+    try:
+        saved = store.saved_config()
+    except (NotADirectoryError, yaml.YAMLError, OSError):
+        saved = None  # probe() says what is wrong with the path; a damaged config is rewritten
     if saved is not None and Config(saved).identity() != cfg.identity():
         raise ConfigError(
             f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
         )
+    store.probe()
+    if lock:
+        store.lock()
     return store
 
 
@@ -72,6 +81,17 @@ class TrialSession:
     def __init__(self, context: TrialContext, state: TrialState, store: TrialStore | None) -> None:
         self.context, self.state, self.store = context, state, store
         self.rows: list[dict] = []  # the rows of the rounds this session ran
+
+    def close(self) -> None:
+        """Release the trial's lock (also released when the process ends, however it ends)."""
+        if self.store is not None:
+            self.store.unlock()
+
+    def __enter__(self) -> TrialSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def done(self) -> bool:
@@ -104,6 +124,7 @@ class TrialSession:
             self.state.round,
             self.context.device.type,
             out,
+            tuple(self.context.notes),
         )
 
 
@@ -114,11 +135,21 @@ def start_trial(
     comm=LOCAL,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
+    lock: bool = True,
 ) -> TrialSession:
-    """Start (or resume) a validated trial in this process: device, data, store, state."""
+    """Start (or resume) a validated trial in this process: device, data, store, state.
+    ``lock=False`` where another process holds the trial's lock for it (Ray Train workers:
+    their driver holds it)."""
     device = device or resolve_device(cfg.device)
-    store = open_store(cfg, out)
-    context, state = open_trial(cfg, load_data(cfg, device), store, device, comm, reporter)
+    data = load_data(cfg, device)
+    plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
+    store = open_store(cfg, out, lock=lock)
+    try:
+        context, state = open_trial(cfg, data, store, device, comm, reporter)
+    except BaseException:
+        if store is not None:
+            store.unlock()
+        raise
     return TrialSession(context, state, store)
 
 
@@ -147,10 +178,10 @@ def run_trial(
     cfg = build(config, sets, plugins)
     reporter = reporter or Silent()
     if cfg.scaling.workers is None:
-        session = start_trial(cfg, out, reporter=reporter)
-        reporter.trial_started(session.info(out))
-        session.run()
-        return session.store.rows() if session.store is not None else session.rows
+        with start_trial(cfg, out, reporter=reporter) as session:
+            reporter.trial_started(session.info(out))
+            session.run()
+            return session.store.rows() if session.store is not None else session.rows
     if out is None and address:
         raise ConfigError("A trial on a Ray cluster needs an out that every node can reach (a shared path or URI).")
     with tempfile.TemporaryDirectory(prefix="warmstart-") if out is None else contextlib.nullcontext(out) as location:
@@ -162,26 +193,25 @@ def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter) 
 
     # The driver reads the data only to check the plan; every worker loads its own copy.
     data = load_data(cfg, torch.device("cpu"))
-    plan = plan_rounds(cfg, data.pool_y.shape[0])
-    store = open_store(cfg, out)
-    checkpoint = store.load_status()
-    where = f"Ray Train with {cfg.scaling.workers} worker(s)"
+    plan = plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
     n_eval = int(data.eval_y.shape[0])
     del data
-    info = TrialInfo(
-        cfg.trial_id(),
-        cfg,
-        plan.n_pool,
-        n_eval,
-        plan.rounds,
-        plan.initial,
-        plan.per_round,
-        checkpoint["round"] if checkpoint else 0,
-        where,
-        out,
-    )
-    reporter.trial_started(info)
-    if info.completed < plan.rounds:
-        relay = None if isinstance(reporter, Silent) else reporter
-        run_trial_on_ray(cfg, out if "://" in out else os.path.abspath(out), address, relay, plan.rounds)
-    return store.rows()
+    store = open_store(cfg, out)  # this driver holds the trial's lock for its workers
+    try:
+        status = store.load_status() or {}
+        rows, _ = store.read_rows()
+        # Complete only when every completed round's row is readable; the workers recompute otherwise.
+        last = status.get("round", 0)
+        completed = last if all(r in rows for r in range(1, last + 1)) else 0
+        where = f"Ray Train with {cfg.scaling.workers} worker(s)"
+        info = TrialInfo(
+            cfg.trial_id(), cfg, plan.n_pool, n_eval, plan.rounds, plan.initial, plan.per_round, completed, where, out,
+            tuple(store.notes),
+        )  # fmt: skip
+        reporter.trial_started(info)
+        if completed < plan.rounds:
+            relay = None if isinstance(reporter, Silent) else reporter
+            run_trial_on_ray(cfg, out if "://" in out else os.path.abspath(out), address, relay, plan.rounds)
+        return store.rows()
+    finally:
+        store.unlock()

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from engine.config import COMPONENTS, DEFAULTS, Config, load_file, merge, parse_set, validate
+from engine.config import COMPONENTS, DEFAULTS, Config, merge, parse_set, parse_yaml, read_text, validate
 from engine.plugins import load_plugins
-from engine.registry import ConfigError
+from engine.registry import ConfigError, PathName, check_value
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"  # package data: shipped in the wheel too
 
@@ -112,15 +112,15 @@ def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = ())
     """Read, expand and validate every trial; nothing runs here.  ``sets`` (``--set
     key=value``) override the base config, before the grid is applied."""
     path = locate(file_or_name)
-    with open(path) as f:
-        source = f.read()
-    data = load_file(path)
+    source = read_text(path, "suite file")
+    data = parse_yaml(source, path)
     unknown = sorted(set(data) - {"name", "base", "grid"})
     if unknown:
         raise ConfigError(f"Unknown suite key {unknown[0]!r} in {path}; a suite has name, base and grid.")
     name = data.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"The suite in {path} needs a 'name' (a string without '/'), got {name!r}.")
+    if name is None:
+        raise ConfigError(f"The suite in {path} needs a 'name'.")
+    check_value(name, PathName(), f"suite 'name' in {path}")
     base = data.get("base") or {}
     if not isinstance(base, dict):
         raise ConfigError(f"The suite's 'base' must be a config mapping, got {base!r}.")

@@ -394,7 +394,8 @@ def test_interrupted_write_leaves_no_partial_row_visible(tmp_path, reference, mo
         run(RESUME_SETS, out=tmp_path)
     monkeypatch.setattr(engine.store.os, "replace", real_replace)
 
-    assert cut and os.path.exists(cut[0]), "round 3's row was not written through a temporary file"
+    assert cut, "round 3's row was not written through a temporary file"
+    assert not os.path.exists(cut[0]), "the interrupted write left its temporary file behind"
     table = pd.read_parquet(tmp_path)  # must not trip over the half-written file
     assert sorted(table["round"]) == [1, 2]
     for name in os.listdir(tmp_path):

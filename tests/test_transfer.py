@@ -36,7 +36,7 @@ SMALL = [
     "rounds.max_rounds=2",
     "convergence.max_epochs=4",
 ]
-SUITE = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "suites", "fig9_transfer.yaml")
+SUITE = os.path.join(os.path.dirname(__file__), "..", "engine", "suites", "fig9_transfer.yaml")
 
 
 @pytest.fixture(autouse=True)
