@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 
-from engine.registry import ConfigError
+from engine.registry import ConfigError, TrialError
 
 EXIT_USAGE = 2
 
@@ -52,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     from engine import __version__
 
     top.add_argument("--version", action="version", version=f"warmstart {__version__}")
+    top.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also: WARMSTART_DEBUG=1)"
+    )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run one trial and append its rounds to a Parquet dataset")
@@ -123,10 +128,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         sets=sets,
         plugins=args.plugins,
     )
+    last = rows[-1] if rows else None
+    if last is not None and last["stop_reason"] == "diverged" and last["cfg.convergence.on_diverge"] == "stop":
+        print(
+            f"warmstart: error: trial {last['trial_id']} diverged in round {last['round']} (non-finite training "
+            f"loss) and stopped there; its {len(rows)} round(s) are saved in {args.out}. Lower optimizer.lr, or set "
+            "convergence.on_diverge=continue to go on.",
+            file=sys.stderr,
+        )
+        return 1
     if reporter.ran:
         print(
             f"done: {len(rows)} rounds in {time.perf_counter() - began:.1f}s, "
-            f"final test_acc {rows[-1]['test_acc']:.4f}; rows in {args.out}"
+            f"final test_acc {last['test_acc']:.4f}; rows in {args.out}"
         )
     return 0
 
@@ -213,6 +227,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    debug = args.debug or os.environ.get("WARMSTART_DEBUG", "") not in ("", "0")
     try:
         commands = {
             "run": cmd_run,
@@ -223,17 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         return commands[args.command](args)
     except ConfigError as exc:
-        print(f"warmstart: error: {exc}", file=sys.stderr)
+        _explain(exc, debug)
         return EXIT_USAGE
-    except RuntimeError as exc:
-        from engine.distributed import TrialFailed
-
-        if not isinstance(exc, TrialFailed):
-            raise
-        print(f"warmstart: error: {exc}", file=sys.stderr)
+    except TrialError as exc:  # a strategy that failed, a full disk, a busy trial, divergence
+        _explain(exc, debug)
         return 1
     except KeyboardInterrupt:
         print(
             "\nwarmstart: interrupted; completed rounds are saved, re-run the same command to resume", file=sys.stderr
         )
         return 130
+
+
+def _explain(exc: Exception, debug: bool) -> None:
+    """One line; the whole traceback (the cause's too) only with --debug or WARMSTART_DEBUG=1."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(f"warmstart: error: {exc}", file=sys.stderr)

@@ -35,7 +35,9 @@ DEFAULTS: dict[str, Any] = {
     "init": {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1, "bn_stats": "fresh"},
     "acquisition": {"name": "random"},
     "rounds": {"initial": 100, "per_round": 100, "max_rounds": None},
-    "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000},
+    # on_diverge: a round whose training loss turns NaN/inf ends with stop_reason "diverged";
+    # then the trial stops there ("stop") or goes on to the next round ("continue").
+    "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000, "on_diverge": "stop"},
     "pretrain": None,  # null: none; a mapping of PRETRAIN_DEFAULTS' keys: train a source model first
     "eval": {"precise_bn": True, "batch_size": 1024},
     "scaling": {"workers": None, "gpus_per_worker": 0, "max_failures": 3, "sync_batchnorm": False},
@@ -166,6 +168,7 @@ ALLOWED: dict[str, Any] = {
     "convergence.patience": Optional_(Interval(1, integer=True)),
     "convergence.min_delta": Interval(0),
     "convergence.max_epochs": Interval(1, integer=True),
+    "convergence.on_diverge": OneOf("stop", "continue"),
     "eval.precise_bn": Type(bool),
     "eval.batch_size": Interval(1, integer=True),
     "scaling.workers": Optional_(Interval(1, integer=True)),
@@ -200,6 +203,7 @@ NOT_IDENTITY = (
     "dataset.download",
     "scaling.max_failures",
     "performance",
+    "convergence.on_diverge",  # how far a trial goes after a divergence, not what a round computes
 )
 
 # Keys that say how far a trial runs, not what its rounds compute: its identity holds them
@@ -266,7 +270,21 @@ class Config(Section):
             node, leaf = parent(dotted)
             if leaf in node and node[leaf] == neutral and type(node[leaf]) is type(neutral):
                 del node[leaf]
+        overrides = self.overrides()
+        if overrides:  # a replaced built-in computes something else: another trial
+            identity["overrides"] = overrides
         return identity
+
+    def overrides(self) -> dict[str, str]:
+        """Component -> source, for the components whose builder was registered with
+        ``override=True`` (a plugin's replacement of a built-in)."""
+        out = {}
+        for component in COMPONENTS:
+            name = self._data[component]["name"]
+            source = component_registry(component).overrides().get(name)
+            if source is not None:
+                out[component] = f"{name}={source}"
+        return out
 
     def trial_id(self) -> str:
         """A stable, readable id: the same config gives the same id on every machine."""
@@ -469,8 +487,14 @@ def validate(data: dict[str, Any]) -> Config:
     from strategies.init import INIT_STRATEGIES
 
     data = copy.deepcopy(data)
-    data.setdefault("pretrain", None)  # a config saved before the key existed
-    data.setdefault("performance", copy.deepcopy(DEFAULTS["performance"]))  # likewise
+    # A config saved before a key existed (a resumed trial's config.yaml) gets its default.
+    data.setdefault("pretrain", None)
+    for section, defaults in DEFAULTS.items():
+        if isinstance(defaults, dict) and section not in COMPONENTS:
+            data.setdefault(section, copy.deepcopy(defaults))
+            if isinstance(data[section], dict):
+                for key, value in defaults.items():
+                    data[section].setdefault(key, copy.deepcopy(value))
     if data["dataset"]["name"] not in DATASETS:
         raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
     _check_fixed_keys(data)

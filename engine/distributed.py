@@ -27,13 +27,14 @@ import torch.distributed as dist
 from torch import nn
 
 from engine.config import Config
+from engine.registry import TrialError
 
 # No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
 # console output, which honours verbose=0: warmstart prints its own progress.
 QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
-class TrialFailed(RuntimeError):
+class TrialFailed(TrialError):
     """A trial that failed for good; the message is one line for the user."""
 
 

@@ -25,6 +25,7 @@ with ``rounds.initial`` = the whole pool and one round.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -41,7 +42,7 @@ from engine.data import Data, load_raw, pool_fraction, split_and_place
 from engine.models import Classifier, build_model
 from engine.pretrain import pretrain, with_target_head
 from engine.records import PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord, RoundRecord, config_columns
-from engine.registry import ConfigError, TrialError
+from engine.registry import ConfigError, StrategyError, TrialError
 from engine.scoring import pool_outputs
 from engine.store import TrialStore
 from engine.train import (
@@ -170,9 +171,42 @@ def acquire(
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
-        positions = entry.fn(outputs, k, rng, **params)
-        picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size)]
+        with strategy_errors(f"The acquisition strategy {entry.name!r}", round_):
+            positions = entry.fn(outputs, k, rng, **params)
+        picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size, round_)]
     return comm.broadcast(picked), outputs
+
+
+@contextlib.contextmanager
+def strategy_errors(what: str, round_: int):
+    """A strategy's exception as one line naming it and the round (the original chained,
+    for --debug)."""
+    try:
+        yield
+    except (TrialError, ConfigError):
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise StrategyError(f"{what} failed in round {round_}: {type(exc).__name__}: {reason}"[:500]) from exc
+
+
+def check_model(name: str, model, shapes: dict, device: torch.device, round_: int) -> None:
+    """An init strategy must return a model of the fresh model's architecture, on its device."""
+    where = f"The init strategy {name!r} in round {round_} broke its contract"
+    if not isinstance(model, torch.nn.Module):
+        raise StrategyError(f"{where}: expected a torch.nn.Module, got {type(model).__name__}")
+    got = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if got != shapes:
+        differ = next((n for n in shapes if got.get(n) != shapes[n]), None) or next(n for n in got if n not in shapes)
+        raise StrategyError(
+            f"{where}: expected the fresh model's parameters, but {differ!r} has shape "
+            f"{got.get(differ, 'none')} (expected {shapes.get(differ, 'none')})"
+        )
+    wrong = next((n for n, p in model.named_parameters() if p.device.type != device.type), None)
+    if wrong is not None:
+        raise StrategyError(
+            f"{where}: parameter {wrong!r} is on {model.get_parameter(wrong).device}, expected {device}"
+        )
 
 
 def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
@@ -206,6 +240,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "performance": json.dumps(performance.to_dict(), sort_keys=True),
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
+        "overrides": json.dumps(cfg.overrides(), sort_keys=True) if cfg.overrides() else None,
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 
@@ -240,6 +275,10 @@ class TrialState:
     labeled: np.ndarray  # [n_pool] int32: 0 = unlabeled, r = labeled in round r
     model: Classifier | None  # round ``round``'s model (before round 1: the pretrained one, or None)
     pretrain: PretrainRecord | None = None  # pretraining's results, for every row
+    stopped: str | None = None  # why the trial ended before its last round ("diverged"), if it did
+
+    def done(self, rounds: int) -> bool:
+        return self.round >= rounds or self.stopped is not None
 
 
 @dataclass
@@ -340,7 +379,7 @@ def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | 
     model = fresh_model(context.cfg, context.data, checkpoint["round"], context.device)
     model.load_state_dict(checkpoint["model"])
     record = PretrainRecord.from_columns(checkpoint.get("pretrain") or {})
-    return TrialState(checkpoint["round"], checkpoint["labeled"], model, record)
+    return TrialState(checkpoint["round"], checkpoint["labeled"], model, record, checkpoint.get("stopped"))
 
 
 def save_round(store: TrialStore | None, context: TrialContext, state: TrialState, row: dict) -> None:
@@ -386,7 +425,10 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
         model = fresh
     else:
         prev = with_target_head(state.model, fresh) if round_ == 1 else state.model
-        model = INIT_STRATEGIES.get(cfg.init.name).fn(prev, fresh, **cfg.init.params())
+        shapes = {name: tuple(p.shape) for name, p in fresh.named_parameters()}
+        with strategy_errors(f"The init strategy {cfg.init.name!r}", round_):
+            model = INIT_STRATEGIES.get(cfg.init.name).fn(prev, fresh, **cfg.init.params())
+        check_model(cfg.init.name, model, shapes, device, round_)
     comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
     optimizer = make_optimizer(
         model,
@@ -441,6 +483,8 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
         pretrain=state.pretrain,
     )
     state.round, state.model = round_, model
+    if stats.stop_reason == "diverged" and cfg.convergence.on_diverge == "stop":
+        state.stopped = "diverged"
     return RoundResult(record.to_row(), added, outputs, model)
 
 
@@ -463,6 +507,6 @@ def run_rounds(
     """Run (or continue) the trial to its last round; returns the rows of this call's rounds."""
     context, state = open_trial(cfg, data, store, device, comm, reporter)
     rows = []
-    while state.round < context.plan.rounds:
+    while not state.done(context.plan.rounds):
         rows.append(advance(context, state, store).row)
     return rows

@@ -31,12 +31,12 @@ from engine.registry import Interval, ModelSpec, OneOf, Registry
 MODELS = Registry("model", n_inputs=2)
 
 
-def register(name: str, constraints: dict | None = None, *, n_blocks=None):
+def register(name: str, constraints: dict | None = None, *, n_blocks=None, override: bool = False):
     """Register a builder; ``n_blocks(params) -> int`` says how many blocks its models have,
     so a config can be checked before any model is built (None: the model names no blocks)."""
 
     def wrap(fn):
-        return MODELS.add(name, fn, constraints, n_blocks=n_blocks)
+        return MODELS.add(name, fn, constraints, override=override, n_blocks=n_blocks)
 
     return wrap
 

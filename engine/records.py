@@ -77,7 +77,7 @@ class RoundRecord:
     n_labeled: int = _doc("labeled samples trained on in this round")
     epochs: int = _doc("epochs this round trained")
     steps: int = _doc("optimizer steps this round")
-    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged")
+    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)")
     train_acc: float = _doc("running accuracy over the last training epoch")
     train_loss: float = _doc("running loss over the last training epoch")
     test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
@@ -100,6 +100,7 @@ class RoundRecord:
     performance: str = _doc("JSON of the effective performance options")
     pretrain_dataset: str | None = _doc("the source dataset; null without pretraining")
     pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)")
+    overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
     pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
     config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
 

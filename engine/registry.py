@@ -10,8 +10,11 @@ the registration and checked once, where a run starts, with one error template:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +28,11 @@ class TrialError(RuntimeError):
     """A trial that stopped for a reason the user can act on (a strategy that failed, a
     full disk, divergence, a busy trial).  The message is one line meant for the user;
     the CLI exits with status 1 and shows the traceback only with --debug."""
+
+
+class StrategyError(TrialError):
+    """A strategy (or other plugin code) that raised, or broke its contract, at run time:
+    which one, in which round, what was expected and what came back."""
 
 
 # --- constraints: allowed values, declared next to the parameter -------------------
@@ -189,6 +197,22 @@ class ModelSpec:
     n_blocks: int | None
 
 
+def _origin(fn: Callable) -> tuple[str, str]:
+    return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
+
+
+def source_of(fn: Callable) -> str:
+    """Where ``fn`` comes from: its module (or file) and a hash of that file's content (of the
+    function's own source when there is no file), e.g. ``my_plugin.py#3f2a9c01b7de``."""
+    path = inspect.getsourcefile(fn) if not isinstance(fn, functools.partial) else None
+    try:
+        content = open(path, "rb").read() if path else inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        content = repr(_origin(fn)).encode()
+    where = os.path.basename(path) if path else fn.__module__
+    return f"{where}#{hashlib.sha256(content).hexdigest()[:12]}"
+
+
 # --- the registry -----------------------------------------------------------------
 
 
@@ -230,9 +254,25 @@ class Registry:
         self.n_inputs = n_inputs
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, fn: Callable, constraints: dict | None = None, **extra: Any) -> Callable:
+    def add(
+        self, name: str, fn: Callable, constraints: dict | None = None, *, override: bool = False, **extra: Any
+    ) -> Callable:
+        """Register ``fn`` under ``name``.  A name already taken is refused, unless
+        ``override=True``: then the entry records its source (module and content hash),
+        which joins the trial id and the rows (``overrides``), so results made with a
+        replaced strategy never pass for the built-in's.  Registering the same function
+        again (a module or notebook cell run twice) replaces it quietly."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.what} needs a non-empty string name, got {name!r}")
+        existing = self._entries.get(name)
+        again = existing is not None and _origin(existing.fn) == _origin(fn)
+        if existing is not None and not override and not again:
+            raise ValueError(
+                f"{self.what} {name!r} is already registered (by {existing.fn.__module__}); choose another name, "
+                "or pass override=True to replace it"
+            )
+        if override:
+            extra["source"] = source_of(fn)
         params = list(inspect.signature(fn).parameters.values())
         configurable = params[self.n_inputs :]
         defaults = {}
@@ -252,6 +292,10 @@ class Registry:
         doc = inspect.getdoc(fn) or ""
         self._entries[name] = Entry(name, fn, defaults, constraints, doc.split("\n")[0], extra)
         return fn
+
+    def overrides(self) -> dict[str, str]:
+        """Name -> source of the entries registered with ``override=True``."""
+        return {name: e.extra["source"] for name, e in self._entries.items() if "source" in e.extra}
 
     def get(self, name: Any) -> Entry:
         if name not in self._entries:

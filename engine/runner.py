@@ -95,7 +95,8 @@ class TrialSession:
 
     @property
     def done(self) -> bool:
-        return self.state.round >= self.context.plan.rounds
+        """Every round run, or stopped early (``state.stopped``: a divergence)."""
+        return self.state.done(self.context.plan.rounds)
 
     def step(self) -> RoundResult:
         """Run and save the next round."""

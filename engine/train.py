@@ -209,6 +209,8 @@ def fit(
         acc, mean_loss = (totals / n).tolist()  # the one host sync of the epoch
         if on_epoch:
             on_epoch(epoch, acc, mean_loss)
+        if not math.isfinite(mean_loss):  # NaN or inf: more epochs cannot bring it back
+            return FitStats(epoch, steps, "diverged", acc, mean_loss)
         if acc >= convergence.train_acc:
             return FitStats(epoch, steps, "threshold", acc, mean_loss)
         if convergence.patience is not None:

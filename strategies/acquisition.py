@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.registry import Interval, Registry
+from engine.registry import Interval, Registry, StrategyError
 
 # What a strategy may declare in ``needs``; each is a tensor on the CPU.  All but
 # ``labeled_embeddings`` are over the unlabeled pool, in pool order.
@@ -49,8 +49,9 @@ POOL_OUTPUTS = {
 ACQUISITION_STRATEGIES = Registry("acquisition strategy", n_inputs=3)
 
 
-def register(name: str, needs: tuple[str, ...] = (), constraints: dict | None = None):
-    """Register ``fn(outputs, k, rng, **params) -> positions`` under ``name``."""
+def register(name: str, needs: tuple[str, ...] = (), constraints: dict | None = None, *, override: bool = False):
+    """Register ``fn(outputs, k, rng, **params) -> positions`` under ``name`` (``override=True``
+    to replace a registered strategy: its source then joins the trial id and the rows)."""
     needs = tuple(needs)
     unknown = [n for n in needs if n not in POOL_OUTPUTS]
     if unknown:
@@ -64,7 +65,7 @@ def register(name: str, needs: tuple[str, ...] = (), constraints: dict | None = 
                 f"acquisition strategy {name!r} needs 'mc_probs', so it needs an 'mc_samples' parameter "
                 "(the number of stochastic passes, with a default)"
             )
-        return ACQUISITION_STRATEGIES.add(name, fn, constraints, needs=needs)
+        return ACQUISITION_STRATEGIES.add(name, fn, constraints, override=override, needs=needs)
 
     return wrap
 
@@ -81,20 +82,27 @@ class PoolOutputs:
     mc_probs: torch.Tensor | None = None
 
 
-def check_positions(name: str, positions, k: int, n: int) -> np.ndarray:
-    """The strategy's answer as an int64 array, or a clear error naming the strategy."""
+def check_positions(name: str, positions, k: int, n: int, round_: int | None = None) -> np.ndarray:
+    """The strategy's answer as an int64 array, or a StrategyError naming the strategy, the
+    round, what was expected and what came back."""
+    where = f"The acquisition strategy {name!r}" + (f" in round {round_}" if round_ is not None else "")
+    expected = f"expected {k} distinct integer positions in 0..{n - 1}"
     if isinstance(positions, torch.Tensor):
         positions = positions.detach().cpu().numpy()
-    positions = np.asarray(positions)
+    try:
+        positions = np.asarray(positions)
+    except Exception:
+        raise StrategyError(f"{where} broke its contract: {expected}, got {type(positions).__name__}") from None
     if positions.ndim != 1 or positions.shape[0] != k or positions.dtype.kind not in "iu":
-        raise RuntimeError(
-            f"acquisition strategy {name!r} must return {k} integer positions, "
-            f"got an array of shape {positions.shape} and dtype {positions.dtype}"
+        raise StrategyError(
+            f"{where} broke its contract: {expected}, got an array of shape {positions.shape} and dtype {positions.dtype}"
         )
     if positions.size and (positions.min() < 0 or positions.max() >= n):
-        raise RuntimeError(f"acquisition strategy {name!r} returned positions outside 0..{n - 1}")
+        raise StrategyError(
+            f"{where} broke its contract: {expected}, got positions from {positions.min()} to {positions.max()}"
+        )
     if np.unique(positions).size != k:
-        raise RuntimeError(f"acquisition strategy {name!r} returned repeated positions")
+        raise StrategyError(f"{where} broke its contract: {expected}, got {k - np.unique(positions).size} repeated")
     return positions.astype(np.int64)
 
 

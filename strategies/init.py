@@ -40,6 +40,7 @@ def register(
     *,
     effective: Callable | None = None,
     check_model: Callable | None = None,
+    override: bool = False,
 ):
     """Register ``fn(prev, fresh, **params) -> nn.Module`` under ``name``.
 
@@ -51,7 +52,9 @@ def register(
     """
 
     def wrap(fn):
-        return INIT_STRATEGIES.add(name, fn, constraints, effective=effective, check_model=check_model)
+        return INIT_STRATEGIES.add(
+            name, fn, constraints, override=override, effective=effective, check_model=check_model
+        )
 
     return wrap
 

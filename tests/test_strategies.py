@@ -14,7 +14,7 @@ from torch import nn
 
 from engine import plugins
 from engine.models import build_model
-from engine.registry import ConfigError, Registry
+from engine.registry import ConfigError, Registry, StrategyError
 from engine.scoring import pool_outputs
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
@@ -282,17 +282,17 @@ def test_check_positions_accepts_lists_arrays_and_tensors():
 @pytest.mark.parametrize(
     ("positions", "match"),
     [
-        ([0, 1], "must return 3 integer positions"),
-        ([0, 1, 2, 3], "must return 3 integer positions"),
-        ([[0, 1, 2]], "must return 3 integer positions"),
-        ([0.0, 1.0, 2.0], "must return 3 integer positions"),
-        ([0, 1, 1], "repeated"),
-        ([0, 1, 5], "outside 0..4"),
-        ([-1, 1, 2], "outside 0..4"),
+        ([0, 1], r"expected 3 distinct integer positions in 0\.\.4, got an array of shape \(2,\)"),
+        ([0, 1, 2, 3], r"expected 3 distinct .*shape \(4,\)"),
+        ([[0, 1, 2]], r"expected 3 distinct .*shape \(1, 3\)"),
+        ([0.0, 1.0, 2.0], r"expected 3 distinct .*dtype float64"),
+        ([0, 1, 1], "got 1 repeated"),
+        ([0, 1, 5], "got positions from 0 to 5"),
+        ([-1, 1, 2], "got positions from -1 to 2"),
     ],
 )
 def test_check_positions_rejects_bad_answers(positions, match):
-    with pytest.raises(RuntimeError, match=match) as info:
+    with pytest.raises(StrategyError, match=match) as info:
         check_positions("mine", positions, 3, 5)
     assert "'mine'" in str(info.value)
 
