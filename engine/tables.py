@@ -230,7 +230,9 @@ def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[st
             if i == 0:
                 text += " final test accuracy vs random init"
             change = getattr(row, "steps_change", float("nan"))
-            if not pd.isna(change):
+            if not pd.isna(change) and round(100 * change) == 0:
+                text += ", about as many steps"
+            elif not pd.isna(change):
                 text += f", {abs(100 * change):.0f}% {'fewer' if change < 0 else 'more'} steps"
             phrases.append(text)
         prefix = "" if setting == "all" else f"{setting}: "
@@ -277,7 +279,7 @@ def summary_parts(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list
         warnings.simplefilter("ignore", results.SeedCollision)
         table = results.summary(frame, keys)
         lines = outcome_lines(frame, grid_columns(frame))
-        notes = point_notes(frame, keys)
+        notes = point_notes(frame)
     return table, format_summary(table, grid_columns(frame)), notes, lines
 
 
