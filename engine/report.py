@@ -462,17 +462,17 @@ class _Report:
         )
 
     def summary(self) -> None:
-        table, shown, _, lines = summary_parts(self.frame)
-        self.write("summary.csv", table.to_csv(index=False))
+        parts = summary_parts(self.frame)
+        self.write("summary.csv", parts.table.to_csv(index=False))
         self.write("summary.md", summary_text(self.frame))
-        body = f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(shown)
-        if lines:
-            items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+        body = f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(parts.shown)
+        if parts.outcome:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in parts.outcome)
             body += f"<p>Against random init with otherwise the same settings ({INTERVAL_NOTE}):</p><ul>{items}</ul>"
         self.section("Summary per grid point", body)
+        self.claims(parts.claims)
 
-    def claims(self) -> None:
-        tested = results.claims(self.frame)
+    def claims(self, tested: pd.DataFrame) -> None:
         untested = results.untested_claims(tested)
         if untested:
             self.notes.append(f"note: claims not testable on this table (it lacks the trials): {'; '.join(untested)}.")
@@ -588,8 +588,7 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
     built = _Report(frame, _Out(out_dir))
     with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
         warnings.simplefilter("ignore", results.SeedCollision)
-        built.summary()
-        built.claims()
+        built.summary()  # and the claims
         built.gaps()
         built.pareto()
         built.curves()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -203,6 +204,12 @@ CLAIMS_RULE = (
 )
 
 
+CLAIMS_SHORT = (
+    "Treatment − control over seeds with a 95% interval: holds / contradicted when the interval lies wholly "
+    "on the claim's / the other side of zero, inconclusive when it contains zero."
+)
+
+
 def _points(value: float) -> str:
     return "–" if pd.isna(value) else f"{100 * value:+.1f}".replace("-", "−")
 
@@ -243,12 +250,11 @@ def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[st
 def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
     """results.claims as text columns: accuracies in points, steps as counts."""
 
-    def amount(measure: str, value: float, sign: bool = True) -> str:
+    def amount(measure: str, value: float) -> str:
         if pd.isna(value):
             return "–"
-        if "acc" in measure:
-            return f"{100 * value:+.2f}" if sign else f"{100 * value:.2f}"
-        return f"{value:+,.0f}" if sign else f"{value:,.0f}"
+        text = f"{100 * value:+.2f}" if "acc" in measure else f"{value:+,.0f}"
+        return text.replace("-", "−")  # the minus sign, as in the outcome lines
 
     shown = pd.DataFrame({"claim": claims["claim"], "setting": claims["setting"]})
     shown["compared"] = [f"{t} − {c}" for t, c in zip(claims["treatment"], claims["control"], strict=True)]
@@ -270,28 +276,68 @@ SUMMARY_INTRO = (
 )
 
 
-def summary_parts(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str], list[str]]:
-    """The summary's pieces: results.summary (one row per grid point), the same as text columns,
-    the notes on what the table cannot tell (seed collisions, unfinished trials), and the
-    outcome lines."""
-    keys = label_keys(frame)
+@dataclass(frozen=True)
+class Summary:
+    """The summary's pieces: ``table`` (results.summary, one row per grid point), ``shown``
+    (the same as text columns), ``notes`` (what the table cannot tell: seed collisions,
+    unfinished trials), ``outcome`` (lines in words) and ``claims`` (results.claims)."""
+
+    table: pd.DataFrame
+    shown: pd.DataFrame
+    notes: list[str]
+    outcome: list[str]
+    claims: pd.DataFrame
+
+
+def summary_parts(frame: pd.DataFrame) -> Summary:
+    varying = grid_columns(frame)
     with warnings.catch_warnings():  # the collision warning becomes a note line
         warnings.simplefilter("ignore", results.SeedCollision)
-        table = results.summary(frame, keys)
-        lines = outcome_lines(frame, grid_columns(frame))
-        notes = point_notes(frame)
-    return table, format_summary(table, grid_columns(frame)), notes, lines
+        table = results.summary(frame, label_keys(frame))
+        return Summary(
+            table=table,
+            shown=format_summary(table, varying),
+            notes=point_notes(frame),
+            outcome=outcome_lines(frame, varying),
+            claims=results.claims(frame, varying),
+        )
+
+
+def claim_lines(claims: pd.DataFrame) -> list[str]:
+    """One line per claim: its verdict with effect and interval when it was tested once, the
+    count of each verdict when it was tested on several pairs of grid points."""
+    lines = []
+    shown = format_claims(claims)
+    for claim, part in shown.groupby("claim", sort=False):
+        if len(part) == 1:
+            row = part.iloc[0]
+            where = "" if row["setting"] == "all" else f"{row['setting']}: "
+            lines.append(
+                f"{claim}: {row['verdict']} ({where}{row['effect']}, 95% {row['95% interval']}, {row['seeds']} seeds)"
+            )
+        else:
+            counts = part["verdict"].value_counts()
+            tally = ", ".join(f"{verdict} {counts[verdict]}" for verdict in VERDICTS if verdict in counts)
+            lines.append(f"{claim}: {tally} (of {len(part)} comparisons)")
+    return lines
+
+
+VERDICTS = ["holds", "contradicted", "inconclusive", "not enough seeds"]
 
 
 def summary_text(frame: pd.DataFrame) -> str:
     """What ``report`` writes to summary.md and ``warmstart suite``/``quickstart`` print at their
     end: the summary per grid point (results.summary, mean ± std over seeds, the Pareto
-    fronts marked), the notes on what the table cannot tell, and the outcome in words."""
-    _, shown, notes, lines = summary_parts(frame)
-    text = f"# Summary per grid point\n\n{SUMMARY_INTRO}\n\n{to_markdown(shown)}"
-    if notes:
-        text += "\n" + "\n".join(f"- {n.removeprefix('note: ')}" for n in notes) + "\n"
-    if lines:
+    fronts marked), the notes on what the table cannot tell, the outcome in words and the
+    verdicts on the paper's claims."""
+    parts = summary_parts(frame)
+    text = f"# Summary per grid point\n\n{SUMMARY_INTRO}\n\n{to_markdown(parts.shown)}"
+    if parts.notes:
+        text += "\n" + "\n".join(f"- {n.removeprefix('note: ')}" for n in parts.notes) + "\n"
+    if parts.outcome:
         text += f"\n## Outcome\n\nAgainst random init with otherwise the same settings ({INTERVAL_NOTE}):\n\n"
-        text += "\n".join(f"- {line}" for line in lines) + "\n"
+        text += "\n".join(f"- {line}" for line in parts.outcome) + "\n"
+    if not parts.claims.empty:
+        text += f"\n## The paper's claims\n\n{CLAIMS_SHORT} Details: claims.md in the report.\n\n"
+        text += "\n".join(f"- {line}" for line in claim_lines(parts.claims)) + "\n"
     return text

@@ -274,6 +274,8 @@ def test_claims_hold_on_a_table_that_shows_the_paper():
         "optimizer steps: shrink_perturb < random": "holds",
     }
     assert results.untested_claims(results.claims(rows)) == [results.HEATMAP_CLAIM]
+    text = tables.summary_text(rows)  # the verdicts end the suite's summary
+    assert "- final test accuracy: warm < random: holds (−3.33 pts, 95% [" in text
 
 
 def test_claims_are_contradicted_where_warm_start_wins():
@@ -325,6 +327,9 @@ def test_heatmap_claim_finds_the_best_region_both_ways():
     outside = results.claims(grid(best=(1.0, 0.0))).set_index("claim").loc[results.HEATMAP_CLAIM]
     assert outside["verdict"] == "contradicted" and outside["effect"] == pytest.approx(-0.1)
     assert outside["control"] == "best outside: λ=1, σ=0"
+    # six shrink-perturb points against warm start: one line with the tally
+    text = tables.summary_text(grid(best=(0.6, 0.01)))
+    assert "- final test accuracy: shrink_perturb ≥ warm: holds 6 (of 6 comparisons)" in text
     one_seed = results.claims(grid(best=(0.6, 0.01), seeds=1)).set_index("claim").loc[results.HEATMAP_CLAIM]
     assert one_seed["verdict"] == "not enough seeds"
 
