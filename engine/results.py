@@ -560,8 +560,10 @@ def outcome(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
             columns={"effect": "acc_effect", "ci_low": "acc_low", "ci_high": "acc_high", "interval": "acc_interval"}
         )
         steps = contrast(frame, "total_steps", name, "random", keys)
-        if not steps.empty:  # same grid points in the same order: contrast walks them alike
-            accuracy["steps_change"] = (steps["treatment_mean"] / steps["control_mean"] - 1.0).to_numpy()
+        if not steps.empty:
+            steps["steps_change"] = steps["treatment_mean"] / steps["control_mean"] - 1.0
+            pair = ["setting", "treatment", "control"]
+            accuracy = accuracy.merge(steps[[*pair, "steps_change"]], on=pair, how="left")
         parts.append(accuracy.drop(columns=["measure", "treatment_mean", "control_mean"]))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
@@ -600,8 +602,8 @@ def claims(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
             continue
         rows.insert(0, "claim", claim)
         rows["verdict"] = [
-            stats.verdict(stats.Interval(e, lo, hi, "", 0, 0, 0), direction, strict)
-            for e, lo, hi in zip(rows["effect"], rows["ci_low"], rows["ci_high"], strict=True)
+            stats.verdict(low, high, direction, strict)
+            for low, high in zip(rows["ci_low"], rows["ci_high"], strict=True)
         ]
         parts.append(rows)
     heatmap = _heatmap_claim(frame, keys)
@@ -664,7 +666,7 @@ def _heatmap_claim(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
                 "n_treatment": interval.n_treatment,
                 "n_control": interval.n_control,
                 "pairs": 0,
-                "verdict": stats.verdict(interval, 1, strict=True),
+                "verdict": stats.verdict(interval.low, interval.high, 1, strict=True),
             }
         )
     return pd.DataFrame(rows)

@@ -89,15 +89,15 @@ def bootstrap_max_gap(inside: list[list[float]], outside: list[list[float]], lev
     return Interval(effect, float(low), float(high), "bootstrap", n_in, n_out, 0)
 
 
-def verdict(interval: Interval, direction: int, strict: bool = True) -> str:
-    """The rule: a claim that the effect is below zero (``direction`` −1) or above it (+1)
+def verdict(low: float, high: float, direction: int, strict: bool = True) -> str:
+    """The rule, for the interval [low, high] of an effect: a claim that it is below zero (``direction`` −1) or above it (+1)
     *holds* when the whole interval lies on that side, is *contradicted* when the whole
     interval lies on the other side, and is *inconclusive* when the interval contains zero.
     A non-strict claim (≥) also holds when the interval touches zero from its side.
     Without an interval: *not enough seeds*."""
-    if _missing(interval.low) or _missing(interval.high):
+    if _missing(low) or _missing(high):
         return TOO_FEW
-    low, high = (interval.low, interval.high) if direction > 0 else (-interval.high, -interval.low)
+    low, high = (low, high) if direction > 0 else (-high, -low)
     if low > 0 or (not strict and low >= 0):
         return HOLDS
     if high < 0:

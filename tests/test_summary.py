@@ -335,15 +335,14 @@ def test_heatmap_claim_finds_the_best_region_both_ways():
 
 
 def test_verdict_rule_at_the_edges():
-    def interval(low, high):
-        return stats.Interval((low + high) / 2, low, high, "paired t", 3, 3, 3)
-
-    assert stats.verdict(interval(-0.2, -0.1), -1) == "holds"
-    assert stats.verdict(interval(-0.2, 0.1), -1) == "inconclusive"
-    assert stats.verdict(interval(0.0, 0.1), -1) == "inconclusive"  # touches zero: not shown to be below
-    assert stats.verdict(interval(0.01, 0.1), -1) == "contradicted"
-    assert stats.verdict(interval(0.0, 0.1), 1, strict=False) == "holds"  # ≥: touching zero is enough
-    assert stats.verdict(interval(float("nan"), float("nan")), 1) == "not enough seeds"
+    assert stats.verdict(-0.2, -0.1, -1) == "holds"
+    assert stats.verdict(-0.2, 0.1, -1) == "inconclusive"
+    assert stats.verdict(0.0, 0.1, -1) == "inconclusive"  # touches zero: not shown to be below
+    assert stats.verdict(0.01, 0.1, -1) == "contradicted"
+    assert stats.verdict(0.0, 0.1, 1) == "inconclusive"
+    assert stats.verdict(0.0, 0.1, 1, strict=False) == "holds"  # ≥: touching zero is enough
+    assert stats.verdict(-0.1, 0.0, 1, strict=False) == "inconclusive"
+    assert stats.verdict(float("nan"), float("nan"), 1) == "not enough seeds"
 
 
 # --- several folders, the report, the terminal ---------------------------------------------------
