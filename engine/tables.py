@@ -220,16 +220,24 @@ def _strategy(name: str) -> str:
 
 def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
     """The outcome stated in words, one line per setting, computed by results.outcome, e.g.
-    "warm start: −3.0 ± 0.4 points final test accuracy vs random init, 47% fewer steps"."""
+    "warm start: −3.0 ± 0.4 points final test accuracy vs random init, 47% fewer steps".
+    A strategy tried at several grid points (a λ×σ grid) is said once, at the point with
+    the best final accuracy: "shrink_perturb(0.6, 0.01) (best of 55): ..."."""
     said = results.outcome(frame, keys)
     if said.empty:
         return []
     lines = []
     for setting, part in said.groupby("setting", sort=False):
+        # A strategy at many grid points (a λ×σ grid) is said once, at its best final accuracy.
+        names = part["treatment"].str.split("(").str[0]
+        counts = names.map(names.value_counts())
+        best = part.groupby(names, sort=False)["acc_effect"].transform("max")
+        part = part.assign(of=counts)[(counts == 1) | (part["acc_effect"] == best)].drop_duplicates("treatment")
         phrases = []
         for i, row in enumerate(part.itertuples(index=False)):
             half = (row.acc_high - row.acc_low) / 2
-            text = f"{_strategy(row.treatment)}: {_points(row.acc_effect)}"
+            label = _strategy(row.treatment) + (f" (best of {row.of})" if row.of > 1 else "")
+            text = f"{label}: {_points(row.acc_effect)}"
             if pd.isna(half):
                 text += f" points ({row.n_treatment} vs {row.n_control} seeds: no interval)"
             else:
@@ -263,7 +271,12 @@ def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
     shown["95% interval"] = [
         "–" if pd.isna(r.ci_low) else f"[{amount(r.measure, r.ci_low)}, {amount(r.measure, r.ci_high)}]" for r in rows
     ]
-    shown["seeds"] = [f"{r.pairs} paired" if r.pairs else f"{r.n_treatment} vs {r.n_control}" for r in rows]
+    shown["seeds"] = [
+        f"{r.pairs} paired seeds"
+        if r.pairs
+        else f"{r.n_treatment} vs {r.n_control} {'trials' if r.interval == 'bootstrap' else 'seeds'}"
+        for r in rows
+    ]  # a bootstrap row counts the trials of every cell it resamples
     shown["interval"] = claims["interval"]
     shown["verdict"] = claims["verdict"]
     return shown
@@ -313,7 +326,7 @@ def claim_lines(claims: pd.DataFrame) -> list[str]:
             row = part.iloc[0]
             where = "" if row["setting"] == "all" else f"{row['setting']}: "
             lines.append(
-                f"{claim}: {row['verdict']} ({where}{row['effect']}, 95% {row['95% interval']}, {row['seeds']} seeds)"
+                f"{claim}: {row['verdict']} ({where}{row['effect']}, 95% {row['95% interval']}, {row['seeds']})"
             )
         else:
             counts = part["verdict"].value_counts()

@@ -334,6 +334,15 @@ def test_heatmap_claim_finds_the_best_region_both_ways():
     assert one_seed["verdict"] == "not enough seeds"
 
 
+def test_outcome_says_a_grid_once_at_its_best():
+    rows = table(
+        grid(best=(0.6, 0.01)), *(trial(f"random-{s}", seed=s, final=0.85 + 0.005 * (s - 1)) for s in range(3))
+    )
+    (line,) = tables.outcome_lines(rows)
+    assert line.startswith("warm start: −5.0 ± 0.0 points final test accuracy vs random init, about as many steps; ")
+    assert line.endswith("; shrink_perturb(0.6, 0.01) (best of 6): +5.0 ± 0.0 points, about as many steps")
+
+
 def test_verdict_rule_at_the_edges():
     assert stats.verdict(-0.2, -0.1, -1) == "holds"
     assert stats.verdict(-0.2, 0.1, -1) == "inconclusive"
