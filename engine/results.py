@@ -438,14 +438,6 @@ def gap_to_random(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.Data
 
 # --- contrasts, the outcome, the paper's claims ------------------------------------------------
 
-# What per_trial calls each measure a contrast can be taken on.
-MEASURES = {
-    "final_test_acc": "final test accuracy",
-    "mean_test_acc": "mean test accuracy over rounds",
-    "total_steps": "optimizer steps",
-    "total_train_seconds": "train seconds",
-}
-
 
 def _init_column(frame: pd.DataFrame) -> str | None:
     return next((c for c in ("init", f"{CFG}init.name") if c in frame), None)
