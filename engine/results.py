@@ -91,9 +91,12 @@ ACQUISITION_ORDER = {"random": 0}  # passive first, then active strategies by na
 
 
 CFG = "cfg."  # the prefix of the flattened-config columns
-# cfg columns that never tell grid points apart: keys outside the trial's identity, and
-# the seed (a grid point pools its seeds).  A dotted key also covers everything below it.
-NOT_GROUPING = tuple(f"{CFG}{key}" for key in NOT_IDENTITY) + (f"{CFG}seed",)
+# How far a trial runs, not what its rounds compute: a trial continued to more rounds keeps
+# its grid point (its rows then hold two values), and unequal rounds get a note instead.
+HOW_FAR = ("rounds.max_rounds",)
+# cfg columns that never tell grid points apart: keys outside the trial's identity, how far
+# it runs, and the seed (a grid point pools its seeds).  A dotted key covers those below it.
+NOT_GROUPING = tuple(f"{CFG}{key}" for key in (*NOT_IDENTITY, *HOW_FAR, "seed"))
 
 
 def load(*paths: str) -> pd.DataFrame:
@@ -197,7 +200,7 @@ def grid_columns(frame: pd.DataFrame) -> list[str]:
     They are named with as few columns as tell the same points apart: the varying named
     columns of CONFIG_COLUMNS first; a DERIVED group (shrink/perturb, model_params, ...)
     and then a ``cfg.*`` column join only when they separate trials the columns chosen so
-    far do not (a λ×σ grid; two runs that differ in ``cfg.rounds.max_rounds``).  So a
+    far do not (a λ×σ grid; two runs that differ in ``cfg.convergence.train_acc``).  So a
     random / warm / shrink-perturb comparison is "init, acquisition", not ten columns
     that say the same thing.  ``init`` is always included (it is what the paper varies)."""
     trials = _groupable(frame.drop_duplicates("trial_id"))

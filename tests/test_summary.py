@@ -109,13 +109,13 @@ def test_cfg_columns_that_vary_make_grid_points_named_with_the_fewest_columns():
     rows = comparison({"random": [0.9, 0.91], "warm": [0.88, 0.87], "shrink_perturb": [0.9, 0.92]})
     # cfg.init.name/shrink/perturb/bn_stats vary too, but say nothing init does not
     assert results.grid_columns(rows) == ["init"]
-    # two runs that differ only in rounds.max_rounds (issue 11's 2-round test run, then the real one)
-    runs = table(trial("short", seed=0, final=0.8, rounds=2), trial("long", seed=0, final=0.9, rounds=4))
-    assert results.grid_columns(runs) == ["init", "cfg.rounds.max_rounds"]
+    # two runs that differ only in rounds.initial, which no named column records
+    runs = table(trial("small", seed=0, final=0.8), trial("large", seed=0, final=0.9, rounds__initial=200))
+    assert results.grid_columns(runs) == ["init", "cfg.rounds.initial"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", results.SeedCollision)  # two grid points, one trial each: no warning
         summary = results.summary(runs)
-    assert summary["cfg.rounds.max_rounds"].tolist() == [2, 4] and summary["seeds"].tolist() == [1, 1]
+    assert summary["cfg.rounds.initial"].tolist() == [100, 200] and summary["seeds"].tolist() == [1, 1]
     assert summary["final_test_acc_mean"].tolist() == pytest.approx([0.8, 0.9])
 
 
@@ -125,11 +125,12 @@ def test_keys_outside_the_identity_and_the_seed_never_split_a_grid_point():
         {"device": "cuda", "dataset__root": "/b", "performance__compile": True, "suite": "b", "trial_id": "y"},
         {"device": "cuda:1", "dataset__root": "/c", "performance__compile": True, "suite": "c", "trial_id": "z"},
     ]
+    for seed, cfg in enumerate(varied):  # how far a trial runs is no grid point either
+        cfg["rounds__max_rounds"] = 3 + seed
     rows = table(*(trial(f"t{seed}", seed=seed, final=0.8 + 0.01 * seed, **cfg) for seed, cfg in enumerate(varied)))
     assert results.config_columns(rows) == [
         "cfg.dataset.name", "cfg.model.name", "cfg.model.width", "cfg.init.name", "cfg.init.shrink", "cfg.init.perturb",
-        "cfg.init.bn_stats", "cfg.acquisition.name", "cfg.rounds.initial", "cfg.rounds.max_rounds",
-        "cfg.convergence.train_acc",
+        "cfg.init.bn_stats", "cfg.acquisition.name", "cfg.rounds.initial", "cfg.convergence.train_acc",
     ]  # fmt: skip
     summary = results.summary(rows)
     assert len(summary) == 1 and summary.loc[0, "seeds"] == 3
@@ -393,17 +394,17 @@ def test_load_and_report_several_folders(tmp_path, capsys):
 
 
 def test_legacy_rows_of_real_runs_summarise_and_warn(tmp_path, capsys):
-    # A 2-round test run, then a 3-round run, into one --out: the issue-11 scenario on real rows.
+    # Two runs into one --out that differ in a key no named column records (convergence.max_epochs).
     out = str(tmp_path / "runs")
     base = ["run", "--quiet", "--out", out, "--set", "rounds.initial=100", "--set", "rounds.per_round=100"]
-    base += ["--set", "convergence.max_epochs=5", "--set", "dataset.holdout=0.2"]
-    for rounds in (2, 3):
-        assert main([*base, "--set", f"rounds.max_rounds={rounds}"]) == 0
+    base += ["--set", "rounds.max_rounds=2", "--set", "dataset.holdout=0.2"]
+    for epochs in (4, 5):
+        assert main([*base, "--set", f"convergence.max_epochs={epochs}"]) == 0
     legacy = results.load(out)
     legacy = legacy.drop(columns=[c for c in legacy if c.startswith("cfg.")])  # as a folder written before them
     with pytest.warns(results.SeedCollision):
         summary = results.summary(legacy)
-    assert summary["seeds"].tolist() == [2] and summary["rounds"].tolist() == [3]
+    assert summary["seeds"].tolist() == [2] and summary["rounds"].tolist() == [2]
     # The same rows with the flattened config beside them, from each trial's saved config: two grid points.
     flat = []
     for trial_id in legacy["trial_id"].unique():
@@ -413,6 +414,6 @@ def test_legacy_rows_of_real_runs_summarise_and_warn(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error", results.SeedCollision)
         summary = results.summary(typed)
-    assert summary["cfg.rounds.max_rounds"].tolist() == [2, 3] and summary["seeds"].tolist() == [1, 1]
-    final = typed.sort_values("round").groupby("cfg.rounds.max_rounds")["test_acc"].last()
+    assert summary["cfg.convergence.max_epochs"].tolist() == [4, 5] and summary["seeds"].tolist() == [1, 1]
+    final = typed.sort_values("round").groupby("cfg.convergence.max_epochs")["test_acc"].last()
     assert summary["final_test_acc_mean"].tolist() == pytest.approx(final.tolist())
