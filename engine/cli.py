@@ -98,9 +98,16 @@ def parser() -> argparse.ArgumentParser:
     quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
     _add_suite_args(quick, default_out="results/quickstart")
 
-    report = sub.add_parser("report", help="write figures and summary tables for a results table")
-    report.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI (warmstart run/suite --out)")
-    report.add_argument("--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report)")
+    report = sub.add_parser("report", help="write figures, summary tables and the paper's claims for results")
+    report.add_argument(
+        "results",
+        metavar="DIR_OR_URI",
+        nargs="+",
+        help="one or more results directories or URIs (warmstart run/suite --out), read as one table",
+    )
+    report.add_argument(
+        "--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report; needed for several)"
+    )
 
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     _add_repeated(
@@ -146,10 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from engine import results
     from engine.suite import check_pools, load_suite
-    from engine.tune import format_summary, run_suite, summarize
+    from engine.tables import summary_text
+    from engine.tune import run_suite
 
     suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []))
     check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
@@ -161,11 +168,11 @@ def cmd_suite(args: argparse.Namespace) -> int:
     failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent)
     print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
     try:
-        frame = pd.read_parquet(out)
-    except (FileNotFoundError, ValueError, OSError):
+        frame = results.load(out)
+    except ConfigError:  # no completed round to summarise
         frame = None
-    if frame is not None and len(frame):
-        print(format_summary(summarize(suite, frame)))
+    if frame is not None:
+        print(summary_text(frame))  # what the report writes to summary.md
         try:
             _write_report(out)
         except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite

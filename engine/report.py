@@ -24,6 +24,8 @@ import html
 import io
 import math
 import os
+import warnings
+from collections.abc import Sequence
 
 import pandas as pd
 from matplotlib import colormaps
@@ -31,75 +33,30 @@ from matplotlib.figure import Figure
 
 from engine import results
 from engine.registry import ConfigError
-from engine.results import STRATEGY_COLUMNS, grid_columns
+from engine.results import CFG, grid_columns, is_strategy
 from engine.store import filesystem
+from engine.tables import (  # noqa: F401  (format_summary, point_notes: this module's API before engine.tables)
+    CLAIMS_RULE,
+    INTERVAL_NOTE,
+    SUMMARY_INTRO,
+    _setting_label,
+    _value,
+    acquisition_label,
+    context,
+    format_claims,
+    format_gaps,
+    format_summary,
+    init_label,
+    label_keys,
+    point_notes,
+    summary_parts,
+    summary_text,
+    to_markdown,
+)
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
 MAX_PANELS = 24
-BARE = {"dataset", "model", "optimizer"}  # shown as their value alone: "cifar10", not "dataset=cifar10"
-
-
-# --- labels -----------------------------------------------------------------------------
-
-
-def _value(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _setting_label(row: pd.Series, columns: list[str]) -> str:
-    """A grid point's non-strategy values, e.g. "cifar10, resnet18, lr=0.1"."""
-    return ", ".join(_value(row[c]) if c in BARE else f"{c}={_value(row[c])}" for c in columns)
-
-
-def init_label(row: pd.Series, varying: list[str] = ()) -> str:
-    """How a strategy's rounds start, as a legend says it: "warm start", "shrink-perturb λ=0.4, σ=0.1"."""
-    init = row.get("init")
-    if init == "random":
-        text = "random init"
-    elif init == "warm":
-        text = "warm start"
-    elif init == "shrink_perturb" and "shrink" in row and "perturb" in row:
-        text = f"shrink-perturb λ={_value(row['shrink'])}, σ={_value(row['perturb'])}"
-        if "bn_stats" in varying:
-            text += f", BN {_value(row.get('bn_stats'))}"
-    else:
-        text = _value(init)
-        if "init_params" in varying and row.get("init_params") not in (None, "{}"):
-            text += f" {row['init_params']}"
-    return text
-
-
-def acquisition_label(row: pd.Series, varying: list[str] = ()) -> str:
-    text = f"{_value(row.get('acquisition'))} acquisition"
-    if "acquisition_params" in varying and row.get("acquisition_params") not in (None, "{}"):
-        text += f" {row['acquisition_params']}"
-    return text
-
-
-def context(frame: pd.DataFrame) -> str:
-    """What every trial of the table shares, for a figure's title: "digits · mlp · adam lr=0.001"."""
-    trials = frame.drop_duplicates("trial_id")
-    parts = []
-    for column in ("dataset", "model", "optimizer"):
-        if column in trials and trials[column].nunique(dropna=False) == 1:
-            parts.append(_value(trials[column].iloc[0]))
-    if parts and "lr" in trials and trials["lr"].nunique() == 1 and "optimizer" in trials:
-        parts[-1] += f" lr={_value(trials['lr'].iloc[0])}"
-    if "acquisition" in trials and trials["acquisition"].nunique(dropna=False) == 1:
-        parts.append(f"{_value(trials['acquisition'].iloc[0])} acquisition")
-    return " · ".join(parts)
-
-
-def label_keys(frame: pd.DataFrame) -> list[str]:
-    """The grid columns plus the strategy columns that do not vary within a grid point: they
-    never split a grid point (grid_columns' guarantee) but name it, e.g. λ and σ of the one
-    shrink-perturb setting of a random / warm / shrink-perturb comparison."""
-    varying = grid_columns(frame)
-    return varying + [c for c in STRATEGY_COLUMNS if c in frame and c not in varying]
+MAX_PARETO_PANELS = 6  # settings (rows) in the Pareto figure
 
 
 # --- the data each figure plots ------------------------------------------------------------
@@ -113,7 +70,7 @@ def curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     varying = grid_columns(frame)
     table = results.by_round(frame, label_keys(frame), metrics=(metric,))
     table = table.rename(columns={f"{metric}_mean": "mean", f"{metric}_std": "std"})
-    panels = [c for c in varying if c not in STRATEGY_COLUMNS]
+    panels = [c for c in varying if not is_strategy(c)]
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
     table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
     table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
@@ -143,7 +100,8 @@ def lambda_sigma_grid(frame: pd.DataFrame) -> pd.DataFrame:
     mixed = frame[frame["init"] == "shrink_perturb"]
     if mixed.empty or mixed["shrink"].nunique() < 2 or mixed["perturb"].nunique() < 2:
         return pd.DataFrame()
-    panels = [c for c in grid_columns(mixed) if c not in ("init", "shrink", "perturb", "init_params")]
+    axes = {"init", "shrink", "perturb", "init_params", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    panels = [c for c in grid_columns(mixed) if c not in axes]
     table = results.summary(mixed, panels + ["shrink", "perturb"])
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
     return table
@@ -195,7 +153,7 @@ def table1_values(frame: pd.DataFrame) -> pd.DataFrame:
         init_label(row, varying) + (f" · {acquisition_label(row, varying)}" if "acquisition" in varying else "")
         for _, row in table.iterrows()
     ]
-    columns = [c for c in varying if c not in STRATEGY_COLUMNS and c != "dataset"]
+    columns = [c for c in varying if not is_strategy(c) and c != "dataset"]
     table["column"] = [" / ".join(_value(row[c]) for c in columns) for _, row in table.iterrows()]
     return table
 
@@ -220,6 +178,42 @@ def table1(frame: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     wide = wide[order].fillna("–").reset_index()  # "–": no trials for that cell
     wide.columns.name = None
     return wide
+
+
+PARETO_AXES = [  # (accuracy, cost) pairs of the Pareto figure, as results.summary names them
+    ("final_test_acc", "steps"),
+    ("final_test_acc", "train_seconds"),
+    ("mean_test_acc", "steps"),
+    ("mean_test_acc", "train_seconds"),
+]
+AXIS_LABELS = {
+    "final_test_acc": "final test accuracy",
+    "mean_test_acc": "mean test accuracy over rounds",
+    "steps": "optimizer steps (total)",
+    "train_seconds": "train seconds (total)",
+}
+
+
+def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point, what the Pareto figure plots: the results.summary columns (means and
+    stds over seeds), ``panel`` (the varying non-strategy settings: strategies compete
+    within one), ``label`` (the strategy, as the legends say it) and, for each (accuracy,
+    cost) of PARETO_AXES, ``front_<accuracy>_<cost>``: on the non-dominated front of its panel."""
+    keys = label_keys(frame)
+    varying = grid_columns(frame)
+    table = results.summary(frame, keys)
+    if table.empty:
+        return table
+    panels = [c for c in varying if not is_strategy(c)]
+    table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
+    table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
+    table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
+    by_acquisition = "acquisition" in varying or "acquisition_params" in varying
+    table["label"] = table["init_label"] + (" · " + table["acquisition_label"] if by_acquisition else "")
+    for accuracy, cost in PARETO_AXES:
+        if f"{accuracy}_mean" in table and f"{cost}_mean" in table:
+            table[f"front_{accuracy}_{cost}"] = results.front(table, keys, f"{accuracy}_mean", f"{cost}_mean")
+    return table
 
 
 # --- drawing --------------------------------------------------------------------------------
@@ -319,6 +313,48 @@ def plot_heatmaps(matrices: dict[str, pd.DataFrame], title: str, unit: str, digi
     return figure
 
 
+def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: str) -> Figure:
+    """A row per setting, a column per (accuracy, cost): one point per grid point with ±1 std
+    bars over seeds on both axes; the non-dominated front ringed and joined by a step line."""
+    panels = list(dict.fromkeys(table["panel"]))[:MAX_PARETO_PANELS]
+    inits = table.drop_duplicates("init_label")
+    colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
+    markers = dict(zip(dict.fromkeys(table["acquisition_label"]), "osD^v<>", strict=False))
+    figure = Figure(figsize=(4.4 * len(axes_pairs), 3.8 * len(panels) + 0.8), layout="constrained")
+    grid = figure.subplots(len(panels), len(axes_pairs), squeeze=False)
+    handles = {}
+    for row, panel in zip(grid, panels, strict=True):
+        part = table[table["panel"] == panel]
+        for ax, (accuracy, cost) in zip(row, axes_pairs, strict=True):
+            for point in part.itertuples(index=False):
+                values = point._asdict()
+                x, y = values[f"{cost}_mean"], values[f"{accuracy}_mean"]
+                if pd.isna(x) or pd.isna(y):
+                    continue
+                xerr, yerr = (0.0 if pd.isna(values[f"{c}_std"]) else values[f"{c}_std"] for c in (cost, accuracy))
+                color = colors[values["init_label"]]
+                drawn = ax.errorbar(
+                    x, y, xerr=xerr, yerr=yerr, fmt=markers.get(values["acquisition_label"], "o"), color=color,
+                    ms=6, capsize=2, elinewidth=0.8,
+                )  # fmt: skip
+                handles.setdefault(values["label"], drawn)
+            front = part[part[f"front_{accuracy}_{cost}"]].sort_values(f"{cost}_mean")
+            ax.plot(front[f"{cost}_mean"], front[f"{accuracy}_mean"], "--", color="0.4", lw=1, drawstyle="steps-post")
+            ax.scatter(front[f"{cost}_mean"], front[f"{accuracy}_mean"], s=160, facecolors="none", edgecolors="0.2")
+            ax.set_xlabel(AXIS_LABELS[cost])
+            ax.set_ylabel(AXIS_LABELS[accuracy])
+            ax.grid(alpha=0.3)
+            if panel:
+                ax.set_title(panel, fontsize=10)
+    low, high = table["seeds"].min(), table["seeds"].max()
+    seeds = f"n={low}" if low == high else f"n={low}–{high}"
+    figure.suptitle(f"{title}\nmean ± 1 std over seeds ({seeds}); ringed: the non-dominated front", fontsize=12)
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+    )
+    return figure
+
+
 def _seconds(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
@@ -334,7 +370,7 @@ def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt) -> d
         return {}
     gaps = gaps[gaps["init"] == "shrink_perturb"]
     panels = [c for c in grid.columns if c in gaps.columns and c not in ("shrink", "perturb", "init")]
-    panels = [c for c in panels if c in results.CONFIG_COLUMNS]
+    panels = [c for c in panels if c in results.CONFIG_COLUMNS or c.startswith(CFG)]
     refs = {}
     for panel, part in grid.groupby("panel", sort=False):
         match = gaps.merge(part[panels].drop_duplicates(), on=panels) if panels else gaps
@@ -343,69 +379,6 @@ def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt) -> d
             unit = " s" if metric == "train_seconds" else ""
             refs[panel] = f"random init: {fmt(values[0])}{unit}"
     return refs
-
-
-# --- tables as text -------------------------------------------------------------------------
-
-
-def _pm(mean: pd.Series, std: pd.Series, digits: int) -> list[str]:
-    return [
-        "–" if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
-        for m, s in zip(mean, std, strict=True)
-    ]
-
-
-def _shown_keys(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """The grid columns of a summary as text; ``init`` as its legend label (with λ and σ)
-    unless shrink and perturb have columns of their own."""
-    keys = [c for c in varying if c in table] or [c for c in ("point",) if c in table]
-    shown = pd.DataFrame({c: table[c].map(_value) for c in keys})
-    if "init" in shown and not {"shrink", "perturb"} & set(varying):
-        shown["init"] = [init_label(row, varying) for _, row in table.iterrows()]
-    return shown
-
-
-def format_summary(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """results.summary as text columns, mean ± std over seeds; ``varying``: its grid columns."""
-    shown = _shown_keys(table, varying)
-    shown["seeds"] = table["seeds"]
-    shown["rounds"] = table["rounds"]
-    for name, label, digits in [
-        ("final_test_acc", "final test acc", 4),
-        ("mean_test_acc", "mean test acc over rounds", 4),
-        ("train_seconds", "total train time (s)", 1),
-    ]:
-        if f"{name}_mean" in table:
-            shown[label] = _pm(table[f"{name}_mean"], table[f"{name}_std"], digits)
-    if "steps_mean" in table:
-        shown["optimizer steps"] = table["steps_mean"].round().astype("Int64")
-    return shown
-
-
-def format_gaps(gaps: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
-    """results.gap_to_random as text columns; ``varying``: its grid columns."""
-    shown = _shown_keys(gaps, varying)
-    shown["seeds"] = gaps["seeds"]
-    for column, label, fmt in [
-        ("final_test_acc", "final test acc", "{:.4f}"),
-        ("random_final_test_acc", "random init", "{:.4f}"),
-        ("final_acc_gap", "gap", "{:+.4f}"),
-        ("mean_acc_gap", "gap, mean over rounds", "{:+.4f}"),
-        ("train_time_ratio", "train time / random", "{:.2f}×"),
-        ("steps_ratio", "steps / random", "{:.2f}×"),
-    ]:
-        if column in gaps:
-            shown[label] = [("–" if pd.isna(v) else fmt.format(v)) for v in gaps[column]]
-    return shown
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return _value(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -451,30 +424,6 @@ def _check_out(path_or_uri: str, out_dir: str) -> None:
         )
 
 
-def point_notes(frame: pd.DataFrame) -> list[str]:
-    """Notes on grid points the table cannot describe fully: trials that share a grid point and
-    a seed (the table lacks what tells them apart), and trials with fewer rounds than the rest."""
-    notes = []
-    trials = results.per_trial(frame)
-    keys = grid_columns(frame)
-    if not keys or "seed" not in trials:
-        return notes
-    grouped = trials.groupby(keys, dropna=False, observed=True, sort=False)
-    shared = int(grouped["seed"].agg(lambda s: s.duplicated().any()).sum())
-    if shared:
-        notes.append(
-            f"note: {shared} grid point(s) hold several trials with the same seed; the table does not record "
-            "what tells them apart (e.g. convergence or rounds.initial), so they are pooled as seeds."
-        )
-    short = int((trials["rounds"] < grouped["rounds"].transform("max")).sum())
-    if short:
-        notes.append(
-            f"note: {short} trial(s) ran fewer rounds than the others of their grid point (unfinished or "
-            "failed); their final values are at fewer labeled samples."
-        )
-    return notes
-
-
 def _html_table(table: pd.DataFrame) -> str:
     return table.to_html(index=False, na_rep="–", border=0, classes="t")
 
@@ -513,13 +462,43 @@ class _Report:
         )
 
     def summary(self) -> None:
-        self.write("summary.csv", results.summary(self.frame).to_csv(index=False))
-        shown = format_summary(results.summary(self.frame, label_keys(self.frame)), self.varying)
-        self.write("summary.md", "# Summary per grid point\n\n" + to_markdown(shown))
-        intro = "Final and mean-over-rounds test accuracy and total train time, mean ± std over seeds"
-        self.section(
-            "Summary per grid point", f'<p>{intro} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(shown)
+        parts = summary_parts(self.frame)
+        self.write("summary.csv", parts.table.to_csv(index=False))
+        self.write("summary.md", summary_text(self.frame))
+        body = f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(parts.shown)
+        if parts.outcome:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in parts.outcome)
+            body += f"<p>Against random init with otherwise the same settings ({INTERVAL_NOTE}):</p><ul>{items}</ul>"
+        self.section("Summary per grid point", body)
+        self.claims(parts.claims)
+
+    def claims(self, tested: pd.DataFrame) -> None:
+        untested = results.untested_claims(tested)
+        if untested:
+            self.notes.append(f"note: claims not testable on this table (it lacks the trials): {'; '.join(untested)}.")
+        if tested.empty:
+            return
+        shown = format_claims(tested)
+        self.write("claims.csv", tested.to_csv(index=False))
+        self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
+        body = f'<p>{html.escape(CLAIMS_RULE)} (<a href="claims.csv">claims.csv</a>)</p>' + _html_table(shown)
+        self.section("The paper's claims, checked", body)
+
+    def pareto(self) -> None:
+        table = pareto_points(self.frame)
+        axes = [
+            (acc, cost) for acc, cost in PARETO_AXES if f"{cost}_mean" in table and table[f"{cost}_mean"].notna().any()
+        ]
+        if table.empty or not axes:
+            self.notes.append("note: pareto.png skipped: the table has no optimizer steps or train seconds.")
+            return
+        title = "Test accuracy against compute" + (f"\n{self.where}" if self.where else "")
+        self.write("pareto.png", plot_pareto(table, axes, title))
+        text = (
+            "One point per grid point (mean over seeds, bars ±1 std), ringed and joined: the non-dominated front "
+            "(no other strategy of the same setting has higher accuracy for less compute)."
         )
+        self.section("Accuracy against compute", f"<p>{text}</p>" + _img("pareto.png", "accuracy against compute"))
 
     def gaps(self) -> None:
         gaps = results.gap_to_random(self.frame, label_keys(self.frame))
@@ -589,24 +568,33 @@ class _Report:
         self.section("Table 1: two-phase training", body)
 
 
-def write_report(path_or_uri: str, out_dir: str | None = None) -> list[str]:
-    """Write the figures, tables and ``index.html`` for the results under ``path_or_uri``
-    into ``out_dir`` (default ``<results>/_report``; a local path or a pyarrow URI).
+def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list[str]:
+    """Write the figures, tables and ``index.html`` for the results under ``paths`` (one path or
+    URI, or several read as one table: results.load) into ``out_dir`` (a local path or a
+    pyarrow URI; default ``<results>/_report``, which needs a single results path).
 
     Returns the paths written, ``index.html`` first, then one line per figure or table the
     results could not support, each starting with ``note:``.  A path without warmstart rows
     raises ConfigError (see results.load), and so does an ``out_dir`` inside the results
     under a name pyarrow would read as results."""
-    out_dir = out_dir or default_out(path_or_uri)
-    _check_out(path_or_uri, out_dir)
-    frame = results.load(path_or_uri)
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if out_dir is None:
+        if len(paths) != 1:
+            raise ConfigError(f"A report of {len(paths)} results paths needs its own directory: pass --out.")
+        out_dir = default_out(paths[0])
+    for path in paths:
+        _check_out(path, out_dir)
+    frame = results.load(*paths)
     built = _Report(frame, _Out(out_dir))
-    built.summary()
-    built.gaps()
-    built.curves()
-    built.heatmaps()
-    built.table1()
-    page = _page(path_or_uri, frame, built.where, built.notes, built.sections)
+    with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
+        warnings.simplefilter("ignore", results.SeedCollision)
+        built.summary()  # and the claims
+        built.gaps()
+        built.pareto()
+        built.curves()
+        built.heatmaps()
+        built.table1()
+    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections)
     return [built.out.write("index.html", page), *built.written, *built.notes]
 
 

@@ -18,8 +18,6 @@ import threading
 import time
 from typing import TextIO
 
-import pandas as pd
-
 from engine.registry import ConfigError
 from engine.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
 from engine.suite import Suite
@@ -227,32 +225,6 @@ def run_suite(
     ]
 
 
-def summarize(suite: Suite, frame: pd.DataFrame) -> pd.DataFrame:
-    """Per grid point: final test accuracy and total train time, mean and std over seeds."""
-    from engine.results import per_trial
-
-    trials = per_trial(frame[frame["trial_id"].isin([t.trial_id for t in suite.trials])])
-    keys = suite.grid_keys()
-    points = pd.DataFrame([{"trial_id": t.trial_id, **{k: _label(t.point.get(k)) for k in keys}} for t in suite.trials])
-    merged = points.merge(trials.drop(columns=[k for k in keys if k in trials]), on="trial_id")
-    if merged.empty:
-        return merged
-    if not keys:  # a suite without a grid (or only seeds): one point
-        keys = ["point"]
-        merged = merged.assign(point="all")
-    table = merged.groupby(keys, sort=False).agg(
-        seeds=("trial_id", "count"),
-        final_test_acc_mean=("final_test_acc", "mean"),
-        final_test_acc_std=("final_test_acc", "std"),
-        mean_test_acc_mean=("mean_test_acc", "mean"),
-        mean_test_acc_std=("mean_test_acc", "std"),
-        train_seconds_mean=("total_train_seconds", "mean"),
-        train_seconds_std=("total_train_seconds", "std"),
-        steps_mean=("total_steps", "mean"),
-    )
-    return table.reset_index()
-
-
 def _label(value) -> str:
     """A grid value as text: a component mapping as ``shrink_perturb(shrink=0.4, perturb=0.1)``."""
     if isinstance(value, dict):
@@ -265,20 +237,3 @@ def _label(value) -> str:
 
 def describe_point(point: dict) -> str:
     return " ".join(f"{k}={_label(v)}" for k, v in point.items())
-
-
-def format_summary(table: pd.DataFrame) -> str:
-    """The summary as a text table: mean ± std over seeds."""
-    if table.empty:
-        return "(no completed trials)"
-
-    def pm(column: str, digits: int) -> list[str]:
-        means, stds = table[f"{column}_mean"], table[f"{column}_std"].fillna(0.0)
-        return [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(means, stds, strict=True)]
-
-    shown = table.drop(columns=[c for c in table.columns if c.endswith(("_mean", "_std"))])
-    shown["final test_acc"] = pm("final_test_acc", 4)
-    shown["mean test_acc"] = pm("mean_test_acc", 4)
-    shown["train seconds"] = pm("train_seconds", 1)
-    shown["steps"] = table["steps_mean"].round().astype(int)
-    return shown.to_string(index=False)

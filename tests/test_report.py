@@ -294,6 +294,7 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert paths[0] == str(out / "index.html")
     assert {Path(p).name for p in paths} == {
         "index.html", "summary.csv", "summary.md", "gap_to_random.csv", "accuracy.png", "train_time.png",
+        "claims.csv", "claims.md", "pareto.png",
     }  # fmt: skip
     assert all(Path(p).stat().st_size > 0 for p in paths)
     assert any("λ×σ heatmaps skipped" in n for n in notes) and any("Table 1 skipped" in n for n in notes)
@@ -319,7 +320,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     np.testing.assert_allclose(got["train_seconds_std"], expected["time_std"])
     markdown = (out / "summary.md").read_text()
     first = expected.loc[("warm", "margin")]
-    assert f"| warm start | margin | 3 | 4 | {first['acc_mean']:.4f} ± {first['acc_std']:.4f} |" in markdown
+    assert f"| warm start                  | margin      |     3 |      4 | {first['acc_mean']:.4f} ± " in markdown
+    assert markdown == report.summary_text(df)  # what warmstart suite prints at its end
+    assert '<img src="pareto.png"' in page and "claims, checked" in page
 
 
 def test_report_with_heatmaps_and_table1(grid, two_phase, tmp_path):
@@ -363,7 +366,7 @@ def test_notes_on_unfinished_trials_and_indistinguishable_ones(tmp_path):
         store.write_row({**row, "trial_id": "other", "dataset": "digits"})
     notes = report.point_notes(results.load(str(tmp_path)))
     assert len(notes) == 2
-    assert "1 grid point(s) hold several trials with the same seed" in notes[0]
+    assert "1 (grid point, seed) pair(s) hold more than one trial" in notes[0]
     assert "1 trial(s) ran fewer rounds" in notes[1]
 
 

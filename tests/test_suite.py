@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import textwrap
 
-import pandas as pd
 import pytest
 
 from engine.registry import ConfigError
 from engine.suite import check_pools, load_suite, locate
-from engine.tune import describe_point, format_summary, prepare_out, summarize
+from engine.tune import describe_point, prepare_out
 
 
 def write(tmp_path, text: str, name: str = "suite.yaml") -> str:
@@ -179,36 +178,11 @@ def test_out_guard(tmp_path):
         prepare_out(suite, str(plain), resume=True)
 
 
-def test_summary_is_mean_and_std_over_seeds_per_grid_point(tmp_path):
-    suite = load_suite(write(tmp_path, THREE_BY_THREE))
-    rows = []
-    for i, trial in enumerate(suite.trials):
-        for round_ in (1, 2):
-            rows.append(
-                {
-                    "trial_id": trial.trial_id,
-                    "round": round_,
-                    "seed": trial.config.seed,
-                    "init": trial.config.init.name,
-                    "n_labeled": 100 * round_,
-                    "test_acc": 0.5 + 0.1 * round_ + 0.01 * i,
-                    "train_seconds": float(i + round_),
-                    "epochs": 3,
-                    "steps": 10,
-                }
-            )
-    table = summarize(suite, pd.DataFrame(rows))
-    assert table["init"].tolist() == ["random", "warm", "shrink_perturb(shrink=0.4, perturb=0.1)"]
-    assert table["seeds"].tolist() == [3, 3, 3]
-    # random init is trials 0..2: final accuracies 0.70, 0.71, 0.72
-    assert table.loc[0, "final_test_acc_mean"] == pytest.approx(0.71)
-    assert table.loc[0, "final_test_acc_std"] == pytest.approx(pd.Series([0.70, 0.71, 0.72]).std())
-    # total train time of trial i is (i + 1) + (i + 2) = 2i + 3: warm (3..5) -> 9, 11, 13
-    assert table.loc[1, "train_seconds_mean"] == pytest.approx(11.0)
-    assert table.loc[2, "mean_test_acc_mean"] == pytest.approx(0.65 + 0.07)
-    text = format_summary(table)
-    assert "0.7100 ± 0.0100" in text and "11.0 ± 2.0" in text
+def test_describe_point_names_components_by_their_name():
+    # (the suite's summary is engine.results.summary, tested in tests/test_summary.py)
     assert describe_point({"init": {"name": "warm"}, "seed": 1}) == "init=warm seed=1"
+    point = {"init": {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1}}
+    assert describe_point(point) == "init=shrink_perturb(shrink=0.4, perturb=0.1)"
 
 
 def test_set_overrides_the_base_before_the_grid(tmp_path):

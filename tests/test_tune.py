@@ -47,6 +47,7 @@ def test_suite_writes_one_table_with_every_trial_round_once(ray_address, tmp_pat
     # The summary: one line per grid point, seeds counted.
     summary = printed.split("finished in")[1]
     assert "random" in summary and "warm" in summary and "   2 " in summary
+    assert (out / "_report" / "summary.md").read_text() in summary  # the terminal prints what report writes
 
     # Running it again is refused without --resume; with --resume everything is skipped.
     assert main(["suite", path, "--out", str(out)]) == 2
