@@ -272,18 +272,11 @@ def run_suite(
 
 def load(*paths: str):
     """The results tables under one or more folders or URIs, as one DataFrame (names as
-    categoricals, counts as integers).  Old folders load too (see the README's migration note)."""
-    import pandas as pd
-
+    categoricals, counts as integers); see ``engine.results.load``.  Older folders load
+    too: rows written before the ``cfg.*`` columns get them from their trial's saved config."""
     from engine import results
 
-    if not paths:
-        raise ConfigError("load() needs at least one results path.")
-    frames = [results.load(p) for p in paths]
-    if len(frames) == 1:
-        return frames[0]
-    frame = pd.concat(frames, ignore_index=True)  # categories that differ become plain values
-    return frame.sort_values(["trial_id", "round"]).reset_index(drop=True)
+    return results.load(*paths)
 
 
 def report(*paths: str, out: str | None = None) -> list[str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -109,6 +111,9 @@ def parser() -> argparse.ArgumentParser:
         "--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report; needed for several)"
     )
 
+    checker = sub.add_parser("check", help="verify that a results folder's rows, status and checkpoints are intact")
+    checker.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI")
+
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     _add_repeated(
         lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
@@ -206,6 +211,17 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return cmd_suite(args)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from engine.check import check
+
+    trials = check(args.results)
+    for trial in trials:
+        print(trial.line())
+    bad = sum(1 for t in trials if t.problems)
+    print(f"{len(trials)} trial(s) checked under {args.results}: " + (f"{bad} with problems" if bad else "all intact"))
+    return 1 if bad else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from engine.data import DATASET_DOCS
     from engine.models import MODELS
@@ -235,6 +251,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     debug = args.debug or os.environ.get("WARMSTART_DEBUG", "") not in ("", "0")
+    main_thread = threading.current_thread() is threading.main_thread()
+    # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C: completed rounds saved, locks
+    # released, the embedded Ray instance shut down, the same resume hint.
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         commands = {
             "run": cmd_run,
@@ -242,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             "quickstart": cmd_quickstart,
             "report": cmd_report,
             "list": cmd_list,
+            "check": cmd_check,
         }
         return commands[args.command](args)
     except ConfigError as exc:
@@ -255,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             "\nwarmstart: interrupted; completed rounds are saved, re-run the same command to resume", file=sys.stderr
         )
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _explain(exc: Exception, debug: bool) -> None:

@@ -40,7 +40,15 @@ DEFAULTS: dict[str, Any] = {
     "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000, "on_diverge": "stop"},
     "pretrain": None,  # null: none; a mapping of PRETRAIN_DEFAULTS' keys: train a source model first
     "eval": {"precise_bn": True, "batch_size": 1024},
-    "scaling": {"workers": None, "gpus_per_worker": 0, "max_failures": 3, "sync_batchnorm": False},
+    # resource_timeout: seconds a joined cluster may take to offer what a trial asks for
+    # (an autoscaler adding nodes); the local instance is checked at once.
+    "scaling": {
+        "workers": None,
+        "gpus_per_worker": 0,
+        "max_failures": 3,
+        "sync_batchnorm": False,
+        "resource_timeout": 600,
+    },
     # How a round computes, not what (left out of the trial id, like `device`); `auto` is
     # off on CPU and the choice in engine.train.resolve_performance on a GPU.  The effective
     # values are recorded in each row's `performance` column.  benchmarks/README.md has the figures.
@@ -175,6 +183,7 @@ ALLOWED: dict[str, Any] = {
     "scaling.gpus_per_worker": Interval(0),
     "scaling.max_failures": Interval(0, integer=True),
     "scaling.sync_batchnorm": Type(bool),
+    "scaling.resource_timeout": Interval(0),
     "performance.autocast": AutoOr(Type(bool)),
     "performance.channels_last": AutoOr(Type(bool)),
     "performance.fused_optimizer": AutoOr(Type(bool)),
@@ -202,6 +211,7 @@ NOT_IDENTITY = (
     "dataset.root",
     "dataset.download",
     "scaling.max_failures",
+    "scaling.resource_timeout",
     "performance",
     "convergence.on_diverge",  # how far a trial goes after a divergence, not what a round computes
 )

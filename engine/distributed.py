@@ -20,14 +20,18 @@ multi-node cluster ``--out`` must therefore be storage every node sees.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from engine.config import Config
-from engine.registry import TrialError
+from engine.registry import ConfigError, TrialError
 
 # No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
 # console output, which honours verbose=0: warmstart prints its own progress.
@@ -135,20 +139,92 @@ def worker_main(train_config: dict) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join ``address`` or start a quiet local instance (no dashboard, no token auth)."""
+    """Join ``address`` or start a quiet local instance (no token auth, no usage stats).
+
+    An address that does not answer fails within seconds, naming the address; a local
+    instance gets a reaper (engine/reaper.py), so that no Ray process outlives a driver
+    that is killed."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
+    if address:
+        check_address(address)  # also when this process already runs Ray: the address given must answer
     if ray.is_initialized():
         return
     # Workers' and Ray's own console output stays in Ray's log files (the session's
     # logs/ folder); progress reaches the driver through the results store instead.
     quiet = {"logging_level": "WARNING", "log_to_driver": False}
     if address:
-        ray.init(address=address, **quiet)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"Cannot join the Ray cluster at {address!r}: {error_line(exc)}") from None
+        return
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+    session = ray._private.worker._global_node.get_session_dir_path()
+    if sys.platform.startswith("linux"):
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.reaper", str(os.getpid()), session],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not in the driver's process group: a Ctrl-C must not end it first
+        )
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, within seconds, a HOST:PORT where nothing listens ('auto' and ray:// URIs are
+    Ray's to resolve; it fails fast when no cluster runs)."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"The --address must be 'auto' or HOST:PORT (a Ray head's GCS port, e.g. 6379). Got {address!r}."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"Cannot reach a Ray cluster at {address!r}: {reason} (is a head node running there?)."
+        ) from None
+
+
+def check_resources(workers: int, gpus_per_worker: float, address: str | None, timeout: float) -> None:
+    """Refuse a request the cluster can never meet: at once on the local instance (its
+    resources are fixed), after ``timeout`` seconds of waiting, with a visible message, on
+    a joined cluster (an autoscaler may add nodes)."""
+    import ray
+
+    need = {"CPU": float(workers), **({"GPU": workers * gpus_per_worker} if gpus_per_worker else {})}
+
+    def short() -> dict[str, float]:
+        have = ray.cluster_resources()
+        return {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
+
+    lacking = short()
+    if not lacking:
+        return
+    have = ray.cluster_resources()
+    described = ", ".join(f"{need[k]:g} {k}" for k in need)
+    has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+    if not address:
+        raise ConfigError(
+            f"{workers} worker(s) need {described} (1 CPU and {gpus_per_worker:g} GPU each), but the local Ray "
+            f"instance has {has}; use fewer workers, or join a bigger cluster with --address."
+        )
+    print(f"waiting up to {timeout:.0f}s for the cluster to offer {described} (it has {has})...", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        if not short():
+            return
+    raise ConfigError(
+        f"The cluster at {address} did not offer {described} within {timeout:.0f}s (scaling.resource_timeout); "
+        f"it has {has}."
+    )
 
 
 def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter=None, rounds: int = 0) -> None:
@@ -160,7 +236,8 @@ def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter
     from engine.store import META, TrialStore, filesystem
 
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
-    init_ray(address, num_cpus=max(os.cpu_count() or 1, workers), num_gpus=None)
+    init_ray(address)
+    check_resources(workers, gpus, address, cfg.scaling.resource_timeout)
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
     trainer = TorchTrainer(
         worker_main,

@@ -379,7 +379,9 @@ def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | 
     model = fresh_model(context.cfg, context.data, checkpoint["round"], context.device)
     model.load_state_dict(checkpoint["model"])
     record = PretrainRecord.from_columns(checkpoint.get("pretrain") or {})
-    return TrialState(checkpoint["round"], checkpoint["labeled"], model, record, checkpoint.get("stopped"))
+    # A trial stopped by a divergence stays stopped, unless it is now asked to go on.
+    stopped = checkpoint.get("stopped") if context.cfg.convergence.on_diverge == "stop" else None
+    return TrialState(checkpoint["round"], checkpoint["labeled"], model, record, stopped)
 
 
 def save_round(store: TrialStore | None, context: TrialContext, state: TrialState, row: dict) -> None:
@@ -392,10 +394,10 @@ def save_round(store: TrialStore | None, context: TrialContext, state: TrialStat
     store.write_row(row)
     weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
     pretrained = {c: row[c] for c in PRETRAIN_COLUMNS}
-    store.save_checkpoint(
-        {"round": state.round, "labeled": state.labeled.copy(), "model": weights, "pretrain": pretrained}
-    )
-    store.save_status({"round": state.round, "rounds": context.plan.rounds, "test_acc": row["test_acc"]})
+    checkpoint = {"round": state.round, "labeled": state.labeled.copy(), "model": weights, "pretrain": pretrained}
+    store.save_checkpoint({**checkpoint, "stopped": state.stopped})
+    status = {"round": state.round, "rounds": context.plan.rounds, "test_acc": row["test_acc"]}
+    store.save_status({**status, "stopped": state.stopped} if state.stopped else status)
 
 
 def run_round(context: TrialContext, state: TrialState) -> RoundResult:

@@ -28,12 +28,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 
 from engine import stats
-from engine.config import NOT_IDENTITY
+from engine.config import HOW_FAR, NOT_IDENTITY
+from engine.records import CONFIG_PREFIX
+from engine.records import config_columns as config_columns_of
 from engine.registry import ConfigError
-from engine.store import SCHEMA, filesystem
+from engine.store import SCHEMA, TrialStore, filesystem
 
 NAME_COLUMNS = ["suite", "dataset", "model", "optimizer", "init", "acquisition", "stop_reason", "device", "bn_stats"]
 COUNT_COLUMNS = ["seed", "batch_size", "per_round", "round", "n_labeled", "epochs", "steps", "world_size"]
@@ -90,10 +93,10 @@ INIT_ORDER = {"random": 0, "warm": 1, "shrink_perturb": 2}  # how tables and leg
 ACQUISITION_ORDER = {"random": 0}  # passive first, then active strategies by name
 
 
-CFG = "cfg."  # the prefix of the flattened-config columns
-# How far a trial runs, not what its rounds compute: a trial continued to more rounds keeps
-# its grid point (its rows then hold two values), and unequal rounds get a note instead.
-HOW_FAR = ("rounds.max_rounds",)
+CFG = CONFIG_PREFIX  # the prefix of the flattened-config columns
+# HOW_FAR (engine.config): how far a trial runs, not what its rounds compute: a trial
+# continued to more rounds keeps its grid point (its rows then hold two values), and
+# unequal rounds get a note instead.
 # cfg columns that never tell grid points apart: keys outside the trial's identity, how far
 # it runs, and the seed (a grid point pools its seeds).  A dotted key covers those below it.
 NOT_GROUPING = tuple(f"{CFG}{key}" for key in (*NOT_IDENTITY, *HOW_FAR, "seed"))
@@ -129,6 +132,12 @@ def _read(path_or_uri: str) -> pd.DataFrame:
     fs, base = filesystem(path_or_uri)
     try:
         dataset = pads.dataset(base, filesystem=fs, format="parquet")
+        # pyarrow takes the first file's schema for the whole folder; rows written by an older
+        # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
+        schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
+        if len(schemas) > 1:
+            unified = pa.unify_schemas(list(schemas), promote_options="permissive")
+            dataset = pads.dataset(base, filesystem=fs, format="parquet", schema=unified)
         table = dataset.to_table()
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
@@ -139,7 +148,28 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
     if missing:
         raise ConfigError(f"{path_or_uri} is not a warmstart results table: it lacks the column {missing[0]!r}.")
-    return table.to_pandas()
+    return _fill_config(table.to_pandas(), path_or_uri)
+
+
+def _fill_config(frame: pd.DataFrame, out: str) -> pd.DataFrame:
+    """Rows written before the cfg.* columns existed get them from their trial's frozen
+    config (``_warmstart/<trial>/config.yaml``), so old and new rows group alike."""
+    legacy = frame["cfg.trial_id"].isna() if "cfg.trial_id" in frame else pd.Series(True, index=frame.index)
+    if not legacy.any():
+        return frame
+    filled = []
+    for trial_id in frame.loc[legacy, "trial_id"].unique():
+        saved = TrialStore(out, trial_id).saved_config()
+        if saved is not None:
+            values = config_columns_of({**saved, "trial_id": trial_id})
+            filled.append({"trial_id": trial_id, **{CFG + k: v for k, v in values.items()}})
+    if not filled:
+        return frame
+    fills = pd.DataFrame(filled).set_index("trial_id")
+    for column in fills.columns:
+        values = frame["trial_id"].map(fills[column])
+        frame[column] = frame[column].where(~legacy, values) if column in frame else values.where(legacy)
+    return frame
 
 
 # --- grid points ----------------------------------------------------------------------

@@ -190,13 +190,15 @@ def run_trial(
 
 
 def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter) -> list[dict]:
-    from engine.distributed import run_trial_on_ray
+    from engine.distributed import check_resources, init_ray, run_trial_on_ray
 
     # The driver reads the data only to check the plan; every worker loads its own copy.
     data = load_data(cfg, torch.device("cpu"))
     plan = plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
     n_eval = int(data.eval_y.shape[0])
     del data
+    init_ray(address)  # an unreachable address, or a request the cluster cannot meet: before anything is written
+    check_resources(cfg.scaling.workers, cfg.scaling.gpus_per_worker, address, cfg.scaling.resource_timeout)
     store = open_store(cfg, out)  # this driver holds the trial's lock for its workers
     try:
         status = store.load_status() or {}

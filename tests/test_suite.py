@@ -88,6 +88,7 @@ def test_a_mapping_replaces_the_subtree(tmp_path):
         "patience": None,
         "min_delta": 0.0,
         "max_epochs": 1000,
+        "on_diverge": "stop",
     }
 
 

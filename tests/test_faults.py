@@ -1,0 +1,438 @@
+"""Faults and hostile inputs (the README's Guarantees): results are complete or say why
+not, strategies fail in one line, paths stay inside --out, and resources are checked
+before they are waited for.  CLI runs go through engine.cli.main in-process."""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from engine import plugins
+from engine.check import check
+from engine.cli import main
+from engine.store import TrialStore
+from strategies.acquisition import ACQUISITION_STRATEGIES
+from strategies.init import INIT_STRATEGIES
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAST = ["--set", "device=cpu", "--set", "rounds.max_rounds=3", "--set", "convergence.max_epochs=6", "--quiet"]
+TIMINGS = ("train_seconds", "acquire_seconds", "eval_seconds")
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip("\n").splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return "nan" if isinstance(value, float) and value != value else value
+
+
+def rows(out) -> list[dict]:
+    """The table's rows as comparable plain values, timings left out."""
+    frame = pd.read_parquet(out).sort_values("round")
+    return [{k: plain(v) for k, v in r.items() if k not in TIMINGS} for r in frame.to_dict("records")]
+
+
+def trial_of(out) -> str:
+    (name,) = {os.path.basename(p).rsplit("-round", 1)[0] for p in glob.glob(f"{out}/*.parquet")}
+    return name
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 3-round margin trial and its rows, as the reference every fault must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main(["run", "--out", str(out), "--set", "acquisition.name=margin", *FAST]) == 0
+    return out, rows(out)
+
+
+def copy_of(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    return out
+
+
+# --- results are complete, or the engine says why not --------------------------------------
+
+
+def test_a_deleted_row_is_found_recomputed_and_the_others_verified(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    trial = trial_of(out)
+    os.remove(f"{out}/{trial}-round0002.parquet")
+    (report,) = check(str(out))
+    assert report.problems == ["no readable row for round(s) 2"]
+    code, _, err = cli(capsys, "run", "--out", str(out), "--set", "acquisition.name=margin", *FAST)
+    assert code == 0, err
+    assert "rows of round(s) 2 are missing or unreadable" in err and "bit for bit" in err
+    assert rows(out) == finished[1]  # round 2 recomputed exactly, rounds 1 and 3 reproduced
+    assert not check(str(out))[0].problems
+
+
+def test_a_tampered_row_fails_the_integrity_check_and_nothing_is_overwritten(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    trial = trial_of(out)
+    path = f"{out}/{trial}-round0001.parquet"
+    frame = pd.read_parquet(path)
+    frame["test_acc"] = 0.5
+    frame.to_parquet(path)
+    before = open(path, "rb").read()
+    os.remove(f"{out}/{trial}-round0003.parquet")
+    code, _, err = cli(capsys, "run", "--out", str(out), "--set", "acquisition.name=margin", *FAST)
+    assert code == 1
+    assert "Integrity check failed: round 1" in err and "test_acc was 0.5" in err
+    assert open(path, "rb").read() == before
+
+
+def test_a_corrupt_checkpoint_is_passed_over_for_the_previous_generation(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    trial = trial_of(out)
+    newest = f"{out}/_warmstart/{trial}/checkpoint-0003.pt"
+    with open(newest, "r+b") as f:
+        f.truncate(os.path.getsize(newest) // 2)
+    (report,) = check(str(out))
+    assert not report.problems and any("checkpoint-0003.pt" in n and "corrupt" in n for n in report.notes)
+    # The trial resumes from round 2's checkpoint and re-runs round 3, which must match its row.
+    code, _, err = cli(
+        capsys, "run", "--out", str(out), "--set", "acquisition.name=margin", *FAST, "--set", "rounds.max_rounds=4"
+    )
+    assert code == 0, err
+    assert "checkpoint-0003.pt" in err and "corrupt" in err
+    # Round 3 re-ran under max_rounds 4 (its row records that); everything it computed is the same.
+    grown = [{k: v for k, v in r.items() if k != "cfg.rounds.max_rounds"} for r in rows(out)]
+    same = [{k: v for k, v in r.items() if k != "cfg.rounds.max_rounds"} for r in finished[1]]
+    assert len(grown) == 4 and grown[:3] == same
+
+
+def test_every_checkpoint_corrupt_recomputes_from_round_one_and_checks_the_rows(finished, tmp_path, capsys):
+    out = copy_of(finished, tmp_path)
+    for path in glob.glob(f"{out}/_warmstart/*/checkpoint-*.pt"):
+        with open(path, "wb") as f:
+            f.write(b"not a checkpoint")
+    (report,) = check(str(out))
+    assert any("corrupt" in p for p in report.problems)
+    code, _, err = cli(capsys, "run", "--out", str(out), "--set", "acquisition.name=margin", *FAST)
+    assert code == 0, err
+    assert "no intact checkpoint" in err
+    assert rows(out) == finished[1]
+    assert not check(str(out))[0].problems
+
+
+def _tmpfs(path, size: str, options: str = "") -> bool:
+    """Mount a small tmpfs at ``path`` where this process may (root with CAP_SYS_ADMIN)."""
+    path.mkdir()
+    opts = f"size={size}" + (f",{options}" if options else "")
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def _umount(path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def test_a_full_disk_stops_in_one_line_leaves_no_temporary_file_and_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "small"
+    mounted = _tmpfs(out, "96k")
+    calls = {"n": 0}
+    if not mounted:  # no tmpfs here: the same OSError the kernel raises, on the third write
+        import engine.store
+
+        real = engine.store.os.fsync
+
+        def full(fd):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd)
+
+        monkeypatch.setattr(engine.store.os, "fsync", full)
+    try:
+        code, _, err = cli(capsys, "run", "--out", str(out), "--set", "rounds.max_rounds=8", *FAST[:4], "--quiet")
+        assert code == 1, err
+        assert "No space left on device" in one_line(err)
+        assert not glob.glob(f"{out}/**/.tmp-*", recursive=True) and not glob.glob(f"{out}/.tmp-*")
+        written = sorted(pd.read_parquet(out)["round"]) if glob.glob(f"{out}/*.parquet") else []
+        assert written == list(range(1, len(written) + 1))  # complete rows only, in order
+    finally:
+        if mounted:
+            _umount(out)
+
+
+def test_out_that_is_a_file_or_read_only_is_refused_up_front(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    code, _, err = cli(capsys, "run", "--out", str(a_file), *FAST)
+    assert code == 2 and "is a file, not a folder" in one_line(err)
+    read_only = tmp_path / "ro"
+    if _tmpfs(read_only, "1m", "ro"):
+        try:
+            code, _, err = cli(capsys, "run", "--out", str(read_only / "out"), *FAST)
+        finally:
+            _umount(read_only)
+    else:  # root ignores permission bits: the kernel's answer on a read-only file system, simulated
+        import engine.store
+
+        def read_only_fs(*args, **kwargs):
+            raise OSError(errno.EROFS, "Read-only file system")
+
+        monkeypatch.setattr(engine.store.os, "replace", read_only_fs)
+        code, _, err = cli(capsys, "run", "--out", str(read_only / "out"), *FAST)
+    assert code == 2 and "Read-only file system" in one_line(err)
+    code, _, err = cli(capsys, "report", str(tmp_path), "--out", str(a_file))
+    assert code == 2 and "warmstart: error:" in one_line(err)
+
+
+def test_a_second_process_on_the_same_trial_is_refused_while_the_first_holds_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), *FAST[:4], "--set", "rounds.max_rounds=1", "--quiet"]) == 0
+    trial = trial_of(out)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import time; from engine.store import TrialStore; s = TrialStore({str(out)!r}, {trial!r}); s.lock(); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = cli(capsys, "run", "--out", str(out), *FAST[:4], "--set", "rounds.max_rounds=2", "--quiet")
+        assert code == 1
+        assert f"is already running in pid {holder.pid}" in one_line(err)
+        assert sorted(pd.read_parquet(out)["round"]) == [1]  # no work done twice
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock died with its process: no stale lock to clear by hand.
+    assert main(["run", "--out", str(out), *FAST[:4], "--set", "rounds.max_rounds=2", "--quiet"]) == 0
+    assert sorted(pd.read_parquet(out)["round"]) == [1, 2]
+
+
+# --- strategies fail cleanly, and their identity is honest ---------------------------------
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    for registry in (ACQUISITION_STRATEGIES, INIT_STRATEGIES):
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    monkeypatch.setattr(plugins, "_loaded", {})
+
+
+def plugin(tmp_path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+@pytest.mark.usefixtures("isolated")
+def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix(tmp_path, capsys):
+    broken = plugin(
+        tmp_path,
+        "broken.py",
+        """
+        from strategies.acquisition import register
+
+        @register("picky", needs=("probs",))
+        def picky(outputs, k, rng):
+            raise ValueError("no good samples left")
+        """,
+    )
+    out = str(tmp_path / "out")
+    code, _, err = cli(capsys, "run", "--out", out, "--plugin", broken, "--set", "acquisition.name=picky", *FAST)
+    assert code == 1
+    assert one_line(err) == (
+        "warmstart: error: The acquisition strategy 'picky' failed in round 2: ValueError: no good samples left"
+    )
+    assert sorted(pd.read_parquet(out)["round"]) == [1]  # the completed round is kept
+    code, _, err = cli(
+        capsys, "--debug", "run", "--out", out, "--plugin", broken, "--set", "acquisition.name=picky", *FAST
+    )
+    assert code == 1 and "Traceback" in err and "no good samples left" in err
+    fixed = plugin(
+        tmp_path,
+        "fixed.py",
+        """
+        from strategies.acquisition import register
+
+        @register("picky", needs=("probs",))
+        def picky(outputs, k, rng):
+            return list(range(k))
+        """,
+    )
+    plugins._loaded.clear()
+    ACQUISITION_STRATEGIES._entries.pop("picky")
+    code, _, err = cli(capsys, "run", "--out", out, "--plugin", fixed, "--set", "acquisition.name=picky", *FAST)
+    assert code == 0, err
+    assert sorted(pd.read_parquet(out)["round"]) == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("isolated")
+def test_strategies_that_break_their_contract_are_named_with_what_was_expected(tmp_path, capsys):
+    path = plugin(
+        tmp_path,
+        "bad.py",
+        """
+        import torch
+        from strategies.acquisition import register
+        from strategies.init import register as register_init
+
+        @register("too_few")
+        def too_few(outputs, k, rng):
+            return list(range(k - 1))
+
+        @register_init("wrong_head")
+        def wrong_head(prev, fresh):
+            fresh.head = torch.nn.Linear(fresh.head.in_features, 5)
+            return fresh
+        """,
+    )
+    code, _, err = cli(
+        capsys, "run", "--out", str(tmp_path / "a"), "--plugin", path, "--set", "acquisition.name=too_few", *FAST
+    )
+    assert code == 1
+    assert "'too_few' in round 2 broke its contract: expected 100 distinct integer positions" in one_line(err)
+    code, _, err = cli(
+        capsys, "run", "--out", str(tmp_path / "b"), "--plugin", path, "--set", "init.name=wrong_head", *FAST
+    )
+    assert code == 1
+    assert "init strategy 'wrong_head' in round 2 broke its contract" in one_line(err)
+    assert "'head.weight' has shape (5, 100) (expected (10, 100))" in err
+
+
+@pytest.mark.usefixtures("isolated")
+def test_a_plugin_cannot_silently_replace_a_built_in_and_an_override_changes_the_identity(tmp_path, capsys):
+    body = """
+        from strategies.acquisition import register
+
+        @register("margin", needs=("probs",){extra})
+        def margin(outputs, k, rng):
+            '''Not the built-in margin.'''
+            return list(range(k))
+        """
+    silent = plugin(tmp_path, "silent.py", body.format(extra=""))
+    code, _, err = cli(capsys, "run", "--out", str(tmp_path / "x"), "--plugin", silent, *FAST)
+    assert code == 2 and "acquisition strategy 'margin' is already registered" in one_line(err)
+    assert not (tmp_path / "x").exists()
+
+    plugins._loaded.clear()
+    builtin = str(tmp_path / "builtin")
+    assert main(["run", "--out", builtin, "--set", "acquisition.name=margin", *FAST]) == 0
+    loud = plugin(tmp_path, "loud.py", body.format(extra=", override=True"))
+    out = str(tmp_path / "override")
+    assert main(["run", "--out", out, "--plugin", loud, "--set", "acquisition.name=margin", *FAST]) == 0
+    ours, theirs = pd.read_parquet(builtin), pd.read_parquet(out)
+    assert ours["trial_id"][0] != theirs["trial_id"][0]  # another computation, another trial
+    assert ours["overrides"].isna().all()
+    assert theirs["overrides"].str.match(r'\{"acquisition": "margin=loud\.py#[0-9a-f]{12}"\}').all()
+
+
+@pytest.mark.usefixtures("isolated")
+def test_divergence_ends_the_round_and_stops_the_trial(tmp_path, capsys):
+    path = plugin(
+        tmp_path,
+        "poison.py",
+        """
+        import torch
+        from strategies.init import register
+
+        @register("poison")
+        def poison(prev, fresh):
+            with torch.no_grad():
+                prev.head.bias.fill_(float("inf"))
+            return prev
+        """,
+    )
+    out = str(tmp_path / "out")
+    argv = [
+        "run",
+        "--out",
+        out,
+        "--plugin",
+        path,
+        "--set",
+        "init.name=poison",
+        *FAST[:4],
+        "--set",
+        "rounds.max_rounds=3",
+    ]
+    code, _, err = cli(capsys, *argv, "--quiet")
+    assert code == 1 and "diverged in round 2" in one_line(err)
+    table = pd.read_parquet(out).sort_values("round")
+    assert table["stop_reason"].tolist() == ["threshold", "diverged"] or table["stop_reason"].tolist()[1] == "diverged"
+    assert table["epochs"].tolist()[1] == 1  # not 1,000 epochs of NaN
+    code, _, err = cli(capsys, *argv, "--quiet")  # resuming a stopped trial runs nothing more
+    assert code == 1 and len(pd.read_parquet(out)) == 2
+    code, _, err = cli(capsys, *argv, "--set", "convergence.on_diverge=continue", "--quiet")
+    assert code == 0, err
+    assert len(pd.read_parquet(out)) == 3
+
+
+# --- resources are checked before they are waited for ----------------------------------------
+
+
+def test_an_unsatisfiable_worker_request_is_refused_up_front(tmp_path, capsys, ray_address):
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "run", "--out", str(out), "--workers", "99", *FAST)
+    assert code == 2
+    assert f"99 worker(s) need 99 CPU (1 CPU and 0 GPU each), but the local Ray instance has {cpus} CPU" in one_line(
+        err
+    )
+    assert not out.exists()
+
+
+def test_an_unreachable_address_fails_fast_naming_it(tmp_path, capsys):
+    began = time.monotonic()
+    code, _, err = cli(capsys, "run", "--out", str(tmp_path / "out"), "--address", "127.0.0.1:9", *FAST)
+    assert code == 2 and "Cannot reach a Ray cluster at '127.0.0.1:9'" in one_line(err)
+    assert time.monotonic() - began < 60  # a generous bound: the point is no multi-minute hang
+
+
+def test_progress_of_a_results_folder_that_does_not_exist_yet(tmp_path):
+    store = TrialStore(str(tmp_path / "not-yet"), "t")
+    assert store.rows() == [] and store.load_progress() is None and store.load_status() is None
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, ray; from engine.distributed import init_ray; init_ray(None, num_cpus=1); "
+            "print(ray._private.worker._global_node.get_session_dir_path(), flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    session = os.path.basename(driver.stdout.readline().strip())
+    from engine.reaper import session_processes
+
+    assert session and session_processes(session)  # the instance is up: there is something to leave behind
+    driver.kill()  # SIGKILL: no atexit, no ray.shutdown
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(session) == []
