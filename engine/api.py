@@ -144,7 +144,7 @@ class Trial:
         plugins: list[str] = (),
         device: str | None = None,
     ) -> None:
-        from engine.runner import start_trial
+        from engine.session import start_trial
 
         sets = list(sets) + ([f"device={device}"] if device else [])
         cfg = build(config, sets, plugins)

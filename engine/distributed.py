@@ -119,7 +119,7 @@ def worker_main(train_config: dict) -> None:
     from engine.config import validate
     from engine.plugins import load_plugins
     from engine.progress import ProgressWriter
-    from engine.runner import start_trial
+    from engine.session import start_trial
     from engine.store import TrialStore
 
     data = train_config["config"]
