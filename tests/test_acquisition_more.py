@@ -343,7 +343,7 @@ def test_scoring_gathers_the_pool_batch_by_batch():
     labeled = np.zeros(n, dtype=np.int32)
     labeled[:500] = 1
     with LargestTensor() as mode:
-        picked = acquire(cfg, model, data, labeled, 50, 2, LOCAL)
+        picked, _ = acquire(cfg, model, data, labeled, 50, 2, LOCAL)
     assert len(set(picked.tolist())) == 50 and picked.min() >= 500
     sample = 3 * 16 * 16
     assert mode.largest <= 128 * sample  # one batch of inputs
