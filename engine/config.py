@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": "auto",  # NHWC weights and input batches (auto: conv models on a GPU)
         "fused_optimizer": "auto",  # Adam/SGD with fused=True (false: torch's default implementation)
         "compile": False,  # torch.compile full training batches; off unless asked: compile time unmeasured
+        "cuda_graphs": "auto",  # full training batches as one CUDA graph (auto: on CUDA; never on CPU)
         "inference_batch_size": "auto",  # evaluation and scoring batch (auto: eval.batch_size; on a GPU >= 4096)
     },
 }
@@ -156,6 +157,7 @@ ALLOWED: dict[str, Any] = {
     "performance.channels_last": AutoOr(Type(bool)),
     "performance.fused_optimizer": AutoOr(Type(bool)),
     "performance.compile": AutoOr(Type(bool)),
+    "performance.cuda_graphs": AutoOr(Type(bool)),
     "performance.inference_batch_size": AutoOr(Interval(1, integer=True)),
 }
 
@@ -408,7 +410,10 @@ def validate(data: dict[str, Any]) -> Config:
 
     data = copy.deepcopy(data)
     data.setdefault("pretrain", None)  # a config saved before the key existed
-    data.setdefault("performance", copy.deepcopy(DEFAULTS["performance"]))  # likewise
+    # likewise, also for keys the section gained later (performance.cuda_graphs)
+    performance = data.get("performance", {})
+    if isinstance(performance, dict):
+        data["performance"] = {**copy.deepcopy(DEFAULTS["performance"]), **performance}
     if data["dataset"]["name"] not in DATASETS:
         raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
     _check_fixed_keys(data)

@@ -45,10 +45,11 @@ from engine.store import TrialStore
 from engine.train import (
     LOCAL,
     PLAIN,
+    OptimizerSpec,
     Performance,
+    StepRunner,
     evaluate,
     fit,
-    make_optimizer,
     precise_bn,
     resolve_performance,
     seed_for,
@@ -248,6 +249,12 @@ def run_rounds(
         model = pretrained.model
         common.update(pretrained.columns)
 
+    # One model and one optimizer for the whole trial (a CUDA graph captures them once).
+    runner = StepRunner(
+        OptimizerSpec(cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum),
+        performance,
+        comm,
+    )
     rows = []
     for round_ in range(start, plan.rounds + 1):
         k = plan.size_after(round_) - plan.size_after(round_ - 1) if round_ > 1 else plan.initial
@@ -268,14 +275,6 @@ def run_rounds(
                 model = with_target_head(model, fresh)
             model = init.fn(model, fresh, **cfg.init.params())
         comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
-        optimizer = make_optimizer(
-            model,
-            cfg.optimizer.name,
-            cfg.optimizer.lr,
-            cfg.optimizer.weight_decay,
-            cfg.optimizer.momentum,
-            performance.fused_optimizer,
-        )
         positions = torch.from_numpy(np.flatnonzero(labeled)).to(device)
         x, y = data.pool_x[positions], data.pool_y[positions]
 
@@ -284,13 +283,13 @@ def run_rounds(
             model,
             x,
             y,
-            optimizer,
+            None,  # the runner's optimizer, reset in place: as new every round
             cfg.batch_size,
             cfg.convergence,
             seed_for(cfg.seed, round_, "train"),
             comm,
             on_epoch=functools.partial(reporter.epoch, round_),
-            performance=performance,
+            runner=runner,
         )
         train_seconds = time.perf_counter() - began
 
