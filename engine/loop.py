@@ -54,7 +54,7 @@ from engine.train import (
     resolve_performance,
     seed_for,
 )
-from strategies.acquisition import ACQUISITION_STRATEGIES, check_positions
+from strategies.acquisition import ACQUISITION_STRATEGIES, pick
 from strategies.init import INIT_STRATEGIES, effective_mix
 
 
@@ -166,8 +166,7 @@ def acquire(
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
-        positions = entry.fn(outputs, k, rng, **params)
-        picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size)]
+        picked = unlabeled[pick(entry.name, outputs, k, rng, params)]  # only k positions reach the host
     return comm.broadcast(picked)
 
 
