@@ -302,7 +302,7 @@ CUDA_SCORING_SCALE = 8
 K = 1000  # samples acquired per round: the paper's
 
 
-def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: bool, repeats: int) -> dict:
+def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: bool, repeats: int, k: int = K) -> dict:
     pool = case.quick_pool if quick else case.pool
     if device.type == "cuda":
         pool *= CUDA_SCORING_SCALE
@@ -320,7 +320,7 @@ def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: boo
 
     def engine():
         outputs = pool_outputs(model, data.pool_x, margin.extra["needs"], batch, positions=unlabeled, performance=perf)
-        return len(pick("margin", outputs, K, np.random.default_rng(SEED), {}))  # k positions reach the host
+        return len(pick("margin", outputs, k, np.random.default_rng(SEED), {}))  # k positions reach the host
 
     def bare():  # the same reads as the engine (each batch's rows of the pool tensor), a forward, nothing else
         with torch.inference_mode(), perf.autocast_on(device):

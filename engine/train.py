@@ -278,6 +278,7 @@ class StepRunner:
         if model is self.model:
             return
         self.performance.prepare(model)
+        model.train(self.model.training)  # as if it had been trained itself
         with torch.no_grad():
             mine = self.model.state_dict()
             for key, value in model.state_dict().items():
