@@ -219,6 +219,10 @@ class StepRunner:
         self.captures = 0  # graphs captured so far (1 at most)
         self.capture_seconds = 0.0  # their total
         self._owned = True  # False: ``around`` an optimizer someone else made (train that model directly)
+        self.correct: torch.Tensor | None = None  # the epoch's sums, on the device (static under a graph)
+        self.loss_sum: torch.Tensor | None = None
+        self.static_x: torch.Tensor | None = None  # the graph's input batch
+        self.static_y: torch.Tensor | None = None
 
     @classmethod
     def around(cls, model: nn.Module, optimizer: torch.optim.Optimizer, performance: Performance, comm) -> StepRunner:
@@ -255,9 +259,6 @@ class StepRunner:
 
     def load(self, model: nn.Module) -> None:
         """The round's model into the static one, and the optimizer as new (both in place)."""
-        if self.model is None:
-            self._build(copy.deepcopy(model))
-            return
         with torch.no_grad():
             mine = self.model.state_dict()
             for key, value in model.state_dict().items():
@@ -287,7 +288,7 @@ class StepRunner:
     # --- the step ----------------------------------------------------------------------
 
     def start_epoch(self, device: torch.device) -> None:
-        if getattr(self, "correct", None) is None or self.correct.device != device:
+        if self.correct is None or self.correct.device != device:
             self.correct = torch.zeros((), device=device, dtype=torch.int64)
             self.loss_sum = torch.zeros((), device=device)
         self.correct.zero_()
