@@ -24,7 +24,8 @@ scoring    margin acquisition on the device / a bare gather+forward (benchmarks.
            scoring section, at its GPU sizes); and every built-in strategy's picks from
            outputs on the GPU against the same outputs on the CPU.
 packing    benchmarks.packing: trial-rounds per GPU-minute of a 16-trial digits/resnet18
-           λ×σ grid at 1, 2, 4 and 8 concurrent trials (processes); writes the packing
+           λ×σ grid (6 rounds each, at most 100 epochs a round) at 1, 2, 4 and 8
+           concurrent trials (processes); writes the packing
            table ``warmstart suite --trials-per-gpu auto`` reads (DIR/packing.json).
 
 ``--smoke`` runs the same code at toy sizes in seconds (on a CPU the graph variants are
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             measure = lambda: packing.measure("mlp", packs, 2, 2, str(device), "thread", 2)  # noqa: E731
         else:
-            measure = lambda: packing.measure("resnet18", packs, 4, 30, str(device), "process", 16)  # noqa: E731
+            measure = lambda: packing.measure("resnet18", packs, 6, 100, str(device), "process", 16)  # noqa: E731
         report["packing"] = section("packing", measure, None)
         if report["packing"] is not None:
             packing.write_table(report["packing"], str(out / "packing.json"))

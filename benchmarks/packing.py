@@ -1,6 +1,6 @@
 """Trials packed on one GPU: trial-rounds per GPU-minute at 1, 2, 4 and 8 concurrent trials.
 
-    python -m benchmarks.packing [--device cuda] [--packs 1,2,4,8] [--rounds 4] [--out FILE.json]
+    python -m benchmarks.packing [--device cuda] [--packs 1,2,4,8] [--rounds 6] [--out FILE.json]
 
 A 16-trial digits/resnet18 λ×σ grid (shrink_perturb, λ in 0.2..0.8 × σ in 1e-3..1, seed 0)
 runs N trials at a time, each trial in its own process (as Ray Tune runs them, each in
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda | cpu (cpu: a smoke run)")
     parser.add_argument("--model", choices=["resnet18", "mlp"], default="resnet18")
     parser.add_argument("--packs", default="1,2,4,8", help="concurrent trials to measure, comma-separated")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per trial")
-    parser.add_argument("--max-epochs", type=int, default=30, help="convergence.max_epochs of each round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per trial")
+    parser.add_argument("--max-epochs", type=int, default=100, help="convergence.max_epochs of each round")
     parser.add_argument("--trials", type=int, default=16, help="grid points (at most 16)")
     parser.add_argument("--mode", choices=["process", "thread"], default="process")
     parser.add_argument("--out", metavar="FILE.json")
