@@ -354,7 +354,8 @@ class StepRunner:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=True)  # gradients allocated by (and owned by) the graph
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's CUDA calls (trials run as threads) do not void this capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._eager_step(self.net, self.static_x, self.static_y, None, set_to_none=False, autocast=autocast)
         torch.cuda.synchronize(device)
         self.graph = graph
