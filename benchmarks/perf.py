@@ -320,7 +320,8 @@ def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: boo
 
     def engine():
         outputs = pool_outputs(model, data.pool_x, margin.extra["needs"], batch, positions=unlabeled, performance=perf)
-        return len(pick("margin", outputs, k, np.random.default_rng(SEED), {}))  # k positions reach the host
+        picks = min(k, n)  # a quick run's pool can be smaller than k
+        return len(pick("margin", outputs, picks, np.random.default_rng(SEED), {}))  # k positions reach the host
 
     def bare():  # the same reads as the engine (each batch's rows of the pool tensor), a forward, nothing else
         with torch.inference_mode(), perf.autocast_on(device):
