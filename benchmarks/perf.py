@@ -22,7 +22,8 @@ engine_vs_reference  one round of the engine (labeled rows gathered from the dev
                      Targets: >= 3x for mlp on CPU; >= 5x for both on a GPU.
 scoring              pool samples per second of ``margin`` acquisition (``engine.scoring.
                      pool_outputs`` gathering each batch of the unlabeled pool by position,
-                     softmax, outputs to the host, the strategy's top-k) / a bare pass over
+                     softmax, the strategy's top-k on the device, the k picked positions to
+                     the host: ``strategies.acquisition.pick``) / a bare pass over
                      the same tensors: each batch's rows gathered from the pool tensor
                      (``index_select``) and a forward under ``inference_mode``, nothing else,
                      same batch size and options.  Target >= 0.9.  Also shown: the ratio
@@ -64,7 +65,7 @@ from engine.data import RawDataset, RawSplit, split_and_place
 from engine.models import build_model
 from engine.scoring import pool_outputs
 from engine.train import PLAIN, Performance, fit, make_optimizer, resolve_performance
-from strategies.acquisition import ACQUISITION_STRATEGIES
+from strategies.acquisition import ACQUISITION_STRATEGIES, pick
 
 BATCH_SIZE = 128  # the paper's
 LR = 1e-3  # Adam, the paper's
@@ -301,7 +302,7 @@ CUDA_SCORING_SCALE = 8
 K = 1000  # samples acquired per round: the paper's
 
 
-def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: bool, repeats: int) -> dict:
+def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: bool, repeats: int, k: int = K) -> dict:
     pool = case.quick_pool if quick else case.pool
     if device.type == "cuda":
         pool *= CUDA_SCORING_SCALE
@@ -319,7 +320,8 @@ def scoring(case: ScoreCase, device: torch.device, perf: Performance, quick: boo
 
     def engine():
         outputs = pool_outputs(model, data.pool_x, margin.extra["needs"], batch, positions=unlabeled, performance=perf)
-        return len(margin.fn(outputs, K, np.random.default_rng(SEED)))
+        picks = min(k, n)  # a quick run's pool can be smaller than k
+        return len(pick("margin", outputs, picks, np.random.default_rng(SEED), {}))  # k positions reach the host
 
     def bare():  # the same reads as the engine (each batch's rows of the pool tensor), a forward, nothing else
         with torch.inference_mode(), perf.autocast_on(device):

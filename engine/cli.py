@@ -96,6 +96,11 @@ def parser() -> argparse.ArgumentParser:
         "sets",
         "override a key of the suite's base config, e.g. --set scaling.gpus_per_worker=0 (repeatable)",
     )
+    suite.add_argument(
+        "--trials-per-gpu",
+        metavar="N|auto",
+        help="run N trials on each GPU at once (auto: from the measured packing table); trial ids are unchanged",
+    )
 
     quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
     _add_suite_args(quick, default_out="results/quickstart")
@@ -168,9 +173,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
     out = args.out or f"results/{suite.name}"
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
+    trials_per_gpu = _trials_per_gpu(suite, getattr(args, "trials_per_gpu", None))
     print(f"suite {suite.name}: {len(suite.trials)} trials -> {out}", flush=True)
     began = time.perf_counter()
-    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent)
+    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent, trials_per_gpu=trials_per_gpu)
     print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
     try:
         frame = results.load(out)
@@ -189,6 +195,20 @@ def cmd_suite(args: argparse.Namespace) -> int:
         print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
         return 1
     return 0
+
+
+def _trials_per_gpu(suite, value: str | None) -> int | None:
+    from engine.packing import resolve_trials_per_gpu
+
+    count = resolve_trials_per_gpu(value)
+    if count is not None and not any(t.config.scaling.gpus_per_worker > 0 for t in suite.trials):
+        raise ConfigError(
+            "The '--trials-per-gpu' option packs trials that run on GPUs, but every trial of this suite has "
+            "scaling.gpus_per_worker 0; add --set scaling.gpus_per_worker=1."
+        )
+    if count is not None:
+        print(f"packing {count} trials per GPU (each asks for 1/{count} of its GPUs)", flush=True)
+    return count
 
 
 def _write_report(results: str, out: str | None = None) -> None:

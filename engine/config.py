@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": "auto",  # NHWC weights and input batches (auto: conv models on a GPU)
         "fused_optimizer": "auto",  # Adam/SGD with fused=True (false: torch's default implementation)
         "compile": False,  # torch.compile full training batches; off unless asked: compile time unmeasured
+        "cuda_graphs": "auto",  # full training batches as one CUDA graph (auto: on CUDA; never on CPU)
         "inference_batch_size": "auto",  # evaluation and scoring batch (auto: eval.batch_size; on a GPU >= 4096)
     },
 }
@@ -188,6 +189,7 @@ ALLOWED: dict[str, Any] = {
     "performance.channels_last": AutoOr(Type(bool)),
     "performance.fused_optimizer": AutoOr(Type(bool)),
     "performance.compile": AutoOr(Type(bool)),
+    "performance.cuda_graphs": AutoOr(Type(bool)),
     "performance.inference_batch_size": AutoOr(Interval(1, integer=True)),
 }
 

@@ -48,15 +48,16 @@ from engine.store import TrialStore
 from engine.train import (
     LOCAL,
     PLAIN,
+    OptimizerSpec,
     Performance,
+    StepRunner,
     evaluate,
     fit,
-    make_optimizer,
     precise_bn,
     resolve_performance,
     seed_for,
 )
-from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
+from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
 from strategies.init import INIT_STRATEGIES, effective_mix
 
 
@@ -172,8 +173,8 @@ def acquire(
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
         with strategy_errors(f"The acquisition strategy {entry.name!r}", round_):
-            positions = entry.fn(outputs, k, rng, **params)
-        picked = unlabeled[check_positions(entry.name, positions, k, unlabeled.size, round_)]
+            # Only the k picked positions reach the host; a contract breach names the round.
+            picked = unlabeled[pick(entry.name, outputs, k, rng, params, round_)]
     return comm.broadcast(picked), outputs
 
 
@@ -260,6 +261,7 @@ class TrialContext:
     performance: Performance
     columns: dict  # trial_columns(): the RoundRecord fields every round shares
     reporter: Reporter
+    runner: StepRunner  # one model and one optimizer for the whole trial (a CUDA graph captures them once)
     # Rows that survived in the store for rounds this process recomputes: each new row must
     # reproduce its saved twin (NOT_CHECKED columns aside) before it replaces it.
     expected: dict = dataclasses.field(default_factory=dict)
@@ -305,7 +307,9 @@ def open_trial(
     plan = plan_rounds(cfg, data.pool_y.shape[0])
     performance = performance_for(cfg, data, device)
     columns = trial_columns(cfg, plan, data, device, comm, performance)
-    context = TrialContext(cfg, data, plan, device, comm, performance, columns, reporter or Silent())
+    optimizer = OptimizerSpec(cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
+    runner = StepRunner(optimizer, performance, comm)
+    context = TrialContext(cfg, data, plan, device, comm, performance, columns, reporter or Silent(), runner)
     if store is not None and comm.rank == 0:
         store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
     state = load_state(store, context)
@@ -321,7 +325,7 @@ def open_trial(
 
 # Columns left out of the integrity check: time measurements, and the suite a trial ran in
 # (not part of its identity: the same trial may run alone, then in a suite).
-NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "pretrain_seconds", "suite")
+NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "capture_seconds", "pretrain_seconds", "suite")
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
@@ -432,14 +436,6 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
             model = INIT_STRATEGIES.get(cfg.init.name).fn(prev, fresh, **cfg.init.params())
         check_model(cfg.init.name, model, shapes, device, round_)
     comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
-    optimizer = make_optimizer(
-        model,
-        cfg.optimizer.name,
-        cfg.optimizer.lr,
-        cfg.optimizer.weight_decay,
-        cfg.optimizer.momentum,
-        performance.fused_optimizer,
-    )
     positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(device)
     x, y = data.pool_x[positions], data.pool_y[positions]
 
@@ -448,13 +444,13 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
         model,
         x,
         y,
-        optimizer,
+        None,  # the trial's runner owns one optimizer, reset in place: as new every round
         cfg.batch_size,
         cfg.convergence,
         seed_for(cfg.seed, round_, "train"),
         comm,
         on_epoch=functools.partial(context.reporter.epoch, round_),
-        performance=performance,
+        runner=context.runner,
     )
     train_seconds = time.perf_counter() - began
 
@@ -478,6 +474,7 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
         test_acc=test_acc,
         test_loss=test_loss,
         train_seconds=train_seconds,
+        capture_seconds=stats.capture_seconds,
         acquire_seconds=acquire_seconds,
         eval_seconds=eval_seconds,
         precise_bn=bool(re_estimated),

@@ -95,6 +95,7 @@ class RoundRecord:
     init_params: str = _doc("JSON of the init strategy's parameters (legacy; see cfg.init.*)")
     acquisition_params: str = _doc("JSON of the acquisition's parameters (legacy; see cfg.acquisition.*)")
     eval_seconds: float = _doc("wall seconds of BatchNorm re-estimation and evaluation")
+    capture_seconds: float = _doc("CUDA graph capture in this round's training (once per trial; 0 without graphs)")
     n_pool: int = _doc("samples the rounds draw from")
     n_eval: int = _doc("samples of the evaluation split")
     performance: str = _doc("JSON of the effective performance options")

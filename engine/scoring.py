@@ -37,7 +37,9 @@ def pool_outputs(
     seed: int = 0,
     performance: Performance = PLAIN,
 ) -> PoolOutputs:
-    """The declared outputs over the pool, in pool order, on the CPU.
+    """The declared outputs over the pool, in pool order, on the device of ``x``: nothing
+    crosses to the host here (``strategies.acquisition.pick`` moves them to the CPU only
+    for a strategy that did not register ``on_device``).
 
     x          [M, ...] the inputs the pool is drawn from, on the model's device
     positions  [N] rows of ``x`` that form the pool (None: all of ``x``)
@@ -95,7 +97,7 @@ def pool_outputs(
         outputs[name] = comm.all_gather_cat(local, total) if comm.world_size > 1 else local
     if "mc_probs" in outputs and outputs["mc_probs"].dim() == 3:
         outputs["mc_probs"] = outputs["mc_probs"].permute(1, 0, 2)  # [N, T, C] -> [T, N, C], a view
-    return PoolOutputs(n, **{name: value.cpu() for name, value in outputs.items()})
+    return PoolOutputs(n, **outputs)
 
 
 def _mc_probs(

@@ -44,17 +44,16 @@ def _run_trial(params: dict, trials: list[dict], out: str) -> None:
     run_trial(cfg, out, reporter=ProgressWriter(TrialStore(out, cfg.trial_id())) if in_process else None)
 
 
-def _resources(config: dict, trials: list[dict]):
+def _resources(config: dict, trials: list[dict], trials_per_gpu: int | None = None):
     from ray import tune
+
+    from engine.packing import trial_bundle
 
     scaling = trials[config["index"]]["scaling"]
     if scaling["workers"] is not None:
         # The trial only drives a worker group that asks for its own resources.
         return tune.PlacementGroupFactory([{"CPU": 0.01}])
-    bundle = {"CPU": 1.0}
-    if scaling["gpus_per_worker"]:
-        bundle["GPU"] = float(scaling["gpus_per_worker"])
-    return tune.PlacementGroupFactory([bundle])
+    return tune.PlacementGroupFactory([trial_bundle(scaling, trials_per_gpu)])  # N trials share a GPU
 
 
 def _quiet_progress():
@@ -163,6 +162,7 @@ def run_suite(
     max_concurrent: int | None = None,
     stream: TextIO | None = None,
     every: float = 30.0,
+    trials_per_gpu: int | None = None,
 ) -> list[tuple[str, str, str]]:
     """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials that failed."""
     stream = stream or sys.stdout
@@ -184,7 +184,7 @@ def run_suite(
     trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in suite.trials]
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, trials=trials, out=location),
-        resources=lambda config: _resources(config, trials),
+        resources=lambda config: _resources(config, trials, trials_per_gpu),
     )
     names = [t.trial_id for t in suite.trials]
     tuner = tune.Tuner(

@@ -400,3 +400,63 @@ def test_each_strategy_runs_a_trial_deterministically(sets):
     assert [r["acquired"] for r in first] == [r["acquired"] for r in second]
     assert [r["test_acc"] for r in first] == [r["test_acc"] for r in second]
     assert all(math.isfinite(r["test_acc"]) for r in first)
+
+
+# --- where the outputs live: on the device, and on the CPU for a user's strategy ----------------
+
+
+class RecordingOutputs(PoolOutputs):
+    """PoolOutputs that records every device they are moved to."""
+
+    moves: list
+
+    def to(self, device):
+        self.moves.append(str(device))
+        return super().to(device)
+
+
+def recording(n=6, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = RecordingOutputs(n, probs=torch.softmax(torch.randn(n, classes, generator=g), 1))
+    out.moves = []
+    return out
+
+
+def test_every_builtin_strategy_ranks_on_the_device():
+    assert all(ACQUISITION_STRATEGIES.get(name).extra["on_device"] for name in ACQUISITION_STRATEGIES.names())
+
+
+def test_a_builtin_gets_its_outputs_where_they_are_and_a_user_strategy_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(ACQUISITION_STRATEGIES, "_entries", dict(ACQUISITION_STRATEGIES._entries))
+    seen = {}
+
+    @acquisition.register("user_numpy_margin", needs=("probs",))  # no on_device: a user's strategy
+    def user(outputs, k, rng):
+        seen["device"] = outputs.probs.device
+        probs = outputs.probs.numpy()  # works: a user's strategy gets CPU tensors
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        return np.argsort(top2[:, 1] - top2[:, 0], kind="stable")[:k]
+
+    outputs = recording()
+    builtin = acquisition.pick("margin", outputs, 2, np.random.default_rng(0), {})
+    assert outputs.moves == []  # nothing moved for a built-in
+    picked = acquisition.pick("user_numpy_margin", outputs, 2, np.random.default_rng(0), {})
+    assert outputs.moves == ["cpu"] and seen["device"] == CPU
+    assert picked.dtype == np.int64 and picked.tolist() == builtin.tolist()
+
+
+def test_random_picks_are_todays_numpy_picks():
+    """``random`` keeps its NumPy generator seeded per (seed, round): the same picks as before."""
+    out = acquisition.pick("random", PoolOutputs(1000), 50, np.random.default_rng(7), {})
+    assert out.tolist() == np.random.default_rng(7).choice(1000, 50, replace=False).tolist()
+
+
+def test_pool_outputs_stay_on_the_scoring_device():
+    torch.manual_seed(0)
+    model = build_model("mlp", {"width": 8}, (1, 4, 4), 3)
+    x = torch.randn(20, 1, 4, 4)
+    out = pool_outputs(model, x, ("probs", "embeddings", "labeled_embeddings"), 8, labeled=torch.arange(5))
+    assert out.probs.device == x.device and out.embeddings.device == x.device
+    moved = out.to("cpu")
+    assert all(torch.equal(getattr(moved, k), getattr(out, k)) for k in ("probs", "embeddings", "labeled_embeddings"))
+    assert moved.logits is None and moved.n == 20

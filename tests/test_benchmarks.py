@@ -1,15 +1,21 @@
-"""benchmarks.perf runs end to end and measures what it says (equal work on both sides of
-each comparison); its FLOP count is right.  No timing is asserted: the figures are in
+"""benchmarks.perf and the GPU check (benchmarks.gpu, benchmarks.packing) run end to end
+and measure what they say (equal work on both sides of each comparison); the FLOP count
+is right; the GPU check needs no Ray.  No timing is asserted: the figures are in
 benchmarks/README.md."""
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import perf
+from benchmarks import gpu, perf
 from engine.models import build_model
+from strategies.acquisition import ACQUISITION_STRATEGIES
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +134,65 @@ def test_gpu_section_code_runs_on_cpu(monkeypatch, capsys):
     assert "gpu           toy" in printed
     assert f"width 4: {macs / 1e9:.3f}" in printed
     assert sum(line.strip().startswith("4 ") for line in printed.splitlines()) == len(sets)
+
+
+# --- the GPU check (benchmarks/gpu_check.sh -> benchmarks.gpu, benchmarks.packing) -----------
+
+
+@pytest.fixture(scope="module")
+def gpu_smoke(tmp_path_factory):
+    """The GPU check's code at toy sizes on the CPU (no graph variants: they need CUDA)."""
+    out = tmp_path_factory.mktemp("gpu_check")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert gpu.main(["--smoke", "--device", "cpu", "--out", str(out), "--packs", "1,2"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    return out, json.loads((out / "gpu_check.json").read_text())
+
+
+def test_gpu_check_smoke_writes_every_section(gpu_smoke):
+    out, report = gpu_smoke
+    assert report["errors"] == {}
+    assert [c["case"] for c in report["steps"]] == [c.name for c in gpu.SMOKE_CASES]
+    for case in report["steps"]:
+        assert set(case["runs"]) == {"bare eager", "engine plain", "engine auto-graphs"}
+        steps = {r["steps"] for r in case["runs"].values()}
+        assert steps == {math.ceil(case["n"] / gpu.BATCH) * case["epochs"]}  # the same work on every side
+        for r in case["runs"].values():
+            assert r["images_per_s"] == pytest.approx(r["steps"] * gpu.BATCH / r["median_seconds"])
+            assert r["capture_seconds"] is None  # nothing is captured on a CPU
+    assert report["same"] == []
+    assert [r["picked"] for r in report["scoring"]["margin"]] == [10, 10]
+    assert set(report["scoring"]["strategies"]) == set(ACQUISITION_STRATEGIES.names())
+    assert all(r["same_picks"] for r in report["scoring"]["strategies"].values())
+    runs = report["packing"]["runs"]
+    assert [r["concurrent"] for r in runs] == [1, 2] and all(r["rounds"] == 2 * 2 for r in runs)
+    table = json.loads((out / "packing.json").read_text())
+    assert set(table["rounds_per_gpu_minute"]) == {"1", "2"} and table["chosen"] in (1, 2)
+
+
+def test_gpu_check_prints_its_tables(gpu_smoke, capsys):
+    gpu.print_report(gpu_smoke[1])
+    printed = capsys.readouterr().out
+    for heading in ("steps: batch 128", "same: graphed engine", "scoring: margin on the device", "packing: mlp"):
+        assert heading in printed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_without_a_gpu_needs_smoke(tmp_path, capsys):
+    assert gpu.main(["--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "--smoke" in capsys.readouterr().err
+
+
+def test_the_gpu_check_never_imports_ray():
+    """The GPU machine has no Ray: every module the check imports must load without it."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import benchmarks.gpu, benchmarks.packing, benchmarks.perf, engine.packing, engine.loop\n"
+        "assert sys.modules['ray'] is None\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0

@@ -74,6 +74,7 @@ def test_defaults_are_auto_except_compile():
         "channels_last": "auto",
         "fused_optimizer": "auto",
         "compile": False,
+        "cuda_graphs": "auto",
         "inference_batch_size": "auto",
     }
 
@@ -87,6 +88,8 @@ def test_defaults_are_auto_except_compile():
         ("performance.compile=true", True),
         ("performance.compile=auto", "auto"),
         ("performance.inference_batch_size=8192", 8192),
+        ("performance.cuda_graphs=false", False),
+        ("performance.cuda_graphs=auto", "auto"),
     ],
 )
 def test_performance_values_are_accepted(assignment, expected):
@@ -104,6 +107,7 @@ def test_performance_values_are_accepted(assignment, expected):
         ("performance.inference_batch_size=0", "performance.inference_batch_size"),
         ("performance.inference_batch_size=1.5", "performance.inference_batch_size"),
         ("performance.inference_batch_size=true", "performance.inference_batch_size"),
+        ("performance.cuda_graphs=sometimes", "performance.cuda_graphs"),
     ],
 )
 def test_bad_performance_values_are_refused_naming_the_key(assignment, key):
@@ -161,12 +165,29 @@ def fake_gpu(monkeypatch):
 def test_auto_on_a_gpu(fake_gpu):
     conv = resolve_performance(AUTO, CUDA, True, 1024)
     assert conv == Performance(autocast=True, channels_last=True, fused_optimizer=True, compile=False,
-                               inference_batch_size=engine.train.INFERENCE_BATCH_GPU)  # fmt: skip
+                               inference_batch_size=engine.train.INFERENCE_BATCH_GPU, cuda_graphs=True)  # fmt: skip
     flat = resolve_performance(AUTO, CUDA, False, 10_000)
     assert flat.channels_last is False and flat.autocast and flat.fused_optimizer
     assert flat.inference_batch_size == 10_000  # a larger eval.batch_size is kept
     assert resolve_performance({**AUTO, "compile": "auto"}, CUDA, True, 1024).compile is True
     assert resolve_performance({**AUTO, "compile": "auto"}, CUDA, False, 1024).compile is False
+    assert flat.cuda_graphs is True  # on CUDA for every model, unless compiled
+    compiled = resolve_performance({**AUTO, "compile": True}, CUDA, True, 1024)
+    assert compiled.compile is True and compiled.cuda_graphs is False
+    graphed = resolve_performance({**AUTO, "compile": "auto", "cuda_graphs": True}, CUDA, True, 1024)
+    assert graphed.compile is False and graphed.cuda_graphs is True
+    assert resolve_performance({**AUTO, "cuda_graphs": False}, CUDA, True, 1024).cuda_graphs is False
+
+
+def test_cuda_graphs_and_compile_both_true_is_refused():
+    with pytest.raises(ConfigError, match="'performance.cuda_graphs' and 'performance.compile'.*cannot both be true"):
+        resolve_performance({**AUTO, "compile": True, "cuda_graphs": True}, CPU, True, 1024)
+
+
+def test_a_saved_performance_section_without_cuda_graphs_still_validates():
+    old = copy.deepcopy(DEFAULTS)
+    del old["performance"]["cuda_graphs"]
+    assert validate(old).performance.cuda_graphs == "auto"
 
 
 def test_auto_autocast_is_off_and_true_is_refused_on_a_gpu_without_bf16(fake_gpu):
@@ -351,6 +372,7 @@ def test_rows_record_the_effective_options(tmp_path):
         "fused_optimizer": False,
         "compile": False,
         "inference_batch_size": 1024,
+        "cuda_graphs": False,
     }
     on = json.loads(results["on"][0]["performance"])
     assert on["fused_optimizer"] and on["channels_last"] and not on["autocast"]

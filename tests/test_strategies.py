@@ -515,3 +515,30 @@ def test_plugin_module_that_fails_to_import(tmp_path, monkeypatch, body):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=module):
         plugins.load_plugins([module])
+
+
+@pytest.mark.parametrize("k", [1, 5, 37, 200, 256])
+def test_top_k_is_the_head_of_a_stable_descending_sort(k):
+    """top_k's shortcut (the k-th value by topk, then ties by position) equals the full sort,
+    on scores with many exact ties, with NaN, and at k = N."""
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 7, (256,), generator=g).double() / 7  # heavy ties
+    reference = torch.sort(scores, descending=True, stable=True).indices[:k]
+    assert acquisition.top_k(scores, k).tolist() == reference.tolist()
+    scores[::17] = float("nan")
+    reference = torch.sort(scores, descending=True, stable=True).indices[:k]
+    assert acquisition.top_k(scores, k).tolist() == reference.tolist()
+    distinct = torch.rand(256, generator=g)
+    distinct[[3, 100, 200]] = float("nan")  # a few NaN: ranked first, as the sort ranks them
+    reference = torch.sort(distinct, descending=True, stable=True).indices[:k]
+    assert acquisition.top_k(distinct, k).tolist() == reference.tolist()
+
+
+def test_margin_equals_the_top_two_gap_reference():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn(500, 7, generator=g), 1)
+    probs[10] = probs[11]  # exact duplicates tie
+    probs[20, :2] = probs[20, :2].max()  # two classes share the top probability: gap 0
+    top2 = probs.topk(2, dim=1).values
+    expected = torch.sort(top2[:, 1] - top2[:, 0], descending=True, stable=True).indices[:40]
+    assert run_acquisition("margin", PoolOutputs(500, probs=probs), 40).tolist() == expected.tolist()
