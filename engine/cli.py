@@ -42,6 +42,13 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument(
         "--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)"
     )
+    _add_repeated(
+        parser,
+        "--tracker",
+        "tensorboard|mlflow[=URI]|wandb[=PROJECT]",
+        "trackers",
+        "log every round to an experiment tracker, as the suite's 'tracking' (repeatable)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -134,17 +141,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_suite(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from engine.search import format_search, read_record
     from engine.suite import check_pools, load_suite
     from engine.tune import format_summary, run_suite, summarize
 
-    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []))
-    check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
+    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
+    rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
     out = args.out or f"results/{suite.name}"
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
-    print(f"suite {suite.name}: {len(suite.trials)} trials -> {out}", flush=True)
+    if suite.search.sampled:
+        count = (
+            f"{suite.search.num_samples} points x {len(suite.seeds)} seed(s) from a {suite.search.searcher} searcher"
+        )
+    else:
+        count = f"{len(suite.trials)} trials"
+    print(f"suite {suite.name}: {count} -> {out}", flush=True)
     began = time.perf_counter()
-    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent)
+    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent, rounds=rounds)
     print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
     try:
         frame = pd.read_parquet(out)
@@ -152,6 +166,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         frame = None
     if frame is not None and len(frame):
         print(format_summary(summarize(suite, frame)))
+        if suite.search.per_point and (record := read_record(out)):
+            print(format_search(record))
         try:
             _write_report(out)
         except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite

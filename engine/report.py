@@ -606,6 +606,9 @@ def write_report(path_or_uri: str, out_dir: str | None = None) -> list[str]:
     built.curves()
     built.heatmaps()
     built.table1()
+    from engine.search import report_section  # the search's points, where each stopped, the best
+
+    report_section(path_or_uri, built)
     page = _page(path_or_uri, frame, built.where, built.notes, built.sections)
     return [built.out.write("index.html", page), *built.written, *built.notes]
 
