@@ -328,7 +328,8 @@ class SuiteProgress:
             return
         stopped = self.spec.scheduler if last["round"] < last["rounds"] else None
         if self.spec.per_point and unit:
-            self.record["points"][trial.custom_trial_name] = {
+            # Keyed by the point, so a point that gained seeds replaces its earlier entry.
+            self.record["points"][describe_point(unit["point"])] = {
                 **unit,
                 "round": last["round"],
                 "rounds": last["rounds"],
