@@ -18,8 +18,9 @@ engine/search.py), logged at step = round.
   ``ray/tune/<metric>``, the config as hparams at the trial's end and as text at its
   start, in ``<out>/_warmstart/tune/<suite>/<trial>/events.out.tfevents.*``.
 - mlflow: Tune's ``MLflowLoggerCallback``, one run per Tune trial; the config as
-  params, each round's metrics at step = round.  Default store: a local file store,
-  ``<out>/_warmstart/mlruns`` (``./mlruns`` for an object-store ``--out``).
+  params, each round's metrics at step = round.  Default store: a local file,
+  ``sqlite:///<out>/_warmstart/mlflow.db`` (``./mlflow.db`` for an object-store
+  ``--out``); ``mlflow ui --backend-store-uri`` that URI shows it.
 - wandb: Tune's ``WandbLoggerCallback``; ``mode: offline`` (the default) needs no
   account or network (``wandb sync`` uploads later).
 """
@@ -93,11 +94,13 @@ def parse_tracking(section: Any, flags: list[str] = ()) -> dict[str, dict[str, A
 
 
 def mlflow_uri(settings: dict[str, Any], out: str) -> str:
+    """The tracking URI: the setting, else a local SQLite file (MLflow 3 refuses a bare
+    ``file:`` store unless ``MLFLOW_ALLOW_FILE_STORE=true``; its own advice is SQLite)."""
     if settings.get("tracking_uri"):
         return settings["tracking_uri"]
-    if "://" in out:
-        return "file:" + os.path.abspath("mlruns")
-    return "file:" + os.path.join(os.path.abspath(os.path.expanduser(out)), "_warmstart", "mlruns")
+    folder = os.getcwd() if "://" in out else os.path.join(os.path.abspath(os.path.expanduser(out)), "_warmstart")
+    os.makedirs(folder, exist_ok=True)
+    return "sqlite:///" + os.path.join(folder, "mlflow.db")
 
 
 def callbacks(tracking: dict[str, dict[str, Any]], out: str, suite: str) -> list:

@@ -204,7 +204,7 @@ def test_tracking_settings(tmp_path):
     assert parse_tracking({"wandb": {"project": "p", "mode": "offline"}}) == {
         "wandb": {"project": "p", "mode": "offline"}
     }
-    assert mlflow_uri({}, str(tmp_path)) == f"file:{tmp_path}/_warmstart/mlruns"
+    assert mlflow_uri({}, str(tmp_path)) == f"sqlite:///{tmp_path}/_warmstart/mlflow.db"
     with pytest.raises(ConfigError, match="Unknown tracker 'neptune'; known: tensorboard, mlflow, wandb"):
         parse_tracking({"neptune": True})
     with pytest.raises(ConfigError, match="Unknown key 'uri' in 'tracking.mlflow'; it takes tracking_uri, experiment"):

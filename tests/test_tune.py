@@ -196,8 +196,8 @@ def test_asha_stops_a_point_with_its_seeds_and_trackers_log_every_round(ray_addr
     assert [v for _, v in logged["ray/tune/test_acc"]] == pytest.approx(per_round.tolist(), abs=1e-6)
     assert logged["ray/tune/steps"][-1][1] == good["steps"].sum()
 
-    # MLflow (a local file store under out): the whole config as params, each round's metrics.
-    client = MlflowClient(tracking_uri=f"file:{out}/_warmstart/mlruns")
+    # MLflow (a local store under out): the whole config as params, each round's metrics.
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/_warmstart/mlflow.db")
     experiment = client.get_experiment_by_name("asha")
     runs = {r.data.params["cfg/convergence.max_epochs"]: r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {"100", "1"}
