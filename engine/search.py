@@ -8,6 +8,7 @@ record of what the search did (``_warmstart/search.json`` under ``--out``).
       time_attr: round           # round | steps (cumulative optimizer steps of the point)
       grace_period: 1            # time_attr units a point runs before it can be stopped
       reduction_factor: 3        # 1 / reduction_factor of the points go on at each rung
+      max_t: null                # the most a point runs in time_attr units (default: its rounds)
       searcher: random           # grid | random | optuna
       num_samples: 20            # points a random or optuna searcher proposes
       seed: 0                    # the searcher's seed: a re-run proposes the same points
@@ -67,6 +68,7 @@ class SearchSpec:
     time_attr: str = "round"
     grace_period: int = 1
     reduction_factor: float = 3.0
+    max_t: int | None = None  # None: the points' rounds (time_attr round)
     searcher: str = "grid"
     num_samples: int = 10
     seed: int = 0
@@ -130,6 +132,11 @@ def parse_search(section: Any) -> SearchSpec:
     factor = section.get("reduction_factor", 3)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 1:
         raise ConfigError(f"The 'search.reduction_factor' parameter must be a number > 1. Got {factor!r}.")
+    max_t = section.get("max_t")
+    if max_t is not None:
+        max_t = _int(max_t, "max_t", grace)
+    elif time_attr == "steps" and scheduler != "none":
+        raise ConfigError("The 'search.max_t' parameter is needed with time_attr: steps (the most steps a point runs).")
     searcher = _one_of(section.get("searcher", "grid"), SEARCHERS, "searcher")
     samples = _int(section.get("num_samples", 10), "num_samples", 1)
     if "num_samples" in section and searcher == "grid":
@@ -142,7 +149,7 @@ def parse_search(section: Any) -> SearchSpec:
             import optuna  # noqa: F401
         except ImportError:
             raise ConfigError("searcher: optuna needs the optuna package: pip install 'warmstart[optuna]'.") from None
-    return SearchSpec(scheduler, metric, mode, time_attr, grace, float(factor), searcher, samples, seed)
+    return SearchSpec(scheduler, metric, mode, time_attr, grace, float(factor), max_t, searcher, samples, seed)
 
 
 def parse_range(key: str, value: dict) -> Range:
@@ -169,10 +176,11 @@ def parse_range(key: str, value: dict) -> Range:
 # --- the Tune side --------------------------------------------------------------------
 
 
-def scheduler(spec: SearchSpec, max_t: int):
-    """The Tune scheduler, or None.  ``max_t``: the most rounds (or steps) a point runs."""
+def scheduler(spec: SearchSpec, rounds: int):
+    """The Tune scheduler, or None.  ``rounds``: the most rounds a point runs."""
     if spec.scheduler == "none":
         return None
+    max_t = spec.max_t or rounds
     from ray.tune.schedulers import ASHAScheduler
 
     brackets = 1

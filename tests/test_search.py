@@ -41,6 +41,7 @@ SEARCH = """
         ("{time_attr: epochs}", r"'search.time_attr' parameter must be one of round, steps"),
         ("{reduction_factor: 1}", r"'search.reduction_factor' parameter must be a number > 1. Got 1"),
         ("{grace_period: 0}", r"'search.grace_period' parameter must be an int >= 1. Got 0"),
+        ("{scheduler: asha, time_attr: steps}", r"'search.max_t' parameter is needed with time_attr: steps"),
         ("{searcher: bayes}", r"'search.searcher' parameter must be one of grid, random, optuna"),
         ("{searcher: grid, num_samples: 3}", r"num_samples' parameter needs searcher random or optuna"),
         ("{patience: 3}", r"Unknown search key 'patience'"),
