@@ -158,7 +158,15 @@ def cmd_suite(args: argparse.Namespace) -> int:
         count = f"{len(suite.trials)} trials"
     print(f"suite {suite.name}: {count} -> {out}", flush=True)
     began = time.perf_counter()
-    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent, rounds=rounds)
+    try:
+        failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent, rounds=rounds)
+    except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
+        print(
+            f"\nwarmstart: interrupted; completed rounds are saved in {out}: "
+            "re-run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
     try:
         frame = pd.read_parquet(out)

@@ -260,3 +260,25 @@ def test_optuna_samples_points_from_ranges_and_wandb_logs_offline(ray_address, t
     for run in runs:  # wandb's own record format: the config's keys and the metrics' names are in it
         data = run.read_bytes()
         assert b"init.shrink" in data and b"rounds.per_round" in data and b"mean_test_acc" in data
+
+
+def test_ctrl_c_stops_the_suite_cleanly_and_resume_continues(ray_address, tmp_path, capsys):
+    path = suite_file(tmp_path, "interrupted", "  seed: [0, 1, 2]\n", rounds=4)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "engine", "suite", path, "--out", str(out), "--max-concurrent", "1"]
+    driver = subprocess.Popen(
+        [*command, "--address", ray_address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    first = TrialStore(str(out), load_suite(path).trials[0].trial_id)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (first.load_status() or {}).get("round"):
+        assert driver.poll() is None, driver.stderr.read()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    assert "interrupted; completed rounds are saved" in driver.stderr.read()
+    assert len(pd.read_parquet(out)) < 12
+
+    assert main(["suite", path, "--out", str(out), "--resume"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 12 and not table.duplicated(["trial_id", "round"]).any()
