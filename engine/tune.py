@@ -8,9 +8,9 @@ own process with one CPU (and ``gpus_per_worker`` GPUs): no worker group to star
 is what a grid of small models needs.  With ``scaling.workers`` each seed starts one Ray
 Train worker group for its whole run, and rank 0's rows come back to the Tune trial.
 
-After every round the Tune trial reports it (``tune.report`` from the trainable's own
-thread: the round's metrics, mean over seeds, and the point's cumulative optimizer steps
-and seconds).  Schedulers, searchers, trackers (engine/tracking.py) and the suite's
+After every round the Tune trial reports it (engine/points.py: ``tune.report`` from the
+trainable's own thread, the round's metrics, mean over seeds, and the point's cumulative
+optimizer steps and seconds).  Schedulers, searchers, trackers (engine/tracking.py) and the suite's
 console progress (``SuiteProgress``, a Tune callback on the driver) all read these
 reports; nothing polls the store.  Rows and checkpoints still go to the results store
 under ``--out``, which stays the record and what makes a suite resumable: finished
@@ -21,9 +21,7 @@ trials are skipped, unfinished ones continue after their last completed round, a
 from __future__ import annotations
 
 import logging
-import queue
 import sys
-import threading
 import time
 from typing import Any, TextIO
 
@@ -32,7 +30,6 @@ import pandas as pd
 from engine.config import HOW_FAR
 from engine.registry import ConfigError
 from engine.search import (
-    RoundMeans,
     SearchSpec,
     point_id,
     read_record,
@@ -59,112 +56,6 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 def _tracked(config: dict) -> dict[str, Any]:
     """What trackers log as a Tune trial's config: everything but the seed and the id."""
     return {k: v for k, v in flatten(config).items() if k not in ("seed", "trial_id")}
-
-
-# --- the Tune trainable ---------------------------------------------------------------
-
-
-def _run_point(params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None) -> None:
-    """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round."""
-    import ray
-    import torch
-    from ray import tune
-
-    from engine.config import validate
-    from engine.plugins import load_plugins
-
-    if sampled is not None:  # a point the searcher proposed: its trials, one per seed
-        values = {key: params["cfg"][key] for key in sampled["keys"]}
-        datas = [t.config.to_dict() for t in sampled_point(sampled["name"], sampled["base"], sampled["seeds"], values)]
-    else:
-        datas = [trials[i] for i in params["trials"]]
-    load_plugins(datas[0]["plugins"])
-    cfgs = [validate(data) for data in datas]
-    if cfgs[0].scaling.workers is None:
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-        torch.set_num_threads(max(1, int(cpus)))  # as many threads as CPUs Tune gave this trial
-    # A point a scheduler stopped before (same search) replays its rounds and stops there.
-    stop_after = min((stopped[c.trial_id()] for c in cfgs if c.trial_id() in stopped), default=None)
-    rounds = params["rounds"]
-    means = RoundMeans(rounds, len(cfgs))
-    for rows in point_rounds(cfgs, out, stop_after):
-        tune.report(means.report(rows))
-
-
-def point_rounds(cfgs: list, out: str, stop_after: int | None = None):
-    """Yield, round by round, the rows of every seed's trial (one row each): first the
-    rounds already under ``out``, then new ones, round r of every seed before round r + 1."""
-    if cfgs[0].scaling.workers is None:
-        yield from _in_process(cfgs, out, stop_after)
-    else:
-        yield from _on_ray_train(cfgs, out, stop_after)
-
-
-def _in_process(cfgs: list, out: str, stop_after: int | None):
-    from engine.runner import start_trial
-
-    sessions = [start_trial(cfg, out) for cfg in cfgs]
-    rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
-    total = sessions[0].context.plan.rounds
-    for round_ in range(1, (stop_after or total) + 1):
-        for session, done in zip(sessions, rows, strict=True):
-            if round_ not in done:
-                done[round_] = session.step().row
-        yield [done[round_] for done in rows]
-
-
-class _Relay:
-    """A reporter that hands a Ray Train trial's rows (relayed by its driver) to a queue."""
-
-    def __init__(self, rows: queue.Queue, seed_index: int) -> None:
-        self.rows, self.seed_index = rows, seed_index
-
-    def trial_started(self, info) -> None: ...
-    def round_started(self, round_, rounds, n_labeled) -> None: ...
-    def epoch(self, round_, epoch, train_acc, train_loss) -> None: ...
-
-    def round_done(self, row: dict) -> None:
-        self.rows.put((self.seed_index, row, None))
-
-
-def _on_ray_train(cfgs: list, out: str, stop_after: int | None):
-    """Each seed's trial on its own Ray Train worker group (a thread each waits on its
-    TorchTrainer); their rows come back through a queue, so that this (the trainable's)
-    thread is the one that reports to Tune."""
-    from engine.runner import run_trial
-
-    rows = [{row["round"]: row for row in TrialStore(out, cfg.trial_id()).rows()} for cfg in cfgs]
-    arrived: queue.Queue = queue.Queue()
-
-    def run(i: int) -> None:
-        try:
-            run_trial(cfgs[i], out, reporter=_Relay(arrived, i))
-            arrived.put((i, None, None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the reporting thread
-            arrived.put((i, None, exc))
-
-    limit = stop_after
-    if limit is None:
-        for i in range(len(cfgs)):
-            threading.Thread(target=run, args=(i,), daemon=True).start()
-    finished = set() if limit is None else set(range(len(cfgs)))
-    round_ = 1
-    while True:
-        if all(round_ in done for done in rows):
-            yield [done[round_] for done in rows]
-            if round_ == limit:
-                return
-            round_ += 1
-            continue
-        if len(finished) == len(cfgs):
-            return  # every trial ended: its last rounds were yielded
-        i, row, error = arrived.get()
-        if error is not None:
-            raise error
-        if row is None:
-            finished.add(i)
-        else:
-            rows[i][row["round"]] = row
 
 
 def _resources(config: dict, trials: list[dict]):
@@ -398,6 +289,7 @@ def run_suite(
     from ray import tune
 
     from engine.distributed import error_line, init_ray
+    from engine.points import run_point
     from engine.tracking import callbacks as trackers
 
     prepare_out(suite, out, resume)
@@ -437,7 +329,7 @@ def run_suite(
         sampled = None
     init_ray(address)
     trainable = tune.with_resources(
-        tune.with_parameters(_run_point, trials=trials, out=location, stopped=stopped, sampled=sampled),
+        tune.with_parameters(run_point, trials=trials, out=location, stopped=stopped, sampled=sampled),
         resources=lambda config: _resources(config, trials),
     )
 
