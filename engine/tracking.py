@@ -118,14 +118,33 @@ def callbacks(tracking: dict[str, dict[str, Any]], out: str, suite: str) -> list
             )
         )
     if "wandb" in tracking:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         settings = tracking["wandb"]
         mode = settings.get("mode", "offline")
         if mode == "offline":  # no API key needed, nothing leaves the machine
             os.environ["WANDB_MODE"] = "offline"
-        made.append(WandbLoggerCallback(project=settings.get("project", suite), group=suite, mode=mode))
+        made.append(_wandb()(project=settings.get("project", suite), group=suite, mode=mode))
     return made
+
+
+def _wandb():
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class FlushingActor(_WandbLoggingActor):
+        """Tune's W&B logging actor, which waits for W&B's own process to write the run
+        before returning: Tune kills the actor right after, which otherwise cut the last
+        trial's offline run file short (seen here: 7 bytes instead of 9 kB)."""
+
+        def run(self):
+            result = super().run()
+            import wandb
+
+            wandb.teardown()
+            return result
+
+    class WandB(WandbLoggerCallback):
+        _logger_actor_cls = FlushingActor
+
+    return WandB
 
 
 def _tensorboard():

@@ -21,6 +21,7 @@ trials are skipped, unfinished ones continue after their last completed round, a
 from __future__ import annotations
 
 import logging
+import random
 import sys
 import time
 from typing import Any, TextIO
@@ -323,6 +324,14 @@ def run_suite(
             print(f"{done} of {len(suite.trials)} trials already complete{also}", file=stream)
         if spec.scheduler == "none":
             todo = [u for u in todo if u not in replay]
+        else:
+            # Asynchronous ASHA judges each point against those that reached a rung
+            # before it; a grid's own order (λ ascending, say) often runs from worse to
+            # better, and then no point ever falls below a cutoff.  So the new points go
+            # in a seeded random order, as a random searcher's would.
+            fresh = [u for u in todo if u not in replay]
+            random.Random(spec.seed).shuffle(fresh)
+            todo = [u for u in todo if u in replay] + fresh
         if not todo:
             return []
         param_space = _grid_space(suite, units, todo, rounds)
