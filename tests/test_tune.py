@@ -163,7 +163,8 @@ def test_asha_stops_a_point_with_its_seeds_and_trackers_log_every_round(ray_addr
     path.write_text(ASHA_SUITE.replace("SEEDS", "[0, 1]"))
     out = tmp_path / "out"
     # One trial at a time: the good point (max_epochs 100) reaches every rung first, then
-    # the point that trains one epoch a round falls below its cutoff at round 1.
+    # the point that trains one epoch a round falls below its cutoff at round 1.  (Points
+    # go to ASHA in a shuffled order seeded by search.seed; seed 0 keeps these two as listed.)
     command = ["suite", str(path), "--out", str(out), "--max-concurrent", "1", "--tracker", "mlflow"]
     assert main(command) == 0
     printed = capsys.readouterr().out
@@ -282,3 +283,23 @@ def test_ctrl_c_stops_the_suite_cleanly_and_resume_continues(ray_address, tmp_pa
     assert main(["suite", path, "--out", str(out), "--resume"]) == 0
     table = pd.read_parquet(out)
     assert len(table) == 12 and not table.duplicated(["trial_id", "round"]).any()
+
+
+def test_a_point_on_ray_train_reports_its_seeds_rounds_from_rank_0(ray_address, tmp_path, capsys):
+    # scaling.workers: each seed is a Ray Train run of its own; rank 0's rows come back to
+    # the Tune trial, which reports the round once both seeds have it.
+    path = suite_file(
+        tmp_path,
+        "ddp",
+        "  seed: [0, 1]\n",
+        extra="  scaling: {workers: 1, max_failures: 0}\nsearch: {scheduler: asha, grace_period: 1}\n",
+    )
+    out = tmp_path / "out"
+    assert main(["suite", path, "--out", str(out)]) == 0
+    assert "2 rounds, final test_acc" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert sorted(table["round"]) == [1, 1, 2, 2] and set(table["world_size"]) == {1}
+    (point,) = read_record(str(out))["points"].values()
+    assert point["round"] == 2 and point["seeds"] == [0, 1]
+    assert point["steps"] == table["steps"].sum()
+    assert point["test_acc"] == pytest.approx(table[table["round"] == 2]["test_acc"].mean())
