@@ -55,6 +55,21 @@ def test_suite_writes_one_table_with_every_trial_round_once(ray_address, tmp_pat
     assert "4 of 4 trials already complete" in capsys.readouterr().out
     assert len(pd.read_parquet(out)) == 8
 
+    # The suite grows: a third round for every trial and a new seed; only that runs.
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    grown = suite_file(tmp_path, "tiny", "  init: [{name: random}, {name: warm}]\n  seed: [0, 1, 2]\n", rounds=3)
+    assert main(["suite", grown, "--out", str(out), "--resume"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 6 * 3 and not table.duplicated(["trial_id", "round"]).any()
+    assert set(table[table["trial_id"].isin(ids)]["trial_id"]) == set(ids)  # the same trials, continued
+    assert all(before[p.name] == p.stat().st_mtime_ns for p in out.glob("*.parquet") if p.name in before)
+    # A changed base config is refused, with the key that changed.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(open(grown).read().replace("train_acc: 0.95", "train_acc: 0.9"))
+    capsys.readouterr()
+    assert main(["suite", str(changed), "--out", str(out), "--resume"]) == 2
+    assert "base key 'convergence.train_acc' was 0.95, now 0.9" in capsys.readouterr().err
+
 
 EXPLODE = '''
 from strategies.init import register
