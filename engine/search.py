@@ -349,7 +349,7 @@ def format_search(record: dict) -> str:
     best = best_point(record)
     if best is not None:
         keys = [k for k in record["points"][best["point_id"]]["point"]]
-        where = " ".join(f"{k}={best[k]}" for k in keys)
+        where = " ".join(f"{k}={best[k]:.4g}" if isinstance(best[k], float) else f"{k}={best[k]}" for k in keys)
         lines.append(
             f"best point: {where}: {spec['metric']} {best[spec['metric']]:.4f} "
             f"({best['seeds']} seed(s), {int(best['steps'])} steps, {best['seconds']:.1f} s)"

@@ -157,6 +157,12 @@ def _point_of(trial: Trial) -> dict[str, Any]:
     }
 
 
+def _where(unit: dict) -> str:
+    """A unit's point for the console: sampled floats to 4 significant digits."""
+    point = unit.get("point", {})
+    return describe_point({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in point.items()})
+
+
 class SuiteProgress:
     """The suite's console progress, from Tune's reports (a Tune callback on the driver):
     a line per finished trial, and every ``every`` seconds a block of the running ones.
@@ -236,7 +242,7 @@ class SuiteProgress:
         if trial.custom_trial_name in self.replays:
             return
         self.done += last["seeds"]
-        where = describe_point(unit.get("point", {})) or trial.custom_trial_name
+        where = _where(unit) or trial.custom_trial_name
         if stopped:
             text = (
                 f"stopped by {stopped} after round {last['round']} of {last['rounds']}, test_acc {last['test_acc']:.4f}"
@@ -264,7 +270,7 @@ class SuiteProgress:
         for tid, trial in self.running.items():
             last = self.last.get(tid)
             unit = self.units.get(trial.custom_trial_name) or {}
-            where = describe_point(unit.get("point", {})) or trial.custom_trial_name
+            where = _where(unit) or trial.custom_trial_name
             acc = f"{last['test_acc']:.4f}" if last else "-"
             round_ = last["round"] + 1 if last else 1
             print(f"   {where}: round {round_}, last test_acc {acc}", file=self.stream)
