@@ -120,7 +120,8 @@ def _on_ray_train(cfgs: list, out: str, stop_after: int | None):
         i, row, error = arrived.get()
         if error is not None:
             raise error
-        if row is None:
+        if row is None:  # the run ended: its rows are all in the store (the relay may lag)
             finished.add(i)
+            rows[i].update({r["round"]: r for r in TrialStore(out, cfgs[i].trial_id()).rows()})
         else:
             rows[i][row["round"]] = row
