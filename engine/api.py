@@ -241,28 +241,36 @@ def run_suite(
     sets: list[str] = (),
     plugins: list[str] = (),
     progress: bool = False,
+    trackers: list[str] = (),
 ):
     """Run a suite (a YAML file's path, or a shipped suite's name) on Ray Tune; the whole
     table under ``out`` (default ``results/<suite name>``) as a DataFrame.
 
-    Trials that failed are listed in ``frame.attrs["failed"]`` as (trial_id, error,
-    traceback file), with a warning; their completed rounds are in the table, and
-    ``resume=True`` retries them.
+    ``resume=True`` continues the suite under ``out``, also grown by new seeds, grid
+    values or rounds (only what is missing runs).  ``trackers``: as ``--tracker``
+    (``"tensorboard"``, ``"mlflow"``, ``"mlflow=URI"``, ``"wandb=PROJECT"``).  Trials
+    that failed are listed in ``frame.attrs["failed"]`` as (trial_id, error, traceback
+    file), with a warning; their completed rounds are in the table, and ``resume=True``
+    retries them.  Under a search (the suite's ``search:``) ``frame.attrs["search"]``
+    holds what it did: each point, where it stopped, and ``stopped_by``.
     """
     import io
     import sys
 
+    from engine.search import read_record
     from engine.suite import check_pools, load_suite
     from engine.tune import run_suite as run
 
-    loaded = load_suite(suite, list(plugins), list(sets))
-    check_pools(loaded)
+    loaded = load_suite(suite, list(plugins), list(sets), list(trackers))
+    rounds = check_pools(loaded)
     out = out or f"results/{loaded.name}"
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"The 'max_concurrent' parameter must be an int >= 1. Got {max_concurrent!r}.")
-    failed = run(loaded, out, address, resume, max_concurrent, stream=sys.stdout if progress else io.StringIO())
+    stream = sys.stdout if progress else io.StringIO()
+    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=rounds)
     frame = load(out)
     frame.attrs["failed"] = failed
+    frame.attrs["search"] = read_record(out) if loaded.search.per_point else None
     if failed:
         warnings.warn(
             f"{len(failed)} trial(s) of suite {loaded.name!r} failed: {failed[0][0]}: {failed[0][1]}", stacklevel=2

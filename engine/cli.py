@@ -46,6 +46,13 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument(
         "--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)"
     )
+    _add_repeated(
+        parser,
+        "--tracker",
+        "tensorboard|mlflow[=URI]|wandb[=PROJECT]",
+        "trackers",
+        "log every round to an experiment tracker, as the suite's 'tracking' (repeatable)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -164,19 +171,36 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_suite(args: argparse.Namespace) -> int:
     from engine import results
+    from engine.search import format_search, read_record
     from engine.suite import check_pools, load_suite
     from engine.tables import summary_text
     from engine.tune import run_suite
 
-    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []))
-    check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
+    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
+    rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
     out = args.out or f"results/{suite.name}"
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
     trials_per_gpu = _trials_per_gpu(suite, getattr(args, "trials_per_gpu", None))
-    print(f"suite {suite.name}: {len(suite.trials)} trials -> {out}", flush=True)
+    if suite.search.sampled:
+        count = (
+            f"{suite.search.num_samples} points x {len(suite.seeds)} seed(s) from a {suite.search.searcher} searcher"
+        )
+    else:
+        count = f"{len(suite.trials)} trials"
+    print(f"suite {suite.name}: {count} -> {out}", flush=True)
     began = time.perf_counter()
-    failed = run_suite(suite, out, args.address, args.resume, args.max_concurrent, trials_per_gpu=trials_per_gpu)
+    try:
+        failed = run_suite(
+            suite, out, args.address, args.resume, args.max_concurrent, rounds=rounds, trials_per_gpu=trials_per_gpu
+        )
+    except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
+        print(
+            f"\nwarmstart: interrupted; completed rounds are saved in {out}: "
+            "re-run the same command with --resume to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
     try:
         frame = results.load(out)
@@ -184,6 +208,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         frame = None
     if frame is not None:
         print(summary_text(frame))  # what the report writes to summary.md
+        if suite.search.per_point and (record := read_record(out)):
+            print(format_search(record))
         try:
             _write_report(out)
         except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite

@@ -594,6 +594,10 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
         built.curves()
         built.heatmaps()
         built.table1()
+    from engine.search import report_section  # the search's points, where each stopped, the best
+
+    for path in paths:
+        report_section(path, built)
     page = _page(", ".join(paths), frame, built.where, built.notes, built.sections)
     return [built.out.write("index.html", page), *built.written, *built.notes]
 

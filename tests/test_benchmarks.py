@@ -196,3 +196,46 @@ def test_the_gpu_check_never_imports_ray():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0
+
+
+def test_asha_vs_grid_scores_regret_and_ranks():
+    """benchmarks.asha_vs_grid's arithmetic on a made-up 2x2 grid (its runs are in the README)."""
+    import pandas as pd
+
+    from benchmarks import asha_vs_grid
+
+    shrinks, perturbs = asha_vs_grid.axes(6)
+    assert shrinks[0] == 0.1 and shrinks[-1] == 1.0 and perturbs[0] == 0.001 and perturbs[-1] == 0.3
+    assert perturbs[1] / perturbs[0] == pytest.approx(perturbs[-1] / perturbs[-2], rel=1e-3)  # log-spaced
+    # Point quality: (0.1, 0.01) 0.9 > (0.1, 0.1) 0.8 > (1.0, 0.01) 0.7 > (1.0, 0.1) 0.6; seeds +- 0.01.
+    quality = {(0.1, 0.01): 0.9, (0.1, 0.1): 0.8, (1.0, 0.01): 0.7, (1.0, 0.1): 0.6}
+
+    def frame(reached: dict) -> pd.DataFrame:
+        rows = []
+        for (shrink, perturb), acc in quality.items():
+            for seed, noise in ((0, -0.01), (1, 0.01)):
+                for round_ in range(1, reached[shrink, perturb] + 1):
+                    rows.append(
+                        {
+                            "trial_id": f"{shrink}-{perturb}-{seed}",
+                            "cfg.init.shrink": shrink,
+                            "cfg.init.perturb": perturb,
+                            "round": round_,
+                            "test_acc": acc + noise,
+                            "steps": 10,
+                        }
+                    )
+        return pd.DataFrame(rows)
+
+    full = frame(dict.fromkeys(quality, 3))
+    # ASHA ran the second-best point to the end, and stopped the best one early.
+    asha = frame({(0.1, 0.01): 1, (0.1, 0.1): 3, (1.0, 0.01): 3, (1.0, 0.1): 1})
+    result = asha_vs_grid.compare(full, asha, rounds=3)
+    assert result["full_best"]["score"] == pytest.approx(0.9)
+    assert (result["asha_chosen"]["shrink"], result["asha_chosen"]["perturb"]) == (0.1, 0.1)
+    assert result["regret"] == pytest.approx(0.1) and result["asha_chosen"]["full_rank"] == 2
+    assert result["seed_std"] == pytest.approx(pd.Series([0.89, 0.91]).std())
+    assert result["survivors_full_ranks"] == [2, 3]
+    # ASHA's order (survivors 0.8, 0.7, then stopped 0.9, 0.6) against the grid's (0.9, 0.8, 0.7, 0.6).
+    assert result["spearman_all_points"] == pytest.approx(0.4)
+    assert result["points_by_rounds_reached"] == {1: 2, 3: 2}

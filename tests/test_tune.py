@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
+from engine.search import read_record
 from engine.store import TrialStore
 from engine.suite import load_suite
 
@@ -54,6 +55,21 @@ def test_suite_writes_one_table_with_every_trial_round_once(ray_address, tmp_pat
     assert main(["suite", path, "--out", str(out), "--resume"]) == 0
     assert "4 of 4 trials already complete" in capsys.readouterr().out
     assert len(pd.read_parquet(out)) == 8
+
+    # The suite grows: a third round for every trial and a new seed; only that runs.
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    grown = suite_file(tmp_path, "tiny", "  init: [{name: random}, {name: warm}]\n  seed: [0, 1, 2]\n", rounds=3)
+    assert main(["suite", grown, "--out", str(out), "--resume"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 6 * 3 and not table.duplicated(["trial_id", "round"]).any()
+    assert set(table[table["trial_id"].isin(ids)]["trial_id"]) == set(ids)  # the same trials, continued
+    assert all(before[p.name] == p.stat().st_mtime_ns for p in out.glob("*.parquet") if p.name in before)
+    # A changed base config is refused, with the key that changed.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(open(grown).read().replace("train_acc: 0.95", "train_acc: 0.9"))
+    capsys.readouterr()
+    assert main(["suite", str(changed), "--out", str(out), "--resume"]) == 2
+    assert "base key 'convergence.train_acc' was 0.95, now 0.9" in capsys.readouterr().err
 
 
 EXPLODE = '''
@@ -121,3 +137,185 @@ def test_bad_suite_arguments_exit_2(tmp_path, flag, capsys):
     assert main(["suite", path, "--out", str(tmp_path / "o"), flag]) == 2
     assert "warmstart: error:" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the TensorBoard event files under ``folder``: {tag: [(step, value)]}
+    (read with tensorboardX's protobuf: TFRecord framing, 12-byte header, 4-byte footer)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+ASHA_SUITE = """name: asha
+base:
+  rounds: {initial: 200, per_round: 200, max_rounds: 3}
+  convergence: {train_acc: 0.95}
+grid:
+  convergence.max_epochs: [100, 1]
+  seed: SEEDS
+search: {scheduler: asha, metric: test_acc, grace_period: 1, reduction_factor: 2}
+tracking: {tensorboard: true}
+"""
+
+
+def test_asha_stops_a_point_with_its_seeds_and_trackers_log_every_round(ray_address, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path / "asha.yaml"
+    path.write_text(ASHA_SUITE.replace("SEEDS", "[0, 1]"))
+    out = tmp_path / "out"
+    # One trial at a time: the good point (max_epochs 100) reaches every rung first, then
+    # the point that trains one epoch a round falls below its cutoff at round 1.  (Points
+    # go to ASHA in a shuffled order seeded by search.seed; seed 0 keeps these two as listed.)
+    command = ["suite", str(path), "--out", str(out), "--max-concurrent", "1", "--tracker", "mlflow"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "convergence.max_epochs=100: 3 rounds, final test_acc" in printed and "(mean of 2 seeds)" in printed
+    assert "convergence.max_epochs=1: stopped by asha after round 1 of 3" in printed
+    table = pd.read_parquet(out)
+    good = table[table["cfg.convergence.max_epochs"] == 100]
+    bad = table[table["cfg.convergence.max_epochs"] == 1]
+    assert sorted(good["round"]) == [1, 1, 2, 2, 3, 3] and sorted(bad["round"]) == [1, 1]  # rows kept
+
+    record = read_record(str(out))
+    points = record["points"]
+    assert points["convergence.max_epochs=1"]["stopped_by"] == "asha"
+    assert points["convergence.max_epochs=1"]["round"] == 1
+    kept = points["convergence.max_epochs=100"]
+    assert kept["stopped_by"] is None and kept["round"] == kept["rounds"] == 3
+    assert kept["metric"] == pytest.approx(good[good["round"] == 3]["test_acc"].mean())
+    assert kept["steps"] == good["steps"].sum()
+    assert kept["mean_test_acc"] == pytest.approx(good.groupby("round")["test_acc"].mean().mean())
+
+    # TensorBoard: each round's seed mean at step = round, in the good point's trial folder.
+    per_round = good.groupby("round")["test_acc"].mean()
+    folders = [p for p in (out / "_warmstart" / "tune" / "asha").iterdir() if p.is_dir()]
+    logged = {}
+    for folder in folders:
+        scalars = tensorboard_scalars(folder)
+        if len(scalars.get("ray/tune/test_acc", [])) == 3:
+            logged = scalars
+    assert [step for step, _ in logged["ray/tune/test_acc"]] == [1, 2, 3]
+    assert [v for _, v in logged["ray/tune/test_acc"]] == pytest.approx(per_round.tolist(), abs=1e-6)
+    assert logged["ray/tune/steps"][-1][1] == good["steps"].sum()
+
+    # MLflow (a local store under out): the whole config as params, each round's metrics.
+    client = MlflowClient(tracking_uri=f"sqlite:///{out}/_warmstart/mlflow.db")
+    experiment = client.get_experiment_by_name("asha")
+    runs = {r.data.params["cfg/convergence.max_epochs"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"100", "1"}
+    params = runs["100"].data.params
+    assert params["cfg/dataset.name"] == "digits" and params["cfg/rounds.per_round"] == "200"
+    assert params["cfg/init.shrink"] == "0.4" and params["seeds"] == "[0, 1]"
+    history = client.get_metric_history(runs["100"].info.run_id, "test_acc")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(r, round(v, 6)) for r, v in per_round.items()]
+    assert [m.step for m in client.get_metric_history(runs["1"].info.run_id, "test_acc")] == [1]
+
+    # warmstart report shows the search.
+    assert main(["report", str(out)]) == 0
+    search_md = (out / "_report" / "search.md").read_text()
+    assert "best point: convergence.max_epochs=100" in search_md and "asha" in search_md
+
+    # The suite grows by a seed: only the new seed's rounds run; the stopped point stays stopped.
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    path.write_text(ASHA_SUITE.replace("SEEDS", "[0, 1, 2]"))
+    assert main(["suite", str(path), "--out", str(out), "--max-concurrent", "1", "--resume"]) == 0
+    table = pd.read_parquet(out)
+    assert sorted(table[table["seed"] == 2]["round"]) == [1, 1, 2, 3]
+    assert len(table) == 8 + 4 and not table.duplicated(["trial_id", "round"]).any()
+    for p in out.glob("*.parquet"):
+        if p.name in before:
+            assert before[p.name] == p.stat().st_mtime_ns, p.name
+    assert read_record(str(out))["points"]["convergence.max_epochs=100"]["seeds"] == [0, 1, 2]
+
+
+SAMPLED_SUITE = """name: sampled
+base:
+  rounds: {initial: 200, per_round: 200, max_rounds: 2}
+  convergence: {train_acc: 0.95}
+space:
+  init.shrink: {uniform: [0.2, 0.8]}
+  init.perturb: {loguniform: [0.001, 0.1]}
+  seed: [0]
+search: {searcher: optuna, num_samples: 2, metric: mean_test_acc}
+tracking: {wandb: {project: ws-test, mode: offline}}
+"""
+
+
+def test_optuna_samples_points_from_ranges_and_wandb_logs_offline(ray_address, tmp_path, capsys):
+    path = tmp_path / "sampled.yaml"
+    path.write_text(SAMPLED_SUITE)
+    out = tmp_path / "out"
+    assert main(["suite", str(path), "--out", str(out)]) == 0
+    assert "2 points x 1 seed(s) from a optuna searcher" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert len(table) == 4 and table["trial_id"].nunique() == 2
+    assert table["cfg.init.shrink"].between(0.2, 0.8).all()
+    assert table["cfg.init.perturb"].between(0.001, 0.1).all()
+    points = read_record(str(out))["points"]
+    assert len(points) == 2 and all(p["round"] == 2 and p["stopped_by"] is None for p in points.values())
+    from engine.store import read_manifest
+
+    assert sorted(read_manifest(str(out))["trials"]) == sorted(set(table["trial_id"]))
+    # W&B, offline: one run per point, with the config and the rounds in its files.
+    runs = list(out.glob("_warmstart/tune/sampled/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2
+    for run in runs:  # wandb's own record format: the config's keys and the metrics' names are in it
+        data = run.read_bytes()
+        assert b"init.shrink" in data and b"rounds.per_round" in data and b"mean_test_acc" in data
+
+
+def test_ctrl_c_stops_the_suite_cleanly_and_resume_continues(ray_address, tmp_path, capsys):
+    path = suite_file(tmp_path, "interrupted", "  seed: [0, 1, 2]\n", rounds=4)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "engine", "suite", path, "--out", str(out), "--max-concurrent", "1"]
+    driver = subprocess.Popen(
+        [*command, "--address", ray_address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    first = TrialStore(str(out), load_suite(path).trials[0].trial_id)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (first.load_status() or {}).get("round"):
+        assert driver.poll() is None, driver.stderr.read()
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    assert "interrupted; completed rounds are saved" in driver.stderr.read()
+    assert len(pd.read_parquet(out)) < 12
+
+    assert main(["suite", path, "--out", str(out), "--resume"]) == 0
+    table = pd.read_parquet(out)
+    assert len(table) == 12 and not table.duplicated(["trial_id", "round"]).any()
+
+
+def test_a_point_on_ray_train_reports_its_seeds_rounds_from_rank_0(ray_address, tmp_path, capsys):
+    # scaling.workers: each seed is a Ray Train run of its own; rank 0's rows come back to
+    # the Tune trial, which reports the round once both seeds have it.
+    path = suite_file(
+        tmp_path,
+        "ddp",
+        "  seed: [0, 1]\n",
+        extra="  scaling: {workers: 1, max_failures: 0}\nsearch: {scheduler: asha, grace_period: 1}\n",
+    )
+    out = tmp_path / "out"
+    assert main(["suite", path, "--out", str(out)]) == 0
+    assert "2 rounds, final test_acc" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert sorted(table["round"]) == [1, 1, 2, 2] and set(table["world_size"]) == {1}
+    (point,) = read_record(str(out))["points"].values()
+    assert point["round"] == 2 and point["seeds"] == [0, 1]
+    assert point["steps"] == table["steps"].sum()
+    assert point["test_acc"] == pytest.approx(table[table["round"] == 2]["test_acc"].mean())
