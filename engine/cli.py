@@ -174,7 +174,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from engine.search import format_search, read_record
     from engine.suite import check_pools, load_suite
     from engine.tables import summary_text
-    from engine.tune import run_suite
+    from engine.tune import check_out, run_suite
 
     suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
     rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
@@ -182,6 +182,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
     trials_per_gpu = _trials_per_gpu(suite, getattr(args, "trials_per_gpu", None))
+    check_out(suite, out, args.resume)  # a refused --out: its one line, nothing else printed
     if suite.search.sampled:
         count = (
             f"{suite.search.num_samples} points x {len(suite.seeds)} seed(s) from a {suite.search.searcher} searcher"

@@ -192,7 +192,9 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def check_resources(workers: int, gpus_per_worker: float, address: str | None, timeout: float) -> None:
+def check_resources(
+    workers: int, gpus_per_worker: float, address: str | None, timeout: float, what: str | None = None
+) -> None:
     """Refuse a request the cluster can never meet: at once on the local instance (its
     resources are fixed), after ``timeout`` seconds of waiting, with a visible message, on
     a joined cluster (an autoscaler may add nodes)."""
@@ -211,9 +213,10 @@ def check_resources(workers: int, gpus_per_worker: float, address: str | None, t
     described = ", ".join(f"{need[k]:g} {k}" for k in need)
     has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
     if not address:
+        who = f"{what}: " if what else ""
         raise ConfigError(
-            f"{workers} worker(s) need {described} (1 CPU and {gpus_per_worker:g} GPU each), but the local Ray "
-            f"instance has {has}; use fewer workers, or join a bigger cluster with --address."
+            f"{who}{workers} worker(s) need {described} (1 CPU and {gpus_per_worker:g} GPU each), but the local Ray "
+            f"instance has {has}; use fewer workers or GPUs, or join a bigger cluster with --address."
         )
     print(f"waiting up to {timeout:.0f}s for the cluster to offer {described} (it has {has})...", file=sys.stderr)
     deadline = time.monotonic() + timeout

@@ -60,16 +60,23 @@ def point_rounds(cfgs: list, out: str, stop_after: int | None = None):
 
 
 def _in_process(cfgs: list, out: str, stop_after: int | None):
-    from engine.runner import start_trial
+    from engine.session import start_trial
 
-    sessions = [start_trial(cfg, out) for cfg in cfgs]
-    rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
-    total = sessions[0].context.plan.rounds
-    for round_ in range(1, (stop_after or total) + 1):
-        for session, done in zip(sessions, rows, strict=True):
-            if round_ not in done:
-                done[round_] = session.step().row
-        yield [done[round_] for done in rows]
+    sessions = []
+    try:
+        for cfg in cfgs:
+            sessions.append(start_trial(cfg, out))
+        rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
+        total = sessions[0].context.plan.rounds
+        for round_ in range(1, (stop_after or total) + 1):
+            for session, done in zip(sessions, rows, strict=True):
+                if round_ not in done:
+                    # A seed stopped early (a divergence) carries its last round forward.
+                    done[round_] = done[max(done)] if session.done and done else session.step().row
+            yield [done[round_] for done in rows]
+    finally:  # a reused Tune actor must not keep the trials' locks
+        for session in sessions:
+            session.close()
 
 
 class _Relay:

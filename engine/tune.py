@@ -97,9 +97,17 @@ def _base_change(old: dict, new: dict) -> str | None:
 
 
 def prepare_out(suite: Suite, out: str, resume: bool) -> None:
-    """Refuse an --out that holds other results; record this suite there.  With
-    ``resume``, the suite may have grown (new seeds, grid values, more rounds): what is
-    recorded must still be part of it, and the base config must be the same."""
+    """Refuse an --out that holds other results or cannot be written; record this suite there."""
+    ids = check_out(suite, out, resume)
+    write_manifest(out, {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base})
+
+
+def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
+    """Refuse (ConfigError, nothing written) an --out that cannot be written or holds other
+    results; the trial ids the manifest will list.  With ``resume``, the suite may have
+    grown (new seeds, grid values, more rounds): what is recorded must still be part of
+    it, and the base config must be the same."""
+    TrialStore(out, suite.name).probe()
     manifest = read_manifest(out)
     ids = [t.trial_id for t in suite.trials]
     if manifest is None:
@@ -128,7 +136,26 @@ def prepare_out(suite: Suite, out: str, resume: bool) -> None:
                 f"any more; {grown}."
             )
         ids += [tid for tid in manifest["trials"] if tid not in ids]  # a sampled suite's earlier points
-    write_manifest(out, {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base})
+    return ids
+
+
+def check_suite_resources(suite: Suite, address: str | None, trials_per_gpu: int | None) -> None:
+    """Refuse a suite with a trial the cluster can never run (see check_resources): more
+    CPUs or GPUs in one trial's bundle, or one worker group, than the cluster has."""
+    from engine.distributed import check_resources
+    from engine.packing import trial_bundle
+
+    seen = set()
+    for trial in suite.trials or suite.probes:
+        scaling = trial.config.scaling
+        if scaling.workers is not None:
+            need = (scaling.workers, float(scaling.gpus_per_worker))
+        else:
+            bundle = trial_bundle(scaling.to_dict(), trials_per_gpu)
+            need = (1, bundle.get("GPU", 0.0))
+        if need not in seen:
+            seen.add(need)
+            check_resources(*need, address, scaling.resource_timeout, what=f"trial {trial.trial_id}")
 
 
 # --- units: what one Tune trial runs ----------------------------------------------------
@@ -341,6 +368,7 @@ def run_suite(
         param_space = _grid_space(suite, units, todo, rounds)
         sampled = None
     init_ray(address)
+    check_suite_resources(suite, address, trials_per_gpu)
     trainable = tune.with_resources(
         tune.with_parameters(run_point, trials=trials, out=location, stopped=stopped, sampled=sampled),
         resources=lambda config: _resources(config, trials, trials_per_gpu),
