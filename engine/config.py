@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from engine.registry import ConfigError, Interval, OneOf, PathName, Registry, Type, check_value, value_kind
+from engine.registry import ConfigError, Interval, Nullable, OneOf, PathName, Registry, Type, check_value
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -101,20 +101,6 @@ class Count:
         return "an int >= 1 (a count) or a float in (0, 1) (a fraction of the pool)"
 
 
-class Optional_:
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    def check(self, value: Any) -> bool:
-        return value is None or self.inner.check(value)
-
-    def kind(self) -> type | None:
-        return value_kind(self.inner)
-
-    def describe(self) -> str:
-        return f"null or {self.inner.describe()}"
-
-
 class Device:
     def check(self, value: Any) -> bool:
         if not isinstance(value, str):
@@ -156,8 +142,8 @@ class StrList:
 
 
 ALLOWED: dict[str, Any] = {
-    "suite": Optional_(PathName()),
-    "trial_id": Optional_(PathName()),
+    "suite": Nullable(PathName()),
+    "trial_id": Nullable(PathName()),
     "seed": Interval(0, MAX_SEED, integer=True),
     "device": Device(),
     "plugins": StrList(),
@@ -172,15 +158,15 @@ ALLOWED: dict[str, Any] = {
     "batch_size": Interval(1, integer=True),
     "rounds.initial": Count(),
     "rounds.per_round": Count(),
-    "rounds.max_rounds": Optional_(Interval(1, integer=True)),
+    "rounds.max_rounds": Nullable(Interval(1, integer=True)),
     "convergence.train_acc": Interval(0, 1, low_open=True),
-    "convergence.patience": Optional_(Interval(1, integer=True)),
+    "convergence.patience": Nullable(Interval(1, integer=True)),
     "convergence.min_delta": Interval(0),
     "convergence.max_epochs": Interval(1, integer=True),
     "convergence.on_diverge": OneOf("stop", "continue"),
     "eval.precise_bn": Type(bool),
     "eval.batch_size": Interval(1, integer=True),
-    "scaling.workers": Optional_(Interval(1, integer=True)),
+    "scaling.workers": Nullable(Interval(1, integer=True)),
     "scaling.gpus_per_worker": Interval(0),
     "scaling.max_failures": Interval(0, integer=True),
     "scaling.sync_batchnorm": Type(bool),
@@ -199,7 +185,7 @@ PRETRAIN_ALLOWED: dict[str, Any] = {
     "lr": Interval(0, low_open=True),
     "batch_size": Interval(1, integer=True),
     "train_acc": Interval(0, 1, low_open=True),
-    "patience": Optional_(Interval(1, integer=True)),
+    "patience": Nullable(Interval(1, integer=True)),
     "min_delta": Interval(0),
     "max_epochs": Interval(1, integer=True),
 }

@@ -210,7 +210,13 @@ class ModelSpec:
 
 
 def _origin(fn: Callable) -> tuple[str, str]:
-    return getattr(fn, "__module__", ""), getattr(fn, "__qualname__", "")
+    """What makes two registrations the same one: the function's name and its source code
+    (a module imported twice, a notebook cell run again, the same plugin file copied)."""
+    try:
+        code = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = getattr(fn, "__module__", "")
+    return getattr(fn, "__qualname__", ""), code
 
 
 def source_of(fn: Callable) -> str:
@@ -273,7 +279,8 @@ class Registry:
         ``override=True``: then the entry records its source (module and content hash),
         which joins the trial id and the rows (``overrides``), so results made with a
         replaced strategy never pass for the built-in's.  Registering the same function
-        again (a module or notebook cell run twice) replaces it quietly."""
+        again (the same name and source: a module or notebook cell run twice) replaces it
+        quietly."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.what} needs a non-empty string name, got {name!r}")
         existing = self._entries.get(name)

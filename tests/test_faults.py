@@ -248,7 +248,7 @@ def plugin(tmp_path, name: str, body: str) -> str:
 def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix(tmp_path, capsys):
     broken = plugin(
         tmp_path,
-        "broken.py",
+        "failing.py",
         """
         from strategies.acquisition import register
 
