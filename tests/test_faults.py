@@ -436,3 +436,16 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     while session_processes(session) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert session_processes(session) == []
+
+
+def test_a_refused_suite_prints_only_its_error_line(tmp_path, capsys):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text("name: tiny\nbase: {device: cpu, rounds: {max_rounds: 1}}\ngrid: {seed: [0, 1]}\n")
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    code, out, err = cli(capsys, "suite", str(suite), "--out", str(a_file))
+    assert code == 2 and out == ""
+    assert "is a file, not a folder" in one_line(err)
+    code, out, err = cli(capsys, "suite", str(suite), "--out", str(tmp_path / "x"), "--set", "optimizer.lr=-1")
+    assert code == 2 and out == "" and "'optimizer.lr'" in one_line(err)
+    assert not (tmp_path / "x").exists()
