@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,22 +154,24 @@ def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = ())
 def check_pools(suite: Suite) -> None:
     """Load each distinct dataset once and check every trial's round counts against its pool,
     so a missing dataset or an impossible per_round fails before any trial starts."""
-    from engine.data import fraction_count, load_raw, pool_size
+    from engine.data import dataset_params, fraction_count, load_raw, pool_size
     from engine.loop import plan_rounds
 
     n_train: dict[tuple, int] = {}
 
-    def training_split(name: str, root: str, download: bool) -> int:
-        if (name, root) not in n_train:
-            n_train[name, root] = load_raw(name, root, download).train.labels.shape[0]
-        return n_train[name, root]
+    def training_split(name: str, root: str, download: bool, params: dict | None = None) -> int:
+        key = (name, root, json.dumps(params or {}, sort_keys=True))
+        if key not in n_train:
+            n_train[key] = load_raw(name, root, download, params).train.labels.shape[0]
+        return n_train[key]
 
     for i, trial in enumerate(suite.trials):
         ds, pretrain = trial.config.dataset, trial.config.pretrain
         try:
-            pool = pool_size(training_split(ds.name, ds.root, ds.download), ds.eval, ds.holdout)
+            pool = pool_size(training_split(ds.name, ds.root, ds.download, dataset_params(ds)), ds.eval, ds.holdout)
             if pretrain is not None:  # the source must be there too; the trial runs on a fraction
-                training_split(pretrain.dataset, ds.root, ds.download)
+                same = pretrain.dataset == ds.name
+                training_split(pretrain.dataset, ds.root, ds.download, dataset_params(ds) if same else None)
                 pool = fraction_count(pool, pretrain.fraction)
             plan_rounds(trial.config, pool)
         except ConfigError as exc:
