@@ -270,17 +270,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.data import DATASET_DOCS
+    from engine.data import DATASETS
     from engine.models import MODELS
     from engine.plugins import load_plugins
     from strategies.acquisition import ACQUISITION_STRATEGIES
     from strategies.init import INIT_STRATEGIES
 
     load_plugins(args.plugins)
-    print("datasets:")
-    for name, doc in sorted(DATASET_DOCS.items()):
-        print(f"  {name:<22} {doc}")
     for title, registry in (
+        ("datasets", DATASETS),
         ("models", MODELS),
         ("init strategies", INIT_STRATEGIES),
         ("acquisition strategies", ACQUISITION_STRATEGIES),

@@ -3,8 +3,10 @@
 One nested mapping with fixed key names (the contract in DESIGN.md).  Overrides must
 name an existing key and match the default's type; ``model``, ``init`` and
 ``acquisition`` are components: a ``name`` plus that builder's own parameters,
-checked against its registered signature.  Everything is checked once, before a run
-starts, and every problem is one line naming the key and what is allowed.
+checked against its registered signature.  ``dataset`` is both: its fixed keys
+(``engine.data.DATASET_KEYS``) plus the parameters of the named dataset's loader.
+Everything is checked once, before a run starts, and every problem is one line naming
+the key and what is allowed.
 """
 
 from __future__ import annotations
@@ -387,6 +389,8 @@ def _suggest(key: str, known: list[str]) -> str:
 
 def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``override`` on top of ``base``; unknown keys are refused (components take any params)."""
+    if prefix == "dataset.":  # the section itself, e.g. a suite's grid value `dataset: {...}`
+        return _merge_dataset(base, override)
     out = copy.deepcopy(base)
     for key, value in override.items():
         dotted = f"{prefix}{key}"
@@ -404,6 +408,9 @@ def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> d
         if prefix == "" and key == "pretrain":
             out[key] = _merge_pretrain(out[key], value)
             continue
+        if prefix == "" and key == "dataset":
+            out[key] = _merge_dataset(out[key], value)
+            continue
         if key not in out:
             raise ConfigError(f"Unknown config key {dotted!r}; {_suggest(key, list(out))}")
         if isinstance(out[key], dict):
@@ -415,6 +422,47 @@ def merge(base: dict[str, Any], override: dict[str, Any], prefix: str = "") -> d
         else:
             out[key] = value
     return out
+
+
+def _merge_dataset(current: dict[str, Any], value: Any) -> dict[str, Any]:
+    """The ``dataset`` section: fixed keys plus the named dataset's parameters, which are
+    checked against its loader's signature in validate() (plugins may register it later).
+    A new name drops the old dataset's parameters; the same name refines them.
+    `dataset: mnist1d` is short for `dataset: {name: mnist1d}`."""
+    from engine.data import DATASET_KEYS
+
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"The 'dataset' key is a section; set its keys ({', '.join(DATASET_KEYS)} and the dataset's "
+            f"parameters), got {value!r}."
+        )
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(f"Config keys must be strings, got {key!r}.")
+    same = value.get("name", current["name"]) == current["name"]
+    kept = current if same else {k: v for k, v in current.items() if k in DATASET_KEYS}
+    return {**copy.deepcopy(kept), **copy.deepcopy(value)}
+
+
+def _check_dataset(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``dataset`` section with the loader's parameter defaults filled in, or a ConfigError."""
+    from engine.data import DATASET_KEYS, DATASETS, dataset_params
+
+    entry = DATASETS.get(section["name"])
+    params = dataset_params(section)
+    unknown = sorted(set(params) - set(entry.defaults))
+    if unknown:
+        known = list(DATASET_KEYS) + list(entry.defaults)
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        has = f"and the parameters of {entry.signature()}" if entry.defaults else f"({entry.signature()} has none)"
+        raise ConfigError(
+            f"Unknown config key 'dataset.{unknown[0]}'; the dataset section has {', '.join(DATASET_KEYS)} {has}.{hint}"
+        )
+    fixed = {k: section[k] for k in DATASET_KEYS if k in section}
+    return {**fixed, **entry.resolve(params, DATASETS.what)}
 
 
 def _merge_pretrain(current: dict[str, Any] | None, value: Any) -> dict[str, Any] | None:
@@ -493,8 +541,7 @@ def validate(data: dict[str, Any]) -> Config:
             if isinstance(data[section], dict):
                 for key, value in defaults.items():
                     data[section].setdefault(key, copy.deepcopy(value))
-    if data["dataset"]["name"] not in DATASETS:
-        raise ConfigError(f"Unknown dataset {data['dataset']['name']!r}; known: {', '.join(sorted(DATASETS))}.")
+    data["dataset"] = _check_dataset(data["dataset"])
     _check_fixed_keys(data)
     for key, registry in (("model", MODELS), ("init", INIT_STRATEGIES), ("acquisition", ACQUISITION_STRATEGIES)):
         section = data[key]
@@ -504,7 +551,7 @@ def validate(data: dict[str, Any]) -> Config:
         params = {k: v for k, v in section.items() if k != "name"}
         data[key] = {"name": section["name"], **entry.resolve(params, registry.what)}
     if data.get("pretrain") is not None:
-        data["pretrain"] = _check_pretrain(data["pretrain"], DATASETS)
+        data["pretrain"] = _check_pretrain(data["pretrain"], DATASETS.names())
     _check_combinations(data)
     return Config(data)
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from engine.config import Config, resolve_count
-from engine.data import Data, load_raw, pool_fraction, split_and_place
+from engine.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
 from engine.models import Classifier, build_model
 from engine.pretrain import pretrain, with_target_head
 from engine.records import PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord, RoundRecord, config_columns
@@ -108,7 +108,7 @@ def resolve_device(name: str) -> torch.device:
 def load_data(cfg: Config, device: torch.device) -> Data:
     """The trial's data; with pretraining, its pool is ``pretrain.fraction`` of the target pool
     (and the source dataset is checked to have the same input shape)."""
-    raw = load_raw(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download)
+    raw = load_raw(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download, dataset_params(cfg.dataset))
     data = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
     if cfg.pretrain is None:
         return data

@@ -12,9 +12,16 @@ and buffer belongs to exactly one block, and the head is always the last one:
   state) is a block, then the head: ``depth + 1`` blocks;
 - ``resnet18``: the stem (3x3 conv + BatchNorm), each of the 8 BasicBlocks, then
   the head: 10 blocks;
+- ``cnn1d``: each Conv1d layer (with its ReLU) is a block, then the head:
+  ``depth + 1`` blocks;
 - ``logreg``: the head alone: 1 block.
 
-``dropout`` (mlp, resnet18; default 0.0 = none, and then no Dropout module exists,
+Input shapes: ``mlp`` and ``logreg`` flatten any input ``[...]`` (images, sequences,
+tabular features); ``resnet18`` needs images ``[C, H, W]``; ``cnn1d`` sequences
+``[C, L]`` (or ``[L]``, read as one channel).  A plugin registers a model for any other
+shape with ``register`` below (docs/own-data.md).
+
+``dropout`` (mlp, resnet18, cnn1d; default 0.0 = none, and then no Dropout module exists,
 so the network is exactly the one without the parameter) is what MC-dropout
 acquisition (``bald``) samples from.
 """
@@ -26,7 +33,7 @@ import math
 import torch
 from torch import nn
 
-from engine.registry import Interval, ModelSpec, OneOf, Registry
+from engine.registry import ConfigError, Interval, ModelSpec, OneOf, Registry
 
 MODELS = Registry("model", n_inputs=2)
 
@@ -143,3 +150,38 @@ def mlp(
 def logreg(input_shape: tuple[int, ...], num_classes: int, bias: bool = True) -> Classifier:
     """Multinomial logistic regression: one linear layer on the flattened input."""
     return Classifier(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias), [["head"]])
+
+
+# --- 1-D convolutions (MNIST-1D) --------------------------------------------------------
+
+
+@register(
+    "cnn1d",
+    {"channels": Interval(1, integer=True), "depth": Interval(1, integer=True), "dropout": DROPOUT},
+    n_blocks=lambda p: p["depth"] + 1,
+)
+def cnn1d(
+    input_shape: tuple[int, ...], num_classes: int, channels: int = 25, depth: int = 3, dropout: float = 0.0
+) -> Classifier:
+    """1-D conv net of the MNIST-1D paper: `depth` Conv1d (kernel 5, then 3; stride 2) + ReLU, linear head."""
+    # Greydanus (2020), "Scaling down deep learning", ConvBase: 3 layers of 25 channels;
+    # on 1x40 sequences the lengths go 40 -> 19 -> 10 -> 5 and the head sees 25 x 5 = 125.
+    if len(input_shape) not in (1, 2):
+        shape = "x".join(map(str, input_shape))
+        raise ConfigError(f"The model cnn1d needs sequence inputs [C, L] or [L], but the dataset's are {shape}.")
+    layers: list[nn.Module] = [] if len(input_shape) == 2 else [nn.Unflatten(1, (1, input_shape[0]))]
+    c_in, length = input_shape if len(input_shape) == 2 else (1, input_shape[0])
+    names = []
+    for i in range(depth):
+        kernel = 5 if i == 0 else 3
+        length = (length + 2 - kernel) // 2 + 1
+        if length < 1:
+            raise ConfigError(
+                f"The model cnn1d with depth {depth} needs longer sequences than {input_shape[-1]}: "
+                f"nothing is left after layer {i + 1}."
+            )
+        names.append([f"features.{len(layers)}"])
+        layers += [nn.Conv1d(c_in, channels, kernel, stride=2, padding=1), nn.ReLU()]
+        c_in = channels
+    layers += [nn.Flatten()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+    return Classifier(nn.Sequential(*layers), nn.Linear(channels * length, num_classes), names + [["head"]])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.config import Config
-from engine.data import RawDataset, RawSplit, load_raw, sample_fraction, split_and_place
+from engine.data import RawDataset, RawSplit, dataset_params, load_raw, sample_fraction, split_and_place
 from engine.models import Classifier, build_model
 from engine.records import PretrainRecord
 from engine.train import LOCAL, PLAIN, Performance, fit, make_optimizer, seed_for
@@ -38,9 +38,13 @@ def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Perform
     the split seed), so with the target as its own source, pretraining never sees the
     evaluation samples; with ``dataset.eval: test`` it is the whole training split."""
     spec = cfg.pretrain
-    raw = load_raw(spec.dataset, cfg.dataset.root, cfg.dataset.download)
+    # The target as its own source: with the trial's dataset parameters; another: with its defaults.
+    params = dataset_params(cfg.dataset) if spec.dataset == cfg.dataset.name else None
+    raw = load_raw(spec.dataset, cfg.dataset.root, cfg.dataset.download, params)
     if cfg.dataset.eval == "test":  # no held-out part: the eval split is never used here
-        raw = RawDataset(raw.train, RawSplit(raw.train.images[:1], raw.train.labels[:1]), raw.num_classes)
+        raw = RawDataset(
+            raw.train, RawSplit(raw.train.images[:1], raw.train.labels[:1]), raw.num_classes, raw.normalize
+        )
     source = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
     chosen = sample_fraction(source.pool_y.shape[0], spec.source_fraction, seed_for(cfg.seed, 0, "pretrain_sample"))
     index = torch.from_numpy(chosen).to(device)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,23 +238,25 @@ def check_pools(suite: Suite) -> dict[str, int]:
     """Load each distinct dataset once and check every trial's round counts against its pool,
     so a missing dataset or an impossible per_round fails before any trial starts.  Returns
     each trial's number of rounds, by trial id (a sampled suite: its probes')."""
-    from engine.data import fraction_count, load_raw, pool_size
+    from engine.data import dataset_params, fraction_count, load_raw, pool_size
     from engine.loop import plan_rounds
 
     n_train: dict[tuple, int] = {}
 
-    def training_split(name: str, root: str, download: bool) -> int:
-        if (name, root) not in n_train:
-            n_train[name, root] = load_raw(name, root, download).train.labels.shape[0]
-        return n_train[name, root]
+    def training_split(name: str, root: str, download: bool, params: dict | None = None) -> int:
+        key = (name, root, json.dumps(params or {}, sort_keys=True))
+        if key not in n_train:
+            n_train[key] = load_raw(name, root, download, params).train.labels.shape[0]
+        return n_train[key]
 
     rounds = {}
     for i, trial in enumerate(suite.trials or suite.probes):
         ds, pretrain = trial.config.dataset, trial.config.pretrain
         try:
-            pool = pool_size(training_split(ds.name, ds.root, ds.download), ds.eval, ds.holdout)
+            pool = pool_size(training_split(ds.name, ds.root, ds.download, dataset_params(ds)), ds.eval, ds.holdout)
             if pretrain is not None:  # the source must be there too; the trial runs on a fraction
-                training_split(pretrain.dataset, ds.root, ds.download)
+                same = pretrain.dataset == ds.name
+                training_split(pretrain.dataset, ds.root, ds.download, dataset_params(ds) if same else None)
                 pool = fraction_count(pool, pretrain.fraction)
             rounds[trial.trial_id] = plan_rounds(trial.config, pool).rounds
         except ConfigError as exc:

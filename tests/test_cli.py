@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.data import DATASET_DOCS
+from engine.data import DATASETS
 from engine.models import MODELS
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
@@ -260,9 +260,10 @@ def test_run_with_config_file(capsys, tmp_path):
 def test_list_prints_every_registered_name_with_parameters(capsys):
     code, stdout, err = run_cli(capsys, "list")
     assert code == 0, err
-    for name in ("digits", "cifar10", "cifar100", "svhn"):
-        assert re.search(rf"^\s+{name}\s", stdout, re.M), name
-    assert set(DATASET_DOCS) >= {"digits", "cifar10", "cifar100", "svhn"}
+    for name in ("digits", "cifar10", "cifar100", "svhn", "mnist1d", "files"):
+        assert re.search(rf"^\s+{name}\(", stdout, re.M), name
+    assert set(DATASETS.names()) >= {"digits", "cifar10", "cifar100", "svhn", "mnist1d", "files"}
+    assert "mnist1d(size=10000, " in stdout
     for expected in (
         "resnet18(width=16",
         "mlp(activation='tanh', bias=True, width=100, depth=3",

@@ -1,12 +1,15 @@
-"""engine/models.py: the CIFAR ResNet-18, the MLP, logistic regression, and the model registry."""
+"""engine/models.py: the CIFAR ResNet-18, the MLP, logistic regression, the MNIST-1D conv net, and the model registry."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from engine.models import MODELS, BasicBlock, Classifier, build_model
+from engine.config import build
+from engine.models import MODELS, BasicBlock, Classifier, build_model, model_spec
 from engine.registry import ConfigError
 
 
@@ -108,10 +111,74 @@ def test_logreg_is_one_linear_layer():
     assert n_params(build_model("logreg", {"bias": False}, (1, 8, 8), 10)) == 640
 
 
+@pytest.mark.parametrize("shape", [(40,), (1, 40), (3, 4, 4), (2, 3, 4, 5)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", ["mlp", "logreg"])
+def test_mlp_and_logreg_flatten_any_input_shape(name, shape):
+    model = build_model(name, {}, shape, 3)
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    assert first.in_features == math.prod(shape)
+    x = torch.randn(4, *shape)
+    torch.testing.assert_close(model(x), model(x.reshape(4, -1).reshape(4, *shape)))
+    assert model(x).shape == (4, 3)
+
+
+# --- cnn1d, the MNIST-1D paper's conv net ------------------------------------------------
+
+
+def test_cnn1d_is_the_mnist1d_papers_convbase():
+    """Greydanus (2020), ConvBase: Conv1d(1, 25, 5, stride 2, padding 1), then two
+    Conv1d(25, 25, 3, stride 2, padding 1), ReLU after each, a linear head on the flat
+    25 x 5 features of a length-40 sequence: 5,210 parameters."""
+    model = build_model("cnn1d", {}, (1, 40), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == [
+        (1, 25, (5,), (2,), (1,)),
+        (25, 25, (3,), (2,), (1,)),
+        (25, 25, (3,), (2,), (1,)),
+    ]
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 3
+    assert (model.head.in_features, model.head.out_features) == (125, 10)
+    assert n_params(model) == 5210
+    x = torch.randn(6, 1, 40)
+    h = x
+    for conv in convs:
+        h = torch.relu(conv(h))
+    torch.testing.assert_close(model(x), model.head(h.flatten(1)))
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+
+
+def test_cnn1d_blocks_are_its_conv_layers_then_the_head():
+    model = build_model("cnn1d", {"depth": 2, "channels": 8}, (1, 40), 10)
+    assert model.blocks == (("features.0",), ("features.2",), ("head",))
+    state = model.state_dict()
+    owned = [k for k in state if any(k.startswith(name + ".") for block in model.blocks for name in block)]
+    assert sorted(owned) == sorted(state)  # every parameter and buffer belongs to a block
+    assert model_spec("cnn1d", {"depth": 2, "channels": 8, "dropout": 0.0}).n_blocks == 3
+    assert build(sets=["model=cnn1d", "dataset=mnist1d", "init=warm_partial"]).init.blocks is None
+
+
+def test_cnn1d_inputs_channels_lengths_and_dropout():
+    several = build_model("cnn1d", {"channels": 4}, (3, 64), 5)
+    assert next(m for m in several.modules() if isinstance(m, nn.Conv1d)).in_channels == 3
+    assert several(torch.randn(2, 3, 64)).shape == (2, 5)
+    flat = build_model("cnn1d", {}, (40,), 10)  # tabular or flat sequences: one channel
+    assert flat(torch.randn(2, 40)).shape == (2, 10) and flat.blocks[0] == ("features.1",)
+    dropped = build_model("cnn1d", {"dropout": 0.2}, (1, 40), 10)
+    assert sum(isinstance(m, nn.Dropout) for m in dropped.modules()) == 1
+    with pytest.raises(
+        ConfigError, match=r"cnn1d needs sequence inputs \[C, L\] or \[L\], but the dataset's are 1x8x8"
+    ):
+        build_model("cnn1d", {}, (1, 8, 8), 10)
+    assert build_model("cnn1d", {"depth": 6}, (1, 8), 10).head.in_features == 25  # lengths 3, 2, 1, 1, 1, 1
+    with pytest.raises(ConfigError, match="cnn1d with depth 3 needs longer sequences than 2"):
+        build_model("cnn1d", {}, (1, 2), 10)
+
+
 # --- the common interface -------------------------------------------------------------
 
 SHAPES = [(1, 8, 8), (3, 32, 32)]
 MODEL_CASES = [("resnet18", {"width": 4}), ("mlp", {}), ("mlp", {"activation": "relu", "bias": False}), ("logreg", {})]
+SEQUENCE_CASES = [("cnn1d", {}), ("cnn1d", {"channels": 3, "depth": 1, "dropout": 0.5}), ("mlp", {}), ("logreg", {})]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -130,6 +197,12 @@ def test_output_shape_features_and_head(name, params, shape):
     assert logits.shape == (5, 7)
     assert embedding.shape == (5, model.head.in_features)  # the penultimate embedding, flat
     torch.testing.assert_close(model.head(embedding), logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (2, 17)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(("name", "params"), SEQUENCE_CASES, ids=lambda c: str(c))
+def test_sequence_models_have_features_and_head(name, params, shape):
+    test_output_shape_features_and_head(name, params, shape)
 
 
 def test_penultimate_embedding_of_the_mlp_is_the_last_hidden_activation():
@@ -156,8 +229,9 @@ def test_same_seed_same_initialisation():
 
 
 def test_registry_lists_the_models():
-    for name in ("logreg", "mlp", "resnet18"):
+    for name in ("logreg", "mlp", "resnet18", "cnn1d"):
         assert name in MODELS.names()
+    assert MODELS.get("cnn1d").signature() == "cnn1d(channels=25, depth=3, dropout=0.0)"
 
 
 @pytest.mark.parametrize(

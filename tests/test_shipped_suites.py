@@ -1,7 +1,7 @@
 """The shipped suite files (engine/suites/) and cluster.yaml: every suite expands
 into valid, distinct trials; its size is what its header says; the paper's settings
-hold; cluster.yaml is a Ray cluster launcher config.  No dataset is read and no Ray
-instance is started."""
+hold, and the MNIST-1D suites' (quickstart, the (λ, σ) sweep, fig7_mnist1d); cluster.yaml
+is a Ray cluster launcher config.  No dataset is read and no Ray instance is started."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ SUITE_FILES = sorted(SUITES_DIR.glob("*.yaml"))
 # Trials per suite, as each file's header states them.
 TRIALS = {
     "quickstart": 18,
+    "fig7_mnist1d": 18,
+    "mnist1d_sp_sweep": 33,
     "table1": 108,
     "fig2_online": 6,
     "fig7_shrink": 39,
@@ -34,6 +36,14 @@ PAPER_SUITES = sorted(ROUNDS)
 # Training-split sizes, so round plans are checked without reading any data.
 N_TRAIN = {"digits": 1797, "cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257}
 SEEDS = {0, 1, 2}
+# The MNIST-1D suites (CPU, generated data): rounds per trial on the package's split.
+MNIST1D_ROUNDS = {"quickstart": 4, "mnist1d_sp_sweep": 4, "fig7_mnist1d": 8}
+
+
+def n_train(ds) -> int:
+    if ds.name == "mnist1d":  # the package makes size // 10 per class, train_split of them for training
+        return int(10 * (ds.size // 10) * ds.train_split)
+    return N_TRAIN[ds.name]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +63,7 @@ def header(path: Path) -> str:
 
 def rounds_of(config) -> int:
     ds = config.dataset
-    return plan_rounds(config, pool_size(N_TRAIN[ds.name], ds.eval, ds.holdout)).rounds
+    return plan_rounds(config, pool_size(n_train(ds), ds.eval, ds.holdout)).rounds
 
 
 def by_init(suite, name: str) -> list:
@@ -202,6 +212,69 @@ def test_active_margin_compares_three_inits_under_margin_acquisition(suites):
     )
     for cfg in by_init(suite, "shrink_perturb"):
         assert (cfg.init.shrink, cfg.init.perturb) == (0.4, 0.1)  # the authors' code defaults
+
+
+# --- the MNIST-1D suites: quickstart, the (λ, σ) sweep, Figure 7 on a laptop ----------------
+
+
+@pytest.mark.parametrize("name", sorted(MNIST1D_ROUNDS))
+def test_mnist1d_suites_are_the_issues_passive_loop_on_cpu(name, suites):
+    """10,000 MNIST-1D samples on the package's 8,000 / 2,000 split; 1,000 first and per
+    round; Adam 1e-3, batch 128, 99% training accuracy within 150 epochs; 3 seeds; no GPU."""
+    suite = suites[name]
+    text = " ".join(header(SUITES_DIR / f"{name}.yaml").split())
+    match = re.search(r"Cost: ([\d,]+) trials x (\d+) rounds = ([\d,]+) rounds", text)
+    assert match, "the header states its cost as 'Cost: N trials x R rounds = T rounds'"
+    trials, rounds, total = (int(g.replace(",", "")) for g in match.groups())
+    assert trials == len(suite.trials) == TRIALS[name] and total == trials * rounds
+    for trial in suite.trials:
+        cfg = trial.config
+        assert (cfg.dataset.name, cfg.dataset.size, cfg.dataset.eval) == ("mnist1d", 10_000, "test")
+        assert (cfg.rounds.initial, cfg.rounds.per_round) == (1000, 1000)
+        assert rounds_of(cfg) == rounds == MNIST1D_ROUNDS[name]
+        assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.batch_size) == (
+            "adam",
+            0.001,
+            0.0,
+            128,
+        )
+        assert (cfg.convergence.train_acc, cfg.convergence.max_epochs) == (0.99, 150)
+        assert cfg.scaling.gpus_per_worker == 0 and cfg.pretrain is None
+        if cfg.model.name == "mlp":
+            assert (cfg.model.activation, cfg.model.width, cfg.model.depth) == ("relu", 100, 2)
+    assert {t.config.seed for t in suite.trials} == SEEDS
+
+
+def test_quickstart_compares_three_inits_passive_and_margin(suites):
+    suite = suites["quickstart"]
+    cells = sorted((t.config.init.name, t.config.acquisition.name, t.config.seed) for t in suite.trials)
+    assert cells == sorted(itertools.product(["random", "warm", "shrink_perturb"], ["random", "margin"], SEEDS))
+    swept = {(c.init.shrink, c.init.perturb) for c in by_init(suites["mnist1d_sp_sweep"], "shrink_perturb")}
+    chosen = {(c.init.shrink, c.init.perturb) for c in by_init(suite, "shrink_perturb")}
+    assert len(chosen) == 1 and chosen <= swept  # λ, σ come from the sweep
+    assert {t.config.model.name for t in suite.trials} == {"mlp"}
+
+
+def test_the_sweep_crosses_shrink_and_perturb_with_baselines(suites):
+    suite = suites["mnist1d_sp_sweep"]
+    points = sorted((c.init.shrink, c.init.perturb, c.seed) for c in by_init(suite, "shrink_perturb"))
+    assert points == sorted(itertools.product([0.3, 0.6, 0.8], [0.001, 0.01, 0.1], SEEDS))
+    for baseline in ("random", "warm"):
+        assert {c.seed for c in by_init(suite, baseline)} == SEEDS
+    assert {t.config.acquisition.name for t in suite.trials} == {"random"}
+
+
+def test_fig7_mnist1d_is_figure_7s_setting_with_two_models(suites):
+    suite = suites["fig7_mnist1d"]
+    text = header(SUITES_DIR / "fig7_mnist1d.yaml")
+    assert "Figure 7" in text and "What the paper reports" in text and "where they come from" in text
+    cells = sorted((t.config.init.name, t.config.model.name, t.config.seed) for t in suite.trials)
+    assert cells == sorted(itertools.product(["random", "warm", "shrink_perturb"], ["mlp", "cnn1d"], SEEDS))
+    for cfg in by_init(suite, "shrink_perturb"):
+        assert (cfg.init.shrink, cfg.init.perturb) == (0.6, 0.01)
+    assert {t.config.acquisition.name for t in suite.trials} == {"random"}
+    for cfg in (t.config for t in suite.trials if t.config.model.name == "cnn1d"):
+        assert (cfg.model.channels, cfg.model.depth) == (25, 3)  # the MNIST-1D paper's ConvBase
 
 
 # --- cluster.yaml ----------------------------------------------------------------------

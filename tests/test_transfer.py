@@ -57,9 +57,9 @@ def test_datasets(monkeypatch):
         images, labels = raw.train.images, raw.train.labels
         return RawDataset(RawSplit(images[:1497], labels[:1497]), RawSplit(images[1497:], labels[1497:]), 10)
 
+    monkeypatch.setattr(data_module.DATASETS, "_entries", dict(data_module.DATASETS._entries))
     for name, fn in (("digits5", digits5), ("rgb4", rgb4), ("digits_tt", digits_tt)):
-        monkeypatch.setitem(data_module.DATASETS, name, fn)
-        monkeypatch.setitem(data_module.DATASET_DOCS, name, "a test dataset")
+        data_module.register(name)(fn)
 
 
 @pytest.fixture
