@@ -321,14 +321,18 @@ def list_strategies() -> dict[str, list[dict]]:
 
 
 def list_models() -> list[dict]:
-    """The registered models: ``[{name, params, doc}]``."""
+    """The registered models (plugins included): ``[{name, params, doc}]``."""
     from engine.models import MODELS
+    from engine.plugins import load_entry_points
 
+    load_entry_points()
     return _entries(MODELS)
 
 
 def list_datasets() -> list[dict]:
-    """The registered datasets: ``[{name, doc}]`` (and ``params`` where a dataset takes any)."""
-    from engine.data import DATASET_DOCS
+    """The registered datasets (plugins included): ``[{name, params, doc}]``."""
+    from engine.data import DATASETS
+    from engine.plugins import load_entry_points
 
-    return [{"name": name, "doc": doc} for name, doc in sorted(DATASET_DOCS.items())]
+    load_entry_points()
+    return _entries(DATASETS)

@@ -171,6 +171,7 @@ def _sections() -> dict[str, tuple[type | None, Any]]:
     """Every config key as {dotted key: (kind, default)}; components: the union of
     every registered builder's parameters, a key with conflicting kinds stored as JSON."""
     from engine.config import ALLOWED, COMPONENTS, DEFAULTS, PRETRAIN_ALLOWED, PRETRAIN_DEFAULTS, component_registry
+    from engine.data import DATASETS
 
     keys: dict[str, tuple[type | None, Any]] = {}
 
@@ -184,10 +185,8 @@ def _sections() -> dict[str, tuple[type | None, Any]]:
             else:
                 keys[dotted] = (kind_of(ALLOWED.get(dotted), value), value)
 
-    walk(DEFAULTS, "")
-    for component in COMPONENTS:
-        registry = component_registry(component)
-        keys[f"{component}.name"] = (str, None)
+    def union(section: str, registry) -> None:
+        """Every registered builder's parameters under ``section``; conflicting kinds: JSON."""
         params: dict[str, tuple[type | None, Any]] = {}
         for entry in registry.entries():
             for param, default in entry.defaults.items():
@@ -195,7 +194,13 @@ def _sections() -> dict[str, tuple[type | None, Any]]:
                 if param in params and params[param][0] is not kind:
                     kind = None
                 params[param] = (kind, None)
-        keys.update({f"{component}.{p}": v for p, v in sorted(params.items())})
+        keys.update({f"{section}.{p}": v for p, v in sorted(params.items()) if f"{section}.{p}" not in keys})
+
+    walk(DEFAULTS, "")
+    union("dataset", DATASETS)  # each dataset's own parameters: dataset.size, dataset.path, ...
+    for component in COMPONENTS:
+        keys[f"{component}.name"] = (str, None)
+        union(component, component_registry(component))
     for key, default in PRETRAIN_DEFAULTS.items():
         keys[f"pretrain.{key}"] = (str if key == "dataset" else kind_of(PRETRAIN_ALLOWED.get(key), default), None)
     return keys

@@ -317,7 +317,7 @@ class Registry:
         return {name: e.extra["source"] for name, e in self._entries.items() if "source" in e.extra}
 
     def get(self, name: Any) -> Entry:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             known = ", ".join(sorted(self._entries))
             raise ConfigError(f"Unknown {self.what} {name!r}; known: {known}.")
         return self._entries[name]
@@ -328,5 +328,5 @@ class Registry:
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._entries
