@@ -122,7 +122,13 @@ def callbacks(tracking: dict[str, dict[str, Any]], out: str, suite: str) -> list
         mode = settings.get("mode", "offline")
         if mode == "offline":  # no API key needed, nothing leaves the machine
             os.environ["WANDB_MODE"] = "offline"
-        made.append(_wandb()(project=settings.get("project", suite), group=suite, mode=mode))
+        extra = {}
+        if "://" not in out:
+            # W&B writes straight into the results folder: left in the trial's staging folder,
+            # its last run could be copied out by Tune before W&B finished writing it.
+            extra["dir"] = os.path.join(os.path.abspath(os.path.expanduser(out)), "_warmstart", "wandb")
+            os.makedirs(extra["dir"], exist_ok=True)
+        made.append(_wandb()(project=settings.get("project", suite), group=suite, mode=mode, **extra))
     return made
 
 

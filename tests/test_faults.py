@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -449,3 +450,48 @@ def test_a_refused_suite_prints_only_its_error_line(tmp_path, capsys):
     code, out, err = cli(capsys, "suite", str(suite), "--out", str(tmp_path / "x"), "--set", "optimizer.lr=-1")
     assert code == 2 and out == "" and "'optimizer.lr'" in one_line(err)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_joined_cluster_is_waited_for_with_a_message_then_refused(ray_address, capsys):
+    from engine.distributed import check_resources
+    from engine.registry import ConfigError
+
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match=r"did not offer 99 CPU within 1s \(scaling.resource_timeout\)"):
+        check_resources(99, 0.0, ray_address, timeout=1.0)
+    assert time.monotonic() - began < 30
+    assert "waiting up to 1s for the cluster to offer 99 CPU" in capsys.readouterr().err
+    check_resources(1, 0.0, ray_address, timeout=1.0)  # what the cluster has passes at once
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_and_it_resumes(tmp_path):
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "engine", "run", "--out", str(out), *FAST[:4], "--set", "rounds.max_rounds=6"]
+    argv += ["--set", "convergence.max_epochs=200"]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not glob.glob(f"{out}/*-round0001.parquet") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130 and "interrupted; completed rounds are saved" in err
+    done = sorted(pd.read_parquet(out)["round"])
+    assert done == list(range(1, len(done) + 1)) and len(done) < 6
+    assert not glob.glob(f"{out}/**/.tmp-*", recursive=True)
+    assert (
+        main(
+            [
+                "run",
+                "--out",
+                str(out),
+                *FAST[:4],
+                "--set",
+                "rounds.max_rounds=6",
+                "--set",
+                "convergence.max_epochs=200",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert sorted(pd.read_parquet(out)["round"]) == [1, 2, 3, 4, 5, 6]

@@ -272,7 +272,7 @@ def test_optuna_samples_points_from_ranges_and_wandb_logs_offline(ray_address, t
 
     assert sorted(read_manifest(str(out))["trials"]) == sorted(set(table["trial_id"]))
     # W&B, offline: one run per point, with the config and the rounds in its files.
-    runs = list(out.glob("_warmstart/tune/sampled/*/wandb/offline-run-*/run-*.wandb"))
+    runs = list(out.glob("_warmstart/wandb/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 2
     for run in runs:  # wandb's own record format: the config's keys and the metrics' names are in it
         data = run.read_bytes()
