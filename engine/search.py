@@ -57,7 +57,7 @@ KEYS = (
     "num_samples",
     "seed",
 )
-RECORD = "_warmstart/search.json"
+RECORD_NAME = "search.json"  # under <out>/_warmstart/
 
 
 @dataclass(frozen=True)
@@ -263,23 +263,16 @@ class RoundMeans:
 
 def read_record(out: str) -> dict | None:
     """What the search under ``out`` did: ``{"search": spec, "points": {point id: entry}}``."""
-    from engine.store import filesystem
+    from engine.store import read_meta
 
-    fs, base = filesystem(out)
-    try:
-        with fs.open_input_stream(f"{base}/{RECORD}") as f:
-            return json.loads(f.read())
-    except FileNotFoundError:
-        return None
+    raw = read_meta(out, RECORD_NAME)
+    return json.loads(raw) if raw is not None else None
 
 
 def write_record(out: str, record: dict) -> None:
-    from engine.store import META, filesystem
+    from engine.store import write_meta
 
-    fs, base = filesystem(out)
-    fs.create_dir(f"{base}/{META}", recursive=True)
-    with fs.open_output_stream(f"{base}/{RECORD}") as f:  # one PUT on object stores
-        f.write(json.dumps(record, indent=1, sort_keys=True).encode())
+    write_meta(out, RECORD_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
 def stopped_rounds(record: dict | None, spec: SearchSpec) -> dict[str, int]:

@@ -42,21 +42,56 @@ SCHEMA = pa.schema(record_fields())
 META = "_warmstart"
 
 
-def read_manifest(out: str) -> dict | None:
-    """The suite recorded under ``out`` (name, trial ids, suite file), if any."""
+def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see all of it or nothing; on any failure
+    nothing is left behind (no partial file, no temporary file).  One PUT on an object
+    store; a temporary file, fsync and rename on a local disk."""
+    try:
+        fs.create_dir(os.path.dirname(path), recursive=True)
+        if not isinstance(fs, pafs.LocalFileSystem):
+            with fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
+                f.write(payload)
+            return
+    except OSError as exc:
+        raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
+    tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
+        raise
+
+
+def read_meta(out: str, name: str) -> bytes | None:
+    """A suite-level file under ``out/_warmstart/`` (the manifest, the search record), if any."""
     fs, base = filesystem(out)
     try:
-        with fs.open_input_stream(f"{base}/{META}/suite.yaml") as f:
-            return yaml.safe_load(f.read())
+        with fs.open_input_stream(f"{base}/{META}/{name}") as f:
+            return f.read()
     except FileNotFoundError:
         return None
 
 
-def write_manifest(out: str, manifest: dict) -> None:
+def write_meta(out: str, name: str, payload: bytes) -> None:
     fs, base = filesystem(out)
-    fs.create_dir(f"{base}/{META}", recursive=True)
-    with fs.open_output_stream(f"{base}/{META}/suite.yaml") as f:
-        f.write(yaml.safe_dump(manifest, sort_keys=False).encode())
+    put(fs, f"{base}/{META}/{name}", payload)
+
+
+def read_manifest(out: str) -> dict | None:
+    """The suite recorded under ``out`` (name, trial ids, suite file), if any."""
+    raw = read_meta(out, "suite.yaml")
+    return yaml.safe_load(raw) if raw is not None else None
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    write_meta(out, "suite.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
 
 
 def has_rows(out: str) -> bool:
@@ -114,27 +149,7 @@ class TrialStore:
             raise TrialBusy(
                 f"Trial {self.trial_id} was opened again in this process; this older handle on it no longer writes."
             )
-        try:
-            self.fs.create_dir(os.path.dirname(path), recursive=True)
-            if not self.local:
-                with self.fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
-                    f.write(payload)
-                return
-        except OSError as exc:
-            raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
-        tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
-            raise
+        put(self.fs, path, payload)
 
     def _get(self, path: str) -> bytes | None:
         try:
