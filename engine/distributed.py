@@ -239,8 +239,7 @@ def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter
     from engine.store import META, TrialStore, filesystem
 
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
-    init_ray(address)
-    check_resources(workers, gpus, address, cfg.scaling.resource_timeout)
+    init_ray(address)  # engine.runner.run_trial has checked the address and the resources already
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
     trainer = TorchTrainer(
         worker_main,

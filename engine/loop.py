@@ -213,6 +213,7 @@ def check_model(name: str, model, shapes: dict, device: torch.device, round_: in
 def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
+    overrides = cfg.overrides()
     return {
         "suite": cfg.suite,
         "trial_id": cfg.trial_id(),
@@ -241,7 +242,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "performance": json.dumps(performance.to_dict(), sort_keys=True),
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
-        "overrides": json.dumps(cfg.overrides(), sort_keys=True) if cfg.overrides() else None,
+        "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 

@@ -56,7 +56,7 @@ def open_store(cfg: Config, out: str | None, lock: bool = True) -> TrialStore | 
     store = TrialStore(out, cfg.trial_id())
     try:
         saved = store.saved_config()
-    except (NotADirectoryError, yaml.YAMLError, OSError):
+    except (OSError, yaml.YAMLError):
         saved = None  # probe() says what is wrong with the path; a damaged config is rewritten
     if saved is not None and Config(saved).identity() != cfg.identity():
         raise ConfigError(

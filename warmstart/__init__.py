@@ -10,32 +10,7 @@ The Python API (see docs/python-api.md)::
     df = ws.load("results/a", "results/b")
 """
 
-from engine import __version__
-from engine.api import (
-    Config,
-    ConfigError,
-    Trial,
-    TrialRound,
-    list_datasets,
-    list_models,
-    list_strategies,
-    load,
-    report,
-    run_suite,
-    run_trial,
-)
+from engine import __version__, api
+from engine.api import *  # noqa: F403  (the public API: engine.api.__all__)
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "Trial",
-    "TrialRound",
-    "__version__",
-    "list_datasets",
-    "list_models",
-    "list_strategies",
-    "load",
-    "report",
-    "run_suite",
-    "run_trial",
-]
+__all__ = [*api.__all__, "__version__"]
