@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 4. From here: the cost side of the paper's question is one groupby away, e.g.
     #    df.groupby(["init", "acquisition", "seed"], observed=True)["train_seconds"].sum()
-    #    gives each trial's total train time; engine.results has these as helpers
+    #    gives each trial's total train time; engine.analysis.results has these as helpers
     #    (per_trial, by_round, summary, gap_to_random), and the paper's question with
     #    intervals over seeds: contrast, outcome, claims.
 

@@ -50,9 +50,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import perf, round_vs_plain
-from engine.config import DEFAULTS
-from engine.models import build_model
-from engine.train import PLAIN, OptimizerSpec, Performance, StepRunner, fit, make_optimizer, resolve_performance
+from engine.compute.models import build_model
+from engine.compute.train import PLAIN, OptimizerSpec, Performance, StepRunner, fit, make_optimizer, resolve_performance
+from engine.schema.config import DEFAULTS
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
 
 BATCH = 128

@@ -9,7 +9,7 @@ processes come from ``concurrent.futures``, started and warmed up (torch importe
 initialised, the dataset read) before the clock starts, so the figure is the GPU's
 throughput, not process start-up.  One pass per pack size; each pack's wall time covers
 all 16 trials, so its throughput is 16 × rounds / minutes.  ``--table FILE`` also writes
-the packing table ``warmstart suite --trials-per-gpu auto`` reads (engine/packing.py).
+the packing table ``warmstart suite --trials-per-gpu auto`` reads (engine/suite/packing.py).
 
 On a CPU (``--device cpu``) it is a smoke run of the same code: the numbers measure the
 CPU's cores, not a GPU's packing.
@@ -60,8 +60,8 @@ def _warm(barrier, warmup: list[str], thread: bool = False) -> None:
 
 def run_trial(sets: list[str]) -> tuple[int, float]:
     """One trial in this process: (rounds done, seconds)."""
-    from engine.config import build
-    from engine.loop import load_data, resolve_device, run_rounds
+    from engine.schema.config import build
+    from engine.trial.loop import load_data, resolve_device, run_rounds
 
     began = time.perf_counter()
     cfg = build(sets=sets)
@@ -136,7 +136,7 @@ def print_table(result: dict) -> None:
 
 
 def write_table(result: dict, path: str) -> None:
-    from engine.packing import write_table as write
+    from engine.suite.packing import write_table as write
 
     throughput = {r["concurrent"]: r["rounds_per_gpu_minute"] for r in result["runs"]}
     import torch

@@ -5,7 +5,7 @@ bare forward pass, Ray, and (on a GPU) the hardware's FLOP ceiling.
 
 Sections (every figure also goes to the JSON file):
 
-engine_vs_plain      one training round, ``engine.train.fit`` / a hand-written loop doing
+engine_vs_plain      one training round, ``engine.compute.train.fit`` / a hand-written loop doing
                      the same steps (benchmarks/round_vs_plain.py).  Target <= 1.05.
 engine_vs_reference  one round of the engine (labeled rows gathered from the device
                      tensor, a new optimizer, ``fit``) / the same round written like the
@@ -20,7 +20,7 @@ engine_vs_reference  one round of the engine (labeled rows gathered from the dev
                      checked equal.  The engine's one-off placement of the data on the
                      device (once per trial, not per round) is timed and reported apart.
                      Targets: >= 3x for mlp on CPU; >= 5x for both on a GPU.
-scoring              pool samples per second of ``margin`` acquisition (``engine.scoring.
+scoring              pool samples per second of ``margin`` acquisition (``engine.compute.scoring.
                      pool_outputs`` gathering each batch of the unlabeled pool by position,
                      softmax, the strategy's top-k on the device, the k picked positions to
                      the host: ``strategies.acquisition.pick``) / a bare pass over
@@ -60,11 +60,11 @@ import torch
 from torch import nn
 
 from benchmarks import round_vs_plain
-from engine.config import DEFAULTS
-from engine.data import RawDataset, RawSplit, split_and_place
-from engine.models import build_model
-from engine.scoring import pool_outputs
-from engine.train import PLAIN, Performance, fit, make_optimizer, resolve_performance
+from engine.compute.data import RawDataset, RawSplit, split_and_place
+from engine.compute.models import build_model
+from engine.compute.scoring import pool_outputs
+from engine.compute.train import PLAIN, Performance, fit, make_optimizer, resolve_performance
+from engine.schema.config import DEFAULTS
 from strategies.acquisition import ACQUISITION_STRATEGIES, pick
 
 BATCH_SIZE = 128  # the paper's
@@ -140,7 +140,7 @@ def random_images(n: int, shape: tuple[int, ...], seed: int = SEED) -> RawSplit:
 
 
 def engine_data(split: RawSplit, device: torch.device):
-    """The engine's placement (engine.data.split_and_place): one normalised float tensor on
+    """The engine's placement (engine.compute.data.split_and_place): one normalised float tensor on
     the device.  Returns (Data, seconds it took), mean and std for the reference."""
     raw = RawDataset(split, RawSplit(split.images[:2], split.labels[:2]), NUM_CLASSES)
     seconds, data = timed(lambda: split_and_place(raw, "test", 0.3333, SEED, device), device)

@@ -29,10 +29,10 @@ from types import SimpleNamespace
 import torch
 
 from benchmarks.round_vs_plain import machine as machine_info
-from engine.config import build
-from engine.distributed import init_ray, run_trial_on_ray
-from engine.loop import load_data, resolve_device, run_rounds
-from engine.store import TrialStore
+from engine.schema.config import build
+from engine.storage.store import TrialStore
+from engine.trial.distributed import init_ray, run_trial_on_ray
+from engine.trial.loop import load_data, resolve_device, run_rounds
 
 
 def machine() -> str:
@@ -83,7 +83,7 @@ def trial_overhead(rounds: int) -> dict:
 def _epoch_worker(config: dict) -> None:
     import torch.distributed as dist
 
-    from engine.distributed import TorchComm
+    from engine.trial.distributed import TorchComm
 
     result = _time_epochs(TorchComm(torch.device("cpu")), config["n"], config["epochs"])
     if dist.get_rank() == 0:
@@ -92,8 +92,8 @@ def _epoch_worker(config: dict) -> None:
 
 
 def _time_epochs(comm, n: int, epochs: int) -> dict:
-    from engine.models import resnet18
-    from engine.train import fit
+    from engine.compute.models import resnet18
+    from engine.compute.train import fit
 
     torch.manual_seed(0)
     model = resnet18((3, 32, 32), 10, width=16)
@@ -112,7 +112,7 @@ def epoch_scaling(n: int, epochs: int) -> dict:
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from engine.train import LOCAL
+    from engine.compute.train import LOCAL
 
     if __name__ != "__main__":  # imported: workers cannot import benchmarks/, ship the code
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

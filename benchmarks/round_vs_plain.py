@@ -1,7 +1,7 @@
 """One training round in the engine against a plain PyTorch loop: the engine's overhead.
 
 What is measured
-    The wall-clock seconds of ``engine.train.fit`` (the function every round of a trial
+    The wall-clock seconds of ``engine.compute.train.fit`` (the function every round of a trial
     calls) against ``plain_round`` below, the loop a careful PyTorch user writes by hand:
     a ``randperm`` per epoch, index slices, forward, ``cross_entropy``, ``zero_grad``,
     ``backward``, ``step``, and the epoch's loss and accuracy accumulated on the device
@@ -58,9 +58,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import build
-from engine.models import build_model
-from engine.train import fit, make_optimizer
+from engine.compute.models import build_model
+from engine.compute.train import fit, make_optimizer
+from engine.schema.config import build
 
 TARGET = 1.05  # engine / plain, from issue 2's "Performance" section
 BATCH_SIZE = 128  # the paper's default

@@ -18,9 +18,9 @@ import tempfile
 import time
 
 from benchmarks.ray_overhead import machine
-from engine.loop import load_data, resolve_device, run_rounds
-from engine.store import TrialStore
-from engine.suite import load_suite
+from engine.storage.store import TrialStore
+from engine.suite.plan import load_suite
+from engine.trial.loop import load_data, resolve_device, run_rounds
 
 
 def sequential(suite, out: str) -> float:
@@ -32,7 +32,7 @@ def sequential(suite, out: str) -> float:
 
 
 def on_tune(suite, out: str) -> tuple[float, list]:
-    from engine.tune import run_suite
+    from engine.suite.tune import run_suite
 
     began = time.perf_counter()
     failed = run_suite(suite, out, stream=io.StringIO())

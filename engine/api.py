@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import Config, build
-from engine.registry import ConfigError
+from engine.errors import ConfigError
+from engine.schema.config import Config, build
 
 __all__ = [
     "Config",
@@ -43,7 +43,7 @@ def _frame(rows: list[dict]):
     import pandas as pd
     import pyarrow as pa
 
-    from engine.records import arrow_schema
+    from engine.schema.records import arrow_schema
 
     if not rows:
         return pd.DataFrame(columns=arrow_schema().names)
@@ -78,8 +78,8 @@ def run_trial(
     """
     import sys
 
-    from engine.progress import ConsoleReporter
-    from engine.runner import run_trial as run
+    from engine.trial.progress import ConsoleReporter
+    from engine.trial.runner import run_trial as run
 
     reporter = ConsoleReporter(sys.stdout) if progress else None
     rows = run(config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins)
@@ -144,7 +144,7 @@ class Trial:
         plugins: list[str] = (),
         device: str | None = None,
     ) -> None:
-        from engine.session import start_trial
+        from engine.trial.session import start_trial
 
         sets = list(sets) + ([f"device={device}"] if device else [])
         cfg = build(config, sets, plugins)
@@ -257,9 +257,9 @@ def run_suite(
     import io
     import sys
 
-    from engine.search import read_record
-    from engine.suite import check_pools, load_suite
-    from engine.tune import run_suite as run
+    from engine.suite.plan import check_pools, load_suite
+    from engine.suite.search import read_record
+    from engine.suite.tune import run_suite as run
 
     loaded = load_suite(suite, list(plugins), list(sets), list(trackers))
     rounds = check_pools(loaded)
@@ -280,9 +280,9 @@ def run_suite(
 
 def load(*paths: str):
     """The results tables under one or more folders or URIs, as one DataFrame (names as
-    categoricals, counts as integers); see ``engine.results.load``.  Older folders load
+    categoricals, counts as integers); see ``engine.analysis.results.load``.  Older folders load
     too: rows written before the ``cfg.*`` columns get them from their trial's saved config."""
-    from engine import results
+    from engine.analysis import results
 
     return results.load(*paths)
 
@@ -290,7 +290,7 @@ def load(*paths: str):
 def report(*paths: str, out: str | None = None) -> list[str]:
     """Write the figures and tables of ``warmstart report`` for one or more results folders;
     returns the report's path first, then its notes."""
-    from engine.report import write_report
+    from engine.analysis.report import write_report
 
     if not paths:
         raise ConfigError("report() needs at least one results path.")
@@ -312,7 +312,7 @@ def _entries(registry) -> list[dict]:
 def list_strategies() -> dict[str, list[dict]]:
     """The registered init and acquisition strategies (plugins included), as ``warmstart
     list`` prints them: ``{"init": [{name, params, doc}], "acquisition": [{name, params, doc, needs}]}``."""
-    from engine.plugins import load_entry_points
+    from engine.schema.plugins import load_entry_points
     from strategies.acquisition import ACQUISITION_STRATEGIES
     from strategies.init import INIT_STRATEGIES
 
@@ -322,8 +322,8 @@ def list_strategies() -> dict[str, list[dict]]:
 
 def list_models() -> list[dict]:
     """The registered models (plugins included): ``[{name, params, doc}]``."""
-    from engine.models import MODELS
-    from engine.plugins import load_entry_points
+    from engine.compute.models import MODELS
+    from engine.schema.plugins import load_entry_points
 
     load_entry_points()
     return _entries(MODELS)
@@ -331,8 +331,8 @@ def list_models() -> list[dict]:
 
 def list_datasets() -> list[dict]:
     """The registered datasets (plugins included): ``[{name, params, doc}]``."""
-    from engine.data import DATASETS
-    from engine.plugins import load_entry_points
+    from engine.compute.data import DATASETS
+    from engine.schema.plugins import load_entry_points
 
     load_entry_points()
     return _entries(DATASETS)

@@ -10,7 +10,7 @@ import threading
 import time
 import traceback
 
-from engine.registry import ConfigError, TrialError
+from engine.errors import ConfigError, TrialError
 
 EXIT_USAGE = 2
 
@@ -134,8 +134,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.progress import ConsoleReporter
-    from engine.runner import run_trial
+    from engine.trial.progress import ConsoleReporter
+    from engine.trial.runner import run_trial
 
     # Everything that can be refused is checked before anything is written under --out.
     sets = list(args.sets)
@@ -170,11 +170,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from engine import results
-    from engine.search import format_search, read_record
-    from engine.suite import check_pools, load_suite
-    from engine.tables import summary_text
-    from engine.tune import check_out, run_suite
+    from engine.analysis import results
+    from engine.analysis.tables import summary_text
+    from engine.suite.plan import check_pools, load_suite
+    from engine.suite.search import format_search, read_record
+    from engine.suite.tune import check_out, run_suite
 
     suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
     rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
@@ -225,7 +225,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def _trials_per_gpu(suite, value: str | None) -> int | None:
-    from engine.packing import resolve_trials_per_gpu
+    from engine.suite.packing import resolve_trials_per_gpu
 
     count = resolve_trials_per_gpu(value)
     if count is not None and not any(t.config.scaling.gpus_per_worker > 0 for t in suite.trials):
@@ -239,7 +239,7 @@ def _trials_per_gpu(suite, value: str | None) -> int | None:
 
 
 def _write_report(results: str, out: str | None = None) -> None:
-    from engine.report import write_report
+    from engine.analysis.report import write_report
 
     lines = write_report(results, out)
     print(f"report: {lines[0]}")
@@ -259,7 +259,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from engine.check import check
+    from engine.storage.check import check
 
     trials = check(args.results)
     for trial in trials:
@@ -270,9 +270,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.data import DATASETS
-    from engine.models import MODELS
-    from engine.plugins import load_plugins
+    from engine.compute.data import DATASETS
+    from engine.compute.models import MODELS
+    from engine.schema.plugins import load_plugins
     from strategies.acquisition import ACQUISITION_STRATEGIES
     from strategies.init import INIT_STRATEGIES
 

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.registry import Interval, Registry, StrategyError
+from engine.errors import StrategyError
+from engine.schema.registry import Interval, Registry
 
 # What a strategy may declare in ``needs``; each is a tensor on the CPU (on the training
 # device for strategies registered with on_device=True).  All but

@@ -18,7 +18,7 @@ model to train.  Round 1 never calls a strategy: it always starts fresh.
 A strategy may modify and return either model; the engine uses neither afterwards.
 
 With a ``pretrain`` section in the config, round 1 calls the strategy too, with the
-pretrained source model as ``prev`` (see engine/loop.py).
+pretrained source model as ``prev`` (see engine/trial/loop.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engine.registry import ConfigError, Interval, ModelSpec, Nullable, OneOf, Registry
+from engine.errors import ConfigError
+from engine.schema.registry import Interval, ModelSpec, Nullable, OneOf, Registry
 
 INIT_STRATEGIES = Registry("init strategy", n_inputs=2)
 
@@ -159,7 +160,7 @@ def _check_blocks(params: dict, model: ModelSpec) -> None:
 )
 def warm_partial(prev: nn.Module, fresh: nn.Module, blocks: int | None = None) -> nn.Module:
     """Warm-start the first `blocks` blocks (default: half, rounded down), fresh for the rest."""
-    # Blocks are the model's own (engine/models.py): mlp = hidden layers + head,
+    # Blocks are the model's own (engine/compute/models.py): mlp = hidden layers + head,
     # resnet18 = stem, 8 BasicBlocks, head; logreg = head.  Parameters and buffers
     # (BatchNorm statistics) of a warm block come from round t-1.
     groups = getattr(fresh, "blocks", ())

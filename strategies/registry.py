@@ -1,8 +1,17 @@
-"""Compatibility alias: the registry and its constraints live in ``engine.registry``.
+"""Deprecated: the registry and its constraints live in ``engine.schema.registry``, the errors in ``engine.errors``.
 
 Plugins written before the move imported ``ConfigError``, ``Interval``, ``OneOf`` … from
-here; they keep working.  New code imports from ``engine.registry``.
+here; they keep working, with a DeprecationWarning that names the new place.
 """
 
-from engine.registry import *  # noqa: F403
-from engine.registry import ConfigError, Interval, Nullable, OneOf, Registry, Type, check_value  # noqa: F401
+import warnings
+
+from engine.errors import ConfigError  # noqa: F401
+from engine.schema.registry import Interval, Nullable, OneOf, Registry, Type, check_value  # noqa: F401
+
+warnings.warn(
+    "strategies.registry is deprecated: import Interval, OneOf, Registry … from engine.schema.registry "
+    "and ConfigError from engine.errors",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -10,7 +10,7 @@ def ray_address():
     """A local Ray instance for the session; yields the address other drivers can join."""
     import ray
 
-    from engine.distributed import init_ray
+    from engine.trial.distributed import init_ray
 
     # Two workers plus headroom for Ray Train's own actors; one logical GPU (none needs to exist)
     # for the resource arithmetic of trials packed onto a GPU (tests/test_packing.py).

@@ -1,5 +1,5 @@
 """The acquisition strategies beyond random and margin (strategies/acquisition.py), and the
-pool outputs the engine computes for them (engine/scoring.py): each strategy's defining
+pool outputs the engine computes for them (engine/compute/scoring.py): each strategy's defining
 property on small constructed inputs, and the memory rules (declared outputs only; no
 second copy of the pool; no N x C x D gradient matrix)."""
 
@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from engine.config import build
-from engine.data import Data
-from engine.loop import acquire, load_data, run_rounds
-from engine.models import build_model
-from engine.registry import ConfigError
-from engine.scoring import pool_outputs
-from engine.train import LOCAL
+from engine.compute.data import Data
+from engine.compute.models import build_model
+from engine.compute.scoring import pool_outputs
+from engine.compute.train import LOCAL
+from engine.errors import ConfigError
+from engine.schema.config import build
+from engine.trial.loop import acquire, load_data, run_rounds
 from strategies import acquisition
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 

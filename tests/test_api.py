@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import warmstart as ws
-from engine import plugins
-from engine.config import DEFAULTS, build
-from engine.records import CONFIG_PREFIX, RECORD_COLUMNS, arrow_schema, config_columns
+from engine.schema import plugins
+from engine.schema.config import DEFAULTS, build
+from engine.schema.records import CONFIG_PREFIX, RECORD_COLUMNS, arrow_schema, config_columns
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -165,7 +165,7 @@ def test_rows_in_one_folder_share_one_schema_so_pandas_reads_every_column(tmp_pa
 
 
 def test_record_columns_are_the_schema_prefix_and_results_know_them():
-    from engine.store import SCHEMA
+    from engine.storage.store import SCHEMA
 
     assert SCHEMA.names == RECORD_COLUMNS
     assert arrow_schema().names[: len(RECORD_COLUMNS)] == RECORD_COLUMNS

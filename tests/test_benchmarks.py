@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchmarks import gpu, perf
-from engine.models import build_model
+from engine.compute.models import build_model
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 
@@ -190,7 +190,7 @@ def test_the_gpu_check_never_imports_ray():
     """The GPU machine has no Ray: every module the check imports must load without it."""
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "import benchmarks.gpu, benchmarks.packing, benchmarks.perf, engine.packing, engine.loop\n"
+        "import benchmarks.gpu, benchmarks.packing, benchmarks.perf, engine.suite.packing, engine.trial.loop\n"
         "assert sys.modules['ray'] is None\n"
     )
     root = Path(__file__).resolve().parents[1]

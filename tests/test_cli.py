@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.data import DATASETS
-from engine.models import MODELS
+from engine.compute.data import DATASETS
+from engine.compute.models import MODELS
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 

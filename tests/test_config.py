@@ -1,4 +1,4 @@
-"""engine/config.py: defaults, YAML file and ``--set`` layering, component handling,
+"""engine/schema/config.py: defaults, YAML file and ``--set`` layering, component handling,
 validation (one ConfigError per problem, naming the key), counts, identity, frozenness."""
 
 from __future__ import annotations
@@ -9,9 +9,19 @@ import sys
 
 import pytest
 
-from engine.config import DEFAULTS, Config, build, load_file, merge, parse_set, parse_yaml, resolve_count, validate
-from engine.models import MODELS
-from engine.registry import ConfigError
+from engine.compute.models import MODELS
+from engine.errors import ConfigError
+from engine.schema.config import (
+    DEFAULTS,
+    Config,
+    build,
+    load_file,
+    merge,
+    parse_set,
+    parse_yaml,
+    resolve_count,
+    validate,
+)
 
 SHRINK_PERTURB_DEFAULTS = {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1, "bn_stats": "fresh"}
 # The paper's MLP: three hidden layers of 100 tanh units (the builder may take more parameters).
@@ -435,7 +445,7 @@ def test_trial_id_stable_for_equal_configs():
 
 def test_trial_id_same_in_another_process():
     sets = ["seed=4", "init.shrink=0.3", "model.width=20"]
-    code = f"import sys; from engine.config import build; sys.stdout.write(build(sets={sets!r}).trial_id())"
+    code = f"import sys; from engine.schema.config import build; sys.stdout.write(build(sets={sets!r}).trial_id())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == build(sets=sets).trial_id()

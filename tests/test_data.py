@@ -1,4 +1,4 @@
-"""engine/data.py: the dataset readers on files written here in the official on-disk formats,
+"""engine/compute/data.py: the dataset readers on files written here in the official on-disk formats,
 and splitting / normalising / placing the splits on a device.  No network: downloads are
 either refused (download=False) or monkeypatched to fail.  The dataset registry, the
 generated mnist1d and the user's `files` are in tests/test_data_registry.py."""
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import DatasetError, RawDataset, RawSplit, load_raw, split_and_place
-from engine.registry import ConfigError
+from engine.compute.data import DatasetError, RawDataset, RawSplit, load_raw, split_and_place
+from engine.errors import ConfigError
 
 CIFAR_PIXELS = 3 * 32 * 32
 

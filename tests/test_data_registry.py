@@ -1,4 +1,4 @@
-"""engine/data.py, beyond the official formats: the dataset registry and its parameters,
+"""engine/compute/data.py, beyond the official formats: the dataset registry and its parameters,
 the generated `mnist1d` (its cache and lock), the user's `files` (.npz, .pt, Parquet,
 written here) with their one-line errors, and normalisation of inputs of any shape."""
 
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from engine import data as data_module
-from engine.data import (
+from engine.compute import data as data_module
+from engine.compute.data import (
     DATASETS,
     DatasetError,
     RawDataset,
@@ -26,7 +26,7 @@ from engine.data import (
     register,
     split_and_place,
 )
-from engine.registry import ConfigError
+from engine.errors import ConfigError
 
 CPU = torch.device("cpu")
 
@@ -43,7 +43,7 @@ def isolated_datasets(monkeypatch):
 def test_builtin_datasets_are_registered_with_a_one_line_description():
     assert {"digits", "cifar10", "cifar100", "svhn", "mnist1d", "files"} <= set(DATASETS.names())
     for entry in DATASETS.entries():
-        if entry.fn.__module__ == "engine.data":
+        if entry.fn.__module__ == "engine.compute.data":
             assert entry.doc and "\n" not in entry.doc and entry.doc.endswith("."), entry.name
 
 

@@ -10,10 +10,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine.config import DEFAULTS, build, merge, validate
-from engine.data import DATASETS, RawDataset, RawSplit, register
-from engine.registry import ConfigError, Interval
-from engine.suite import check_pools, load_suite
+from engine.compute.data import DATASETS, RawDataset, RawSplit, register
+from engine.errors import ConfigError
+from engine.schema.config import DEFAULTS, build, merge, validate
+from engine.schema.registry import Interval
+from engine.suite.plan import check_pools, load_suite
 
 MNIST1D = DATASETS.get("mnist1d").defaults
 

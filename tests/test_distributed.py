@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.models import mlp
-from engine.train import LOCAL, fit
+from engine.compute.models import mlp
+from engine.compute.train import LOCAL, fit
 
 QUICK = ["--set", "rounds.max_rounds=3", "--quiet"]
 
@@ -51,7 +51,7 @@ CASES = {"one_step": (64, 64, "adam"), "one_epoch": (200, 48, "sgd")}  # n, glob
 def _step_worker(config: dict) -> None:
     import torch.distributed as dist
 
-    from engine.distributed import TorchComm
+    from engine.trial.distributed import TorchComm
 
     comm = TorchComm(torch.device("cpu"))
     results = {name: _train(comm, *case) for name, case in CASES.items()}

@@ -16,10 +16,10 @@ import time
 import pandas as pd
 import pytest
 
-from engine import plugins
-from engine.check import check
 from engine.cli import main
-from engine.store import TrialStore
+from engine.schema import plugins
+from engine.storage.check import check
+from engine.storage.store import TrialStore
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 
@@ -155,9 +155,9 @@ def test_a_full_disk_stops_in_one_line_leaves_no_temporary_file_and_resumes(tmp_
     mounted = _tmpfs(out, "96k")
     calls = {"n": 0}
     if not mounted:  # no tmpfs here: the same OSError the kernel raises, on the third write
-        import engine.store
+        import engine.storage.store
 
-        real = engine.store.os.fsync
+        real = engine.storage.store.os.fsync
 
         def full(fd):
             calls["n"] += 1
@@ -165,7 +165,7 @@ def test_a_full_disk_stops_in_one_line_leaves_no_temporary_file_and_resumes(tmp_
                 raise OSError(errno.ENOSPC, "No space left on device")
             return real(fd)
 
-        monkeypatch.setattr(engine.store.os, "fsync", full)
+        monkeypatch.setattr(engine.storage.store.os, "fsync", full)
     try:
         code, _, err = cli(capsys, "run", "--out", str(out), "--set", "rounds.max_rounds=8", *FAST[:4], "--quiet")
         assert code == 1, err
@@ -190,12 +190,12 @@ def test_out_that_is_a_file_or_read_only_is_refused_up_front(tmp_path, capsys, m
         finally:
             _umount(read_only)
     else:  # root ignores permission bits: the kernel's answer on a read-only file system, simulated
-        import engine.store
+        import engine.storage.store
 
         def read_only_fs(*args, **kwargs):
             raise OSError(errno.EROFS, "Read-only file system")
 
-        monkeypatch.setattr(engine.store.os, "replace", read_only_fs)
+        monkeypatch.setattr(engine.storage.store.os, "replace", read_only_fs)
         code, _, err = cli(capsys, "run", "--out", str(read_only / "out"), *FAST)
     assert code == 2 and "Read-only file system" in one_line(err)
     code, _, err = cli(capsys, "report", str(tmp_path), "--out", str(a_file))
@@ -210,7 +210,7 @@ def test_a_second_process_on_the_same_trial_is_refused_while_the_first_holds_it(
         [
             sys.executable,
             "-c",
-            f"import time; from engine.store import TrialStore; s = TrialStore({str(out)!r}, {trial!r}); s.lock(); print('locked', flush=True); time.sleep(60)",
+            f"import time; from engine.storage.store import TrialStore; s = TrialStore({str(out)!r}, {trial!r}); s.lock(); print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -421,14 +421,14 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
         [
             sys.executable,
             "-c",
-            "import time, ray; from engine.distributed import init_ray; init_ray(None, num_cpus=1); "
+            "import time, ray; from engine.trial.distributed import init_ray; init_ray(None, num_cpus=1); "
             "print(ray._private.worker._global_node.get_session_dir_path(), flush=True); time.sleep(120)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     session = os.path.basename(driver.stdout.readline().strip())
-    from engine.reaper import session_processes
+    from engine.trial.reaper import session_processes
 
     assert session and session_processes(session)  # the instance is up: there is something to leave behind
     driver.kill()  # SIGKILL: no atexit, no ray.shutdown
@@ -453,8 +453,8 @@ def test_a_refused_suite_prints_only_its_error_line(tmp_path, capsys):
 
 
 def test_a_joined_cluster_is_waited_for_with_a_message_then_refused(ray_address, capsys):
-    from engine.distributed import check_resources
-    from engine.registry import ConfigError
+    from engine.errors import ConfigError
+    from engine.trial.distributed import check_resources
 
     began = time.monotonic()
     with pytest.raises(ConfigError, match=r"did not offer 99 CPU within 1s \(scaling.resource_timeout\)"):

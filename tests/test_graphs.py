@@ -1,4 +1,4 @@
-"""The trial's StepRunner (engine.train): one model and one optimizer kept across rounds,
+"""The trial's StepRunner (engine.compute.train): one model and one optimizer kept across rounds,
 each round's model copied in and the optimizer state zeroed in place.  On CPU it steps
 eagerly, and every round must equal a new optimizer on the round's own model bit for
 bit, whatever the init strategy, optimizer, options or growth of the training set.  The
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.config import DEFAULTS
-from engine.models import build_model
-from engine.train import PLAIN, OptimizerSpec, Performance, StepRunner, fit, make_optimizer, resolve_performance
+from engine.compute.models import build_model
+from engine.compute.train import PLAIN, OptimizerSpec, Performance, StepRunner, fit, make_optimizer, resolve_performance
+from engine.schema.config import DEFAULTS
 from strategies.init import INIT_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from engine import plugins
 from engine.cli import main
-from engine.config import DEFAULTS, merge, validate
+from engine.schema import plugins
+from engine.schema.config import DEFAULTS, merge, validate
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 

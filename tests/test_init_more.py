@@ -1,6 +1,6 @@
 """The init strategies beyond random, warm and shrink_perturb (strategies/init.py), each
 tested for its definition with exact equalities on parameters and buffers, plus the
-models' blocks and dropout parameter they and MC dropout rely on (engine/models.py)."""
+models' blocks and dropout parameter they and MC dropout rely on (engine/compute/models.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import build
-from engine.loop import fresh_model
-from engine.models import MODELS, build_model
-from engine.registry import ConfigError
+from engine.compute.models import MODELS, build_model
+from engine.errors import ConfigError
+from engine.schema.config import build
+from engine.trial.loop import fresh_model
 from strategies.init import INIT_STRATEGIES, effective_mix, noise_seed
 
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The round loop (engine/loop.py) and its results, through ``run_rounds`` and the CLI:
+"""The round loop (engine/trial/loop.py) and its results, through ``run_rounds`` and the CLI:
 the Parquet columns and rows, determinism, init-strategy equivalences, fractions,
 acquisition, interruption and resume, BatchNorm re-estimation.  Small data: digits."""
 
@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-import engine.store
+import engine.storage.store
 from engine.cli import main
-from engine.config import build
-from engine.loop import fresh_model, load_data, plan_rounds, run_rounds
-from engine.progress import ConsoleReporter
-from engine.store import TrialStore
+from engine.schema.config import build
+from engine.storage.store import TrialStore
+from engine.trial.loop import fresh_model, load_data, plan_rounds, run_rounds
+from engine.trial.progress import ConsoleReporter
 
 CPU = torch.device("cpu")
 POOL = 1198  # digits: 1797 images, 599 held out (holdout 0.3333)
@@ -389,10 +389,10 @@ def test_interrupted_write_leaves_no_partial_row_visible(tmp_path, reference, mo
             raise KeyboardInterrupt
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(engine.store.os, "replace", half_written)
+    monkeypatch.setattr(engine.storage.store.os, "replace", half_written)
     with pytest.raises(KeyboardInterrupt):
         run(RESUME_SETS, out=tmp_path)
-    monkeypatch.setattr(engine.store.os, "replace", real_replace)
+    monkeypatch.setattr(engine.storage.store.os, "replace", real_replace)
 
     assert cut, "round 3's row was not written through a temporary file"
     assert not os.path.exists(cut[0]), "the interrupted write left its temporary file behind"

@@ -1,4 +1,4 @@
-"""engine/models.py: the CIFAR ResNet-18, the MLP, logistic regression, the MNIST-1D conv net, and the model registry."""
+"""engine/compute/models.py: the CIFAR ResNet-18, the MLP, logistic regression, the MNIST-1D conv net, and the model registry."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import build
-from engine.models import MODELS, BasicBlock, Classifier, build_model, model_spec
-from engine.registry import ConfigError
+from engine.compute.models import MODELS, BasicBlock, Classifier, build_model, model_spec
+from engine.errors import ConfigError
+from engine.schema.config import build
 
 
 def n_params(model: nn.Module) -> int:

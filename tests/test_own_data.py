@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from engine import plugins
 from engine.cli import main
-from engine.config import DEFAULTS, merge, validate
-from engine.data import DATASETS, load_raw
-from engine.models import MODELS
+from engine.compute.data import DATASETS, load_raw
+from engine.compute.models import MODELS
+from engine.schema import plugins
+from engine.schema.config import DEFAULTS, merge, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = (ROOT / "docs" / "own-data.md").read_text()
@@ -143,5 +143,5 @@ def test_the_mnist1d_example_config_validates():
 
 def test_the_model_table_lists_every_built_in_model():
     table = GUIDE[GUIDE.index("## What the built-in models take") :]
-    builtin = [e.name for e in MODELS.entries() if e.fn.__module__ == "engine.models"]
+    builtin = [e.name for e in MODELS.entries() if e.fn.__module__ == "engine.compute.models"]
     assert sorted(re.findall(r"^\| `(\w+)` \|", table, re.M)) == sorted(builtin)

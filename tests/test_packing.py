@@ -1,4 +1,4 @@
-"""Trials packed on one GPU (engine/packing.py, ``warmstart suite --trials-per-gpu``): the
+"""Trials packed on one GPU (engine/suite/packing.py, ``warmstart suite --trials-per-gpu``): the
 choice of N, the share each trial asks for, and Ray Tune's arithmetic with a logical GPU
 (the shared Ray instance has one, whether or not the machine has any)."""
 
@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from engine import packing
 from engine.cli import main
-from engine.registry import ConfigError
+from engine.errors import ConfigError
+from engine.suite.plan import packing
 
 
 def test_choose_takes_the_smallest_pack_near_the_best():
@@ -60,12 +60,12 @@ def test_packing_a_cpu_suite_is_refused(capsys):
 
 
 def run_barrier_trials(tmp_path, count: int, gpus_per_worker: float, trials_per_gpu, timeout: float) -> list[bool]:
-    """``count`` Tune trials through engine.tune._resources; each marks its start and waits
+    """``count`` Tune trials through engine.suite.tune._resources; each marks its start and waits
     up to ``timeout`` s for all ``count`` to have started.  Returns, per trial, whether it saw
     them all: every trial does only if all of them ran at once."""
     from ray import tune
 
-    from engine.tune import _resources
+    from engine.suite.tune import _resources
 
     trials = [{"scaling": {"workers": None, "gpus_per_worker": gpus_per_worker}}] * count
     started = tmp_path / "started"

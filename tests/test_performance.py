@@ -1,4 +1,4 @@
-"""The ``performance`` options (engine.train.Performance): config validation, how ``auto``
+"""The ``performance`` options (engine.compute.train.Performance): config validation, how ``auto``
 resolves, and on CPU that each option computes what the plain path computes (bf16
 autocast within a loose tolerance, the others tightly), that a compiled model does not
 recompile when the training set grows, and that rows record the effective options.
@@ -16,13 +16,13 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-import engine.train
-from engine.config import DEFAULTS, build, validate
-from engine.loop import load_data, run_rounds
-from engine.models import build_model
-from engine.registry import ConfigError
-from engine.scoring import pool_outputs
-from engine.train import PLAIN, Performance, evaluate, fit, make_optimizer, precise_bn, resolve_performance
+import engine.compute.train
+from engine.compute.models import build_model
+from engine.compute.scoring import pool_outputs
+from engine.compute.train import PLAIN, Performance, evaluate, fit, make_optimizer, precise_bn, resolve_performance
+from engine.errors import ConfigError
+from engine.schema.config import DEFAULTS, build, validate
+from engine.trial.loop import load_data, run_rounds
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 CPU = torch.device("cpu")
@@ -165,7 +165,7 @@ def fake_gpu(monkeypatch):
 def test_auto_on_a_gpu(fake_gpu):
     conv = resolve_performance(AUTO, CUDA, True, 1024)
     assert conv == Performance(autocast=True, channels_last=True, fused_optimizer=True, compile=False,
-                               inference_batch_size=engine.train.INFERENCE_BATCH_GPU, cuda_graphs=True)  # fmt: skip
+                               inference_batch_size=engine.compute.train.INFERENCE_BATCH_GPU, cuda_graphs=True)  # fmt: skip
     flat = resolve_performance(AUTO, CUDA, False, 10_000)
     assert flat.channels_last is False and flat.autocast and flat.fused_optimizer
     assert flat.inference_batch_size == 10_000  # a larger eval.batch_size is kept
@@ -355,7 +355,7 @@ def test_compile_matches_eager_and_does_not_recompile_when_the_training_set_grow
 def test_rows_record_the_effective_options(tmp_path):
     import pandas as pd
 
-    from engine.store import TrialStore
+    from engine.storage.store import TrialStore
 
     sets = ["device=cpu", "rounds.max_rounds=2", "convergence.max_epochs=3", "acquisition.name=margin"]
     results = {}

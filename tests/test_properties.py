@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.cli import main
-from engine.config import DEFAULTS, build
-from engine.registry import ConfigError, TrialError
+from engine.errors import ConfigError, TrialError
+from engine.schema.config import DEFAULTS, build
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine import report, results
-from engine.registry import ConfigError
-from engine.store import SCHEMA, TrialStore
+from engine.analysis import report, results
+from engine.errors import ConfigError
+from engine.storage.store import SCHEMA, TrialStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,11 +8,11 @@ import textwrap
 import pytest
 
 from engine.cli import main
-from engine.registry import ConfigError
-from engine.search import RoundMeans, format_search, parse_search, search_table, stopped_rounds, write_record
-from engine.suite import load_suite, sampled_point
-from engine.tracking import mlflow_uri, parse_tracking
-from engine.tune import grid_units, prepare_out
+from engine.errors import ConfigError
+from engine.suite.plan import load_suite, sampled_point
+from engine.suite.search import RoundMeans, format_search, parse_search, search_table, stopped_rounds, write_record
+from engine.suite.tracking import mlflow_uri, parse_tracking
+from engine.suite.tune import grid_units, prepare_out
 
 
 def write(tmp_path, text: str, name: str = "suite.yaml") -> str:
@@ -158,7 +158,7 @@ def test_the_search_record_says_where_each_point_stopped(tmp_path):
     assert stopped_rounds(record, spec) == {"b0": 1, "b1": 1}
     assert stopped_rounds(record, parse_search({"scheduler": "hyperband"})) == {}
     write_record(str(tmp_path), record)
-    from engine.search import read_record
+    from engine.suite.search import read_record
 
     assert read_record(str(tmp_path)) == record
 
@@ -185,7 +185,7 @@ def test_resume_accepts_a_grown_suite_and_names_a_changed_base_key(tmp_path):
     # New seeds, new grid values and more rounds: accepted, and recorded.
     bigger = grown(tmp_path, "b", rounds="4", shrinks="[0.2, 0.6, 0.9]", seeds="[0, 1]")
     prepare_out(bigger, out, resume=True)
-    from engine.store import read_manifest
+    from engine.storage.store import read_manifest
 
     assert sorted(read_manifest(out)["trials"]) == sorted(t.trial_id for t in bigger.trials)
     # A changed base: refused, with the key.

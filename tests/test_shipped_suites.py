@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.data import pool_size
-from engine.loop import plan_rounds
-from engine.suite import SUITES_DIR, load_suite
+from engine.compute.data import pool_size
+from engine.suite.plan import SUITES_DIR, load_suite
+from engine.trial.loop import plan_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE_FILES = sorted(SUITES_DIR.glob("*.yaml"))

@@ -1,5 +1,5 @@
 """strategies/: the registry, the init strategies, the acquisition strategies, and loading
-users' plugins (engine/plugins.py)."""
+users' plugins (engine/schema/plugins.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from engine import plugins
-from engine.models import build_model
-from engine.registry import ConfigError, Registry, StrategyError
-from engine.scoring import pool_outputs
+from engine.compute.models import build_model
+from engine.compute.scoring import pool_outputs
+from engine.errors import ConfigError, StrategyError
+from engine.schema import plugins
+from engine.schema.registry import Registry
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix

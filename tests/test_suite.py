@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from engine.registry import ConfigError
-from engine.suite import check_pools, load_suite, locate
-from engine.tune import describe_point, prepare_out
+from engine.errors import ConfigError
+from engine.suite.plan import check_pools, load_suite, locate
+from engine.suite.tune import describe_point, prepare_out
 
 
 def write(tmp_path, text: str, name: str = "suite.yaml") -> str:
@@ -180,7 +180,7 @@ def test_out_guard(tmp_path):
 
 
 def test_describe_point_names_components_by_their_name():
-    # (the suite's summary is engine.results.summary, tested in tests/test_summary.py)
+    # (the suite's summary is engine.analysis.results.summary, tested in tests/test_summary.py)
     assert describe_point({"init": {"name": "warm"}, "seed": 1}) == "init=warm seed=1"
     point = {"init": {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1}}
     assert describe_point(point) == "init=shrink_perturb(shrink=0.4, perturb=0.1)"

@@ -1,4 +1,4 @@
-"""The one summary pipeline (engine.results) on tables built here with the flattened config
+"""The one summary pipeline (engine.analysis.results) on tables built here with the flattened config
 as ``cfg.*`` columns: grid points, the seed-collision warning, the Pareto front, paired
 contrasts, the outcome in words and the paper's claims (tables built both ways).  The
 legacy path (folders without ``cfg.*`` columns) runs on rows of real tiny trials."""
@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats as scipy_stats
 
-from engine import report, results, stats, tables
+from engine.analysis import report, results, stats, tables
 from engine.cli import main
-from engine.registry import ConfigError
-from engine.store import TrialStore
+from engine.errors import ConfigError
+from engine.storage.store import TrialStore
 
 EFFECTIVE = {"random": (0.0, 1.0), "warm": (1.0, 0.0)}  # (λ, σ) the legacy columns hold
 

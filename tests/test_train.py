@@ -1,4 +1,4 @@
-"""engine/train.py: training to convergence, batches, BatchNorm re-estimation, evaluation, seeds."""
+"""engine/compute/train.py: training to convergence, batches, BatchNorm re-estimation, evaluation, seeds."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models import build_model
-from engine.train import batches, batchnorm_layers, evaluate, fit, make_optimizer, precise_bn, seed_for
+from engine.compute.models import build_model
+from engine.compute.train import batches, batchnorm_layers, evaluate, fit, make_optimizer, precise_bn, seed_for
 
 
 def convergence(train_acc=0.99, patience=None, min_delta=0.0, max_epochs=50):

@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-from engine import data as data_module
 from engine.cli import main
-from engine.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
-from engine.data import RawDataset, RawSplit, load_digits
-from engine.loop import fresh_model, load_data, run_rounds
-from engine.pretrain import pretrain
-from engine.registry import ConfigError
-from engine.store import TrialStore
+from engine.compute import data as data_module
+from engine.compute.data import RawDataset, RawSplit, load_digits
+from engine.compute.pretrain import pretrain
+from engine.errors import ConfigError
+from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
+from engine.storage.store import TrialStore
+from engine.trial.loop import fresh_model, load_data, run_rounds
 from strategies.init import INIT_STRATEGIES, register
 
 CPU = torch.device("cpu")
@@ -262,12 +262,12 @@ def test_resume_after_round_1_does_not_pretrain_again_and_keeps_the_pretrain_col
     with pytest.raises(KeyboardInterrupt):
         run_rounds(cfg, data, store, CPU, reporter=StopAfterRound1())
 
-    import engine.loop
+    import engine.trial.loop
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained again on resume")
 
-    monkeypatch.setattr(engine.loop, "pretrain", no_pretraining)
+    monkeypatch.setattr(engine.trial.loop, "pretrain", no_pretraining)
     resumed = run_rounds(cfg, data, TrialStore(str(tmp_path), cfg.trial_id()), CPU)
     assert [r["round"] for r in resumed] == [2]
     for key in ("acquired", "test_acc", "epochs", "pretrain_epochs", "pretrain_steps", "pretrain_samples"):

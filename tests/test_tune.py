@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
-from engine.search import read_record
-from engine.store import TrialStore
-from engine.suite import load_suite
+from engine.storage.store import TrialStore
+from engine.suite.plan import load_suite
+from engine.suite.search import read_record
 
 BASE = """
     base:
@@ -268,7 +268,7 @@ def test_optuna_samples_points_from_ranges_and_wandb_logs_offline(ray_address, t
     assert table["cfg.init.perturb"].between(0.001, 0.1).all()
     points = read_record(str(out))["points"]
     assert len(points) == 2 and all(p["round"] == 2 and p["stopped_by"] is None for p in points.values())
-    from engine.store import read_manifest
+    from engine.storage.store import read_manifest
 
     assert sorted(read_manifest(str(out))["trials"]) == sorted(set(table["trial_id"]))
     # W&B, offline: one run per point, with the config and the rounds in its files.

@@ -8,11 +8,12 @@ the built-ins.
 import numpy as np
 from torch import nn
 
-from engine.data import RawDataset, RawSplit
-from engine.data import register as register_dataset
-from engine.models import Classifier
-from engine.models import register as register_model
-from engine.registry import ConfigError, Interval
+from engine.compute.data import RawDataset, RawSplit
+from engine.compute.data import register as register_dataset
+from engine.compute.models import Classifier
+from engine.compute.models import register as register_model
+from engine.errors import ConfigError
+from engine.schema.registry import Interval
 
 
 @register_dataset(

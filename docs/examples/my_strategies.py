@@ -6,7 +6,7 @@ suite); then `tempered_entropy` and `shrink_only` are names like the built-ins.
 
 import torch
 
-from engine.registry import Interval
+from engine.schema.registry import Interval
 from strategies.acquisition import register, top_k
 from strategies.init import register as register_init
 

@@ -1,0 +1,1 @@
+"""Reading results back: the Parquet table, statistics, summaries and the HTML report."""

@@ -1,0 +1,625 @@
+"""The paper's figures and tables from any results table, on one HTML page.
+
+    from engine.analysis.report import write_report
+    for line in write_report("results/quickstart"):   # writes results/quickstart/_report/
+        print(line)
+
+Every figure is drawn from a frame computed by a function of this module, so what is
+plotted can be checked (and reused) without looking at pixels:
+
+    accuracy_curves(df)           test accuracy vs labeled samples, per strategy (Figures 2, 7)
+    train_time_curves(df)         train seconds per round vs labeled samples, same grouping
+    lambda_sigma_matrices(df, v)  λ × σ matrices of final accuracy / total train time (Figure 8)
+    table1(df, metric)            the two-phase table: strategies × model / optimizer (Table 1)
+
+What a table lacks for a figure (no λ×σ grid, no two-phase trials) is skipped with a
+one-line note, returned and shown on the page.  Figures are drawn on matplotlib Figure
+objects with the Agg canvas, never through pyplot: headless, and the caller's backend
+is left alone.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from engine.analysis import results
+from engine.analysis.results import CFG, grid_columns, is_strategy
+from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes: this module's API before engine.analysis.tables)
+    CLAIMS_RULE,
+    INTERVAL_NOTE,
+    SUMMARY_INTRO,
+    _setting_label,
+    _value,
+    acquisition_label,
+    context,
+    format_claims,
+    format_gaps,
+    format_summary,
+    init_label,
+    label_keys,
+    point_notes,
+    summary_parts,
+    summary_text,
+    to_markdown,
+)
+from engine.errors import ConfigError
+from engine.storage.store import filesystem
+
+REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
+MAX_PANELS = 24
+MAX_PARETO_PANELS = 6  # settings (rows) in the Pareto figure
+
+
+# --- the data each figure plots ------------------------------------------------------------
+
+
+def curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per grid point and round, ``mean`` and ``std`` of ``metric`` over seeds against
+    ``n_labeled`` (results.by_round), with the ``panel`` (the varying non-strategy
+    settings, e.g. dataset or model) and the ``line`` (init and acquisition strategy) each
+    row is drawn in.  This frame is exactly what the curve figures plot."""
+    varying = grid_columns(frame)
+    table = results.by_round(frame, label_keys(frame), metrics=(metric,))
+    table = table.rename(columns={f"{metric}_mean": "mean", f"{metric}_std": "std"})
+    panels = [c for c in varying if not is_strategy(c)]
+    table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
+    table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
+    table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
+    if "acquisition" in varying or "acquisition_params" in varying:
+        table["line"] = table["init_label"] + " · " + table["acquisition_label"]
+    else:
+        table["line"] = table["init_label"]
+    return table
+
+
+def accuracy_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """Test accuracy (mean, std over seeds) per round against labeled samples, per strategy."""
+    return curves(frame, "test_acc")
+
+
+def train_time_curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """Train seconds of each round (mean, std over seeds) against labeled samples, per strategy."""
+    return curves(frame, "train_seconds")
+
+
+def lambda_sigma_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    """The shrink_perturb trials as a λ × σ grid: per (panel, shrink, perturb) the results.summary
+    columns, with ``panel`` naming the other varying settings.  Empty unless the table holds
+    shrink_perturb trials with at least two shrink and two perturb values."""
+    if "init" not in frame or "shrink" not in frame or "perturb" not in frame:
+        return pd.DataFrame()
+    mixed = frame[frame["init"] == "shrink_perturb"]
+    if mixed.empty or mixed["shrink"].nunique() < 2 or mixed["perturb"].nunique() < 2:
+        return pd.DataFrame()
+    axes = {"init", "shrink", "perturb", "init_params", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    panels = [c for c in grid_columns(mixed) if c not in axes]
+    table = results.summary(mixed, panels + ["shrink", "perturb"])
+    table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
+    return table
+
+
+def lambda_sigma_matrices(frame: pd.DataFrame, value: str = "final_test_acc") -> dict[str, pd.DataFrame]:
+    """Per panel, the λ × σ matrix of ``value`` (``final_test_acc``, ``mean_test_acc`` or
+    ``train_seconds``: total train time), the mean over seeds: rows shrink λ ascending,
+    columns perturb σ ascending, NaN where the grid has no trial.  What Figure 8 plots."""
+    grid = lambda_sigma_grid(frame)
+    if grid.empty:
+        return {}
+    matrices = {}
+    for panel, part in grid.groupby("panel", sort=False):
+        matrix = part.pivot(index="shrink", columns="perturb", values=f"{value}_mean")
+        matrices[panel] = matrix.sort_index().sort_index(axis=1)
+    return matrices
+
+
+def two_phase(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of two-phase trials (Table 1): exactly two rounds, the second labelling the
+    whole pool (``initial: 0.5, per_round: 0.5``)."""
+    needed = {"n_labeled", "n_pool"}
+    if not needed <= set(frame.columns):
+        return frame.iloc[0:0]
+    trials = results.per_trial(frame)
+    done = trials[
+        (trials["rounds"] == 2)
+        & (trials["final_n_labeled"] == trials["n_pool"])
+        & (trials["first_n_labeled"] < trials["n_pool"])
+    ]
+    return frame[frame["trial_id"].isin(done["trial_id"])]
+
+
+def table1_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point of the two-phase trials: the second phase's test accuracy and train
+    seconds, ``_mean``/``_std`` over seeds, with the ``strategy`` label of its row (rows are
+    dataset × strategy) and the ``column`` label (the other varying settings: model,
+    optimizer, ...) of Table 1."""
+    phases = two_phase(frame)
+    if phases.empty:
+        return pd.DataFrame()
+    varying = grid_columns(phases)
+    keys = label_keys(phases)
+    if "dataset" in phases and "dataset" not in keys:
+        keys = ["dataset", *keys]
+    table = results.by_round(phases[phases["round"] == 2], keys, metrics=("test_acc", "train_seconds"))
+    table["strategy"] = [
+        init_label(row, varying) + (f" · {acquisition_label(row, varying)}" if "acquisition" in varying else "")
+        for _, row in table.iterrows()
+    ]
+    columns = [c for c in varying if not is_strategy(c) and c != "dataset"]
+    table["column"] = [" / ".join(_value(row[c]) for c in columns) for _, row in table.iterrows()]
+    return table
+
+
+def table1(frame: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
+    """Table 1's layout: a row per (dataset, strategy), a column per model / optimizer (and
+    any other varying setting), cells "mean (std)" over seeds of the second phase's
+    ``test_acc`` (in %, as the paper) or ``train_seconds``.  Empty without two-phase trials."""
+    values = table1_values(frame)
+    if values.empty:
+        return pd.DataFrame()
+    scale, header = (100.0, "test accuracy (%)") if metric == "test_acc" else (1.0, "train seconds")
+
+    def cell(mean: float, std: float) -> str:
+        return f"{scale * mean:.1f}" if pd.isna(std) else f"{scale * mean:.1f} ({scale * std:.1f})"
+
+    values["cell"] = [cell(m, s) for m, s in zip(values[f"{metric}_mean"], values[f"{metric}_std"], strict=True)]
+    values["column"] = values["column"].replace("", header)
+    rows = [c for c in ("dataset",) if c in values] + ["strategy"]
+    order = list(dict.fromkeys(values["column"]))
+    wide = values.pivot_table(index=rows, columns="column", values="cell", aggfunc="first", sort=False)
+    wide = wide[order].fillna("–").reset_index()  # "–": no trials for that cell
+    wide.columns.name = None
+    return wide
+
+
+PARETO_AXES = [  # (accuracy, cost) pairs of the Pareto figure, as results.summary names them
+    ("final_test_acc", "steps"),
+    ("final_test_acc", "train_seconds"),
+    ("mean_test_acc", "steps"),
+    ("mean_test_acc", "train_seconds"),
+]
+AXIS_LABELS = {
+    "final_test_acc": "final test accuracy",
+    "mean_test_acc": "mean test accuracy over rounds",
+    "steps": "optimizer steps (total)",
+    "train_seconds": "train seconds (total)",
+}
+
+
+def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point, what the Pareto figure plots: the results.summary columns (means and
+    stds over seeds), ``panel`` (the varying non-strategy settings: strategies compete
+    within one), ``label`` (the strategy, as the legends say it) and, for each (accuracy,
+    cost) of PARETO_AXES, ``front_<accuracy>_<cost>``: on the non-dominated front of its panel."""
+    keys = label_keys(frame)
+    varying = grid_columns(frame)
+    table = results.summary(frame, keys)
+    if table.empty:
+        return table
+    panels = [c for c in varying if not is_strategy(c)]
+    table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
+    table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
+    table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
+    by_acquisition = "acquisition" in varying or "acquisition_params" in varying
+    table["label"] = table["init_label"] + (" · " + table["acquisition_label"] if by_acquisition else "")
+    for accuracy, cost in PARETO_AXES:
+        if f"{accuracy}_mean" in table and f"{cost}_mean" in table:
+            table[f"front_{accuracy}_{cost}"] = results.front(table, keys, f"{accuracy}_mean", f"{cost}_mean")
+    return table
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+def _colors(labels: list[str], inits: list) -> dict[str, object]:
+    """random black, warm red, shrink-perturb settings along viridis, anything else tab10."""
+    mixes = [label for label, init in zip(labels, inits, strict=True) if init == "shrink_perturb"]
+    others = iter(["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"] * 4)
+    ramp = colormaps["viridis"]
+    colors = {}
+    for label, init in zip(labels, inits, strict=True):
+        if init == "random":
+            colors[label] = "black"
+        elif init == "warm":
+            colors[label] = "tab:red"
+        elif init == "shrink_perturb":
+            i = mixes.index(label)
+            colors[label] = ramp(0.85 * i / max(1, len(mixes) - 1))
+        else:
+            colors[label] = next(others)
+    return colors
+
+
+def _grid(count: int, width: float, height: float) -> tuple[Figure, list]:
+    ncols = min(3, count)
+    nrows = math.ceil(count / ncols)
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return figure, axes[:count]
+
+
+def plot_curves(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
+    """One panel per setting, one line per strategy: mean with a ±1 std band over seeds.
+    Colour says the init strategy, line style the acquisition strategy."""
+    panels = list(dict.fromkeys(table["panel"]))[:MAX_PANELS]
+    lines = list(dict.fromkeys(table["line"]))
+    inits = table.drop_duplicates("init_label")
+    colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
+    styles = dict(zip(dict.fromkeys(table["acquisition_label"]), ["-", "--", ":", "-."] * 4, strict=False))
+    single = len(panels) == 1
+    figure, axes = _grid(len(panels), 7.5 if single else 5.2, 5.0 if single else 3.8)
+    handles = {}
+    for ax, panel in zip(axes, panels, strict=True):
+        part = table[table["panel"] == panel]
+        for line in lines:
+            series = part[part["line"] == line].sort_values("n_labeled")
+            if series.empty:
+                continue
+            x, mean, std = series["n_labeled"], series["mean"], series["std"].fillna(0.0)
+            color = colors[series["init_label"].iloc[0]]
+            style = styles[series["acquisition_label"].iloc[0]]
+            (handle,) = ax.plot(x, mean, color=color, linestyle=style, marker="o" if len(x) <= 15 else None, ms=3)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+            handles.setdefault(line, handle)
+        if panel:
+            ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("labeled samples")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    low, high = table["seeds"].min(), table["seeds"].max()
+    seeds = f"n={low}" if low == high else f"n={low}–{high}"
+    figure.suptitle(f"{title}\nmean ± 1 std over seeds ({seeds})", fontsize=12)
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), fontsize=9
+    )
+    return figure
+
+
+def plot_heatmaps(matrices: dict[str, pd.DataFrame], title: str, unit: str, digits, cmap: str, refs: dict) -> Figure:
+    """One annotated λ × σ heatmap per panel (rows λ, columns σ)."""
+    panels = list(matrices)[:MAX_PANELS]
+    figure, axes = _grid(len(panels), 5.4, 4.4)
+    colormap = colormaps[cmap].with_extremes(bad="0.9")
+    for ax, panel in zip(axes, panels, strict=True):
+        matrix = matrices[panel]
+        image = ax.imshow(matrix.to_numpy(dtype=float), origin="lower", aspect="auto", cmap=colormap)
+        ax.set_xticks(range(matrix.shape[1]), [f"{v:g}" for v in matrix.columns])
+        ax.set_yticks(range(matrix.shape[0]), [f"{v:g}" for v in matrix.index])
+        ax.set_xlabel("perturb σ")
+        ax.set_ylabel("shrink λ")
+        low, high = image.get_clim()
+        for i, row in enumerate(matrix.to_numpy(dtype=float)):
+            for j, value in enumerate(row):
+                if math.isnan(value):
+                    ax.text(j, i, "–", ha="center", va="center", color="0.4")
+                    continue
+                r, g, b, _ = colormap((value - low) / (high - low) if high > low else 0.5)
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                ax.text(j, i, digits(value), ha="center", va="center", fontsize=9, color="white" if dark else "black")
+        figure.colorbar(image, ax=ax, label=unit)
+        name = panel or "shrink-perturb"
+        ax.set_title(f"{name}\n{refs[panel]}" if refs.get(panel) else name, fontsize=10)
+    figure.suptitle(title, fontsize=12)
+    return figure
+
+
+def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: str) -> Figure:
+    """A row per setting, a column per (accuracy, cost): one point per grid point with ±1 std
+    bars over seeds on both axes; the non-dominated front ringed and joined by a step line."""
+    panels = list(dict.fromkeys(table["panel"]))[:MAX_PARETO_PANELS]
+    inits = table.drop_duplicates("init_label")
+    colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
+    markers = dict(zip(dict.fromkeys(table["acquisition_label"]), "osD^v<>", strict=False))
+    figure = Figure(figsize=(4.4 * len(axes_pairs), 3.8 * len(panels) + 0.8), layout="constrained")
+    grid = figure.subplots(len(panels), len(axes_pairs), squeeze=False)
+    handles = {}
+    for row, panel in zip(grid, panels, strict=True):
+        part = table[table["panel"] == panel]
+        for ax, (accuracy, cost) in zip(row, axes_pairs, strict=True):
+            for point in part.itertuples(index=False):
+                values = point._asdict()
+                x, y = values[f"{cost}_mean"], values[f"{accuracy}_mean"]
+                if pd.isna(x) or pd.isna(y):
+                    continue
+                xerr, yerr = (0.0 if pd.isna(values[f"{c}_std"]) else values[f"{c}_std"] for c in (cost, accuracy))
+                color = colors[values["init_label"]]
+                drawn = ax.errorbar(
+                    x, y, xerr=xerr, yerr=yerr, fmt=markers.get(values["acquisition_label"], "o"), color=color,
+                    ms=6, capsize=2, elinewidth=0.8,
+                )  # fmt: skip
+                handles.setdefault(values["label"], drawn)
+            front = part[part[f"front_{accuracy}_{cost}"]].sort_values(f"{cost}_mean")
+            ax.plot(front[f"{cost}_mean"], front[f"{accuracy}_mean"], "--", color="0.4", lw=1, drawstyle="steps-post")
+            ax.scatter(front[f"{cost}_mean"], front[f"{accuracy}_mean"], s=160, facecolors="none", edgecolors="0.2")
+            ax.set_xlabel(AXIS_LABELS[cost])
+            ax.set_ylabel(AXIS_LABELS[accuracy])
+            ax.grid(alpha=0.3)
+            if panel:
+                ax.set_title(panel, fontsize=10)
+    low, high = table["seeds"].min(), table["seeds"].max()
+    seeds = f"n={low}" if low == high else f"n={low}–{high}"
+    figure.suptitle(f"{title}\nmean ± 1 std over seeds ({seeds}); ringed: the non-dominated front", fontsize=12)
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+    )
+    return figure
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _accuracy(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt) -> dict[str, str]:
+    """Per heatmap panel, random init's value for the same settings, when there is one."""
+    gaps = results.gap_to_random(frame, label_keys(frame))
+    if gaps.empty or f"random_{metric}" not in gaps:
+        return {}
+    gaps = gaps[gaps["init"] == "shrink_perturb"]
+    panels = [c for c in grid.columns if c in gaps.columns and c not in ("shrink", "perturb", "init")]
+    panels = [c for c in panels if c in results.CONFIG_COLUMNS or c.startswith(CFG)]
+    refs = {}
+    for panel, part in grid.groupby("panel", sort=False):
+        match = gaps.merge(part[panels].drop_duplicates(), on=panels) if panels else gaps
+        values = match[f"random_{metric}"].dropna().unique()
+        if len(values) == 1:
+            unit = " s" if metric == "train_seconds" else ""
+            refs[panel] = f"random init: {fmt(values[0])}{unit}"
+    return refs
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+class _Out:
+    """Files under the report directory, on local disk or any filesystem pyarrow knows."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.fs, self.base = filesystem(out_dir)
+        self.uri = "://" in out_dir
+        self.out_dir = out_dir.rstrip("/")
+        self.fs.create_dir(self.base, recursive=True)
+
+    def write(self, name: str, payload: bytes | str) -> str:
+        with self.fs.open_output_stream(f"{self.base}/{name}") as f:
+            f.write(payload.encode() if isinstance(payload, str) else payload)
+        return f"{self.out_dir}/{name}" if self.uri else os.path.join(self.out_dir, name)
+
+    def figure(self, name: str, figure: Figure) -> str:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        return self.write(name, buffer.getvalue())
+
+
+def default_out(path_or_uri: str) -> str:
+    """Where a report goes by default: ``<results>/_report``."""
+    return f"{path_or_uri.rstrip('/')}/{REPORT_DIR}"
+
+
+def _check_out(path_or_uri: str, out_dir: str) -> None:
+    """A report inside the results directory must sit under a name pyarrow skips, or the
+    next pandas.read_parquet of the results would try to read its PNGs as Parquet."""
+    fs, base = filesystem(path_or_uri)
+    out_fs, out = filesystem(out_dir)
+    if type(fs) is not type(out_fs) or not out.startswith(base.rstrip("/") + "/"):
+        return
+    first = out[len(base.rstrip("/")) + 1 :].split("/")[0]
+    if not first.startswith(("_", ".")):
+        raise ConfigError(
+            f"The report directory {out_dir} is inside the results {path_or_uri} under a name that "
+            f"pyarrow reads as results; use one starting with '_' (the default: {default_out(path_or_uri)})."
+        )
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    return table.to_html(index=False, na_rep="–", border=0, classes="t")
+
+
+def _img(name: str, alt: str) -> str:
+    return f'<p><img src="{html.escape(name)}" alt="{html.escape(alt)}"></p>'
+
+
+HEATMAPS = [  # file, summary column, what, colour bar label, cell format, colour map
+    ("lambda_sigma_accuracy.png", "final_test_acc", "final test accuracy", "final test accuracy", _accuracy, "viridis"),
+    ("lambda_sigma_train_time.png", "train_seconds", "total train time", "total train time (s)", _seconds, "magma_r"),
+]
+CURVES = [  # file, metric, title, y label
+    ("accuracy.png", "test_acc", "Test accuracy vs labeled samples", "test accuracy"),
+    ("train_time.png", "train_seconds", "Train time per round vs labeled samples", "train time per round (s)"),
+]
+
+
+class _Report:
+    """Collects what write_report writes: files, notes, and the page's sections."""
+
+    def __init__(self, frame: pd.DataFrame, out: _Out) -> None:
+        self.frame, self.out = frame, out
+        self.varying = grid_columns(frame)
+        self.where = context(frame)
+        self.written: list[str] = []
+        self.notes = point_notes(frame)
+        self.sections: list[str] = []
+
+    def section(self, title: str, body: str) -> None:
+        self.sections.append(f"<h2>{html.escape(title)}</h2>\n{body}\n")
+
+    def write(self, name: str, payload) -> None:
+        self.written.append(
+            self.out.figure(name, payload) if isinstance(payload, Figure) else self.out.write(name, payload)
+        )
+
+    def summary(self) -> None:
+        parts = summary_parts(self.frame)
+        self.write("summary.csv", parts.table.to_csv(index=False))
+        self.write("summary.md", summary_text(self.frame))
+        body = f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(parts.shown)
+        if parts.outcome:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in parts.outcome)
+            body += f"<p>Against random init with otherwise the same settings ({INTERVAL_NOTE}):</p><ul>{items}</ul>"
+        self.section("Summary per grid point", body)
+        self.claims(parts.claims)
+
+    def claims(self, tested: pd.DataFrame) -> None:
+        untested = results.untested_claims(tested)
+        if untested:
+            self.notes.append(f"note: claims not testable on this table (it lacks the trials): {'; '.join(untested)}.")
+        if tested.empty:
+            return
+        shown = format_claims(tested)
+        self.write("claims.csv", tested.to_csv(index=False))
+        self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
+        body = f'<p>{html.escape(CLAIMS_RULE)} (<a href="claims.csv">claims.csv</a>)</p>' + _html_table(shown)
+        self.section("The paper's claims, checked", body)
+
+    def pareto(self) -> None:
+        table = pareto_points(self.frame)
+        axes = [
+            (acc, cost) for acc, cost in PARETO_AXES if f"{cost}_mean" in table and table[f"{cost}_mean"].notna().any()
+        ]
+        if table.empty or not axes:
+            self.notes.append("note: pareto.png skipped: the table has no optimizer steps or train seconds.")
+            return
+        title = "Test accuracy against compute" + (f"\n{self.where}" if self.where else "")
+        self.write("pareto.png", plot_pareto(table, axes, title))
+        text = (
+            "One point per grid point (mean over seeds, bars ±1 std), ringed and joined: the non-dominated front "
+            "(no other strategy of the same setting has higher accuracy for less compute)."
+        )
+        self.section("Accuracy against compute", f"<p>{text}</p>" + _img("pareto.png", "accuracy against compute"))
+
+    def gaps(self) -> None:
+        gaps = results.gap_to_random(self.frame, label_keys(self.frame))
+        if gaps.empty or gaps["random_seeds"].isna().all():
+            self.notes.append(
+                "note: gap to random init skipped: no strategy has random-init trials with the same settings."
+            )
+            return
+        self.write("gap_to_random.csv", results.gap_to_random(self.frame).to_csv(index=False))
+        intro = (
+            "Each strategy against random init with otherwise the same settings: the accuracy difference "
+            "(positive: better than random init) and train time as a multiple of random init's"
+        )
+        link = '(<a href="gap_to_random.csv">gap_to_random.csv</a>)'
+        self.section("Gap to random init", f"<p>{intro} {link}.</p>" + _html_table(format_gaps(gaps, self.varying)))
+
+    def curves(self) -> None:
+        for name, metric, title, ylabel in CURVES:
+            missing = [c for c in (metric, "n_labeled") if c not in self.frame or self.frame[c].isna().all()]
+            if missing:
+                self.notes.append(f"note: {name} skipped: the table has no {missing[0]} values.")
+                continue
+            table = curves(self.frame, metric)
+            if table["panel"].nunique() > MAX_PANELS:
+                self.notes.append(f"note: {name} shows the first {MAX_PANELS} of {table['panel'].nunique()} settings.")
+            self.write(name, plot_curves(table, f"{title}\n{self.where}" if self.where else title, ylabel))
+            self.section(title, _img(name, title))
+
+    def heatmaps(self) -> None:
+        grid = lambda_sigma_grid(self.frame)
+        if grid.empty:
+            self.notes.append(
+                "note: λ×σ heatmaps skipped: no shrink_perturb trials with at least two shrink and two perturb values."
+            )
+            return
+        low, high = int(grid["seeds"].min()), int(grid["seeds"].max())
+        seeds = f"{low}" if low == high else f"{low}–{high}"
+        images = []
+        for name, value, title, unit, digits, cmap in HEATMAPS:
+            if grid[f"{value}_mean"].isna().all():
+                self.notes.append(f"note: {name} skipped: the table has no {value} values.")
+                continue
+            heading = f"Shrink-perturb λ×σ grid: {title} (mean over {seeds} seeds)"
+            heading += f"\n{self.where}" if self.where else ""
+            refs = _random_refs(self.frame, grid, value, digits)
+            self.write(name, plot_heatmaps(lambda_sigma_matrices(self.frame, value), heading, unit, digits, cmap, refs))
+            images.append(_img(name, title))
+        self.section("Shrink-perturb λ×σ grid", "\n".join(images))
+
+    def table1(self) -> None:
+        accuracy = table1(self.frame, "test_acc")
+        if accuracy.empty:
+            self.notes.append(
+                "note: Table 1 skipped: no two-phase trials (2 rounds, the second labelling the whole pool)."
+            )
+            return
+        seconds = table1(self.frame, "train_seconds")
+        self.write("table1.csv", accuracy.to_csv(index=False))
+        self.write("table1_train_seconds.csv", seconds.to_csv(index=False))
+        captions = (
+            "Test accuracy (%) after the second phase (the whole pool), mean (std) over seeds.",
+            "Train seconds of the second phase, mean (std) over seeds.",
+        )
+        markdown = "# Table 1: two-phase training\n\n" + f"{captions[0]}\n\n{to_markdown(accuracy)}\n"
+        self.write("table1.md", markdown + f"{captions[1]}\n\n{to_markdown(seconds)}")
+        body = f"<p>{captions[0]}</p>{_html_table(accuracy)}<p>{captions[1]}</p>{_html_table(seconds)}"
+        self.section("Table 1: two-phase training", body)
+
+
+def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list[str]:
+    """Write the figures, tables and ``index.html`` for the results under ``paths`` (one path or
+    URI, or several read as one table: results.load) into ``out_dir`` (a local path or a
+    pyarrow URI; default ``<results>/_report``, which needs a single results path).
+
+    Returns the paths written, ``index.html`` first, then one line per figure or table the
+    results could not support, each starting with ``note:``.  A path without warmstart rows
+    raises ConfigError (see results.load), and so does an ``out_dir`` inside the results
+    under a name pyarrow would read as results."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if out_dir is None:
+        if len(paths) != 1:
+            raise ConfigError(f"A report of {len(paths)} results paths needs its own directory: pass --out.")
+        out_dir = default_out(paths[0])
+    for path in paths:
+        _check_out(path, out_dir)
+    frame = results.load(*paths)
+    built = _Report(frame, _Out(out_dir))
+    with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
+        warnings.simplefilter("ignore", results.SeedCollision)
+        built.summary()  # and the claims
+        built.gaps()
+        built.pareto()
+        built.curves()
+        built.heatmaps()
+        built.table1()
+    from engine.suite.search import report_section  # the search's points, where each stopped, the best
+
+    for path in paths:
+        report_section(path, built)
+    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections)
+    return [built.out.write("index.html", page), *built.written, *built.notes]
+
+
+def _page(path_or_uri: str, frame: pd.DataFrame, where: str, notes: list[str], sections: list[str]) -> str:
+    suites = ", ".join(sorted({str(s) for s in frame["suite"].dropna()})) if "suite" in frame else ""
+    trials = frame["trial_id"].nunique()
+    facts = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
+    noted = "".join(f"<li>{html.escape(n.removeprefix('note: '))}</li>" for n in notes)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>warmstart report{": " + html.escape(suites) if suites else ""}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }}
+table.t {{ border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }}
+table.t th, table.t td {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
+table.t th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+.notes {{ color: #555; }}
+</style></head><body>
+<h1>warmstart report{": " + html.escape(suites) if suites else ""}</h1>
+<p>Results: <code>{html.escape(path_or_uri)}</code> · {facts}</p>
+{f'<ul class="notes">{noted}</ul>' if noted else ""}
+{"".join(sections)}
+</body></html>
+"""

@@ -1,0 +1,356 @@
+"""What the report says in text: labels, the summary table, the outcome in words, the
+claims table, and notes on what a table cannot tell.
+
+``summary_text(frame)`` is what ``report`` writes to ``summary.md`` and what
+``warmstart suite``/``quickstart`` print at their end: the same function, so the
+terminal and the report cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import pandas as pd
+
+from engine.analysis import results
+from engine.analysis.results import CFG, STRATEGY_COLUMNS, grid_columns
+
+BARE = {"dataset", "model", "optimizer"}  # shown as their value alone: "cifar10", not "dataset=cifar10"
+
+
+# --- labels -----------------------------------------------------------------------------
+
+
+def _value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _setting_label(row: pd.Series, columns: list[str]) -> str:
+    """A grid point's non-strategy values, e.g. "cifar10, resnet18, lr=0.1"."""
+    return ", ".join(_value(row[c]) if c in BARE else f"{_name(c)}={_value(row[c])}" for c in columns)
+
+
+def _name(column: str) -> str:
+    """A column as a table header or label says it: ``rounds.max_rounds`` for ``cfg.rounds.max_rounds``."""
+    return column.removeprefix(CFG)
+
+
+def init_label(row: pd.Series, varying: list[str] = ()) -> str:
+    """How a strategy's rounds start, as a legend says it: "warm start", "shrink-perturb λ=0.4, σ=0.1"."""
+    init = row.get("init", row.get(f"{CFG}init.name"))
+    if init == "random":
+        text = "random init"
+    elif init == "warm":
+        text = "warm start"
+    elif init == "shrink_perturb" and "shrink" in row and "perturb" in row:
+        text = f"shrink-perturb λ={_value(row['shrink'])}, σ={_value(row['perturb'])}"
+        if "bn_stats" in varying:
+            text += f", BN {_value(row.get('bn_stats'))}"
+    else:
+        text = _value(init)
+        if "init_params" in varying and row.get("init_params") not in (None, "{}"):
+            text += f" {row['init_params']}"
+    return text
+
+
+def acquisition_label(row: pd.Series, varying: list[str] = ()) -> str:
+    text = f"{_value(row.get('acquisition'))} acquisition"
+    if "acquisition_params" in varying and row.get("acquisition_params") not in (None, "{}"):
+        text += f" {row['acquisition_params']}"
+    return text
+
+
+def context(frame: pd.DataFrame) -> str:
+    """What every trial of the table shares, for a figure's title: "digits · mlp · adam lr=0.001"."""
+    trials = frame.drop_duplicates("trial_id")
+    parts = []
+    for column in ("dataset", "model", "optimizer"):
+        if column in trials and trials[column].nunique(dropna=False) == 1:
+            parts.append(_value(trials[column].iloc[0]))
+    if parts and "lr" in trials and trials["lr"].nunique() == 1 and "optimizer" in trials:
+        parts[-1] += f" lr={_value(trials['lr'].iloc[0])}"
+    if "acquisition" in trials and trials["acquisition"].nunique(dropna=False) == 1:
+        parts.append(f"{_value(trials['acquisition'].iloc[0])} acquisition")
+    return " · ".join(parts)
+
+
+def label_keys(frame: pd.DataFrame) -> list[str]:
+    """The grid columns plus the strategy columns that do not vary within a grid point: they
+    never split a grid point (grid_columns' guarantee) but name it, e.g. λ and σ of the one
+    shrink-perturb setting of a random / warm / shrink-perturb comparison."""
+    varying = grid_columns(frame)
+    return varying + [c for c in STRATEGY_COLUMNS if c in frame and c not in varying]
+
+
+# --- tables as text -------------------------------------------------------------------------
+
+
+def _pm(mean: pd.Series, std: pd.Series, digits: int) -> list[str]:
+    return [
+        "–" if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+        for m, s in zip(mean, std, strict=True)
+    ]
+
+
+def _shown_keys(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """The grid columns of a summary as text; ``init`` as its legend label (with λ and σ)
+    unless shrink and perturb have columns of their own."""
+    keys = [c for c in varying if c in table] or [c for c in ("point",) if c in table]
+    shown = pd.DataFrame({c: table[c].map(_value) for c in keys})
+    if "init" in shown and not {"shrink", "perturb"} & set(varying):
+        shown["init"] = [init_label(row, varying) for _, row in table.iterrows()]
+    return shown.rename(columns=_name)
+
+
+def format_summary(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """results.summary as text columns, mean ± std over seeds; ``varying``: its grid columns."""
+    shown = _shown_keys(table, varying)
+    shown["seeds"] = table["seeds"]
+    shown["rounds"] = table["rounds"]
+    for name, label, digits in [
+        ("final_test_acc", "final test acc", 4),
+        ("mean_test_acc", "mean test acc over rounds", 4),
+        ("train_seconds", "total train time (s)", 1),
+    ]:
+        if f"{name}_mean" in table:
+            shown[label] = _pm(table[f"{name}_mean"], table[f"{name}_std"], digits)
+    if "steps_mean" in table:
+        shown["optimizer steps"] = table["steps_mean"].round().astype("Int64")
+    for flag, label in [("pareto_steps", "front (steps)"), ("pareto_seconds", "front (time)")]:
+        if flag in table:
+            shown[label] = ["✓" if on else "" for on in table[flag]]
+    return shown
+
+
+def format_gaps(gaps: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
+    """results.gap_to_random as text columns; ``varying``: its grid columns."""
+    shown = _shown_keys(gaps, varying)
+    shown["seeds"] = gaps["seeds"]
+    for column, label, fmt in [
+        ("final_test_acc", "final test acc", "{:.4f}"),
+        ("random_final_test_acc", "random init", "{:.4f}"),
+        ("final_acc_gap", "gap", "{:+.4f}"),
+        ("mean_acc_gap", "gap, mean over rounds", "{:+.4f}"),
+        ("train_time_ratio", "train time / random", "{:.2f}×"),
+        ("steps_ratio", "steps / random", "{:.2f}×"),
+    ]:
+        if column in gaps:
+            shown[label] = [("–" if pd.isna(v) else fmt.format(v)) for v in gaps[column]]
+    return shown
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A Markdown table padded to aligned columns (numbers to the right), so the same text
+    reads well in a terminal and renders as a table."""
+
+    def cell(value) -> str:
+        return _value(value).replace("|", "\\|")
+
+    header = [cell(c) for c in table.columns]
+    rows = [[cell(v) for v in row] for row in table.itertuples(index=False)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    right = [bool(rows) and all(NUMBER.match(r[i]) for r in rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right, strict=True))
+    return "\n".join([line(header), rule + "|", *(line(r) for r in rows)]) + "\n"
+
+
+NUMBER = re.compile(r"^([-+−]?[\d.]|–$|✓$|$)")  # a number, "–" (none) or a mark: right-aligned
+
+
+def point_notes(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
+    """Notes on grid points the table cannot describe fully: trials that share a grid point and
+    a seed (results.seed_collisions: the table lacks what tells them apart), and trials with
+    fewer rounds than the rest of their grid point."""
+    keys = grid_columns(frame) if keys is None else keys
+    notes = []
+    collided = results.collision_note(results.seed_collisions(frame, keys))
+    if collided:
+        notes.append(f"note: {collided}")
+    trials = results.per_trial(frame)
+    most = (
+        trials.groupby(keys, dropna=False, observed=True)["rounds"].transform("max") if keys else trials["rounds"].max()
+    )
+    short = int((trials["rounds"] < most).sum())
+    if short:
+        notes.append(
+            f"note: {short} trial(s) ran fewer rounds than the others of their grid point (unfinished or "
+            "failed); their final values are at fewer labeled samples."
+        )
+    return notes
+
+
+# --- the outcome and the claims in words ------------------------------------------------------
+
+INTERVAL_NOTE = "± is half the 95% t-interval over seeds, paired by seed where the two share seeds"
+CLAIMS_RULE = (
+    "Each claim is tested on every pair of grid points it compares (same settings otherwise): the effect is "
+    "treatment − control over seeds with its 95% interval (paired t-interval on the per-seed differences "
+    "when the two share at least two seeds, Welch's t-interval otherwise; for the λ×σ claim, a bootstrap "
+    "over seeds of best-inside − best-outside). Verdict: holds when the whole interval lies on the side the "
+    "claim states (for ≥, touching zero is enough), contradicted when the whole interval lies on the other "
+    "side, inconclusive when it contains zero, not enough seeds when a side has fewer than 2 seeds."
+)
+
+
+CLAIMS_SHORT = (
+    "Treatment − control over seeds with a 95% interval: holds / contradicted when the interval lies wholly "
+    "on the claim's / the other side of zero, inconclusive when it contains zero."
+)
+
+
+def _points(value: float) -> str:
+    return "–" if pd.isna(value) else f"{100 * value:+.1f}".replace("-", "−")
+
+
+def _strategy(name: str) -> str:
+    return {"warm": "warm start", "random": "random init"}.get(name, name)
+
+
+def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
+    """The outcome stated in words, one line per setting, computed by results.outcome, e.g.
+    "warm start: −3.0 ± 0.4 points final test accuracy vs random init, 47% fewer steps".
+    A strategy tried at several grid points (a λ×σ grid) is said once, at the point with
+    the best final accuracy: "shrink_perturb(0.6, 0.01) (best of 55): ..."."""
+    said = results.outcome(frame, keys)
+    if said.empty:
+        return []
+    lines = []
+    for setting, part in said.groupby("setting", sort=False):
+        # A strategy at many grid points (a λ×σ grid) is said once, at its best final accuracy.
+        names = part["treatment"].str.split("(").str[0]
+        counts = names.map(names.value_counts())
+        best = part.groupby(names, sort=False)["acc_effect"].transform("max")
+        part = part.assign(of=counts)[(counts == 1) | (part["acc_effect"] == best)].drop_duplicates("treatment")
+        phrases = []
+        for i, row in enumerate(part.itertuples(index=False)):
+            half = (row.acc_high - row.acc_low) / 2
+            label = _strategy(row.treatment) + (f" (best of {row.of})" if row.of > 1 else "")
+            text = f"{label}: {_points(row.acc_effect)}"
+            if pd.isna(half):
+                text += f" points ({row.n_treatment} vs {row.n_control} seeds: no interval)"
+            else:
+                text += f" ± {100 * half:.1f} points" + ("" if row.pairs else " (unpaired)")
+            if i == 0:
+                text += " final test accuracy vs random init"
+            change = getattr(row, "steps_change", float("nan"))
+            if not pd.isna(change) and round(100 * change) == 0:
+                text += ", about as many steps"
+            elif not pd.isna(change):
+                text += f", {abs(100 * change):.0f}% {'fewer' if change < 0 else 'more'} steps"
+            phrases.append(text)
+        prefix = "" if setting == "all" else f"{setting}: "
+        lines.append(prefix + "; ".join(phrases))
+    return lines
+
+
+def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
+    """results.claims as text columns: accuracies in points, steps as counts."""
+
+    def amount(measure: str, value: float) -> str:
+        if pd.isna(value):
+            return "–"
+        text = f"{100 * value:+.2f}" if "acc" in measure else f"{value:+,.0f}"
+        return text.replace("-", "−")  # the minus sign, as in the outcome lines
+
+    shown = pd.DataFrame({"claim": claims["claim"], "setting": claims["setting"]})
+    shown["compared"] = [f"{t} − {c}" for t, c in zip(claims["treatment"], claims["control"], strict=True)]
+    rows = list(claims.itertuples(index=False))
+    shown["effect"] = [amount(r.measure, r.effect) + (" pts" if "acc" in r.measure else " steps") for r in rows]
+    shown["95% interval"] = [
+        "–" if pd.isna(r.ci_low) else f"[{amount(r.measure, r.ci_low)}, {amount(r.measure, r.ci_high)}]" for r in rows
+    ]
+    shown["seeds"] = [
+        f"{r.pairs} paired seeds"
+        if r.pairs
+        else f"{r.n_treatment} vs {r.n_control} {'trials' if r.interval == 'bootstrap' else 'seeds'}"
+        for r in rows
+    ]  # a bootstrap row counts the trials of every cell it resamples
+    shown["interval"] = claims["interval"]
+    shown["verdict"] = claims["verdict"]
+    return shown
+
+
+SUMMARY_INTRO = (
+    "Final and mean-over-rounds test accuracy, total train time and optimizer steps, mean ± std over seeds; "
+    "front: on the Pareto front of final test accuracy against optimizer steps (steps) or train time (time) "
+    "among the strategies of one setting."
+)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The summary's pieces: ``table`` (results.summary, one row per grid point), ``shown``
+    (the same as text columns), ``notes`` (what the table cannot tell: seed collisions,
+    unfinished trials), ``outcome`` (lines in words) and ``claims`` (results.claims)."""
+
+    table: pd.DataFrame
+    shown: pd.DataFrame
+    notes: list[str]
+    outcome: list[str]
+    claims: pd.DataFrame
+
+
+def summary_parts(frame: pd.DataFrame) -> Summary:
+    varying = grid_columns(frame)
+    with warnings.catch_warnings():  # the collision warning becomes a note line
+        warnings.simplefilter("ignore", results.SeedCollision)
+        table = results.summary(frame, label_keys(frame))
+        return Summary(
+            table=table,
+            shown=format_summary(table, varying),
+            notes=point_notes(frame),
+            outcome=outcome_lines(frame, varying),
+            claims=results.claims(frame, varying),
+        )
+
+
+def claim_lines(claims: pd.DataFrame) -> list[str]:
+    """One line per claim: its verdict with effect and interval when it was tested once, the
+    count of each verdict when it was tested on several pairs of grid points."""
+    lines = []
+    shown = format_claims(claims)
+    for claim, part in shown.groupby("claim", sort=False):
+        if len(part) == 1:
+            row = part.iloc[0]
+            where = "" if row["setting"] == "all" else f"{row['setting']}: "
+            lines.append(
+                f"{claim}: {row['verdict']} ({where}{row['effect']}, 95% {row['95% interval']}, {row['seeds']})"
+            )
+        else:
+            counts = part["verdict"].value_counts()
+            tally = ", ".join(f"{verdict} {counts[verdict]}" for verdict in VERDICTS if verdict in counts)
+            lines.append(f"{claim}: {tally} (of {len(part)} comparisons)")
+    return lines
+
+
+VERDICTS = ["holds", "contradicted", "inconclusive", "not enough seeds"]
+
+
+def summary_text(frame: pd.DataFrame) -> str:
+    """What ``report`` writes to summary.md and ``warmstart suite``/``quickstart`` print at their
+    end: the summary per grid point (results.summary, mean ± std over seeds, the Pareto
+    fronts marked), the notes on what the table cannot tell, the outcome in words and the
+    verdicts on the paper's claims."""
+    parts = summary_parts(frame)
+    text = f"# Summary per grid point\n\n{SUMMARY_INTRO}\n\n{to_markdown(parts.shown)}"
+    if parts.notes:
+        text += "\n" + "\n".join(f"- {n.removeprefix('note: ')}" for n in parts.notes) + "\n"
+    if parts.outcome:
+        text += f"\n## Outcome\n\nAgainst random init with otherwise the same settings ({INTERVAL_NOTE}):\n\n"
+        text += "\n".join(f"- {line}" for line in parts.outcome) + "\n"
+    if not parts.claims.empty:
+        text += f"\n## The paper's claims\n\n{CLAIMS_SHORT} Details: claims.md in the report.\n\n"
+        text += "\n".join(f"- {line}" for line in claim_lines(parts.claims)) + "\n"
+    return text

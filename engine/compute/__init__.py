@@ -1,0 +1,1 @@
+"""How a round computes: datasets as device tensors, models, training to convergence, pool scoring, pretraining."""

@@ -1,0 +1,256 @@
+"""The result row: one ``RoundRecord`` per (trial, round), the one place a column is defined.
+
+A row has three parts, in this column order:
+
+- the record's own fields (what the round measured and the trial's fixed facts), typed
+  by their annotations;
+- ``pretrain_*``: the nested ``PretrainRecord`` of the source model, null without
+  pretraining;
+- ``cfg.*``: the whole config, flattened to dotted keys (``cfg.rounds.initial``,
+  ``cfg.init.shrink``, ``cfg.convergence.train_acc``), typed from the allowed values
+  declared next to each key.  A component's columns are the union of the parameters of
+  every registered builder (``cfg.init.shrink`` is null for ``init: warm``), so every row
+  written by one process has the same schema and ``pandas.read_parquet(dir)`` reads the
+  whole table.
+
+``store.TrialStore`` writes rows with ``arrow_schema()``; ``engine.analysis.results`` reads its
+column lists from here.  Adding a column is adding a field below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from engine.schema.registry import value_kind
+
+CONFIG_PREFIX = "cfg."
+
+
+def _doc(text: str) -> Any:
+    return field(metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class PretrainRecord:
+    """What pretraining the source model measured; stored as ``pretrain_<field>`` columns."""
+
+    samples: int = _doc("source samples trained on")
+    classes: int = _doc("the source dataset's class count")
+    epochs: int = _doc("epochs to convergence")
+    steps: int = _doc("optimizer steps")
+    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged")
+    train_acc: float = _doc("running training accuracy over the last epoch")
+    seconds: float = _doc("wall seconds of pretraining")
+
+    @classmethod
+    def from_columns(cls, columns: dict) -> PretrainRecord | None:
+        """The record from its ``pretrain_*`` columns (as a checkpoint keeps them); None when null."""
+        values = {f.name: columns.get(f"pretrain_{f.name}") for f in dataclasses.fields(cls)}
+        return None if any(v is None for v in values.values()) else cls(**values)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round of one trial.  Field order is column order."""
+
+    suite: str | None = _doc("the suite's name; null for a single run")
+    trial_id: str = _doc("derived from the config: the same config always writes to the same trial")
+    seed: int = _doc("the trial's seed")
+    dataset: str = _doc("dataset name")
+    model: str = _doc("model name")
+    optimizer: str = _doc("adam | sgd")
+    lr: float = _doc("learning rate")
+    batch_size: int = _doc("training batch size")
+    weight_decay: float = _doc("weight decay")
+    init: str = _doc("init strategy name")
+    shrink: float = _doc("effective λ: random 0, warm 1; NaN for strategies that are no mix")
+    perturb: float = _doc("effective σ: random 1, warm 0; NaN for strategies that are no mix")
+    acquisition: str = _doc("acquisition strategy name")
+    per_round: int = _doc("samples added per round after the first")
+    round: int = _doc("from 1")
+    n_labeled: int = _doc("labeled samples trained on in this round")
+    epochs: int = _doc("epochs this round trained")
+    steps: int = _doc("optimizer steps this round")
+    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)")
+    train_acc: float = _doc("running accuracy over the last training epoch")
+    train_loss: float = _doc("running loss over the last training epoch")
+    test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
+    test_loss: float = _doc("loss on the evaluation split")
+    train_seconds: float = _doc("wall seconds of training")
+    acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples")
+    world_size: int = _doc("data-parallel workers")
+    device: str = _doc("cpu | cuda")
+    acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
+    eval_split: str = _doc("holdout | test")
+    precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation")
+    bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise")
+    momentum: float | None = _doc("SGD momentum; null for adam")
+    model_params: str = _doc("JSON of the model's parameters (legacy; see cfg.model.*)")
+    init_params: str = _doc("JSON of the init strategy's parameters (legacy; see cfg.init.*)")
+    acquisition_params: str = _doc("JSON of the acquisition's parameters (legacy; see cfg.acquisition.*)")
+    eval_seconds: float = _doc("wall seconds of BatchNorm re-estimation and evaluation")
+    capture_seconds: float = _doc("CUDA graph capture in this round's training (once per trial; 0 without graphs)")
+    n_pool: int = _doc("samples the rounds draw from")
+    n_eval: int = _doc("samples of the evaluation split")
+    performance: str = _doc("JSON of the effective performance options")
+    pretrain_dataset: str | None = _doc("the source dataset; null without pretraining")
+    pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)")
+    overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
+    pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
+    config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
+
+    def to_row(self) -> dict[str, Any]:
+        """The flat row: own fields, ``pretrain_*``, then ``cfg.*``."""
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("pretrain", "config")}
+        row.update(pretrain_columns(self.pretrain))
+        row.update({CONFIG_PREFIX + key: value for key, value in self.config.items()})
+        return row
+
+
+def pretrain_columns(record: PretrainRecord | None) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(PretrainRecord)]
+    if record is None:
+        return {f"pretrain_{name}": None for name in names}
+    return {f"pretrain_{name}": getattr(record, name) for name in names}
+
+
+# --- types -------------------------------------------------------------------------------
+
+_ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_(), list: pa.list_(pa.string())}
+
+
+def _arrow_of_hint(hint: Any) -> pa.DataType:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return pa.list_(_arrow_of_hint(args[0]))
+    if args and typing.get_origin(hint) is not list:  # X | None
+        return _arrow_of_hint(args[0])
+    return _ARROW[hint]
+
+
+def record_fields() -> list[tuple[str, pa.DataType]]:
+    """The record's own and pretraining columns, typed."""
+    hints = typing.get_type_hints(RoundRecord)
+    out = []
+    for f in dataclasses.fields(RoundRecord):
+        if f.name == "pretrain":
+            pre = typing.get_type_hints(PretrainRecord)
+            out += [(f"pretrain_{p.name}", _arrow_of_hint(pre[p.name])) for p in dataclasses.fields(PretrainRecord)]
+        elif f.name != "config":
+            out.append((f.name, _arrow_of_hint(hints[f.name])))
+    return out
+
+
+RECORD_COLUMNS = [name for name, _ in record_fields()]
+PRETRAIN_COLUMNS = [name for name in RECORD_COLUMNS if name.startswith("pretrain_")]
+
+
+# --- the flattened config ----------------------------------------------------------------
+
+
+def kind_of(constraint: Any, default: Any) -> type | None:
+    """The Python type a config value has (int, float, str, bool, list), or None when it
+    may take several (stored as JSON text).  Constraints say it with ``kind()``; a
+    parameter without one takes its default's type."""
+    if constraint is not None and (kind := value_kind(constraint)) is not None:
+        return kind
+    if getattr(constraint, "kind", None) is not None:  # declared, and several kinds: JSON
+        return None
+    if default is None:
+        return None
+    return type(default) if type(default) in _ARROW else None
+
+
+def _sections() -> dict[str, tuple[type | None, Any]]:
+    """Every config key as {dotted key: (kind, default)}; components: the union of
+    every registered builder's parameters, a key with conflicting kinds stored as JSON."""
+    from engine.compute.data import DATASETS
+    from engine.schema.config import (
+        ALLOWED,
+        COMPONENTS,
+        DEFAULTS,
+        PRETRAIN_ALLOWED,
+        PRETRAIN_DEFAULTS,
+        component_registry,
+    )
+
+    keys: dict[str, tuple[type | None, Any]] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if prefix == "" and key in (*COMPONENTS, "pretrain"):
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{dotted}.")
+            else:
+                keys[dotted] = (kind_of(ALLOWED.get(dotted), value), value)
+
+    def union(section: str, registry) -> None:
+        """Every registered builder's parameters under ``section``; conflicting kinds: JSON."""
+        params: dict[str, tuple[type | None, Any]] = {}
+        for entry in registry.entries():
+            for param, default in entry.defaults.items():
+                kind = kind_of(entry.constraints.get(param), default)
+                if param in params and params[param][0] is not kind:
+                    kind = None
+                params[param] = (kind, None)
+        keys.update({f"{section}.{p}": v for p, v in sorted(params.items()) if f"{section}.{p}" not in keys})
+
+    walk(DEFAULTS, "")
+    union("dataset", DATASETS)  # each dataset's own parameters: dataset.size, dataset.path, ...
+    for component in COMPONENTS:
+        keys[f"{component}.name"] = (str, None)
+        union(component, component_registry(component))
+    for key, default in PRETRAIN_DEFAULTS.items():
+        keys[f"pretrain.{key}"] = (str if key == "dataset" else kind_of(PRETRAIN_ALLOWED.get(key), default), None)
+    return keys
+
+
+def config_fields() -> list[tuple[str, pa.DataType]]:
+    """The ``cfg.*`` columns in order, typed (JSON text where a key takes several kinds)."""
+    return [(CONFIG_PREFIX + key, _ARROW[kind] if kind else pa.string()) for key, (kind, _) in _sections().items()]
+
+
+def config_columns(config: dict) -> dict[str, Any]:
+    """A validated config (``Config.to_dict()``) as ``{dotted key: value}`` for every
+    ``cfg.*`` column: null where a key does not apply, values cast to the column's type."""
+    values: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            values[prefix[:-1]] = node
+
+    walk(config, "")
+    out = {}
+    for key, (kind, _) in _sections().items():
+        out[key] = _cast(values.get(key), kind)
+    return out
+
+
+def _cast(value: Any, kind: type | None) -> Any:
+    if value is None:
+        return None
+    if kind is None:  # a key of several kinds ('auto' or a bool): text, JSON for non-strings
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is list:
+        return [str(v) for v in value]
+    if kind is str and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def arrow_schema() -> pa.Schema:
+    """The Parquet schema of a row written by this process (registries as loaded now)."""
+    return pa.schema(record_fields() + config_fields())

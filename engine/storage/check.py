@@ -1,0 +1,120 @@
+"""``warmstart check DIR``: is a results folder complete and intact?
+
+For every trial under DIR (its ``_warmstart/<trial>/`` folder and its row files) it
+checks that:
+
+- every round up to the last completed one has exactly one readable row, whose
+  ``trial_id`` and ``round`` match its file name;
+- the status and the newest checkpoint agree on the last completed round, and the
+  checkpoint's checksum holds (a corrupt newest one with an intact previous generation
+  is a note: a resume recovers from it);
+- no temporary file of an interrupted write is left, and nobody holds the trial's lock
+  (a note: a run may be in progress).
+
+A problem is what a resume would have to recompute or could not explain; the exit status
+is 1 when there is any.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+
+from engine.errors import ConfigError
+from engine.storage.store import META, TrialStore, filesystem
+
+
+@dataclass
+class TrialCheck:
+    trial_id: str
+    rounds: int = 0  # readable rows
+    planned: int | None = None  # from the status
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        state = "ok" if not self.problems else "PROBLEM"
+        planned = f"/{self.planned}" if self.planned is not None else ""
+        text = f"{state:<8}{self.trial_id}: {self.rounds}{planned} rounds"
+        return "\n".join(
+            [text] + [f"          - {p}" for p in self.problems] + [f"          . {n}" for n in self.notes]
+        )
+
+
+def trial_ids(out: str) -> list[str]:
+    """Every trial with metadata or rows under ``out``."""
+    fs, base = filesystem(out)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base))
+    except FileNotFoundError:
+        raise ConfigError(f"No results at {out}: the path does not exist.") from None
+    ids = set()
+    for info in infos:
+        name = os.path.basename(info.path)
+        if info.type == pafs.FileType.File and name.endswith(".parquet") and "-round" in name:
+            ids.add(name.rsplit("-round", 1)[0])
+    try:
+        meta = fs.get_file_info(pafs.FileSelector(f"{base}/{META}"))
+        ids |= {os.path.basename(i.path) for i in meta if i.type == pafs.FileType.Directory}
+    except FileNotFoundError:
+        pass
+    ids -= {"tune", "ray"}  # Tune's and Ray Train's own folders
+    return sorted(ids)
+
+
+def check_trial(out: str, trial_id: str) -> TrialCheck:
+    store = TrialStore(out, trial_id)
+    result = TrialCheck(trial_id)
+    rows, unreadable = store.read_rows()
+    result.rounds = len(rows)
+    for round_ in unreadable:
+        result.problems.append(f"the row file of round {round_} cannot be read")
+    for round_, row in rows.items():
+        if row.get("trial_id") != trial_id or row.get("round") != round_:
+            result.problems.append(
+                f"the row file of round {round_} holds trial {row.get('trial_id')!r} round {row.get('round')!r}"
+            )
+    status = store.load_status()
+    checkpoint = store.load_checkpoint()
+    if store.notes:
+        intact = checkpoint is not None
+        (result.notes if intact else result.problems).extend(n.removeprefix("note: ") for n in store.notes)
+    done = status["round"] if status else 0
+    if status is not None:
+        result.planned = status.get("rounds")
+        if status.get("stopped"):
+            result.notes.append(f"stopped early: {status['stopped']}")
+    if checkpoint is not None and status is not None and checkpoint["round"] != done:
+        (result.notes if checkpoint["round"] == done - 1 else result.problems).append(
+            f"the status says round {done}, the newest intact checkpoint is of round {checkpoint['round']}"
+        )
+    if status is None and rows:
+        result.problems.append("rows without a status: the trial's metadata is missing")
+    missing = [r for r in range(1, max([done, *rows]) + 1) if r not in rows]
+    if missing:
+        result.problems.append(f"no readable row for round(s) {', '.join(map(str, missing))}")
+    if not store.local:
+        return result
+    leftovers = [n for n in os.listdir(store.base) if n.startswith(".tmp-")] if os.path.isdir(store.base) else []
+    if leftovers:
+        result.notes.append(f"{len(leftovers)} temporary file(s) of interrupted writes under {out}")
+    lock = f"{store.meta}/lock"
+    if os.path.exists(lock):
+        import fcntl
+
+        with open(lock) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except OSError:
+                result.notes.append("a process holds the trial's lock: a run may be in progress")
+    return result
+
+
+def check(out: str) -> list[TrialCheck]:
+    ids = trial_ids(out)
+    if not ids:
+        raise ConfigError(f"No warmstart trials under {out}.")
+    return [check_trial(out, trial_id) for trial_id in ids]

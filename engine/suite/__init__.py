@@ -1,0 +1,1 @@
+"""Many trials: suite files, Ray Tune (grid, search, schedulers), trial packing, experiment trackers."""

@@ -1,0 +1,511 @@
+"""Ray Tune: a suite's trials packed onto the cluster, one Parquet table, resume, progress,
+schedulers, searchers and trackers.
+
+A Tune trial runs one *unit*: a (grid point, seed) trial of a plain grid, or, under a
+scheduler or a sampling searcher (engine/suite/search.py), one point with all its seeds, round
+by round.  A unit without ``scaling.workers`` runs the round loop in the Tune trial's
+own process with one CPU (and ``gpus_per_worker`` GPUs): no worker group to start, which
+is what a grid of small models needs.  With ``scaling.workers`` each seed starts one Ray
+Train worker group for its whole run, and rank 0's rows come back to the Tune trial.
+
+After every round the Tune trial reports it (engine/suite/points.py: ``tune.report`` from the
+trainable's own thread, the round's metrics, mean over seeds, and the point's cumulative
+optimizer steps and seconds).  Schedulers, searchers, trackers (engine/suite/tracking.py) and the suite's
+console progress (``SuiteProgress``, a Tune callback on the driver) all read these
+reports; nothing polls the store.  Rows and checkpoints still go to the results store
+under ``--out``, which stays the record and what makes a suite resumable: finished
+trials are skipped, unfinished ones continue after their last completed round, and
+``--resume`` also accepts the suite grown by new seeds, grid values or rounds.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from typing import Any, TextIO
+
+from engine.errors import ConfigError
+from engine.schema.config import HOW_FAR
+from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.suite.plan import Suite, Trial, check_pools, sampled_point
+from engine.suite.search import (
+    SearchSpec,
+    point_id,
+    read_record,
+    scheduler,
+    searcher,
+    stopped_rounds,
+    write_record,
+)
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A config as ``{dotted key: value}`` (the Parquet ``cfg.*`` names, without the prefix)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _tracked(config: dict) -> dict[str, Any]:
+    """What trackers log as a Tune trial's config: everything but the seed and the id."""
+    return {k: v for k, v in flatten(config).items() if k not in ("seed", "trial_id")}
+
+
+def _resources(config: dict, trials: list[dict], trials_per_gpu: int | None = None):
+    from ray import tune
+
+    from engine.suite.packing import trial_bundle
+
+    scaling = trials[config["index"]]["scaling"]
+    if scaling["workers"] is not None:
+        # The trial only drives a worker group that asks for its own resources.
+        return tune.PlacementGroupFactory([{"CPU": 0.01}])
+    return tune.PlacementGroupFactory([trial_bundle(scaling, trials_per_gpu)])  # N trials share a GPU
+
+
+def _quiet_progress():
+    """Tune's per-trial console lines, silenced: SuiteProgress reports progress instead.
+    (Passing any TrialProgressCallback keeps Tune from adding its default one.)"""
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    class Quiet(TrialProgressCallback):
+        def _print(self, msg: str) -> None:
+            pass
+
+    return Quiet()
+
+
+# --- growing suites -------------------------------------------------------------------
+
+
+def _base_change(old: dict, new: dict) -> str | None:
+    """The first base key (dotted) that differs, as text; keys that only say how far a
+    trial runs (``rounds.max_rounds``) may change."""
+    before, after = flatten(old), flatten(new)
+    for key in sorted(set(before) | set(after)):
+        if key in HOW_FAR:
+            continue
+        if before.get(key, "(absent)") != after.get(key, "(absent)"):
+            return f"base key {key!r} was {before.get(key, '(absent)')!r}, now {after.get(key, '(absent)')!r}"
+    return None
+
+
+def prepare_out(suite: Suite, out: str, resume: bool) -> None:
+    """Refuse an --out that holds other results or cannot be written; record this suite there."""
+    ids = check_out(suite, out, resume)
+    write_manifest(out, {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base})
+
+
+def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
+    """Refuse (ConfigError, nothing written) an --out that cannot be written or holds other
+    results; the trial ids the manifest will list.  With ``resume``, the suite may have
+    grown (new seeds, grid values, more rounds): what is recorded must still be part of
+    it, and the base config must be the same."""
+    TrialStore(out, suite.name).probe()
+    manifest = read_manifest(out)
+    ids = [t.trial_id for t in suite.trials]
+    if manifest is None:
+        if has_rows(out):
+            raise ConfigError(
+                f"{out} already holds results that are not from suite {suite.name!r}; choose another --out."
+            )
+    elif manifest["name"] != suite.name:
+        raise ConfigError(f"{out} holds suite {manifest['name']!r}, not {suite.name!r}; choose another --out.")
+    elif not resume:
+        raise ConfigError(
+            f"{out} already holds suite {suite.name!r}; pass --resume to continue it, or choose another --out."
+        )
+    else:
+        grown = "--resume accepts it grown by new seeds, grid values or rounds; choose another --out"
+        change = _base_change(manifest["base"], suite.base) if "base" in manifest else None
+        if change:
+            raise ConfigError(f"Suite {suite.name!r} changed since {out} was written: {change}; {grown}.")
+        missing = [] if suite.search.sampled else sorted(set(manifest["trials"]) - set(ids))
+        if missing:
+            raise ConfigError(
+                f"Suite {suite.name!r} changed since {out} was written: its trial {missing[0]!r} "
+                f"(and {len(missing) - 1} more) is not in it any more; {grown}."
+                if len(missing) > 1
+                else f"Suite {suite.name!r} changed since {out} was written: its trial {missing[0]!r} is not in it "
+                f"any more; {grown}."
+            )
+        ids += [tid for tid in manifest["trials"] if tid not in ids]  # a sampled suite's earlier points
+    return ids
+
+
+def check_suite_resources(suite: Suite, address: str | None, trials_per_gpu: int | None) -> None:
+    """Refuse a suite with a trial the cluster can never run (see check_resources): more
+    CPUs or GPUs in one trial's bundle, or one worker group, than the cluster has."""
+    from engine.suite.packing import trial_bundle
+    from engine.trial.distributed import check_resources
+
+    seen = set()
+    for trial in suite.trials or suite.probes:
+        scaling = trial.config.scaling
+        if scaling.workers is not None:
+            need = (scaling.workers, float(scaling.gpus_per_worker))
+        else:
+            bundle = trial_bundle(scaling.to_dict(), trials_per_gpu)
+            need = (1, bundle.get("GPU", 0.0))
+        if need not in seen:
+            seen.add(need)
+            check_resources(*need, address, scaling.resource_timeout, what=f"trial {trial.trial_id}")
+
+
+# --- units: what one Tune trial runs ----------------------------------------------------
+
+
+def grid_units(suite: Suite) -> list[list[int]]:
+    """Trial indices per Tune trial: one each, or a point's seeds together (per_point)."""
+    if not suite.search.per_point:
+        return [[i] for i in range(len(suite.trials))]
+    points: dict[str, list[int]] = {}
+    for i, trial in enumerate(suite.trials):
+        key = describe_point({k: v for k, v in trial.point.items() if k != "seed"})
+        points.setdefault(key, []).append(i)
+    return list(points.values())
+
+
+def _point_of(trial: Trial) -> dict[str, Any]:
+    """A trial's grid values without the seed, as JSON-able labels."""
+    return {
+        k: (v if isinstance(v, (int, float, str, bool)) or v is None else _label(v))
+        for k, v in trial.point.items()
+        if k != "seed"
+    }
+
+
+def _where(unit: dict) -> str:
+    """A unit's point for the console: sampled floats to 4 significant digits."""
+    point = unit.get("point", {})
+    return describe_point({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in point.items()})
+
+
+class SuiteProgress:
+    """The suite's console progress, from Tune's reports (a Tune callback on the driver):
+    a line per finished trial, and every ``every`` seconds a block of the running ones.
+    Under a search it also keeps ``_warmstart/search.json``: each point, where it stopped."""
+
+    def __init__(
+        self, total: int, done: int, out: str, spec: SearchSpec, record: dict | None, stream: TextIO, every: float
+    ) -> None:
+        self.total, self.done, self.out, self.spec = total, done, out, spec
+        self.stream, self.every = stream, every
+        self.record = (
+            record if record and record.get("search") == spec.to_dict() else {"search": spec.to_dict(), "points": {}}
+        )
+        self.started = time.time()
+        self.last: dict[str, dict] = {}  # Tune trial id -> last report
+        self.running: dict[str, Any] = {}
+        self.ended: set[str] = set()
+        self.failed: set[str] = set()
+        self.replays: set[str] = set()  # trial names whose rounds are only replayed
+        self.units: dict[str, dict] = {}  # trial name -> {"point", "trial_ids", "seeds"}
+        self._last_block = 0.0
+
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks into the experiment state; a console stream is no state.
+        return {**self.__dict__, "stream": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({**state, "stream": sys.stdout})
+
+    def callback(self):
+        from ray.tune import Callback
+
+        progress = self
+
+        class Relay(Callback):
+            def on_trial_start(self, iteration, trials, trial, **info):
+                progress.running[trial.trial_id] = trial
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                progress.last[trial.trial_id] = result
+
+            def on_step_begin(self, iteration, trials, **info):
+                progress.block()
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                progress.complete(trial)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                progress.running.pop(trial.trial_id, None)
+                progress.failed.add(trial.trial_id)
+                progress.ended.add(trial.trial_id)
+
+        return Relay()
+
+    def complete(self, trial) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.ended.add(trial.trial_id)
+        last = self.last.get(trial.trial_id)
+        unit = self.units.get(trial.custom_trial_name) or {}
+        if last is None:
+            return
+        stopped = self.spec.scheduler if last["round"] < last["rounds"] else None
+        if self.spec.per_point and unit:
+            # Keyed by the point, so a point that gained seeds replaces its earlier entry.
+            self.record["points"][describe_point(unit["point"])] = {
+                **unit,
+                "round": last["round"],
+                "rounds": last["rounds"],
+                "stopped_by": stopped,
+                "metric": last[self.spec.metric],
+                "test_acc": last["test_acc"],
+                "mean_test_acc": last["mean_test_acc"],
+                "steps": last["steps"],
+                "seconds": last["seconds"],
+            }
+            write_record(self.out, self.record)
+        if trial.custom_trial_name in self.replays:
+            return
+        self.done += last["seeds"]
+        where = _where(unit) or trial.custom_trial_name
+        if stopped:
+            text = (
+                f"stopped by {stopped} after round {last['round']} of {last['rounds']}, test_acc {last['test_acc']:.4f}"
+            )
+        else:
+            text = f"{last['rounds']} rounds, final test_acc {last['test_acc']:.4f}"
+        mean = " (mean of {} seeds)".format(last["seeds"]) if last["seeds"] > 1 else ""
+        print(f"[{self.done}/{self.total} done] {where}: {text}{mean}", file=self.stream, flush=True)
+
+    def block(self, force: bool = False) -> None:
+        now = time.time()
+        if not self.running or not (force or now - self._last_block >= self.every):
+            return
+        self._last_block = now
+        running = len(self.running)
+        pending = max(
+            self.total
+            - self.done
+            - sum(self.units.get(t.custom_trial_name, {}).get("n", 1) for t in self.running.values()),
+            0,
+        )
+        print(
+            f"-- {self.done} done, {running} running, {pending} pending ({now - self.started:.0f}s)", file=self.stream
+        )
+        for tid, trial in self.running.items():
+            last = self.last.get(tid)
+            unit = self.units.get(trial.custom_trial_name) or {}
+            where = _where(unit) or trial.custom_trial_name
+            acc = f"{last['test_acc']:.4f}" if last else "-"
+            round_ = last["round"] + 1 if last else 1
+            print(f"   {where}: round {round_}, last test_acc {acc}", file=self.stream)
+        self.stream.flush()
+
+
+def run_suite(
+    suite: Suite,
+    out: str,
+    address: str | None = None,
+    resume: bool = False,
+    max_concurrent: int | None = None,
+    stream: TextIO | None = None,
+    every: float = 30.0,
+    trials_per_gpu: int | None = None,
+    rounds: dict[str, int] | None = None,
+) -> list[tuple[str, str, str]]:
+    """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials
+    that failed.  ``rounds``: each trial's round count, by id (``check_pools``' answer;
+    computed here when not given).  A sampled suite's proposed trials are added to
+    ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
+    KeyboardInterrupt; completed rounds are saved and ``resume`` continues."""
+    stream = stream or sys.stdout
+    from ray import tune
+
+    from engine.suite.points import run_point
+    from engine.suite.tracking import callbacks as trackers
+    from engine.trial.distributed import error_line, init_ray
+
+    prepare_out(suite, out, resume)
+    rounds = rounds if rounds is not None else check_pools(suite)
+    spec = suite.search
+    # A failed trial's traceback goes to its error.txt under --out; the driver lists the
+    # failures at the end instead of Tune logging each traceback mid-progress.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    record = read_record(out)
+    stopped = stopped_rounds(record, spec)
+    location = out if "://" in out else filesystem(out)[1]
+    # The driver's trial ids are final: workers must not re-derive them.
+    trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in (suite.trials or suite.probes)]
+    most = max(rounds.values())
+    if spec.sampled:
+        total = spec.num_samples * len(suite.seeds)
+        progress = SuiteProgress(total, 0, location, spec, record, stream, every)
+        param_space, names, todo = _sampled_space(suite, most), None, None
+        sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
+    else:
+        units = grid_units(suite)
+        todo, replay = _todo(suite, location, units, rounds, stopped)
+        done = sum(len(units[u]) for u in replay)
+        progress = SuiteProgress(len(suite.trials), done, location, spec, record, stream, every)
+        names = [_unit_name(suite, unit) for unit in units]
+        for u, unit in enumerate(units):
+            progress.units[names[u]] = _unit_info(suite, unit)
+        progress.replays = {names[u] for u in replay}
+        if replay:
+            also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"
+            print(f"{done} of {len(suite.trials)} trials already complete{also}", file=stream)
+        if spec.scheduler == "none":
+            todo = [u for u in todo if u not in replay]
+        else:
+            # Asynchronous ASHA judges each point against those that reached a rung
+            # before it; a grid's own order (λ ascending, say) often runs from worse to
+            # better, and then no point ever falls below a cutoff.  So the new points go
+            # in a seeded random order, as a random searcher's would.
+            fresh = [u for u in todo if u not in replay]
+            random.Random(spec.seed).shuffle(fresh)
+            todo = [u for u in todo if u in replay] + fresh
+        if not todo:
+            return []
+        param_space = _grid_space(suite, units, todo, rounds)
+        sampled = None
+    init_ray(address)
+    check_suite_resources(suite, address, trials_per_gpu)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_point, trials=trials, out=location, stopped=stopped, sampled=sampled),
+        resources=lambda config: _resources(config, trials, trials_per_gpu),
+    )
+
+    def name(trial) -> str:
+        if names is not None:
+            return names[trial.config["unit"]]
+        return _sampled_name(suite, trial.config, progress)
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=True,  # a trial process imports torch once, not once per trial
+            trial_name_creator=name,
+            trial_dirname_creator=name,
+            scheduler=scheduler(spec, most),
+            search_alg=searcher(spec),
+            num_samples=spec.num_samples if spec.sampled else 1,
+        ),
+        run_config=tune.RunConfig(
+            name=suite.name,
+            storage_path=f"{location}/_warmstart/tune",
+            failure_config=tune.FailureConfig(max_failures=trials[0]["scaling"]["max_failures"]),
+            verbose=0,
+            callbacks=[_quiet_progress(), progress.callback(), *trackers(suite.tracking, out, suite.name)],
+        ),
+    )
+    grid = tuner.fit()
+    progress.block(force=True)
+    if spec.sampled:  # the points the searcher proposed join the suite's record
+        ids = [t.trial_id for t in suite.trials]
+        manifest = read_manifest(out) or {}
+        ids += [tid for tid in manifest.get("trials", []) if tid not in ids]
+        write_manifest(out, {**manifest, "trials": ids})
+    expected = len(todo) if todo is not None else spec.num_samples
+    if len(progress.ended) < len(grid) or len(grid) < expected:
+        raise KeyboardInterrupt("the suite was interrupted")  # Tune ended early: Ctrl-C
+    # A Tune trial's folder is named after its unit: the trial id (or a point's id).
+    return [
+        (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{result.path}/error.txt")
+        for result in grid
+        if result.error is not None
+    ]
+
+
+def _todo(suite: Suite, out: str, units: list[list[int]], rounds: dict[str, int], stopped: dict[str, int]):
+    """Units to submit (complete ones first, so a scheduler rebuilds its rungs from them)
+    and the complete ones.  One status read per trial, once."""
+
+    def finished(trial: Trial) -> bool:
+        if trial.trial_id in stopped:
+            return True
+        status = TrialStore(out, trial.trial_id).load_status()
+        return bool(status) and status["round"] >= rounds[trial.trial_id]
+
+    complete = [u for u, unit in enumerate(units) if all(finished(suite.trials[i]) for i in unit)]
+    rest = [u for u in range(len(units)) if u not in complete]
+    return complete + rest, complete
+
+
+def _unit_name(suite: Suite, unit: list[int]) -> str:
+    ids = [suite.trials[i].trial_id for i in unit]
+    return ids[0] if len(ids) == 1 else point_id(ids)
+
+
+def _unit_info(suite: Suite, unit: list[int]) -> dict[str, Any]:
+    first = suite.trials[unit[0]]
+    return {
+        "point": _point_of(first),
+        "trial_ids": [suite.trials[i].trial_id for i in unit],
+        "seeds": [suite.trials[i].config.seed for i in unit],
+        "n": len(unit),
+    }
+
+
+def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: dict[str, int]) -> dict:
+    from ray import tune
+
+    # Plain data only: Tune keeps this space in its experiment state.
+    plain = [
+        {
+            "trials": unit,
+            "index": unit[0],
+            "rounds": max(rounds[suite.trials[i].trial_id] for i in unit),
+            "seeds": [suite.trials[i].config.seed for i in unit],
+            "cfg": _tracked(suite.trials[unit[0]].config.to_dict()),
+        }
+        for unit in units
+    ]
+    # The unit is the one grid axis; the rest follows from it, so trackers see the whole config.
+    space: dict[str, Any] = {"unit": tune.grid_search(todo)}
+    for key in ("trials", "index", "rounds", "seeds", "cfg"):
+        space[key] = tune.sample_from(lambda spec, key=key: plain[spec.config["unit"]][key])
+    return space
+
+
+def _sampled_space(suite: Suite, most: int) -> dict:
+    """The searcher's space: each sampled key a Tune domain, the rest of the config constant."""
+    from ray import tune
+
+    from engine.suite.search import Range
+
+    constant = _tracked(suite.probes[0].config.to_dict())
+    for key in suite.space:  # a sampled key replaces its whole subtree
+        constant = {k: v for k, v in constant.items() if k != key and not k.startswith(key + ".")}
+    domains = {k: v.domain() if isinstance(v, Range) else tune.choice(v) for k, v in suite.space.items()}
+    return {"cfg": {**constant, **domains}, "seeds": list(suite.seeds), "index": 0, "rounds": most}
+
+
+def _sampled_name(suite: Suite, config: dict, progress: SuiteProgress) -> str:
+    values = {key: config["cfg"][key] for key in suite.space}
+    point = sampled_point(suite.name, suite.base, suite.seeds, values)
+    ids = [t.trial_id for t in point]
+    name = point_id(ids)
+    if name not in progress.units:
+        suite.trials.extend(point)
+        progress.units[name] = {
+            "point": {k: (v if isinstance(v, (int, float, str, bool)) else _label(v)) for k, v in values.items()},
+            "trial_ids": ids,
+            "seeds": list(suite.seeds),
+            "n": len(ids),
+        }
+    return name
+
+
+def _label(value) -> str:
+    """A grid value as text: a component mapping as ``shrink_perturb(shrink=0.4, perturb=0.1)``."""
+    if isinstance(value, dict):
+        params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        if "name" in value:
+            return f"{value['name']}({params})" if params else value["name"]
+        return params
+    return str(value)
+
+
+def describe_point(point: dict) -> str:
+    return " ".join(f"{k}={_label(v)}" for k, v in point.items())

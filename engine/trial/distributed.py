@@ -1,0 +1,270 @@
+"""Ray Train: one data-parallel worker group runs a whole trial.
+
+The driver starts one ``TorchTrainer`` per trial (never one per round: a worker
+group costs tens of seconds to start); every worker runs ``worker_main``, which is
+the in-process round loop (``engine.trial.loop.run_rounds``) with a ``TorchComm``:
+
+- training: DDP over ``torch.distributed`` (NCCL on GPUs, gloo on CPU), each rank a
+  strided share of every global batch, the epoch's accuracy all-reduced;
+- pool scoring: each rank scores a contiguous shard, the shards are all-gathered,
+  the acquisition strategy runs on rank 0 and its choice is broadcast;
+- results and checkpoints: written by rank 0 under ``--out`` after every round.
+
+Fault tolerance needs nothing from Ray's checkpointing: when a worker dies, Ray
+Train restarts the group (``scaling.max_failures`` times) and ``run_rounds`` finds
+the trial's own checkpoint under ``--out`` and continues after the last completed
+round; a re-run of the same command after the driver died does the same.  On a
+multi-node cluster ``--out`` must therefore be storage every node sees.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from engine.errors import ConfigError, TrialError
+from engine.schema.config import Config
+
+# No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
+# console output, which honours verbose=0: warmstart prints its own progress.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
+
+
+class TrialFailed(TrialError):
+    """A trial that failed for good; the message is one line for the user."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The worker's own exception: the last line naming an error in the traceback text."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "Exception" in line]
+    return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__)[:300]
+
+
+class TorchComm:
+    """Collectives over the process group Ray Train set up."""
+
+    def __init__(self, device: torch.device, sync_batchnorm: bool = False) -> None:
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = device
+        self.sync_batchnorm = sync_batchnorm
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.world_size == 1:  # nothing to synchronise: no per-step all-reduce
+            return model
+
+        if self.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # DDP also broadcasts rank 0's parameters and buffers once here; the init
+        # strategy already made them identical (seeded per round), and check_same proves it.
+        return DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast(self, obj):
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def all_gather_cat(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Concatenate each rank's [n_r, ...] shard in rank order (shards may differ in size)."""
+        sizes = [None] * self.world_size
+        dist.all_gather_object(sizes, (local.shape[0], tuple(local.shape[1:])))
+        trailing = next(shape for rows, shape in sizes if rows > 0)
+        biggest = max(rows for rows, _ in sizes)
+        padded = torch.zeros((biggest, *trailing), dtype=local.dtype, device=local.device)
+        if local.shape[0]:
+            padded[: local.shape[0]] = local
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        out = torch.cat([g[:rows] for g, (rows, _) in zip(gathered, sizes, strict=True)])
+        assert out.shape[0] == total, (out.shape, total)
+        return out
+
+    def check_same(self, model: nn.Module, what: str) -> None:
+        """Raise when ranks hold different parameters (one small all-gather)."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+            fingerprint = torch.stack(
+                [flat.sum(), (flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()]
+            )
+        everyone = [torch.empty_like(fingerprint) for _ in range(self.world_size)]
+        dist.all_gather(everyone, fingerprint)
+        if any(not torch.equal(everyone[0], f) for f in everyone[1:]):
+            raise RuntimeError(f"{what}: ranks hold different parameters")
+
+
+def worker_main(train_config: dict) -> None:
+    """The body of every Ray Train worker: the round loop for the whole trial."""
+    import ray.train
+
+    from engine.schema.config import validate
+    from engine.schema.plugins import load_plugins
+    from engine.storage.store import TrialStore
+    from engine.trial.progress import ProgressWriter
+    from engine.trial.session import start_trial
+
+    data = train_config["config"]
+    load_plugins(data["plugins"])  # strategies users registered, before validation
+    cfg = validate(data)
+    context = ray.train.get_context()
+    if cfg.scaling.gpus_per_worker > 0:
+        device = torch.device("cuda", context.get_local_rank() if torch.cuda.device_count() > 1 else 0)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    comm = TorchComm(device, cfg.scaling.sync_batchnorm)
+    out = train_config["out"]
+    reporter = ProgressWriter(TrialStore(out, cfg.trial_id())) if comm.rank == 0 else None
+    with start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False) as session:
+        session.run()
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join ``address`` or start a quiet local instance (no token auth, no usage stats).
+
+    An address that does not answer fails within seconds, naming the address; a local
+    instance gets a reaper (engine/trial/reaper.py), so that no Ray process outlives a driver
+    that is killed."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    if address:
+        check_address(address)  # also when this process already runs Ray: the address given must answer
+    if ray.is_initialized():
+        return
+    # Workers' and Ray's own console output stays in Ray's log files (the session's
+    # logs/ folder); progress reaches the driver through the results store instead.
+    quiet = {"logging_level": "WARNING", "log_to_driver": False}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"Cannot join the Ray cluster at {address!r}: {error_line(exc)}") from None
+        return
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+    session = ray._private.worker._global_node.get_session_dir_path()
+    if sys.platform.startswith("linux"):
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.trial.reaper", str(os.getpid()), session],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not in the driver's process group: a Ctrl-C must not end it first
+        )
+
+
+def check_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse, within seconds, a HOST:PORT where nothing listens ('auto' and ray:// URIs are
+    Ray's to resolve; it fails fast when no cluster runs)."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"The --address must be 'auto' or HOST:PORT (a Ray head's GCS port, e.g. 6379). Got {address!r}."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"Cannot reach a Ray cluster at {address!r}: {reason} (is a head node running there?)."
+        ) from None
+
+
+def check_resources(
+    workers: int, gpus_per_worker: float, address: str | None, timeout: float, what: str | None = None
+) -> None:
+    """Refuse a request the cluster can never meet: at once on the local instance (its
+    resources are fixed), after ``timeout`` seconds of waiting, with a visible message, on
+    a joined cluster (an autoscaler may add nodes)."""
+    import ray
+
+    need = {"CPU": float(workers), **({"GPU": workers * gpus_per_worker} if gpus_per_worker else {})}
+
+    def short() -> dict[str, float]:
+        have = ray.cluster_resources()
+        return {k: v for k, v in need.items() if have.get(k, 0.0) + 1e-9 < v}
+
+    lacking = short()
+    if not lacking:
+        return
+    have = ray.cluster_resources()
+    described = ", ".join(f"{need[k]:g} {k}" for k in need)
+    has = ", ".join(f"{have.get(k, 0):g} {k}" for k in need)
+    if not address:
+        who = f"{what}: " if what else ""
+        raise ConfigError(
+            f"{who}{workers} worker(s) need {described} (1 CPU and {gpus_per_worker:g} GPU each), but the local Ray "
+            f"instance has {has}; use fewer workers or GPUs, or join a bigger cluster with --address."
+        )
+    print(f"waiting up to {timeout:.0f}s for the cluster to offer {described} (it has {has})...", file=sys.stderr)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+        if not short():
+            return
+    raise ConfigError(
+        f"The cluster at {address} did not offer {described} within {timeout:.0f}s (scaling.resource_timeout); "
+        f"it has {has}."
+    )
+
+
+def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter=None, rounds: int = 0) -> None:
+    """Run the whole trial as one TorchTrainer with ``scaling.workers`` workers."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from engine.storage.store import META, TrialStore, filesystem
+    from engine.trial.progress import follow
+
+    workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
+    init_ray(address)  # engine.trial.runner.run_trial has checked the address and the resources already
+    location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
+    trainer = TorchTrainer(
+        worker_main,
+        train_loop_config={"config": {**cfg.to_dict(), "trial_id": cfg.trial_id()}, "out": location},
+        torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=gpus > 0, resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}
+        ),
+        run_config=RunConfig(
+            name=cfg.trial_id(),  # deterministic: a re-run finds the same trial
+            storage_path=f"{location}/{META}/ray",
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+        ),
+    )
+    # Rank 0 leaves rows and progress in the store; print them here as they land.
+    done = threading.Event()
+    if reporter is not None:
+        store = TrialStore(location, cfg.trial_id())
+        threading.Thread(target=follow, args=(store, reporter, rounds, done), daemon=True).start()
+    try:
+        trainer.fit()
+    except TrainingFailedError as exc:
+        raise TrialFailed(
+            f"trial {cfg.trial_id()} failed on Ray Train after {cfg.scaling.max_failures} restart(s): "
+            f"{error_line(exc)} (completed rounds are saved; re-run the same command to resume)"
+        ) from exc
+    finally:
+        done.set()

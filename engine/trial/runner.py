@@ -1,0 +1,94 @@
+"""Starting a trial: the one path that the CLI, a Tune trial, a Ray Train worker and the
+Python API all take.
+
+    run_trial(config, out)          # validate, then in-process or on Ray Train; the rows
+      └─ start_trial(cfg, out)      # in one process: device, data, store, state
+           └─ TrialSession.step()   # engine.trial.loop.advance: one round, saved
+
+``start_trial`` and ``TrialSession`` live in engine/trial/session.py: a Ray Train worker calls
+``start_trial`` with its own ``comm`` and device; everything else goes through ``run_trial``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+
+import torch
+
+from engine.errors import ConfigError
+from engine.schema.config import Config, build
+from engine.trial.loop import (
+    Reporter,
+    Silent,
+    load_data,
+    plan_rounds,
+)
+from engine.trial.session import TrialInfo, open_store, start_trial
+
+
+def run_trial(
+    config,
+    out: str | None = None,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    reporter: Reporter | None = None,
+    sets=(),
+    plugins=(),
+) -> list[dict]:
+    """Run (or continue) one trial to its last round; every row of the trial, in round order.
+
+    ``config``: a mapping, a YAML file's path or a Config.  ``out=None`` keeps the rows in
+    memory (on Ray Train, in a temporary folder on this machine).  ``workers`` runs it on
+    Ray Train with that many data-parallel workers (``scaling.workers``); ``address`` joins
+    a running Ray cluster (and then runs there, one worker unless ``workers`` says more).
+    Invalid input raises ``ConfigError`` before anything is written."""
+    sets = list(sets)
+    if workers is not None:
+        sets.append(f"scaling.workers={workers}")
+    if address and workers is None and not any(s.startswith("scaling.workers=") for s in sets):
+        sets.append("scaling.workers=1")  # joining a cluster means running there
+    cfg = build(config, sets, plugins)
+    reporter = reporter or Silent()
+    if cfg.scaling.workers is None:
+        with start_trial(cfg, out, reporter=reporter) as session:
+            reporter.trial_started(session.info(out))
+            session.run()
+            return session.store.rows() if session.store is not None else session.rows
+    if out is None and address:
+        raise ConfigError("A trial on a Ray cluster needs an out that every node can reach (a shared path or URI).")
+    with tempfile.TemporaryDirectory(prefix="warmstart-") if out is None else contextlib.nullcontext(out) as location:
+        return _run_on_ray(cfg, location, address, reporter)
+
+
+def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter) -> list[dict]:
+    from engine.trial.distributed import check_resources, init_ray, run_trial_on_ray
+
+    # The driver reads the data only to check the plan; every worker loads its own copy.
+    data = load_data(cfg, torch.device("cpu"))
+    plan = plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
+    n_eval = int(data.eval_y.shape[0])
+    del data
+    init_ray(address)  # an unreachable address, or a request the cluster cannot meet: before anything is written
+    check_resources(cfg.scaling.workers, cfg.scaling.gpus_per_worker, address, cfg.scaling.resource_timeout)
+    store = open_store(cfg, out)  # this driver holds the trial's lock for its workers
+    try:
+        status = store.load_status() or {}
+        rows, _ = store.read_rows()
+        # Complete only when every completed round's row is readable; the workers recompute otherwise.
+        last = status.get("round", 0)
+        completed = last if all(r in rows for r in range(1, last + 1)) else 0
+        where = f"Ray Train with {cfg.scaling.workers} worker(s)"
+        info = TrialInfo(
+            cfg.trial_id(), cfg, plan.n_pool, n_eval, plan.rounds, plan.initial, plan.per_round, completed, where, out,
+            tuple(store.notes),
+        )  # fmt: skip
+        reporter.trial_started(info)
+        if completed < plan.rounds:
+            relay = None if isinstance(reporter, Silent) else reporter
+            run_trial_on_ray(cfg, out if "://" in out else os.path.abspath(out), address, relay, plan.rounds)
+        return store.rows()
+    finally:
+        store.unlock()

@@ -1,0 +1,147 @@
+"""A trial in one process: ``start_trial`` opens it (device, data, store, state) and a
+``TrialSession`` runs it round by round.
+
+This is where every trial starts in the process that trains it: the CLI's and the API's
+in-process runs and Tune trials (through ``engine.trial.runner.run_trial``), each Ray Train
+worker (``engine.trial.distributed.worker_main``) and ``warmstart.Trial``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import yaml
+
+from engine.compute.train import LOCAL
+from engine.errors import ConfigError
+from engine.schema.config import Config
+from engine.storage.store import TrialStore
+from engine.trial.loop import (
+    Reporter,
+    RoundResult,
+    TrialContext,
+    TrialState,
+    advance,
+    load_data,
+    open_trial,
+    plan_rounds,
+    resolve_device,
+)
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """What a trial is about to do, for whoever announces it (``Reporter.trial_started``)."""
+
+    trial_id: str
+    cfg: Config
+    n_pool: int
+    n_eval: int
+    rounds: int
+    initial: int
+    per_round: int
+    completed: int  # rounds already completed under ``out`` (0: a new trial)
+    where: str  # "cpu", "cuda", or "Ray Train with N worker(s)"
+    out: str | None
+    notes: tuple[str, ...] = ()  # what was found under out and recovered from (one line each)
+
+
+def open_store(cfg: Config, out: str | None, lock: bool = True) -> TrialStore | None:
+    """The trial's store under ``out`` (None: rows stay in memory), probed for writability
+    and locked for this process.  Refused when ``out`` cannot be written or already holds
+    this trial id with a different config; ``TrialBusy`` when another process runs it."""
+    if out is None:
+        return None
+    store = TrialStore(out, cfg.trial_id())
+    try:
+        saved = store.saved_config()
+    except (OSError, yaml.YAMLError):
+        saved = None  # probe() says what is wrong with the path; a damaged config is rewritten
+    if saved is not None and Config(saved).identity() != cfg.identity():
+        raise ConfigError(
+            f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
+        )
+    store.probe()
+    if lock:
+        store.lock()
+    return store
+
+
+class TrialSession:
+    """One trial in this process, round by round."""
+
+    def __init__(self, context: TrialContext, state: TrialState, store: TrialStore | None) -> None:
+        self.context, self.state, self.store = context, state, store
+        self.rows: list[dict] = []  # the rows of the rounds this session ran
+
+    def close(self) -> None:
+        """Release the trial's lock (also released when the process ends, however it ends)."""
+        if self.store is not None:
+            self.store.unlock()
+
+    def __enter__(self) -> TrialSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def done(self) -> bool:
+        """Every round run, or stopped early (``state.stopped``: a divergence)."""
+        return self.state.done(self.context.plan.rounds)
+
+    def step(self) -> RoundResult:
+        """Run and save the next round."""
+        if self.done:
+            raise StopIteration(f"trial {self.context.columns['trial_id']} is complete")
+        result = advance(self.context, self.state, self.store)
+        self.rows.append(result.row)
+        return result
+
+    def run(self) -> list[dict]:
+        """Every remaining round; the rows of this session's rounds."""
+        while not self.done:
+            self.step()
+        return self.rows
+
+    def info(self, out: str | None) -> TrialInfo:
+        plan, data = self.context.plan, self.context.data
+        return TrialInfo(
+            self.context.columns["trial_id"],
+            self.context.cfg,
+            plan.n_pool,
+            int(data.eval_y.shape[0]),
+            plan.rounds,
+            plan.initial,
+            plan.per_round,
+            self.state.round,
+            self.context.device.type,
+            out,
+            tuple(self.context.notes),
+        )
+
+
+def start_trial(
+    cfg: Config,
+    out: str | None,
+    *,
+    comm=LOCAL,
+    device: torch.device | None = None,
+    reporter: Reporter | None = None,
+    lock: bool = True,
+) -> TrialSession:
+    """Start (or resume) a validated trial in this process: device, data, store, state.
+    ``lock=False`` where another process holds the trial's lock for it (Ray Train workers:
+    their driver holds it)."""
+    device = device or resolve_device(cfg.device)
+    data = load_data(cfg, device)
+    plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
+    store = open_store(cfg, out, lock=lock)
+    try:
+        context, state = open_trial(cfg, data, store, device, comm, reporter)
+    except BaseException:
+        if store is not None:
+            store.unlock()
+        raise
+    return TrialSession(context, state, store)
