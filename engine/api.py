@@ -257,17 +257,16 @@ def run_suite(
     import io
     import sys
 
-    from engine.suite.plan import check_pools, load_suite
     from engine.suite.search import read_record
+    from engine.suite.setup import set_up_suite
     from engine.suite.tune import run_suite as run
 
-    loaded = load_suite(suite, list(plugins), list(sets), list(trackers))
-    rounds = check_pools(loaded)
-    out = out or f"results/{loaded.name}"
-    if max_concurrent is not None and max_concurrent < 1:
-        raise ConfigError(f"The 'max_concurrent' parameter must be an int >= 1. Got {max_concurrent!r}.")
+    setup = set_up_suite(
+        suite, out, plugins=plugins, sets=sets, trackers=trackers, resume=resume, max_concurrent=max_concurrent
+    )
+    loaded, out = setup.suite, setup.out
     stream = sys.stdout if progress else io.StringIO()
-    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=rounds)
+    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds)
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None
