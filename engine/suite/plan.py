@@ -240,7 +240,7 @@ def check_pools(suite: Suite) -> dict[str, int]:
     so a missing dataset or an impossible per_round fails before any trial starts.  Returns
     each trial's number of rounds, by trial id (a sampled suite: its probes')."""
     from engine.compute.data import dataset_params, fraction_count, load_raw, pool_size
-    from engine.trial.loop import plan_rounds
+    from engine.trial.setup import plan_rounds
 
     n_train: dict[tuple, int] = {}
 

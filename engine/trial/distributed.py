@@ -2,7 +2,7 @@
 
 The driver starts one ``TorchTrainer`` per trial (never one per round: a worker
 group costs tens of seconds to start); every worker runs ``worker_main``, which is
-the in-process round loop (``engine.trial.loop.run_rounds``) with a ``TorchComm``:
+the in-process round loop (``engine.trial.session.start_trial``) with a ``TorchComm``:
 
 - training: DDP over ``torch.distributed`` (NCCL on GPUs, gloo on CPU), each rank a
   strided share of every global batch, the epoch's accuracy all-reduced;
@@ -11,7 +11,7 @@ the in-process round loop (``engine.trial.loop.run_rounds``) with a ``TorchComm`
 - results and checkpoints: written by rank 0 under ``--out`` after every round.
 
 Fault tolerance needs nothing from Ray's checkpointing: when a worker dies, Ray
-Train restarts the group (``scaling.max_failures`` times) and ``run_rounds`` finds
+Train restarts the group (``scaling.max_failures`` times) and ``start_trial`` finds
 the trial's own checkpoint under ``--out`` and continues after the last completed
 round; a re-run of the same command after the driver died does the same.  On a
 multi-node cluster ``--out`` must therefore be storage every node sees.

@@ -19,13 +19,8 @@ import torch
 
 from engine.errors import ConfigError
 from engine.schema.config import Config, build
-from engine.trial.loop import (
-    Reporter,
-    Silent,
-    load_data,
-    plan_rounds,
-)
 from engine.trial.session import TrialInfo, open_store, start_trial
+from engine.trial.setup import Reporter, Silent, load_data, plan_rounds
 
 
 def run_trial(
