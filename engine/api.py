@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
 
 __all__ = [
@@ -294,44 +295,3 @@ def report(*paths: str, out: str | None = None) -> list[str]:
     if not paths:
         raise ConfigError("report() needs at least one results path.")
     return write_report(paths[0] if len(paths) == 1 else list(paths), out)
-
-
-def _entries(registry) -> list[dict]:
-    return [
-        {
-            "name": e.name,
-            "params": dict(e.defaults),
-            "doc": e.doc,
-            **({"needs": list(e.extra["needs"])} if "needs" in e.extra else {}),
-        }
-        for e in registry.entries()
-    ]
-
-
-def list_strategies() -> dict[str, list[dict]]:
-    """The registered init and acquisition strategies (plugins included), as ``warmstart
-    list`` prints them: ``{"init": [{name, params, doc}], "acquisition": [{name, params, doc, needs}]}``."""
-    from engine.schema.plugins import load_entry_points
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
-    load_entry_points()
-    return {"init": _entries(INIT_STRATEGIES), "acquisition": _entries(ACQUISITION_STRATEGIES)}
-
-
-def list_models() -> list[dict]:
-    """The registered models (plugins included): ``[{name, params, doc}]``."""
-    from engine.compute.models import MODELS
-    from engine.schema.plugins import load_entry_points
-
-    load_entry_points()
-    return _entries(MODELS)
-
-
-def list_datasets() -> list[dict]:
-    """The registered datasets (plugins included): ``[{name, params, doc}]``."""
-    from engine.compute.data import DATASETS
-    from engine.schema.plugins import load_entry_points
-
-    load_entry_points()
-    return _entries(DATASETS)

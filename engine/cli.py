@@ -262,20 +262,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.compute.data import DATASETS
-    from engine.compute.models import MODELS
+    from engine.schema.catalogue import REGISTRIES
     from engine.schema.plugins import load_plugins
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
 
     load_plugins(args.plugins)
-    for title, registry in (
-        ("datasets", DATASETS),
-        ("models", MODELS),
-        ("init strategies", INIT_STRATEGIES),
-        ("acquisition strategies", ACQUISITION_STRATEGIES),
-    ):
-        print(f"{title}:")
+    for registry in REGISTRIES.values():
+        print(f"{registry.plural}:")
         for entry in registry.entries():
             needs = entry.extra.get("needs")
             suffix = f"  [needs: {', '.join(needs)}]" if needs else ""

@@ -27,6 +27,15 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.schema.catalogue import DATASETS
+from engine.schema.config import (
+    ALLOWED,
+    COMPONENTS,
+    DEFAULTS,
+    PRETRAIN_ALLOWED,
+    PRETRAIN_DEFAULTS,
+    component_registry,
+)
 from engine.schema.registry import value_kind
 
 CONFIG_PREFIX = "cfg."
@@ -170,16 +179,6 @@ def kind_of(constraint: Any, default: Any) -> type | None:
 def _sections() -> dict[str, tuple[type | None, Any]]:
     """Every config key as {dotted key: (kind, default)}; components: the union of
     every registered builder's parameters, a key with conflicting kinds stored as JSON."""
-    from engine.compute.data import DATASETS
-    from engine.schema.config import (
-        ALLOWED,
-        COMPONENTS,
-        DEFAULTS,
-        PRETRAIN_ALLOWED,
-        PRETRAIN_DEFAULTS,
-        component_registry,
-    )
-
     keys: dict[str, tuple[type | None, Any]] = {}
 
     def walk(node: dict, prefix: str) -> None:
