@@ -72,6 +72,17 @@ COMPONENTS = ("model", "init", "acquisition")
 DATASET_KEYS = ("name", "root", "eval", "holdout", "download")
 
 
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A config as ``{dotted key: value}`` (the Parquet ``cfg.*`` names, without the prefix)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def dataset_params(section: Any) -> dict[str, Any]:
     """A ``dataset`` config section's loader parameters: every key but ``DATASET_KEYS``."""
     data = section.to_dict() if hasattr(section, "to_dict") else dict(section)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine.errors import ConfigError
-from engine.schema.config import HOW_FAR
+from engine.schema.config import HOW_FAR, flatten
 from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.search import (
@@ -40,17 +40,6 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """A config as ``{dotted key: value}`` (the Parquet ``cfg.*`` names, without the prefix)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _tracked(config: dict) -> dict[str, Any]:

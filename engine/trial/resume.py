@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 
 from engine.errors import TrialError
-from engine.schema.records import PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord
+from engine.schema.records import NOT_CHECKED, PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord
 from engine.storage.store import TrialStore
 from engine.trial.setup import TrialContext, TrialState, fresh_model
 
-# Columns left out of the integrity check: time measurements, and the suite a trial ran in
-# (not part of its identity: the same trial may run alone, then in a suite).
-NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "capture_seconds", "pretrain_seconds", "suite")
+# NOT_CHECKED (engine.schema.records, the columns of role timing or context) is left out of
+# the integrity check: time measurements, and the suite a trial ran in (not part of its
+# identity: the same trial may run alone, then in a suite).
 
 
 def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
