@@ -14,6 +14,8 @@ naming the key) before anything is written; none calls ``sys.exit``.
 from __future__ import annotations
 
 import copy
+import io
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,13 @@ import numpy as np
 from engine.errors import ConfigError
 from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
+from engine.schema.records import arrow_schema
+from engine.suite import tune
+from engine.suite.search import read_record
+from engine.suite.setup import set_up_suite
+from engine.trial import runner
+from engine.trial.progress import ConsoleReporter
+from engine.trial.session import start_trial
 
 __all__ = [
     "Config",
@@ -43,8 +52,6 @@ def _frame(rows: list[dict]):
     """Rows as a DataFrame with the Parquet schema's types (as ``load`` would give them)."""
     import pandas as pd
     import pyarrow as pa
-
-    from engine.schema.records import arrow_schema
 
     if not rows:
         return pd.DataFrame(columns=arrow_schema().names)
@@ -77,13 +84,10 @@ def run_trial(
     Raises:
         ConfigError: invalid input, before anything runs.
     """
-    import sys
-
-    from engine.trial.progress import ConsoleReporter
-    from engine.trial.runner import run_trial as run
-
     reporter = ConsoleReporter(sys.stdout) if progress else None
-    rows = run(config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins)
+    rows = runner.run_trial(
+        config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins
+    )
     return _frame(rows)
 
 
@@ -145,8 +149,6 @@ class Trial:
         plugins: list[str] = (),
         device: str | None = None,
     ) -> None:
-        from engine.trial.session import start_trial
-
         sets = list(sets) + ([f"device={device}"] if device else [])
         cfg = build(config, sets, plugins)
         if cfg.scaling.workers is not None:
@@ -255,19 +257,12 @@ def run_suite(
     retries them.  Under a search (the suite's ``search:``) ``frame.attrs["search"]``
     holds what it did: each point, where it stopped, and ``stopped_by``.
     """
-    import io
-    import sys
-
-    from engine.suite.search import read_record
-    from engine.suite.setup import set_up_suite
-    from engine.suite.tune import run_suite as run
-
     setup = set_up_suite(
         suite, out, plugins=plugins, sets=sets, trackers=trackers, resume=resume, max_concurrent=max_concurrent
     )
     loaded, out = setup.suite, setup.out
     stream = sys.stdout if progress else io.StringIO()
-    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds)
+    failed = tune.run_suite(loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds)
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None

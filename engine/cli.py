@@ -10,7 +10,14 @@ import threading
 import time
 import traceback
 
+# Only light modules here: `warmstart --help` and a refused config must not wait for
+# torch, pandas, pyarrow or Ray (tests/test_api.py checks it).  A command imports what
+# pulls them in when it runs.
+from engine import __version__
 from engine.errors import ConfigError, TrialError
+from engine.schema.catalogue import REGISTRIES
+from engine.schema.plugins import load_plugins
+from engine.trial.progress import ConsoleReporter
 
 EXIT_USAGE = 2
 
@@ -60,8 +67,6 @@ def parser() -> argparse.ArgumentParser:
         prog="warmstart",
         description="Rounds of online and active learning: random init, warm start, shrink and perturb.",
     )
-    from engine import __version__
-
     top.add_argument("--version", action="version", version=f"warmstart {__version__}")
     top.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also: WARMSTART_DEBUG=1)"
@@ -134,7 +139,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.trial.progress import ConsoleReporter
     from engine.trial.runner import run_trial
 
     # Everything that can be refused is checked before anything is written under --out.
@@ -262,9 +266,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.schema.catalogue import REGISTRIES
-    from engine.schema.plugins import load_plugins
-
     load_plugins(args.plugins)
     for registry in REGISTRIES.values():
         print(f"{registry.plural}:")

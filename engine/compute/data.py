@@ -32,6 +32,7 @@ import json
 import math
 import os
 import pickle
+import random
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -310,8 +311,6 @@ def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
 
 
 def _generate_mnist1d(args: dict[str, Any]) -> dict[str, np.ndarray]:
-    import random
-
     from mnist1d.data import make_dataset
     from mnist1d.utils import ObjectView
 

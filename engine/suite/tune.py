@@ -30,8 +30,11 @@ from typing import Any, TextIO
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
 from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.suite.packing import trial_bundle
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
+from engine.suite.points import run_point
 from engine.suite.search import (
+    Range,
     SearchSpec,
     point_id,
     read_record,
@@ -40,6 +43,8 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
+from engine.suite.tracking import callbacks as trackers
+from engine.trial.distributed import check_resources, error_line, init_ray
 
 
 def _tracked(config: dict) -> dict[str, Any]:
@@ -49,8 +54,6 @@ def _tracked(config: dict) -> dict[str, Any]:
 
 def _resources(config: dict, trials: list[dict], trials_per_gpu: int | None = None):
     from ray import tune
-
-    from engine.suite.packing import trial_bundle
 
     scaling = trials[config["index"]]["scaling"]
     if scaling["workers"] is not None:
@@ -132,9 +135,6 @@ def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
 def check_suite_resources(suite: Suite, address: str | None, trials_per_gpu: int | None) -> None:
     """Refuse a suite with a trial the cluster can never run (see check_resources): more
     CPUs or GPUs in one trial's bundle, or one worker group, than the cluster has."""
-    from engine.suite.packing import trial_bundle
-    from engine.trial.distributed import check_resources
-
     seen = set()
     for trial in suite.trials or suite.probes:
         scaling = trial.config.scaling
@@ -321,8 +321,6 @@ def run_suite(
     computed here when not given).  A sampled suite's proposed trials are added to
     ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
     KeyboardInterrupt; completed rounds are saved and ``resume`` continues."""
-    from engine.trial.distributed import init_ray
-
     prepare_out(suite, out, resume)
     rounds = rounds if rounds is not None else check_pools(suite)
     # A failed trial's traceback goes to its error.txt under --out; the driver lists the
@@ -394,9 +392,6 @@ def build_tuner(
     """The Tuner: the trainable with its resources, the scheduler and searcher, the callbacks."""
     from ray import tune
 
-    from engine.suite.points import run_point
-    from engine.suite.tracking import callbacks as trackers
-
     trials, spec = units.trials, suite.search
     trainable = tune.with_resources(
         tune.with_parameters(run_point, trials=trials, out=location, stopped=units.stopped, sampled=units.sampled),
@@ -441,8 +436,6 @@ def record_sampled_trials(suite: Suite, out: str) -> None:
 def failures(grid, units: Units) -> list[tuple[str, str, str]]:
     """(trial id, error, traceback file) of each failed Tune trial in the ResultGrid;
     KeyboardInterrupt when Tune ended before every trial did (Ctrl-C)."""
-    from engine.trial.distributed import error_line
-
     if len(units.progress.ended) < len(grid) or len(grid) < units.expected:
         raise KeyboardInterrupt("the suite was interrupted")
     # A Tune trial's folder is named after its unit: the trial id (or a point's id).
@@ -507,8 +500,6 @@ def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: d
 def _sampled_space(suite: Suite, most: int) -> dict:
     """The searcher's space: each sampled key a Tune domain, the rest of the config constant."""
     from ray import tune
-
-    from engine.suite.search import Range
 
     constant = _tracked(suite.probes[0].config.to_dict())
     for key in suite.space:  # a sampled key replaces its whole subtree
