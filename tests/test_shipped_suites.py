@@ -14,7 +14,7 @@ import yaml
 
 from engine.compute.data import pool_size
 from engine.suite.plan import SUITES_DIR, load_suite
-from engine.trial.loop import plan_rounds
+from engine.trial.setup import plan_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE_FILES = sorted(SUITES_DIR.glob("*.yaml"))
