@@ -102,6 +102,7 @@ class RoundRecord:
     pretrain_dataset: str | None = _doc("the source dataset; null without pretraining")
     pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)")
     overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
+    ensemble: str | None = _doc("'<ensemble id>/<members>' when trained stacked with other trials; null alone")
     pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
     config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
 

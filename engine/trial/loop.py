@@ -169,13 +169,19 @@ def acquire(
         seed=seed_for(cfg.seed, round_, "mc_dropout"),
         performance=performance,
     )
+    return choose(cfg, outputs, unlabeled, k, round_, comm), outputs
+
+
+def choose(cfg: Config, outputs: PoolOutputs, unlabeled: np.ndarray, k: int, round_: int, comm) -> np.ndarray:
+    """The pool positions the acquisition strategy picks from ``outputs`` (over ``unlabeled``)."""
+    entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
         with strategy_errors(f"The acquisition strategy {entry.name!r}", round_):
             # Only the k picked positions reach the host; a contract breach names the round.
-            picked = unlabeled[pick(entry.name, outputs, k, rng, params, round_)]
-    return comm.broadcast(picked), outputs
+            picked = unlabeled[pick(entry.name, outputs, k, rng, cfg.acquisition.params(), round_)]
+    return comm.broadcast(picked)
 
 
 @contextlib.contextmanager
@@ -243,6 +249,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
+        "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 
@@ -325,8 +332,17 @@ def open_trial(
 
 
 # Columns left out of the integrity check: time measurements, and the suite a trial ran in
-# (not part of its identity: the same trial may run alone, then in a suite).
-NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "capture_seconds", "pretrain_seconds", "suite")
+# (not part of its identity: the same trial may run alone, then in a suite), and the ensemble
+# it ran in (engine/trial/ensemble.py).
+NOT_CHECKED = (
+    "ensemble",
+    "train_seconds",
+    "acquire_seconds",
+    "eval_seconds",
+    "capture_seconds",
+    "pretrain_seconds",
+    "suite",
+)
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
@@ -405,25 +421,42 @@ def save_round(store: TrialStore | None, context: TrialContext, state: TrialStat
     store.save_status({**status, "stopped": state.stopped} if state.stopped else status)
 
 
-def run_round(context: TrialContext, state: TrialState) -> RoundResult:
-    """Round ``state.round + 1``: acquire, initialise, train, evaluate.  Advances ``state``."""
-    cfg, data, plan, device, comm, performance = (
-        context.cfg,
-        context.data,
-        context.plan,
-        context.device,
-        context.comm,
-        context.performance,
-    )
+@dataclass
+class RoundStart:
+    """A round ready to train: its samples labelled and its model initialised."""
+
+    round: int
+    model: Classifier  # the model to train (the init strategy's answer)
+    positions: torch.Tensor  # [n] the labelled pool positions, ascending
+    outputs: PoolOutputs | None  # what the acquisition scored (None in round 1)
+    acquire_seconds: float
+
+
+@dataclass
+class Evaluation:
+    """A trained round's evaluation (BatchNorm re-estimated first where configured)."""
+
+    test_acc: float
+    test_loss: float
+    precise_bn: bool
+    seconds: float
+
+
+def start_round(context: TrialContext, state: TrialState, outputs: PoolOutputs | None = None) -> RoundStart:
+    """Round ``state.round + 1`` up to training: acquire, label, initialise.  ``outputs``:
+    the pool outputs scored elsewhere (an ensemble scores its members in one stacked pass);
+    None: scored here."""
+    cfg, data, plan, device, comm = context.cfg, context.data, context.plan, context.device, context.comm
     round_ = state.round + 1
     k = plan.size_after(round_) - plan.size_after(round_ - 1) if round_ > 1 else plan.initial
     context.reporter.round_started(round_, plan.rounds, plan.size_after(round_))
     began = time.perf_counter()
-    outputs = None
     if round_ == 1:
         picked = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False)
+    elif outputs is not None:
+        picked = choose(cfg, outputs, np.flatnonzero(state.labeled == 0), k, round_, comm)
     else:
-        picked, outputs = acquire(cfg, state.model, data, state.labeled, k, round_, comm, performance)
+        picked, outputs = acquire(cfg, state.model, data, state.labeled, k, round_, comm, context.performance)
     state.labeled[picked] = round_
     acquire_seconds = time.perf_counter() - began
 
@@ -438,54 +471,73 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
         check_model(cfg.init.name, model, shapes, device, round_)
     comm.check_same(model, f"round {round_}: the init strategy {cfg.init.name!r}")
     positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(device)
-    x, y = data.pool_x[positions], data.pool_y[positions]
+    return RoundStart(round_, model, positions, outputs, acquire_seconds)
 
-    began = time.perf_counter()
-    stats = fit(
-        model,
-        x,
-        y,
-        None,  # the trial's runner owns one optimizer, reset in place: as new every round
-        cfg.batch_size,
-        cfg.convergence,
-        seed_for(cfg.seed, round_, "train"),
-        comm,
-        on_epoch=functools.partial(context.reporter.epoch, round_),
-        runner=context.runner,
-    )
-    train_seconds = time.perf_counter() - began
 
+def evaluate_round(context: TrialContext, start: RoundStart) -> Evaluation:
+    """BatchNorm re-estimation on the labelled set (where configured), then evaluation."""
+    cfg, data, performance = context.cfg, context.data, context.performance
     began = time.perf_counter()
-    re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, comm, performance)
+    x = data.pool_x[start.positions]
+    re_estimated = cfg.eval.precise_bn and precise_bn(start.model, x, cfg.batch_size, context.comm, performance)
+    del x  # the labeled copy: not held while the next round scores the pool
     eval_batch = performance.inference_batch_size or cfg.eval.batch_size
-    test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
-    eval_seconds = time.perf_counter() - began
-    del x, y  # the labeled copy: not held while the next round scores the pool
+    test_acc, test_loss = evaluate(start.model, data.eval_x, data.eval_y, eval_batch, performance)
+    return Evaluation(test_acc, test_loss, bool(re_estimated), time.perf_counter() - began)
 
+
+def finish_round(
+    context: TrialContext, state: TrialState, start: RoundStart, stats, train_seconds: float, evaluation: Evaluation
+) -> RoundResult:
+    """The round's row, and ``state`` advanced to it."""
+    cfg, data, round_ = context.cfg, context.data, start.round
     added = np.sort(data.pool_index[state.labeled == round_])
     record = RoundRecord(
         **context.columns,
         round=round_,
-        n_labeled=int(positions.shape[0]),
+        n_labeled=int(start.positions.shape[0]),
         epochs=stats.epochs,
         steps=stats.steps,
         stop_reason=stats.stop_reason,
         train_acc=stats.train_acc,
         train_loss=stats.train_loss,
-        test_acc=test_acc,
-        test_loss=test_loss,
+        test_acc=evaluation.test_acc,
+        test_loss=evaluation.test_loss,
         train_seconds=train_seconds,
         capture_seconds=stats.capture_seconds,
-        acquire_seconds=acquire_seconds,
-        eval_seconds=eval_seconds,
-        precise_bn=bool(re_estimated),
+        acquire_seconds=start.acquire_seconds,
+        eval_seconds=evaluation.seconds,
+        precise_bn=evaluation.precise_bn,
         acquired=[int(i) for i in added],
         pretrain=state.pretrain,
     )
-    state.round, state.model = round_, model
+    state.round, state.model = round_, start.model
     if stats.stop_reason == "diverged" and cfg.convergence.on_diverge == "stop":
         state.stopped = "diverged"
-    return RoundResult(record.to_row(), added, outputs, model)
+    return RoundResult(record.to_row(), added, start.outputs, start.model)
+
+
+def run_round(context: TrialContext, state: TrialState) -> RoundResult:
+    """Round ``state.round + 1``: acquire, initialise, train, evaluate.  Advances ``state``."""
+    cfg, data = context.cfg, context.data
+    start = start_round(context, state)
+    x, y = data.pool_x[start.positions], data.pool_y[start.positions]
+    began = time.perf_counter()
+    stats = fit(
+        start.model,
+        x,
+        y,
+        None,  # the trial's runner owns one optimizer, reset in place: as new every round
+        cfg.batch_size,
+        cfg.convergence,
+        seed_for(cfg.seed, start.round, "train"),
+        context.comm,
+        on_epoch=functools.partial(context.reporter.epoch, start.round),
+        runner=context.runner,
+    )
+    train_seconds = time.perf_counter() - began
+    del x, y  # the labeled copy: not held while the next round scores the pool
+    return finish_round(context, state, start, stats, train_seconds, evaluate_round(context, start))
 
 
 def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
