@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli import main
 from engine.errors import ConfigError
-from engine.suite.plan import packing
+from engine.suite import packing
 
 
 def test_choose_takes_the_smallest_pack_near_the_best():
