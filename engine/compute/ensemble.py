@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from engine.compute.train import PLAIN, FitStats, OptimizerSpec, Performance, batches, make_optimizer
 from strategies.acquisition import PoolOutputs
@@ -45,9 +45,16 @@ class Stack:
 
     def __init__(self, models: list[nn.Module]) -> None:
         self.size = len(models)
-        params, buffers = stack_module_state(models)  # copies: the members' modules stay as they were
-        self.params: dict[str, torch.Tensor] = params  # leaves that require grad
-        self.buffers: dict[str, torch.Tensor] = buffers
+        # Copies (the members' modules stay as they were), whatever mode each member is in
+        # (torch.func.stack_module_state refuses members in different train/eval modes).
+        named = [(dict(m.named_parameters()), dict(m.named_buffers())) for m in models]
+        with torch.no_grad():
+            self.params: dict[str, torch.Tensor] = {  # leaves that require grad
+                name: torch.stack([p[name] for p, _ in named]).requires_grad_() for name in named[0][0]
+            }
+            self.buffers: dict[str, torch.Tensor] = {
+                name: torch.stack([b[name] for _, b in named]) for name in named[0][1]
+            }
         self.base = copy.deepcopy(models[0]).to("meta")
 
     # --- calling the members ------------------------------------------------------------

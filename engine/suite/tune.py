@@ -29,6 +29,7 @@ from typing import Any, TextIO
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR
 from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.suite.ensembles import ensemble_units
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.search import (
     SearchSpec,
@@ -273,7 +274,8 @@ class SuiteProgress:
             )
         else:
             text = f"{last['rounds']} rounds, final test_acc {last['test_acc']:.4f}"
-        mean = " (mean of {} seeds)".format(last["seeds"]) if last["seeds"] > 1 else ""
+        members = "trials" if unit.get("ensemble") else "seeds"  # an ensemble's members: any grid points
+        mean = f" (mean of {last['seeds']} {members})" if last["seeds"] > 1 else ""
         print(f"[{self.done}/{self.total} done] {where}: {text}{mean}", file=self.stream, flush=True)
 
     def block(self, force: bool = False) -> None:
@@ -324,9 +326,11 @@ def run_suite(
     from engine.suite.tracking import callbacks as trackers
     from engine.trial.distributed import error_line, init_ray
 
+    spec = suite.search
+    # Refused (ensembles under a scheduler) before anything is written.
+    grouping = ensemble_units(suite.trials or suite.probes, suite.name, spec.per_point, max_concurrent)
     prepare_out(suite, out, resume)
     rounds = rounds if rounds is not None else check_pools(suite)
-    spec = suite.search
     # A failed trial's traceback goes to its error.txt under --out; the driver lists the
     # failures at the end instead of Tune logging each traceback mid-progress.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -342,13 +346,18 @@ def run_suite(
         param_space, names, todo = _sampled_space(suite, most), None, None
         sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
     else:
-        units = grid_units(suite)
+        units = grid_units(suite) if spec.per_point else grouping.units  # a point's seeds, or ensembles
+        labels = [None] * len(units) if spec.per_point else grouping.labels
+        for note in grouping.notes:
+            print(note, file=stream)
         todo, replay = _todo(suite, location, units, rounds, stopped)
         done = sum(len(units[u]) for u in replay)
         progress = SuiteProgress(len(suite.trials), done, location, spec, record, stream, every)
-        names = [_unit_name(suite, unit) for unit in units]
+        names = [
+            label.split("/")[0] if label else _unit_name(suite, unit) for unit, label in zip(units, labels, strict=True)
+        ]
         for u, unit in enumerate(units):
-            progress.units[names[u]] = _unit_info(suite, unit)
+            progress.units[names[u]] = {**_unit_info(suite, unit), "ensemble": labels[u]}
         progress.replays = {names[u] for u in replay}
         if replay:
             also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"
@@ -365,7 +374,7 @@ def run_suite(
             todo = [u for u in todo if u in replay] + fresh
         if not todo:
             return []
-        param_space = _grid_space(suite, units, todo, rounds)
+        param_space = _grid_space(suite, units, todo, rounds, labels)
         sampled = None
     init_ray(address)
     check_suite_resources(suite, address, trials_per_gpu)
@@ -447,7 +456,9 @@ def _unit_info(suite: Suite, unit: list[int]) -> dict[str, Any]:
     }
 
 
-def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: dict[str, int]) -> dict:
+def _grid_space(
+    suite: Suite, units: list[list[int]], todo: list[int], rounds: dict[str, int], labels: list[str | None]
+) -> dict:
     from ray import tune
 
     # Plain data only: Tune keeps this space in its experiment state.
@@ -458,12 +469,13 @@ def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: d
             "rounds": max(rounds[suite.trials[i].trial_id] for i in unit),
             "seeds": [suite.trials[i].config.seed for i in unit],
             "cfg": _tracked(suite.trials[unit[0]].config.to_dict()),
+            "ensemble": label,
         }
-        for unit in units
+        for unit, label in zip(units, labels, strict=True)
     ]
     # The unit is the one grid axis; the rest follows from it, so trackers see the whole config.
     space: dict[str, Any] = {"unit": tune.grid_search(todo)}
-    for key in ("trials", "index", "rounds", "seeds", "cfg"):
+    for key in ("trials", "index", "rounds", "seeds", "cfg", "ensemble"):
         space[key] = tune.sample_from(lambda spec, key=key: plain[spec.config["unit"]][key])
     return space
 

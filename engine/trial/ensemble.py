@@ -29,6 +29,7 @@ import torch
 from engine.compute.data import Data
 from engine.compute.ensemble import DETERMINISTIC, MemberBatches, evaluate_stacked, fit_stacked, pool_outputs_stacked
 from engine.compute.train import OptimizerSpec, precise_bn, seed_for
+from engine.errors import TrialError
 from engine.schema.config import Config
 from engine.trial.loop import (
     Evaluation,
@@ -56,6 +57,7 @@ class Ensemble:
 
     def __init__(self, sessions: list[TrialSession], label: str) -> None:
         self.sessions, self.label = sessions, label
+        self.failed: dict[int, BaseException] = {}  # member index -> why it stopped (the others go on)
         for session in sessions:
             session.context.columns["ensemble"] = label
 
@@ -87,16 +89,21 @@ class Ensemble:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def running(self, i: int) -> bool:
+        return i not in self.failed and not self.sessions[i].done
+
     @property
     def done(self) -> bool:
-        return all(session.done for session in self.sessions)
+        return not any(self.running(i) for i in range(len(self.sessions)))
 
     def step(self) -> list[tuple[int, RoundResult]]:
         """The next round of the members furthest behind, stacked, saved and reported:
-        (member index, its round's result) for each."""
-        behind = min(s.state.round for s in self.sessions if not s.done)
-        members = [i for i, s in enumerate(self.sessions) if not s.done and s.state.round == behind]
-        results = run_stacked_round([self.sessions[i] for i in members])
+        (member index, its round's result) for each.  A member whose strategy fails leaves
+        the ensemble (``failed``) and the others go on; ``raise_failures`` reports it."""
+        behind = min(s.state.round for i, s in enumerate(self.sessions) if self.running(i))
+        members = [i for i, s in enumerate(self.sessions) if self.running(i) and s.state.round == behind]
+        results = run_stacked_round([self.sessions[i] for i in members], self._fail_member(members))
+        members = [i for i in members if i not in self.failed]
         for i, result in zip(members, results, strict=True):
             session = self.sessions[i]
             save_round(session.store, session.context, session.state, result.row)
@@ -104,9 +111,29 @@ class Ensemble:
             session.rows.append(result.row)
         return list(zip(members, results, strict=True))
 
+    def _fail_member(self, members: list[int]):
+        def fail(position: int, error: BaseException) -> None:
+            self.failed[members[position]] = error
+
+        return fail
+
+    def raise_failures(self) -> None:
+        """A failed member's error, naming its trial (after the others have finished)."""
+        if self.failed:
+            i, error = next(iter(self.failed.items()))
+            trial_id = self.sessions[i].context.columns["trial_id"]
+            others = f" ({len(self.failed) - 1} more member(s) failed)" if len(self.failed) > 1 else ""
+            message = f"trial {trial_id}: {error}{others}"
+            try:
+                named = type(error)(message)
+            except Exception:  # an exception class that takes other arguments
+                named = TrialError(message)
+            raise named from error
+
     def run(self) -> list[dict]:
         while not self.done:
             self.step()
+        self.raise_failures()
         return [row for session in self.sessions for row in session.rows]
 
 
@@ -178,10 +205,23 @@ def _member_batches(sessions: list[TrialSession], starts: list) -> MemberBatches
     return MemberBatches(x, y, positions, seeds)
 
 
-def run_stacked_round(sessions: list[TrialSession]) -> list[RoundResult]:
-    """One round of every member in ``sessions`` (all at the same completed round)."""
+def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResult]:
+    """One round of every member in ``sessions`` (all at the same completed round).
+    ``fail(position, error)``: a member whose acquisition or init strategy raises is
+    handed to it and left out of the round (None: the error propagates)."""
     outputs, score_seconds = _score(sessions)
-    starts = [start_round(s.context, s.state, pool) for s, pool in zip(sessions, outputs, strict=True)]
+    starts, kept = [], []
+    for position, (session, pool) in enumerate(zip(sessions, outputs, strict=True)):
+        try:
+            starts.append(start_round(session.context, session.state, pool))
+            kept.append(session)
+        except Exception as error:
+            if fail is None:
+                raise
+            fail(position, error)
+    sessions = kept
+    if not sessions:
+        return []
     for start in starts:
         start.acquire_seconds += score_seconds / len(sessions)
     sizes = {int(start.positions.shape[0]) for start in starts}
