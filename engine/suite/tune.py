@@ -357,7 +357,9 @@ def run_suite(
             label.split("/")[0] if label else _unit_name(suite, unit) for unit, label in zip(units, labels, strict=True)
         ]
         for u, unit in enumerate(units):
-            progress.units[names[u]] = {**_unit_info(suite, unit), "ensemble": labels[u]}
+            info = _unit_info(suite, unit)
+            # An ensemble's members are any grid points: the console names it by its id.
+            progress.units[names[u]] = {**info, "point": {}, "ensemble": labels[u]} if labels[u] else info
         progress.replays = {names[u] for u in replay}
         if replay:
             also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"

@@ -27,7 +27,14 @@ import time
 import torch
 
 from engine.compute.data import Data
-from engine.compute.ensemble import DETERMINISTIC, MemberBatches, evaluate_stacked, fit_stacked, pool_outputs_stacked
+from engine.compute.ensemble import (
+    DETERMINISTIC,
+    MemberBatches,
+    evaluate_stacked,
+    fit_stacked,
+    member_batch,
+    pool_outputs_stacked,
+)
 from engine.compute.train import OptimizerSpec, precise_bn, seed_for
 from engine.errors import TrialError
 from engine.schema.config import Config
@@ -168,7 +175,7 @@ def _score(sessions: list[TrialSession]) -> tuple[list, float]:
             first.data.pool_x,
             positions.to(device),
             needs,
-            max(1, batch // len(group)),  # the members' batches together: as many rows as one trial's
+            member_batch(batch, len(group)),
             first.performance,
         )
         for i, pool in zip(group, scored, strict=True):
@@ -276,7 +283,7 @@ def _evaluate(sessions: list[TrialSession], starts: list) -> list[Evaluation]:
             [starts[i].model for i in group],
             first.data.eval_x,
             first.data.eval_y,
-            max(1, batch // len(group)),
+            member_batch(batch, len(group)),
             first.performance,
         )
         seconds = (time.perf_counter() - began) / len(group)
