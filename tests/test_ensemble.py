@@ -174,3 +174,14 @@ def test_a_quickstart_cut_reaches_the_same_claims_stacked(ray_address, tmp_path,
     verdicts = [claims(t)[["claim", "treatment", "control", "verdict"]] for t in (alone, stacked)]
     assert len(verdicts[0]) >= 4
     pd.testing.assert_frame_equal(verdicts[0], verdicts[1])
+
+
+def test_the_gpu_ensemble_benchmark_runs_at_toy_sizes_anywhere(tmp_path):
+    import json
+
+    from benchmarks import ensemble
+
+    assert ensemble.main(["--gpu", "--smoke", "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "ensemble.json").read_text())["cases"]
+    assert [(c["model"], c["members"]) for c in cases] == [("mlp", 2), ("mlp", 3), ("resnet18", 2), ("resnet18", 3)]
+    assert all(c["images_per_s_stacked"] > 0 and c["images_per_s_one_trial"] > 0 for c in cases)
