@@ -290,9 +290,11 @@ def gpu_section(out: Path, smoke: bool) -> dict:
         for members in sizes:
             try:
                 report["cases"].append(gpu_case(name, params, shape, members, n, epochs, device))
-            except torch.OutOfMemoryError as exc:
-                report["cases"].append({"model": name, "members": members, "error": str(exc).splitlines()[0]})
-                torch.cuda.empty_cache()
+            except Exception as exc:  # out of memory, or a kernel the GPU lacks: the other cases still run
+                line = (str(exc).splitlines() or [""])[0][:200]
+                report["cases"].append({"model": name, "members": members, "error": f"{type(exc).__name__}: {line}"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
             (out / "ensemble.json").write_text(json.dumps(report, indent=1))
     print_gpu(report)
     return report
