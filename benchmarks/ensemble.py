@@ -329,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": " ".join(["python -m benchmarks.ensemble", *(argv or sys.argv[1:])]), "cpus": os.cpu_count()}
     if "in_process" in args.sections:
         report["in_process"] = [
-            in_process({"name": "mlp", "activation": "relu", "width": 100, "depth": 2}, 11, 2, max(args.repeats, 1)),
-            in_process({"name": "cnn1d"}, 4, 1, max(args.repeats, 1)),
+            in_process({"name": "mlp", "activation": "relu", "width": 100, "depth": 2}, 11, 1, args.repeats),
+            in_process({"name": "cnn1d"}, 4, 1, args.repeats),
         ]
     if "scoring" in args.sections:
         report["scoring"] = scoring_section(11, 8000, 5, torch.device("cpu"))
