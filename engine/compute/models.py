@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from engine.errors import ConfigError
-from engine.schema.registry import Interval, ModelSpec, OneOf, Registry
-
-MODELS = Registry("model", n_inputs=2)
+from engine.schema.catalogue import MODELS, model_spec  # noqa: F401  (model_spec: its old home)
+from engine.schema.registry import Interval, OneOf
 
 
 def register(
@@ -65,12 +64,6 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def model_spec(name: str, params: dict) -> ModelSpec:
-    """What strategies may know of a configured model before it is built (see ModelSpec)."""
-    count = MODELS.get(name).extra.get("n_blocks")
-    return ModelSpec(name, dict(params), None if count is None else count(params))
 
 
 def build_model(name: str, params: dict, input_shape: tuple[int, ...], num_classes: int) -> Classifier:

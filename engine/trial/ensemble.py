@@ -38,17 +38,10 @@ from engine.compute.ensemble import (
 from engine.compute.train import OptimizerSpec, precise_bn, seed_for
 from engine.errors import TrialError
 from engine.schema.config import Config
-from engine.trial.loop import (
-    Evaluation,
-    RoundResult,
-    evaluate_round,
-    finish_round,
-    load_data,
-    resolve_device,
-    save_round,
-    start_round,
-)
+from engine.trial.loop import RoundResult, RoundStart, evaluate_model, finish_round, start_round
+from engine.trial.resume import save_round
 from engine.trial.session import TrialSession, start_trial
+from engine.trial.setup import load_data, resolve_device
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 
@@ -230,7 +223,7 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
     if not sessions:
         return []
     for start in starts:
-        start.acquire_seconds += score_seconds / len(sessions)
+        start.seconds["acquire_seconds"] += score_seconds / len(sessions)
     sizes = {int(start.positions.shape[0]) for start in starts}
     if len(sizes) > 1:
         raise ValueError(f"an ensemble's members must label as many samples per round; got {sorted(sizes)}")
@@ -254,21 +247,26 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
     )
     train_seconds = time.perf_counter() - began
     total_steps = max(sum(s.steps for s in stats), 1)
+    for start, st in zip(starts, stats, strict=True):
+        start.seconds["train_seconds"] = train_seconds * st.steps / total_steps
     evaluations = _evaluate(sessions, starts)
     return [
-        finish_round(s.context, s.state, start, st, train_seconds * st.steps / total_steps, evaluation)
+        finish_round(s.context, s.state, start, st, *evaluation)
         for s, start, st, evaluation in zip(sessions, starts, stats, evaluations, strict=True)
     ]
 
 
-def _evaluate(sessions: list[TrialSession], starts: list) -> list[Evaluation]:
-    """Each member's BatchNorm re-estimation on its own labelled set, then one stacked
-    evaluation per shared evaluation split."""
-    evaluations: list[Evaluation | None] = [None] * len(sessions)
+def _evaluate(sessions: list[TrialSession], starts: list[RoundStart]) -> list[tuple[bool, float, float]]:
+    """Each member's (BatchNorm re-estimated, test accuracy, test loss): the re-estimation
+    on its own labelled set, then one stacked evaluation per shared evaluation split.
+    Sets each start's ``eval_seconds``."""
+    evaluations: list = [None] * len(sessions)
     for group in _same_data(sessions, list(range(len(sessions)))):
         first = sessions[group[0]].context
         if len(group) == 1:
-            evaluations[group[0]] = evaluate_round(first, starts[group[0]])
+            start, began = starts[group[0]], time.perf_counter()
+            evaluations[group[0]] = evaluate_model(first, start.model, first.data.pool_x[start.positions])
+            start.seconds["eval_seconds"] = time.perf_counter() - began
             continue
         bn, began = {}, time.perf_counter()
         for i in group:
@@ -288,5 +286,6 @@ def _evaluate(sessions: list[TrialSession], starts: list) -> list[Evaluation]:
         )
         seconds = (time.perf_counter() - began) / len(group)
         for i, (acc, loss) in zip(group, results, strict=True):
-            evaluations[i] = Evaluation(acc, loss, bn[i], seconds)
+            evaluations[i] = (bn[i], acc, loss)
+            starts[i].seconds["eval_seconds"] = seconds
     return evaluations
