@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check (issue 15): one command, from the source tree, no install, no Ray.
 #
-#   benchmarks/gpu_check.sh            # on a machine with a CUDA GPU: about 5 minutes
-#   benchmarks/gpu_check.sh --smoke    # the same code at toy sizes, on any machine
+#   benchmarks/gpu_check.sh                  # on a machine with a CUDA GPU: about 6 minutes
+#   benchmarks/gpu_check.sh --smoke          # the same code at toy sizes, on any machine
+#   benchmarks/gpu_check.sh --ensemble-only  # only the ensembles section (issue 20): about a minute
+#
+# First the ensembles (python -m benchmarks.ensemble --gpu: resnet18 and the mlp stacked at
+# 8, 32 and 128 members against one trial, images/s; $OUT/ensemble.json), then the rest.
 #
 # Writes $OUT/gpu_check.json (every figure), $OUT/packing.json (the packing table that
 # `warmstart suite --trials-per-gpu auto` reads from $WARMSTART_PACKING or
@@ -23,7 +27,19 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {tor
       f"GPU: {torch.cuda.get_device_name() if cuda else 'none'}")
 PY
 compile=(--compile)
-for arg in "$@"; do [ "$arg" = "--smoke" ] && compile=(); done
+smoke=()
+only_ensemble=0
+rest=()
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) compile=(); smoke=(--smoke); rest+=("$arg") ;;
+    --ensemble-only) only_ensemble=1 ;;
+    *) rest+=("$arg") ;;
+  esac
+done
+timeout 150 python -m benchmarks.ensemble --gpu --out "$OUT" "${smoke[@]}" 2>&1 | tee "$OUT/ensemble.log"
+[ "$only_ensemble" = 1 ] && exit 0
+set -- "${rest[@]}"
 # 470 s: the whole check stays under 8 minutes even if a section hangs; the JSON is
 # rewritten after every section, so a cut-short run keeps what it measured.
 timeout 470 python -m benchmarks.gpu --out "$OUT" "${compile[@]}" "$@" 2>&1 | tee "$OUT/gpu_check.log"

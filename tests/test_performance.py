@@ -76,6 +76,8 @@ def test_defaults_are_auto_except_compile():
         "compile": False,
         "cuda_graphs": "auto",
         "inference_batch_size": "auto",
+        "ensemble": "auto",
+        "ensemble_size": 32,
     }
 
 

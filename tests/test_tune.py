@@ -104,7 +104,9 @@ def test_a_failing_trial_is_reported_and_the_others_finish(ray_address, tmp_path
 
 
 def test_resume_after_the_driver_is_killed(ray_address, tmp_path, capsys):
-    path = suite_file(tmp_path, "resumable", "  seed: [0, 1, 2]\n", rounds=5)
+    # One trial at a time, each its own Tune trial (not one ensemble, whose members finish together).
+    extra = "  performance: {ensemble: false}\n"
+    path = suite_file(tmp_path, "resumable", "  seed: [0, 1, 2]\n", rounds=5, extra=extra)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "engine", "suite", path, "--out", str(out), "--max-concurrent", "1"]
     driver = subprocess.Popen([*command, "--address", ray_address], stdout=subprocess.DEVNULL, env=os.environ.copy())

@@ -39,12 +39,17 @@ from engine.schema.catalogue import MODELS, model_spec  # noqa: F401  (model_spe
 from engine.schema.registry import Interval, OneOf
 
 
-def register(name: str, constraints: dict | None = None, *, n_blocks=None, override: bool = False):
+def register(
+    name: str, constraints: dict | None = None, *, n_blocks=None, stackable: bool = False, override: bool = False
+):
     """Register a builder; ``n_blocks(params) -> int`` says how many blocks its models have,
-    so a config can be checked before any model is built (None: the model names no blocks)."""
+    so a config can be checked before any model is built (None: the model names no blocks).
+    ``stackable=True`` says its models run under ``torch.func.vmap`` (no data-dependent
+    Python control flow, no in-place updates of unstacked state), so a suite may train
+    several trials of it as one ensemble (engine/compute/ensemble.py); every built-in is."""
 
     def wrap(fn):
-        return MODELS.add(name, fn, constraints, override=override, n_blocks=n_blocks)
+        return MODELS.add(name, fn, constraints, override=override, n_blocks=n_blocks, stackable=stackable)
 
     return wrap
 
@@ -119,7 +124,7 @@ class BasicBlock(nn.Module):
 DROPOUT = Interval(0, 1, high_open=True)
 
 
-@register("resnet18", {"width": Interval(1, integer=True), "dropout": DROPOUT}, n_blocks=lambda p: 10)
+@register("resnet18", {"width": Interval(1, integer=True), "dropout": DROPOUT}, n_blocks=lambda p: 10, stackable=True)
 def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16, dropout: float = 0.0) -> Classifier:
     """ResNet-18 for small images: 3x3 stem, no max-pool; widths w, 2w, 4w, 8w (16 = authors' code, 64 = common)."""
     if len(input_shape) != 3:
@@ -149,6 +154,7 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int, width: int = 16, dr
         "dropout": DROPOUT,
     },
     n_blocks=lambda p: p["depth"] + 1,
+    stackable=True,
 )
 def mlp(
     input_shape: tuple[int, ...],
@@ -171,7 +177,7 @@ def mlp(
     return Classifier(nn.Sequential(*layers), nn.Linear(n_in, num_classes, bias=bias), names + [["head"]])
 
 
-@register("logreg", n_blocks=lambda p: 1)
+@register("logreg", n_blocks=lambda p: 1, stackable=True)
 def logreg(input_shape: tuple[int, ...], num_classes: int, bias: bool = True) -> Classifier:
     """Multinomial logistic regression: one linear layer on the flattened input."""
     return Classifier(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias), [["head"]])
@@ -184,6 +190,7 @@ def logreg(input_shape: tuple[int, ...], num_classes: int, bias: bool = True) ->
     "cnn1d",
     {"channels": Interval(1, integer=True), "depth": Interval(1, integer=True), "dropout": DROPOUT},
     n_blocks=lambda p: p["depth"] + 1,
+    stackable=True,
 )
 def cnn1d(
     input_shape: tuple[int, ...], num_classes: int, channels: int = 25, depth: int = 3, dropout: float = 0.0

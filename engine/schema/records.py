@@ -47,7 +47,7 @@ CONFIG_PREFIX = "cfg."
 #   name     a name or label: loaded as a categorical
 #   count    an integer count: loaded as int64 when no row lacks it
 #   timing   a time measurement: differs from run to run, so a resume never compares it
-#   context  where a trial ran, not what it computed (the suite): a resume never compares it
+#   context  where a trial ran, not what it computed (the suite, the ensemble): a resume never compares it
 # and ``config=GROUP``: the column describes what a trial computes (a grid point's value);
 # tables list these columns group by group, in CONFIG_GROUPS order, each in field order.
 ROLES = ("name", "count", "timing", "context")
@@ -130,6 +130,9 @@ class RoundRecord:
     pretrain_dataset: str | None = _doc("the source dataset; null without pretraining", config="data")
     pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)", config="data")
     overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
+    ensemble: str | None = _doc(
+        "'<ensemble id>/<members>' when trained stacked with other trials; null alone", "name", "context"
+    )
     pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
     config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
 

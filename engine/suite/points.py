@@ -48,14 +48,17 @@ def run_point(params: dict, trials: list[dict], out: str, stopped: dict[str, int
     stop_after = min((stopped[c.trial_id()] for c in cfgs if c.trial_id() in stopped), default=None)
     rounds = params["rounds"]
     means = RoundMeans(rounds, len(cfgs))
-    for rows in point_rounds(cfgs, out, stop_after):
+    for rows in point_rounds(cfgs, out, stop_after, params.get("ensemble")):
         tune.report(means.report(rows))
 
 
-def point_rounds(cfgs: list, out: str, stop_after: int | None = None):
+def point_rounds(cfgs: list, out: str, stop_after: int | None = None, ensemble: str | None = None):
     """Yield, round by round, the rows of every seed's trial (one row each): first the
-    rounds already under ``out``, then new ones, round r of every seed before round r + 1."""
-    if cfgs[0].scaling.workers is None:
+    rounds already under ``out``, then new ones, round r of every seed before round r + 1.
+    ``ensemble``: the unit's trials are one ensemble of that label (engine/suite/ensembles.py)."""
+    if ensemble is not None:
+        yield from _as_ensemble(cfgs, out, stop_after, ensemble)
+    elif cfgs[0].scaling.workers is None:
         yield from _in_process(cfgs, out, stop_after)
     else:
         yield from _on_ray_train(cfgs, out, stop_after)
@@ -77,6 +80,30 @@ def _in_process(cfgs: list, out: str, stop_after: int | None):
     finally:  # a reused Tune actor must not keep the trials' locks
         for session in sessions:
             session.close()
+
+
+def _as_ensemble(cfgs: list, out: str, stop_after: int | None, label: str):
+    """``_in_process`` for trials trained as one stacked ensemble (engine/trial/ensemble.py)."""
+    from engine.trial.ensemble import Ensemble
+
+    with Ensemble.start(cfgs, out, label) as ensemble:
+        sessions = ensemble.sessions
+        rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
+        total = max(session.context.plan.rounds for session in sessions)
+        for round_ in range(1, (stop_after or total) + 1):
+            while any(round_ not in done and ensemble.running(i) for i, done in enumerate(rows)):
+                for i, result in ensemble.step():
+                    rows[i][result.row["round"]] = result.row
+            if any(round_ not in rows[i] for i in ensemble.failed):
+                break  # a member failed before this round: the others finish, then its error
+            for done in rows:
+                if round_ not in done and done:  # stopped early (a divergence): its last round carries forward
+                    done[round_] = done[max(done)]
+            yield [done[round_] for done in rows]
+        if ensemble.failed:
+            while not ensemble.done:
+                ensemble.step()
+            ensemble.raise_failures()
 
 
 class _Relay:

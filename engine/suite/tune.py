@@ -30,6 +30,7 @@ from typing import Any, TextIO
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
 from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.suite.ensembles import Grouping, ensemble_units
 from engine.suite.packing import trial_bundle
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.points import run_point
@@ -263,7 +264,8 @@ class SuiteProgress:
             )
         else:
             text = f"{last['rounds']} rounds, final test_acc {last['test_acc']:.4f}"
-        mean = " (mean of {} seeds)".format(last["seeds"]) if last["seeds"] > 1 else ""
+        members = "trials" if unit.get("ensemble") else "seeds"  # an ensemble's members: any grid points
+        mean = f" (mean of {last['seeds']} {members})" if last["seeds"] > 1 else ""
         print(f"[{self.done}/{self.total} done] {where}: {text}{mean}", file=self.stream, flush=True)
 
     def block(self, force: bool = False) -> None:
@@ -321,13 +323,15 @@ def run_suite(
     computed here when not given).  A sampled suite's proposed trials are added to
     ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
     KeyboardInterrupt; completed rounds are saved and ``resume`` continues."""
+    # Refused (ensembles under a scheduler) before anything is written.
+    grouping = ensemble_units(suite.trials or suite.probes, suite.name, suite.search.per_point, max_concurrent)
     prepare_out(suite, out, resume)
     rounds = rounds if rounds is not None else check_pools(suite)
     # A failed trial's traceback goes to its error.txt under --out; the driver lists the
     # failures at the end instead of Tune logging each traceback mid-progress.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     location = out if "://" in out else filesystem(out)[1]
-    units = plan_units(suite, out, location, rounds, stream or sys.stdout, every)
+    units = plan_units(suite, out, location, rounds, stream or sys.stdout, every, grouping)
     if units is None:
         return []
     init_ray(address)
@@ -341,10 +345,11 @@ def run_suite(
 
 
 def plan_units(
-    suite: Suite, out: str, location: str, rounds: dict[str, int], stream: TextIO, every: float
+    suite: Suite, out: str, location: str, rounds: dict[str, int], stream: TextIO, every: float, grouping: Grouping
 ) -> Units | None:
     """What to submit: a grid's unfinished units (and, under a scheduler, its finished ones
-    to replay), or a searcher's samples; None when every trial is already complete."""
+    to replay), or a searcher's samples; None when every trial is already complete.
+    ``grouping``: a plain grid's units with its ensembles (engine/suite/ensembles.py)."""
     spec = suite.search
     record = read_record(out)
     stopped = stopped_rounds(record, spec)
@@ -354,13 +359,20 @@ def plan_units(
         sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
         space = _sampled_space(suite, max(rounds.values()))
         return Units(space, progress, trials, stopped, spec.num_samples, sampled=sampled)
-    units = grid_units(suite)
+    units = grid_units(suite) if spec.per_point else grouping.units  # a point's seeds, or ensembles
+    labels = [None] * len(units) if spec.per_point else grouping.labels
+    for note in grouping.notes:
+        print(note, file=stream)
     todo, replay = _todo(suite, location, units, rounds, stopped)
     done = sum(len(units[u]) for u in replay)
     progress = SuiteProgress(len(suite.trials), done, location, spec, record, stream, every)
-    names = [_unit_name(suite, unit) for unit in units]
+    names = [
+        label.split("/")[0] if label else _unit_name(suite, unit) for unit, label in zip(units, labels, strict=True)
+    ]
     for u, unit in enumerate(units):
-        progress.units[names[u]] = _unit_info(suite, unit)
+        info = _unit_info(suite, unit)
+        # An ensemble's members are any grid points: the console names it by its id.
+        progress.units[names[u]] = {**info, "point": {}, "ensemble": labels[u]} if labels[u] else info
     progress.replays = {names[u] for u in replay}
     if replay:
         also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"
@@ -377,7 +389,8 @@ def plan_units(
         todo = [u for u in todo if u in replay] + fresh
     if not todo:
         return None
-    return Units(_grid_space(suite, units, todo, rounds), progress, trials, stopped, len(todo), names=names)
+    space = _grid_space(suite, units, todo, rounds, labels)
+    return Units(space, progress, trials, stopped, len(todo), names=names)
 
 
 def build_tuner(
@@ -476,7 +489,9 @@ def _unit_info(suite: Suite, unit: list[int]) -> dict[str, Any]:
     }
 
 
-def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: dict[str, int]) -> dict:
+def _grid_space(
+    suite: Suite, units: list[list[int]], todo: list[int], rounds: dict[str, int], labels: list[str | None]
+) -> dict:
     from ray import tune
 
     # Plain data only: Tune keeps this space in its experiment state.
@@ -487,12 +502,13 @@ def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: d
             "rounds": max(rounds[suite.trials[i].trial_id] for i in unit),
             "seeds": [suite.trials[i].config.seed for i in unit],
             "cfg": _tracked(suite.trials[unit[0]].config.to_dict()),
+            "ensemble": label,
         }
-        for unit in units
+        for unit, label in zip(units, labels, strict=True)
     ]
     # The unit is the one grid axis; the rest follows from it, so trackers see the whole config.
     space: dict[str, Any] = {"unit": tune.grid_search(todo)}
-    for key in ("trials", "index", "rounds", "seeds", "cfg"):
+    for key in ("trials", "index", "rounds", "seeds", "cfg", "ensemble"):
         space[key] = tune.sample_from(lambda spec, key=key: plain[spec.config["unit"]][key])
     return space
 

@@ -63,40 +63,72 @@ class RoundResult:
     model: Classifier
 
 
+@dataclass
+class RoundStart:
+    """A round up to training: its samples labelled, its model initialised."""
+
+    round: int
+    model: Classifier  # the model to train
+    positions: torch.Tensor  # [n] the labelled pool positions, ascending
+    outputs: PoolOutputs | None  # what the acquisition scored (None in round 1)
+    seconds: dict[str, float]  # acquire_seconds, then train_seconds and eval_seconds
+
+
 def run_round(context: TrialContext, state: TrialState) -> RoundResult:
     """Round ``state.round + 1``, as in the module's pseudocode.  Advances ``state``."""
-    cfg, data, round_ = context.cfg, context.data, state.round + 1
+    start = start_round(context, state)
+    x, y = context.data.pool_x[start.positions], context.data.pool_y[start.positions]
+    with stopwatch(start.seconds, "train_seconds"):
+        stats = train(context, start.model, x, y, start.round)
+    with stopwatch(start.seconds, "eval_seconds"):
+        evaluation = evaluate_model(context, start.model, x)
+    del x, y  # the labeled copy: not held while the next round scores the pool
+    return finish_round(context, state, start, stats, *evaluation)
+
+
+def start_round(context: TrialContext, state: TrialState, outputs: PoolOutputs | None = None) -> RoundStart:
+    """Round ``state.round + 1`` up to training: select and label, initialise.  ``outputs``:
+    the pool outputs scored elsewhere (an ensemble scores its members in one stacked pass,
+    engine/trial/ensemble.py); None: scored here."""
+    round_ = state.round + 1
     context.reporter.round_started(round_, context.plan.rounds, context.plan.size_after(round_))
     seconds: dict[str, float] = {}
     with stopwatch(seconds, "acquire_seconds"):
-        picked, outputs = select(context, state, round_)
+        picked, outputs = select(context, state, round_, outputs)
         state.labeled[picked] = round_
     model = initial_model(context, state, round_)
     positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(context.device)
-    x, y = data.pool_x[positions], data.pool_y[positions]
-    with stopwatch(seconds, "train_seconds"):
-        stats = train(context, model, x, y, round_)
-    with stopwatch(seconds, "eval_seconds"):
-        re_estimated, test_acc, test_loss = evaluate_model(context, model, x)
-    del x, y  # the labeled copy: not held while the next round scores the pool
+    return RoundStart(round_, model, positions, outputs, seconds)
 
-    added = np.sort(data.pool_index[state.labeled == round_])
+
+def finish_round(
+    context: TrialContext,
+    state: TrialState,
+    start: RoundStart,
+    stats: FitStats,
+    re_estimated: bool,
+    test_acc: float,
+    test_loss: float,
+) -> RoundResult:
+    """The trained and evaluated round's row; ``state`` advanced to it."""
+    round_ = start.round
+    added = np.sort(context.data.pool_index[state.labeled == round_])
     record = RoundRecord(
         **context.columns,
         **fit_columns(stats),
-        **seconds,
+        **start.seconds,
         round=round_,
-        n_labeled=int(positions.shape[0]),
+        n_labeled=int(start.positions.shape[0]),
         test_acc=test_acc,
         test_loss=test_loss,
         precise_bn=bool(re_estimated),
         acquired=[int(i) for i in added],
         pretrain=state.pretrain,
     )
-    state.round, state.model = round_, model
-    if stats.stop_reason == "diverged" and cfg.convergence.on_diverge == "stop":
+    state.round, state.model = round_, start.model
+    if stats.stop_reason == "diverged" and context.cfg.convergence.on_diverge == "stop":
         state.stopped = "diverged"
-    return RoundResult(record.to_row(), added, outputs, model)
+    return RoundResult(record.to_row(), added, start.outputs, start.model)
 
 
 def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
@@ -107,12 +139,17 @@ def advance(context: TrialContext, state: TrialState, store: TrialStore | None) 
     return result
 
 
-def select(context: TrialContext, state: TrialState, round_: int) -> tuple[np.ndarray, PoolOutputs | None]:
+def select(
+    context: TrialContext, state: TrialState, round_: int, outputs: PoolOutputs | None = None
+) -> tuple[np.ndarray, PoolOutputs | None]:
     """Pool positions round ``round_`` labels, and the pool outputs they were picked with:
-    ``rounds.initial`` at random in round 1, else the acquisition strategy's k."""
+    ``rounds.initial`` at random in round 1, else the acquisition strategy's k (from
+    ``outputs`` when given)."""
     cfg, plan, k = context.cfg, context.plan, context.plan.added_in(round_)
     if round_ == 1:
         return np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False), None
+    if outputs is not None:
+        return choose(cfg, outputs, np.flatnonzero(state.labeled == 0), k, round_, context.comm), outputs
     return acquire(cfg, state.model, context.data, state.labeled, k, round_, context.comm, context.performance)
 
 
@@ -191,13 +228,19 @@ def acquire(
         seed=seed_for(cfg.seed, round_, "mc_dropout"),
         performance=performance,
     )
+    return choose(cfg, outputs, unlabeled, k, round_, comm), outputs
+
+
+def choose(cfg: Config, outputs: PoolOutputs, unlabeled: np.ndarray, k: int, round_: int, comm) -> np.ndarray:
+    """The pool positions the acquisition strategy picks from ``outputs`` (over ``unlabeled``)."""
+    entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
     picked = None
     if comm.rank == 0:  # the strategy runs once; its answer is broadcast
         rng = np.random.default_rng(seed_for(cfg.seed, round_, "acquire"))
         with strategy_errors(f"The acquisition strategy {entry.name!r}", round_):
             # Only the k picked positions reach the host; a contract breach names the round.
-            picked = unlabeled[pick(entry.name, outputs, k, rng, params, round_)]
-    return comm.broadcast(picked), outputs
+            picked = unlabeled[pick(entry.name, outputs, k, rng, cfg.acquisition.params(), round_)]
+    return comm.broadcast(picked)
 
 
 @contextlib.contextmanager

@@ -157,12 +157,14 @@ def start_trial(
     device: torch.device | None = None,
     reporter: Reporter | None = None,
     lock: bool = True,
+    data: Data | None = None,
 ) -> TrialSession:
     """Start (or resume) a validated trial in this process: device, data, store, state.
     ``lock=False`` where another process holds the trial's lock for it (Ray Train workers:
-    their driver holds it)."""
+    their driver holds it).  ``data``: the trial's data already loaded on ``device`` (an
+    ensemble's members share theirs)."""
     device = device or resolve_device(cfg.device)
-    data = load_data(cfg, device)
+    data = data if data is not None else load_data(cfg, device)
     plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
     store = open_store(cfg, out, lock=lock)
     try:

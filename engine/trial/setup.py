@@ -138,6 +138,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
+        "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 

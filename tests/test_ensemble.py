@@ -1,0 +1,187 @@
+"""Trials trained as one stacked ensemble (issue 20): each member computes what it computes
+alone, stops alone, resumes alone; a suite's grouping; the suite's outcome unchanged.
+Small data: digits and a cut MNIST-1D, the mlp."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from engine.analysis.results import claims
+from engine.cli import main
+from engine.schema.config import build
+from engine.suite.ensembles import ensemble_units
+from engine.suite.plan import load_suite
+from engine.trial.ensemble import Ensemble
+from engine.trial.session import start_trial
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+EXACT = ["round", "n_labeled", "epochs", "steps", "stop_reason", "acquired", "trial_id", "precise_bn"]
+CLOSE = ["train_acc", "train_loss", "test_acc", "test_loss"]
+
+
+def member_configs(acquisition: str = "margin", rounds: int = 2) -> list:
+    base = {
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "width": 32, "depth": 2},
+        "device": "cpu",
+        "rounds": {"initial": 100, "per_round": 100, "max_rounds": rounds},
+        "acquisition": {"name": acquisition},
+    }
+    members = [
+        ({"name": "random"}, 0, 0.99),
+        ({"name": "warm"}, 1, 0.99),
+        ({"name": "shrink_perturb", "shrink": 0.6, "perturb": 0.01}, 2, 0.99),
+        ({"name": "random"}, 3, 0.6),  # converges in a few epochs: stops while the others train on
+    ]
+    return [
+        build({**base, "init": init, "seed": seed, "convergence": {"train_acc": acc, "max_epochs": 200}})
+        for init, seed, acc in members
+    ]
+
+
+def exact(row: dict) -> dict:
+    return {c: [int(i) for i in row[c]] if c == "acquired" else row[c] for c in EXACT}
+
+
+def assert_same_rows(alone: list[dict], stacked: list[dict]) -> None:
+    assert len(alone) == len(stacked)
+    for a, s in zip(alone, stacked, strict=True):
+        assert exact(a) == exact(s)
+        for column in CLOSE:
+            assert math.isclose(a[column], s[column], rel_tol=1e-5, abs_tol=1e-6), (a["round"], column)
+        assert a["ensemble"] is None and s["ensemble"] == "e-test/4"
+
+
+def test_each_member_computes_what_it_computes_alone_and_stops_alone():
+    cfgs = member_configs()
+    alone = []
+    for cfg in cfgs:
+        with start_trial(cfg, None) as session:
+            first = session.step()  # round 1: the model before any acquisition by it
+            alone.append((first.model, session.run()))
+    with Ensemble.start(cfgs, None, "e-test/4") as ensemble:
+        first = dict(ensemble.step())
+        models = {i: result.model for i, result in first.items()}
+        ensemble.run()
+        for i, (model, rows) in enumerate(alone):
+            # Round 1 of each member: the same parameters as alone, to float tolerance ...
+            for (name, a), b in zip(model.state_dict().items(), models[i].state_dict().values(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+            # ... and every round's row (round 2 picks by margin from the stacked scoring pass).
+            assert_same_rows(rows, ensemble.sessions[i].rows)
+    epochs = [rows[0]["epochs"] for _, rows in alone]
+    assert epochs[3] < min(epochs[:3])  # the early member really stopped first, alone
+
+
+def test_a_member_resumes_after_its_last_completed_round(tmp_path):
+    cfgs = member_configs(acquisition="random", rounds=3)
+    out = str(tmp_path)
+    with start_trial(cfgs[1], out) as session:  # one member ran a round before, alone
+        session.step()
+    saved = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+    with Ensemble.start(cfgs, out, "e-test/4") as ensemble:
+        assert [s.state.round for s in ensemble.sessions] == [0, 1, 0, 0]
+        ensemble.run()
+    table = pd.read_parquet(out)
+    assert len(table) == 4 * 3 and not table.duplicated(["trial_id", "round"]).any()
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
+    assert all(after[name] == t for name, t in saved.items())  # its round 1 was not recomputed
+    resumed = table[table["trial_id"] == cfgs[1].trial_id()].sort_values("round")
+    assert resumed["ensemble"].fillna("alone").tolist() == ["alone", "e-test/4", "e-test/4"]
+    with start_trial(cfgs[1], None) as session:
+        assert_same_rows(session.run()[1:], resumed.iloc[1:].to_dict("records"))
+
+
+PLUGIN = '''
+import math
+from torch import nn
+from engine.compute.models import Classifier, register
+
+@register("plain_mlp")
+def plain_mlp(input_shape, num_classes, width: int = 16):
+    """An mlp registered without stackable=True."""
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.ReLU()),
+                      nn.Linear(width, num_classes), [["features.1"], ["head"]])
+'''
+
+
+def test_grouping_and_a_model_plugin_that_is_not_stackable_runs_alone(tmp_path):
+    (tmp_path / "plain_mlp.py").write_text(PLUGIN)
+    suite = tmp_path / "grouped.yaml"
+    suite.write_text(
+        textwrap.dedent(f"""\
+        name: grouped
+        base: {{device: cpu, plugins: [{tmp_path / "plain_mlp.py"}], performance: {{ensemble_size: 3}}}}
+        grid:
+          - model: [{{name: mlp}}, {{name: plain_mlp}}, {{name: cnn1d}}]
+            seed: [0, 1, 2, 3, 4]
+          - {{model: [{{name: mlp, width: 50}}], seed: [0], performance.ensemble: [false]}}
+        """)
+    )
+    trials = load_suite(str(suite)).trials
+    grouping = ensemble_units(trials, "grouped", per_point=False, max_concurrent=1)
+    models = [[trials[i].config.model.name for i in unit] for unit in grouping.units]
+    # mlp: 5 trials in ensembles of at most 3; cnn1d: not measured faster on a CPU (auto); the rest alone.
+    assert sorted(len(u) for u, label in zip(grouping.units, grouping.labels, strict=True) if label) == [2, 3]
+    assert all(m == ["mlp"] * len(m) for m, label in zip(models, grouping.labels, strict=True) if label)
+    assert sum(len(u) for u in grouping.units) == len(trials)
+    assert all(label.endswith(f"/{len(u)}") for u, label in zip(grouping.units, grouping.labels, strict=True) if label)
+    assert len(grouping.notes) == 5
+    assert "runs alone: its model 'plain_mlp' is registered without stackable=True" in grouping.notes[0]
+
+
+QUICKSTART = """
+name: quick_cut
+base:
+  dataset: {name: mnist1d, size: 2000, eval: test}
+  model: {name: mlp, activation: relu, width: 100, depth: 2}
+  rounds: {initial: 200, per_round: 200, max_rounds: 3}
+  convergence: {train_acc: 0.99, max_epochs: 150}
+grid:
+  init:
+    - {name: random}
+    - {name: warm}
+    - {name: shrink_perturb, shrink: 0.6, perturb: 0.01}
+  seed: [0, 1, 2]
+"""
+
+
+def test_a_quickstart_cut_reaches_the_same_claims_stacked(ray_address, tmp_path, capsys):
+    path = tmp_path / "quick_cut.yaml"
+    path.write_text(QUICKSTART)
+    tables = {}
+    for setting in ("false", "true"):
+        out = tmp_path / setting
+        sets = ["--set", f"performance.ensemble={setting}", "--max-concurrent", "2"]
+        assert main(["suite", str(path), "--out", str(out), *sets]) == 0
+        tables[setting] = pd.read_parquet(out).sort_values(["trial_id", "round"]).reset_index(drop=True)
+    alone, stacked = tables["false"], tables["true"]
+    assert alone["ensemble"].isna().all() and stacked["ensemble"].notna().all()
+    assert stacked["ensemble"].nunique() == 2  # 9 trials, 2 CPUs: two ensembles of 4 and 5
+    # Round 1 of every trial agrees; later rounds of ~100 epochs each may drift apart by an epoch
+    # (float sums in another order, amplified by training), so the outcome is what must agree.
+    first = alone["round"] == 1
+    assert [exact(r) for r in alone[first].to_dict("records")] == [exact(r) for r in stacked[first].to_dict("records")]
+    for column in CLOSE:
+        assert ((alone[first][column] - stacked[first][column]).abs() <= 1e-4).all(), column
+    assert (alone["epochs"] - stacked["epochs"]).abs().max() <= 5
+    verdicts = [claims(t)[["claim", "treatment", "control", "verdict"]] for t in (alone, stacked)]
+    assert len(verdicts[0]) >= 4
+    pd.testing.assert_frame_equal(verdicts[0], verdicts[1])
+
+
+def test_the_gpu_ensemble_benchmark_runs_at_toy_sizes_anywhere(tmp_path):
+    import json
+
+    from benchmarks import ensemble
+
+    assert ensemble.main(["--gpu", "--smoke", "--out", str(tmp_path)]) == 0
+    cases = json.loads((tmp_path / "ensemble.json").read_text())["cases"]
+    assert [(c["model"], c["members"]) for c in cases] == [("mlp", 2), ("mlp", 3), ("resnet18", 2), ("resnet18", 3)]
+    assert all(c["images_per_s_stacked"] > 0 and c["images_per_s_one_trial"] > 0 for c in cases)
