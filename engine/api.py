@@ -59,6 +59,7 @@ def run_trial(
     sets: list[str] = (),
     plugins: list[str] = (),
     progress: bool = False,
+    shared_fs: bool = False,
 ):
     """Run (or continue) one trial; its rows as a pandas DataFrame, one per round.
 
@@ -72,6 +73,8 @@ def run_trial(
         sets: ``"dotted.key=value"`` overrides, as ``--set`` on the CLI.
         plugins: modules or ``.py`` files that register strategies, datasets or models.
         progress: print the trial's header and a line per round, as ``warmstart run``.
+        shared_fs: a local ``out`` is mounted at the same path on every node of the cluster
+            at ``address`` (otherwise refused there when the cluster has several nodes).
 
     Raises:
         ConfigError: invalid input, before anything runs.
@@ -82,7 +85,16 @@ def run_trial(
     from engine.trial.runner import run_trial as run
 
     reporter = ConsoleReporter(sys.stdout) if progress else None
-    rows = run(config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins)
+    rows = run(
+        config,
+        out,
+        workers=workers,
+        address=address,
+        reporter=reporter,
+        sets=sets,
+        plugins=plugins,
+        shared_fs=shared_fs,
+    )
     return _frame(rows)
 
 
@@ -242,6 +254,7 @@ def run_suite(
     plugins: list[str] = (),
     progress: bool = False,
     trackers: list[str] = (),
+    shared_fs: bool = False,
 ):
     """Run a suite (a YAML file's path, or a shipped suite's name) on Ray Tune; the whole
     table under ``out`` (default ``results/<suite name>``) as a DataFrame.
@@ -252,7 +265,10 @@ def run_suite(
     that failed are listed in ``frame.attrs["failed"]`` as (trial_id, error, traceback
     file), with a warning; their completed rounds are in the table, and ``resume=True``
     retries them.  Under a search (the suite's ``search:``) ``frame.attrs["search"]``
-    holds what it did: each point, where it stopped, and ``stopped_by``.
+    holds what it did: each point, where it stopped, and ``stopped_by``.  ``out`` may be
+    an object store (``s3://bucket/prefix``, endpoint and credentials from the AWS_*
+    variables); a local ``out`` on a Ray cluster of several nodes is refused unless
+    ``shared_fs=True`` says it is mounted on every node.
     """
     import io
     import sys
@@ -267,7 +283,7 @@ def run_suite(
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"The 'max_concurrent' parameter must be an int >= 1. Got {max_concurrent!r}.")
     stream = sys.stdout if progress else io.StringIO()
-    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=rounds)
+    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=rounds, shared_fs=shared_fs)
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None

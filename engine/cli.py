@@ -43,6 +43,7 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
         "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
     )
     parser.add_argument("--resume", action="store_true", help="continue the same suite in --out after an interruption")
+    _add_shared_fs(parser)
     parser.add_argument(
         "--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)"
     )
@@ -52,6 +53,14 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
         "tensorboard|mlflow[=URI]|wandb[=PROJECT]",
         "trackers",
         "log every round to an experiment tracker, as the suite's 'tracking' (repeatable)",
+    )
+
+
+def _add_shared_fs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="--out is a path on a file system mounted at the same place on every node of the cluster",
     )
 
 
@@ -81,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
     )
+    _add_shared_fs(run)
 
     suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
     suite.add_argument(
@@ -151,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter=reporter,
         sets=sets,
         plugins=args.plugins,
+        shared_fs=args.shared_fs,
     )
     last = rows[-1] if rows else None
     if last is not None and last["stop_reason"] == "diverged" and last["cfg.convergence.on_diverge"] == "stop":
@@ -175,6 +186,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     from engine.suite.plan import check_pools, load_suite
     from engine.suite.search import format_search, read_record
     from engine.suite.tune import check_out, run_suite
+    from engine.trial.distributed import check_shared_out
 
     suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
     rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
@@ -182,6 +194,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
     trials_per_gpu = _trials_per_gpu(suite, getattr(args, "trials_per_gpu", None))
+    check_shared_out(out, args.address, args.shared_fs)  # a local --out on several nodes: before anything else
     check_out(suite, out, args.resume)  # a refused --out: its one line, nothing else printed
     if suite.search.sampled:
         count = (
@@ -193,7 +206,14 @@ def cmd_suite(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     try:
         failed = run_suite(
-            suite, out, args.address, args.resume, args.max_concurrent, rounds=rounds, trials_per_gpu=trials_per_gpu
+            suite,
+            out,
+            args.address,
+            args.resume,
+            args.max_concurrent,
+            rounds=rounds,
+            trials_per_gpu=trials_per_gpu,
+            shared_fs=args.shared_fs,
         )
     except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
         print(

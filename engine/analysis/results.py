@@ -36,7 +36,7 @@ from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, NOT_IDENTITY
 from engine.schema.records import CONFIG_PREFIX
 from engine.schema.records import config_columns as config_columns_of
-from engine.storage.store import SCHEMA, TrialStore, filesystem
+from engine.storage.store import SCHEMA, TrialStore, filesystem, object_store_reason
 
 NAME_COLUMNS = ["suite", "dataset", "model", "optimizer", "init", "acquisition", "stop_reason", "device", "bn_stats"]
 COUNT_COLUMNS = ["seed", "batch_size", "per_round", "round", "n_labeled", "epochs", "steps", "world_size"]
@@ -141,6 +141,8 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         table = dataset.to_table()
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
+    except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
+        raise ConfigError(f"Cannot read results at {path_or_uri}: {object_store_reason(exc, path_or_uri)}.") from None
     except Exception as exc:  # pyarrow's errors for unreadable files vary by version
         raise ConfigError(f"Cannot read results at {path_or_uri}: {str(exc).splitlines()[0]}") from None
     missing = [name for name in ("trial_id", "round", "test_acc") if name not in table.column_names]

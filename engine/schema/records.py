@@ -86,6 +86,9 @@ class RoundRecord:
     acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples")
     world_size: int = _doc("data-parallel workers")
     device: str = _doc("cpu | cuda")
+    node: str | None = _doc(
+        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray"
+    )
     acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
     eval_split: str = _doc("holdout | test")
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation")

@@ -44,14 +44,21 @@ META = "_warmstart"
 
 def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see all of it or nothing; on any failure
-    nothing is left behind (no partial file, no temporary file).  One PUT on an object
+    nothing is left behind (no partial file, no temporary file).  One upload on an object
     store; a temporary file, fsync and rename on a local disk."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        # An object store has no folders to create and no rename: the object appears when
+        # its stream closes, whole (one PutObject for small payloads; a multipart upload,
+        # which is invisible until completed, for large ones).  Checkpoints also carry a
+        # checksum, so even a damaged one is never trusted.
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(payload)
+        except OSError as exc:
+            raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
+        return
     try:
         fs.create_dir(os.path.dirname(path), recursive=True)
-        if not isinstance(fs, pafs.LocalFileSystem):
-            with fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
-                f.write(payload)
-            return
     except OSError as exc:
         raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
     tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
@@ -105,10 +112,114 @@ def has_rows(out: str) -> bool:
 
 
 def filesystem(out: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and base path for a local path or a URI."""
-    if "://" in out:
-        return pafs.FileSystem.from_uri(out)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+    """The pyarrow filesystem and base path for a local path or a URI.  An object store's
+    filesystem is the one this process was given (``adopt_filesystem``), else the one its
+    own environment describes (``object_store``)."""
+    if "://" not in out:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+    scheme, _, rest = out.partition("://")
+    return object_store(out), rest.rstrip("/")
+
+
+def ray_storage(out: str, folder: str) -> dict:
+    """A Tune or Ray Train ``RunConfig``'s storage for Ray's own state under
+    ``out/_warmstart/<folder>``: on an object store, with its filesystem given explicitly."""
+    fs, base = filesystem(out)
+    if "://" not in out:
+        return {"storage_path": f"{base}/{META}/{folder}"}
+    return {"storage_path": f"{base}/{META}/{folder}", "storage_filesystem": fs}
+
+
+# --- object stores: one explicit filesystem per bucket, handed to every trial ----------------
+
+_OBJECT_STORES: dict[str, pafs.FileSystem] = {}  # "s3://bucket" -> its filesystem in this process
+
+
+def _bucket_root(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def object_store(out: str) -> pafs.FileSystem | None:
+    """The filesystem of an object-store URI (None for a local path), built once per bucket
+    from this process's environment: the standard AWS variables for ``s3://``
+    (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``).
+
+    The driver calls this and hands the object (it pickles with its endpoint and
+    credentials) to every trial and to Ray Tune and Ray Train, because a driver's
+    environment does not reach Ray workers on other nodes; a trial process then calls
+    ``adopt_filesystem`` and never reads its own environment for it."""
+    if "://" not in out:
+        return None
+    root = _bucket_root(out)
+    if root not in _OBJECT_STORES:
+        if root.startswith("s3://"):
+            _OBJECT_STORES[root] = _s3_from_environment(root.removeprefix("s3://"))
+        else:
+            _OBJECT_STORES[root] = pafs.FileSystem.from_uri(out)[0]
+    return _OBJECT_STORES[root]
+
+
+def adopt_filesystem(out: str, fs: pafs.FileSystem | None) -> None:
+    """Use ``fs`` (the driver's ``object_store(out)``) for ``out`` in this process."""
+    if fs is not None and "://" in out:
+        _OBJECT_STORES[_bucket_root(out)] = fs
+
+
+def _s3_from_environment(bucket: str) -> pafs.S3FileSystem:
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    options: dict = {}
+    if endpoint:
+        scheme, sep, host = endpoint.partition("://")
+        options.update(endpoint_override=host.rstrip("/") if sep else endpoint, scheme=scheme if sep else "https")
+        region = region or "us-east-1"
+    elif region is None:
+        try:
+            region = pafs.resolve_s3_region(bucket)
+        except OSError as exc:
+            raise ConfigError(f"Cannot use s3://{bucket}: {object_store_reason(exc, 's3://' + bucket)}.") from None
+    key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
+    if bool(key) != bool(secret):
+        raise ConfigError(
+            f"Cannot use s3://{bucket}: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together."
+        )
+    # Delayed open: a small object (a row, a status, a manifest) goes up as one PutObject
+    # when its stream closes, so it appears whole or not at all; short timeouts make an
+    # endpoint that does not answer fail in seconds.
+    return pafs.S3FileSystem(
+        access_key=key or None,
+        secret_key=secret or None,
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region=region,
+        allow_delayed_open=True,
+        connect_timeout=5,
+        request_timeout=60,
+        **options,
+    )
+
+
+# Causes of object-store errors, by the AWS error code pyarrow quotes.
+_S3_CAUSES = {
+    "NO_SUCH_BUCKET": "the bucket {bucket!r} does not exist",
+    "INVALID_ACCESS_KEY_ID": "the credentials are not valid (AWS_ACCESS_KEY_ID is unknown there)",
+    "SIGNATURE_DOES_NOT_MATCH": "the credentials are not valid (AWS_SECRET_ACCESS_KEY does not match the key id)",
+    "EXPIRED_TOKEN": "the credentials have expired (AWS_SESSION_TOKEN)",
+    "ACCESS_DENIED": "access denied: these credentials may not write there",
+    "NETWORK_CONNECTION": "the endpoint {endpoint} does not answer",
+}
+
+
+def object_store_reason(exc: OSError, uri: str) -> str:
+    """An object store's error as a cause a user can act on."""
+    text = str(exc)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "of S3"
+    for code, cause in _S3_CAUSES.items():
+        if f"AWS Error {code}" in text:
+            return cause.format(bucket=_bucket_root(uri).split("://")[1], endpoint=endpoint)
+    return _os_reason(exc)
 
 
 class StoreError(TrialError):
@@ -124,6 +235,7 @@ def _os_reason(exc: OSError) -> str:
 
 CHECKPOINT_MAGIC = b"WSCKPT1 "  # then the payload's sha256 in hex, a newline, the payload
 KEEP_GENERATIONS = 2  # checkpoints kept: the newest, and one to fall back on
+LEASE = "owner.json"  # on an object store: which run holds a trial (see TrialStore.lock)
 
 
 _HELD: dict[str, TrialStore] = {}  # lock path -> the store of this process holding it
@@ -139,6 +251,7 @@ class TrialStore:
         self.trial_id = trial_id
         self.meta = f"{self.base}/{META}/{trial_id}"
         self._lock_fd: int | None = None
+        self.lease: str | None = None  # this run's token in the object store's owner.json
         self.superseded = False  # another store of this process took over the trial's lock
         self.notes: list[str] = []  # what was found and recovered from, for the user
 
@@ -173,6 +286,8 @@ class TrialStore:
         if self.local:
             if os.path.exists(self.base) and not os.path.isdir(self.base):
                 raise ConfigError(f"The results path {self.out} is a file, not a folder; choose another --out.")
+        if not self.local:
+            return self._probe_object_store()
         probe = f"{self.base}/{META}/.probe-{uuid.uuid4().hex}"
         # Folders the probe creates are removed again: a refused run leaves nothing behind.
         created = [d for d in (f"{self.base}/{META}", self.base) if self.local and not os.path.exists(d)]
@@ -187,28 +302,49 @@ class TrialStore:
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
 
+    def _probe_object_store(self) -> None:
+        """Write and delete a probe object: an endpoint that does not answer, a missing
+        bucket, wrong credentials or no write permission are one line each."""
+        probe = f"{self.base}/{META}/.probe-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"warmstart write probe")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot write results to {self.out}: {object_store_reason(exc, self.out)}; "
+                "check the bucket and the AWS_* variables, or choose another --out."
+            ) from None
+
     # --- one process per trial -----------------------------------------------------------
 
     def lock(self) -> None:
-        """Hold this trial's lock (``_warmstart/<trial>/lock``: pid, host and start time) so a
-        second process running the same trial stops at once instead of doing the work twice.
-        A lock whose process died is released by the operating system, never stale.  Object
-        stores have no lock: a warning says so."""
-        if self._lock_fd is not None:
+        """Hold this trial so that a second process running it does not interleave its rounds.
+
+        On a local or shared disk: an OS lock (``_warmstart/<trial>/lock``: pid, host and
+        start time); a second process stops at once, and a dead holder's lock is released by
+        the operating system, never stale.  On an object store, which has no lock: a lease
+        (``_warmstart/<trial>/owner.json`` with a token unique to this run).  The newest run
+        takes it (a trial retried after its node was lost must be able to), and every commit
+        of a row, checkpoint or status first reads it back: a run whose lease was taken over
+        stops before its next commit, in one line naming the new holder."""
+        if self._lock_fd is not None or self.lease is not None:
             return
         path = f"{self.meta}/lock"
         holder = _HELD.get(path)
         if holder is not None and holder is not self:
             # The same process opens the trial again (a notebook cell run twice): the newer
             # store takes the lock over, and the older one may no longer write.
-            self._lock_fd, holder._lock_fd, holder.superseded = holder._lock_fd, None, True
+            self._lock_fd, holder._lock_fd = holder._lock_fd, None
+            self.lease, holder.lease = holder.lease, None
+            holder.superseded = True
             _HELD[path] = self
             return
         if not self.local:
-            self.notes.append(
-                f"note: {self.out} is an object store, where warmstart cannot lock a trial: make sure "
-                "one process at a time runs each trial there"
-            )
+            token = uuid.uuid4().hex
+            put(self.fs, f"{self.meta}/{LEASE}", json.dumps({**_whoami(), "token": token}).encode())
+            self.lease = token
+            _HELD[path] = self
             return
         os.makedirs(self.meta, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -222,16 +358,41 @@ class TrialStore:
                 "wait for it to finish (or stop it), then re-run to resume."
             ) from None
         os.ftruncate(fd, 0)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, json.dumps(_whoami()).encode())
         self._lock_fd = fd
         _HELD[path] = self
+
+    def follow_lease(self, token: str | None) -> None:
+        """Commit under a lease another process took (a Ray Train worker under its driver's)."""
+        self.lease = token
+
+    def _check_lease(self, what: str) -> None:
+        """Before a commit on an object store: stop when another run took this trial over."""
+        if self.lease is None:
+            return
+        raw = self._get(f"{self.meta}/{LEASE}")
+        try:
+            holder = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            holder = {}
+        if holder.get("token") != self.lease:
+            who = _holder(raw.decode(errors="replace")) if raw is not None else "another run, which has ended"
+            raise TrialBusy(
+                f"Trial {self.trial_id} on {self.out} was taken over by {who}; this run stopped before writing "
+                f"{what}, so the two do not interleave."
+            )
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+            _HELD.pop(f"{self.meta}/lock", None)
+        if self.lease is not None and _HELD.get(f"{self.meta}/lock") is self:
+            with contextlib.suppress(TrialBusy, OSError):
+                self._check_lease("its release")  # a lease another run took over stays theirs
+                self.fs.delete_file(f"{self.meta}/{LEASE}")
+            self.lease = None
             _HELD.pop(f"{self.meta}/lock", None)
 
     # --- config ---------------------------------------------------------------------
@@ -246,6 +407,7 @@ class TrialStore:
     # --- status: the last completed round, for drivers that decide what is left to run ---
 
     def save_status(self, status: dict) -> None:
+        self._check_lease(f"the status of round {status['round']}")
         self._put(f"{self.meta}/status.json", json.dumps(status).encode())
 
     def load_status(self) -> dict | None:
@@ -276,6 +438,7 @@ class TrialStore:
         table = pa.Table.from_pylist([row], schema=arrow_schema())
         sink = io.BytesIO()
         pq.write_table(table, sink)
+        self._check_lease(f"round {row['round']}")
         self._put(self.row_path(row["round"]), sink.getvalue())
 
     def _row_files(self) -> dict[int, str]:
@@ -312,6 +475,7 @@ class TrialStore:
         torch.save(state, buffer)
         payload = buffer.getvalue()
         digest = hashlib.sha256(payload).hexdigest().encode()
+        self._check_lease(f"the checkpoint of round {state['round']}")
         self._put(f"{self.meta}/checkpoint-{state['round']:04d}.pt", CHECKPOINT_MAGIC + digest + b"\n" + payload)
         for old in self._checkpoints()[KEEP_GENERATIONS:]:  # newest first
             with contextlib.suppress(OSError):
@@ -356,6 +520,10 @@ class TrialStore:
 
 class TrialBusy(TrialError):
     """Another process holds this trial's lock."""
+
+
+def _whoami() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _holder(holder: str) -> str:

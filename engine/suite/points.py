@@ -18,13 +18,17 @@ from __future__ import annotations
 import queue
 import threading
 
-from engine.storage.store import TrialStore
+from engine.storage.store import TrialStore, adopt_filesystem
 from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
 
 
-def run_point(params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None) -> None:
-    """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round."""
+def run_point(
+    params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None, filesystem=None
+) -> None:
+    """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round.
+    ``filesystem``: the driver's for an object-store ``out`` (store.object_store), used
+    instead of anything this worker's environment says."""
     import ray
     import torch
     from ray import tune
@@ -32,6 +36,7 @@ def run_point(params: dict, trials: list[dict], out: str, stopped: dict[str, int
     from engine.schema.config import validate
     from engine.schema.plugins import load_plugins
 
+    adopt_filesystem(out, filesystem)
     if sampled is not None:  # a point the searcher proposed: its trials, one per seed
         values = {key: params["cfg"][key] for key in sampled["keys"]}
         datas = [t.config.to_dict() for t in sampled_point(sampled["name"], sampled["base"], sampled["seeds"], values)]

@@ -28,7 +28,15 @@ from typing import Any, TextIO
 
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR
-from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.storage.store import (
+    TrialStore,
+    filesystem,
+    has_rows,
+    object_store,
+    ray_storage,
+    read_manifest,
+    write_manifest,
+)
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.search import (
     SearchSpec,
@@ -311,19 +319,22 @@ def run_suite(
     every: float = 30.0,
     trials_per_gpu: int | None = None,
     rounds: dict[str, int] | None = None,
+    shared_fs: bool = False,
 ) -> list[tuple[str, str, str]]:
     """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials
     that failed.  ``rounds``: each trial's round count, by id (``check_pools``' answer;
     computed here when not given).  A sampled suite's proposed trials are added to
     ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
-    KeyboardInterrupt; completed rounds are saved and ``resume`` continues."""
+    KeyboardInterrupt; completed rounds are saved and ``resume`` continues.  A local ``out``
+    on a cluster of several nodes is refused unless ``shared_fs`` (see check_shared_out)."""
     stream = stream or sys.stdout
     from ray import tune
 
     from engine.suite.points import run_point
     from engine.suite.tracking import callbacks as trackers
-    from engine.trial.distributed import error_line, init_ray
+    from engine.trial.distributed import check_shared_out, error_line, init_ray
 
+    check_shared_out(out, address, shared_fs)
     prepare_out(suite, out, resume)
     rounds = rounds if rounds is not None else check_pools(suite)
     spec = suite.search
@@ -370,7 +381,9 @@ def run_suite(
     init_ray(address)
     check_suite_resources(suite, address, trials_per_gpu)
     trainable = tune.with_resources(
-        tune.with_parameters(run_point, trials=trials, out=location, stopped=stopped, sampled=sampled),
+        tune.with_parameters(
+            run_point, trials=trials, out=location, stopped=stopped, sampled=sampled, filesystem=object_store(out)
+        ),
         resources=lambda config: _resources(config, trials, trials_per_gpu),
     )
 
@@ -393,7 +406,7 @@ def run_suite(
         ),
         run_config=tune.RunConfig(
             name=suite.name,
-            storage_path=f"{location}/_warmstart/tune",
+            **ray_storage(out, "tune"),  # an object store's filesystem, given to Tune explicitly
             failure_config=tune.FailureConfig(max_failures=trials[0]["scaling"]["max_failures"]),
             verbose=0,
             callbacks=[_quiet_progress(), progress.callback(), *trackers(suite.tracking, out, suite.name)],
@@ -410,8 +423,9 @@ def run_suite(
     if len(progress.ended) < len(grid) or len(grid) < expected:
         raise KeyboardInterrupt("the suite was interrupted")  # Tune ended early: Ctrl-C
     # A Tune trial's folder is named after its unit: the trial id (or a point's id).
+    scheme = out.split("://")[0] + "://" if "://" in out else ""  # Tune's paths on an object store have none
     return [
-        (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{result.path}/error.txt")
+        (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{scheme}{result.path}/error.txt")
         for result in grid
         if result.error is not None
     ]

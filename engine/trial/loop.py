@@ -30,6 +30,8 @@ import dataclasses
 import functools
 import json
 import math
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -210,6 +212,14 @@ def check_model(name: str, model, shapes: dict, device: torch.device, round_: in
         )
 
 
+def node_name() -> str:
+    """The Ray node this process runs on (several nodes may share a host), else the host name."""
+    ray = sys.modules.get("ray")  # not imported here: a run outside Ray never loads it
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
 def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
@@ -233,6 +243,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "per_round": plan.per_round,
         "world_size": comm.world_size,
         "device": device.type,
+        "node": node_name(),
         "eval_split": cfg.dataset.eval,
         "model_params": json.dumps(cfg.model.params(), sort_keys=True),
         "init_params": json.dumps(cfg.init.params(), sort_keys=True),
@@ -324,9 +335,12 @@ def open_trial(
     return context, state
 
 
-# Columns left out of the integrity check: time measurements, and the suite a trial ran in
-# (not part of its identity: the same trial may run alone, then in a suite).
-NOT_CHECKED = ("train_seconds", "acquire_seconds", "eval_seconds", "capture_seconds", "pretrain_seconds", "suite")
+# Columns left out of the integrity check: time measurements, the suite a trial ran in
+# (not part of its identity: the same trial may run alone, then in a suite), and its node.
+NOT_CHECKED = (
+    *("train_seconds", "acquire_seconds", "eval_seconds", "capture_seconds", "pretrain_seconds", "suite"),
+    "node",  # a trial resumed elsewhere (a lost node) reproduces its rows on another node
+)
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
