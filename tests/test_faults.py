@@ -1,4 +1,4 @@
-"""Faults and hostile inputs (the README's Guarantees): results are complete or say why
+"""Faults and hostile inputs (docs/guarantees.md): results are complete or say why
 not, strategies fail in one line, paths stay inside --out, and resources are checked
 before they are waited for.  CLI runs go through engine.cli.main in-process."""
 
