@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from unittest import mock
 
+SUITE = "docs/examples/laptop_suite.yaml"  # four tiny trials (docs/cluster.md, "A cluster on your laptop")
 QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 # A node that is gone is noticed within seconds, not the default half minute.
 FAST_HEALTH_CHECKS = {
@@ -149,7 +150,7 @@ def main() -> None:
             print("in another terminal:")
             for key, value in s3.env.items():
                 print(f"  export {key}={value}")
-            print(f"  warmstart suite quickstart --address {cluster.address} --out s3://{s3.bucket}/quickstart")
+            print(f"  warmstart suite {SUITE} --address {cluster.address} --out s3://{s3.bucket}/laptop")
             print("Ctrl-C stops the cluster and the S3 server", flush=True)
             while True:
                 time.sleep(3600)

@@ -20,11 +20,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from benchmarks.local_cluster import LocalCluster, s3_server
+from benchmarks.local_cluster import SUITE, LocalCluster, s3_server
 from engine.cli import main
 from engine.storage import store as store_module
 
@@ -55,9 +56,9 @@ def slow_warm(prev, fresh):
 def s3():
     import boto3
 
-    with s3_server("results") as server:
+    with s3_server("warmstart") as server:
         client = boto3.client("s3", endpoint_url=server.endpoint, **_boto_keys(server))
-        client.put_bucket_versioning(Bucket="results", VersioningConfiguration={"Status": "Enabled"})
+        client.put_bucket_versioning(Bucket="warmstart", VersioningConfiguration={"Status": "Enabled"})
         server.client = client
         yield server
 
@@ -144,10 +145,9 @@ def _each_round_once(s3, prefix: str, table: pd.DataFrame, trials: int, rounds: 
 
 
 @pytest.fixture(scope="module")
-def spread(cluster, s3, tmp_path_factory):
-    """A suite of four trials run once for the tests below."""
-    suite = _suite(tmp_path_factory.mktemp("spread"), "spread", seeds=4, rounds=3)
-    done = _warmstart(s3, "suite", suite, "--address", cluster.address, "--out", s3.uri("spread"))
+def spread(cluster, s3):
+    """The four trials of docs/cluster.md's "A cluster on your laptop", run once for the tests below."""
+    done = _warmstart(s3, "suite", SUITE, "--address", cluster.address, "--out", s3.uri("spread"))
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -174,12 +174,40 @@ def test_suite_spreads_over_both_nodes_and_writes_each_round_once(spread, cluste
 
 def test_report_and_check_read_the_bucket(spread, s3, aws, tmp_path, capsys):
     assert main(["check", s3.uri("spread")]) == 0
-    assert "4 trial(s) checked under s3://results/spread: all intact" in capsys.readouterr().out
+    assert "4 trial(s) checked under s3://warmstart/spread: all intact" in capsys.readouterr().out
     assert main(["report", s3.uri("spread"), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "index.html").exists()
     from engine.analysis.results import load
 
     assert sorted(load(s3.uri("spread"))["round"].unique()) == [1, 2, 3]
+
+
+def test_the_laptop_cluster_of_the_docs_starts_prints_its_commands_and_stops():
+    """docs/cluster.md's "A cluster on your laptop": the command, its output as shown there, and
+    Ctrl-C stopping what it started (the suite it prints is the one ``spread`` runs)."""
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.local_cluster", "--nodes", "1"],
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+    )
+    lines = []
+    while not lines or not lines[-1].startswith("Ctrl-C"):
+        line = helper.stdout.readline()
+        assert line, "the helper ended before printing its commands"
+        lines.append(line.rstrip("\n"))
+    helper.send_signal(signal.SIGINT)
+    assert helper.wait(timeout=60) == 0
+    doc = (Path(REPO) / "docs" / "cluster.md").read_text()
+    assert "python -m benchmarks.local_cluster --nodes 2" in doc
+    shown = doc.split("head node's address):\n\n```text\n")[1].split("```")[0].splitlines()
+    port = lines[1].split(":")[-1].split(",")[0]
+    address = lines[-2].split("--address ")[1].split()[0]
+    printed = [line.replace(address, "HEAD_IP:GCS_PORT").replace(port, "PORT") for line in lines]
+    assert printed == [line.replace("2 worker", "1 worker") for line in shown]
+    assert f"warmstart suite {SUITE} --address HEAD_IP:GCS_PORT --out s3://warmstart/laptop" in doc
 
 
 # --- a local --out on several nodes -------------------------------------------------------------
@@ -251,19 +279,19 @@ def _wait_for_rows(s3, prefix: str, driver: subprocess.Popen, until, timeout: fl
 def test_driver_killed_then_resume_finishes_the_suite_on_the_bucket(cluster, s3, aws, tmp_path):
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW_PLUGIN)
-    suite = _suite(tmp_path, "resumed", seeds=4, rounds=4, init="slow_warm")
+    suite = _suite(tmp_path, "resumed", seeds=2, rounds=3, init="slow_warm")
     args = ["suite", suite, "--plugin", str(plugin), "--address", cluster.address, "--out", s3.uri("resumed")]
     driver = _start(s3, *args)
-    _wait_for_rows(s3, "resumed", driver, lambda keys: len(keys) >= 2 and keys)
+    _wait_for_rows(s3, "resumed", driver, lambda keys: keys)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     before = _rows(s3.uri("resumed"))
-    assert 2 <= len(before) < 16, "the driver should die mid-suite"
+    assert 1 <= len(before) < 6, "the driver should die mid-suite"
 
     resumed = _warmstart(s3, *args, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     table = _rows(s3.uri("resumed"))
-    _each_round_once(s3, "resumed", table, trials=4, rounds=4)
+    _each_round_once(s3, "resumed", table, trials=2, rounds=3)
     # The rows of the killed run are kept as they were, not recomputed.
     kept = table.merge(before[["trial_id", "round", "train_seconds"]], on=["trial_id", "round"])
     assert len(kept) == len(before) and (kept["train_seconds_x"] == kept["train_seconds_y"]).all()
@@ -272,7 +300,7 @@ def test_driver_killed_then_resume_finishes_the_suite_on_the_bucket(cluster, s3,
 def test_a_lost_node_moves_its_trials_to_the_other_node_from_their_last_round(cluster, s3, aws, tmp_path):
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW_PLUGIN)
-    suite = _suite(tmp_path, "lost", seeds=4, rounds=5, init="slow_warm")
+    suite = _suite(tmp_path, "lost", seeds=4, rounds=4, init="slow_warm")
     driver = _start(s3, "suite", suite, "--plugin", str(plugin), "--address", cluster.address, "--out", s3.uri("lost"))
     doomed, survivor = cluster.workers
 
@@ -290,7 +318,7 @@ def test_a_lost_node_moves_its_trials_to_the_other_node_from_their_last_round(cl
     assert driver.returncode == 0, output[-4000:]
 
     table = _rows(s3.uri("lost"))
-    _each_round_once(s3, "lost", table, trials=4, rounds=5)
+    _each_round_once(s3, "lost", table, trials=4, rounds=4)
     assert set(table["node"]) == {doomed.node_id, survivor.node_id}
     for trial_id in moved:
         nodes = table[table["trial_id"] == trial_id].sort_values("round")["node"].tolist()
@@ -329,11 +357,13 @@ def test_a_second_run_of_a_trial_on_the_bucket_stops_the_first_before_its_next_c
     assert taken.returncode == 0, taken.stderr
     with pytest.raises(
         TrialBusy,
-        match=r"Trial t on s3://results/lease was taken over by pid \d+ on host .*; this run "
+        match=r"Trial t on s3://warmstart/lease was taken over by pid \d+ on host .*; this run "
         r"stopped before writing the status of round 2",
     ):
         first.save_status({"round": 2, "rounds": 3})
-    assert json.loads(s3.client.get_object(Bucket="results", Key="lease/_warmstart/t/status.json")["Body"].read()) == {
+    assert json.loads(
+        s3.client.get_object(Bucket="warmstart", Key="lease/_warmstart/t/status.json")["Body"].read()
+    ) == {
         "round": 1,
         "rounds": 3,
     }
