@@ -276,6 +276,16 @@ def _wait_for_rows(s3, prefix: str, driver: subprocess.Popen, until, timeout: fl
     raise AssertionError(f"no rows under {prefix} in {timeout}s")
 
 
+def _wait_until_quiet(s3, prefix: str, quiet: float = 4.0, timeout: float = 60) -> None:
+    """Until no row object has appeared under ``prefix`` for ``quiet`` seconds (a round takes one)."""
+    last, since, deadline = _versions(s3, prefix), time.time(), time.time() + timeout
+    while time.time() - since < quiet and time.time() < deadline:
+        time.sleep(0.5)
+        now = _versions(s3, prefix)
+        if now != last:
+            last, since = now, time.time()
+
+
 def test_driver_killed_then_resume_finishes_the_suite_on_the_bucket(cluster, s3, aws, tmp_path):
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW_PLUGIN)
@@ -285,6 +295,7 @@ def test_driver_killed_then_resume_finishes_the_suite_on_the_bucket(cluster, s3,
     _wait_for_rows(s3, "resumed", driver, lambda keys: keys)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    _wait_until_quiet(s3, "resumed")  # Ray ends the dead driver's trials; none writes any more
     before = _rows(s3.uri("resumed"))
     assert 1 <= len(before) < 6, "the driver should die mid-suite"
 
