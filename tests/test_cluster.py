@@ -27,7 +27,7 @@ import pytest
 
 from benchmarks.local_cluster import SUITE, LocalCluster, s3_server
 from engine.cli import main
-from engine.storage import store as store_module
+from engine.storage import object_store as object_store_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the nodes' processes see: an endpoint where nothing listens, keys that are not the server's.
@@ -76,7 +76,7 @@ def aws(s3, monkeypatch):
     for key, value in s3.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(store_module, "_OBJECT_STORES", {})
+    monkeypatch.setattr(object_store_module, "_OBJECT_STORES", {})
     return s3
 
 

@@ -36,7 +36,8 @@ from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, NOT_IDENTITY
 from engine.schema.records import CONFIG_PREFIX
 from engine.schema.records import config_columns as config_columns_of
-from engine.storage.store import SCHEMA, TrialStore, filesystem, object_store_reason
+from engine.storage.object_store import object_store_reason
+from engine.storage.store import SCHEMA, TrialStore, filesystem
 
 NAME_COLUMNS = ["suite", "dataset", "model", "optimizer", "init", "acquisition", "stop_reason", "device", "bn_stats"]
 COUNT_COLUMNS = ["seed", "batch_size", "per_round", "round", "n_labeled", "epochs", "steps", "world_size"]

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
-from engine.storage.store import LEASE, META, TrialStore, filesystem, object_store_reason
+from engine.storage.object_store import object_store_reason
+from engine.storage.store import LEASE, META, TrialStore, filesystem
 
 
 @dataclass

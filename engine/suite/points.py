@@ -18,7 +18,8 @@ from __future__ import annotations
 import queue
 import threading
 
-from engine.storage.store import TrialStore, adopt_filesystem
+from engine.storage.object_store import adopt_filesystem
+from engine.storage.store import TrialStore
 from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
 

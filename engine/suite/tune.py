@@ -28,11 +28,11 @@ from typing import Any, TextIO
 
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR
+from engine.storage.object_store import object_store
 from engine.storage.store import (
     TrialStore,
     filesystem,
     has_rows,
-    object_store,
     ray_storage,
     read_manifest,
     write_manifest,

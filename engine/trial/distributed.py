@@ -118,7 +118,8 @@ def worker_main(train_config: dict) -> None:
 
     from engine.schema.config import validate
     from engine.schema.plugins import load_plugins
-    from engine.storage.store import TrialStore, adopt_filesystem
+    from engine.storage.object_store import adopt_filesystem
+    from engine.storage.store import TrialStore
     from engine.trial.progress import ProgressWriter
     from engine.trial.session import start_trial
 
@@ -258,7 +259,8 @@ def run_trial_on_ray(
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from engine.storage.store import TrialStore, filesystem, object_store, ray_storage
+    from engine.storage.object_store import object_store
+    from engine.storage.store import TrialStore, filesystem, ray_storage
     from engine.trial.progress import follow
 
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
