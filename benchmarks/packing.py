@@ -61,12 +61,12 @@ def _warm(barrier, warmup: list[str], thread: bool = False) -> None:
 def run_trial(sets: list[str]) -> tuple[int, float]:
     """One trial in this process: (rounds done, seconds)."""
     from engine.schema.config import build
-    from engine.trial.loop import load_data, resolve_device, run_rounds
+    from engine.trial.session import start_trial
 
     began = time.perf_counter()
     cfg = build(sets=sets)
-    device = resolve_device(cfg.device)
-    rows = run_rounds(cfg, load_data(cfg, device), None, device)
+    with start_trial(cfg, None) as session:
+        rows = session.run()
     return len(rows), time.perf_counter() - began
 
 

@@ -239,7 +239,7 @@ def engine_vs_reference(case: RefCase, device: torch.device, perf: Performance, 
 
     def engine():
         model = copy.deepcopy(initial)
-        x, y = data.pool_x[positions], data.pool_y[positions]  # as run_rounds gathers them
+        x, y = data.pool_x[positions], data.pool_y[positions]  # as the round loop gathers them
         optimizer = make_optimizer(model, "adam", LR, 0.0, 0.9, perf.fused_optimizer)
         stats = fit(model, x, y, optimizer, BATCH_SIZE, convergence(epochs), SEED, performance=perf)
         return stats.steps, stats.train_acc

@@ -30,9 +30,9 @@ import torch
 
 from benchmarks.round_vs_plain import machine as machine_info
 from engine.schema.config import build
-from engine.storage.store import TrialStore
 from engine.trial.distributed import init_ray, run_trial_on_ray
-from engine.trial.loop import load_data, resolve_device, run_rounds
+from engine.trial.session import start_trial
+from engine.trial.setup import resolve_device
 
 
 def machine() -> str:
@@ -52,9 +52,8 @@ def trial_overhead(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build(None, sets)
         began = time.perf_counter()
-        device = resolve_device("cpu")
-        store = TrialStore(f"{tmp}/local", cfg.trial_id())
-        run_rounds(cfg, load_data(cfg, device), store, device)
+        with start_trial(cfg, f"{tmp}/local", device=resolve_device("cpu")) as session:
+            session.run()
         local_total = time.perf_counter() - began
         local_times = row_times(f"{tmp}/local", cfg.trial_id())
 

@@ -168,7 +168,7 @@ class Runner:
 
     def engine(self) -> Run:
         model = copy.deepcopy(self.initial)
-        optimizer = make_optimizer(model, "adam", LR, 0.0, 0.9)  # as run_rounds makes it
+        optimizer = make_optimizer(model, "adam", LR, 0.0, 0.9)  # as the round loop makes it
         # fit's default options (no autocast, channels_last, fused optimizer or compile):
         # the engine's path on CPU, and the only one that does the plain loop's work.
         wall, cpu, stats = self._timed(

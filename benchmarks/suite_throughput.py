@@ -3,7 +3,7 @@
     python -m benchmarks.suite_throughput [--suite quickstart] [--set KEY=VALUE ...] [--out FILE.json]
 
 Both runs happen in this one process, in-process first: every trial of the suite
-through ``run_rounds`` (the `warmstart run` path), then the whole suite through
+through ``start_trial`` (the `warmstart run` path), then the whole suite through
 ``run_suite`` on a fresh local Ray instance (the `warmstart suite` path, `ray.init`
 included).  Throughput ratio = sequential seconds / suite seconds: above 1, packing
 trials onto the machine's CPUs beats running them one by one.
@@ -18,16 +18,15 @@ import tempfile
 import time
 
 from benchmarks.ray_overhead import machine
-from engine.storage.store import TrialStore
 from engine.suite.plan import load_suite
-from engine.trial.loop import load_data, resolve_device, run_rounds
+from engine.trial.session import start_trial
 
 
 def sequential(suite, out: str) -> float:
     began = time.perf_counter()
     for trial in suite.trials:
-        device = resolve_device(trial.config.device)
-        run_rounds(trial.config, load_data(trial.config, device), TrialStore(out, trial.trial_id), device)
+        with start_trial(trial.config, out) as session:
+            session.run()
     return time.perf_counter() - began
 
 

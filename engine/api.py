@@ -14,6 +14,8 @@ naming the key) before anything is written; none calls ``sys.exit``.
 from __future__ import annotations
 
 import copy
+import io
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
+from engine.schema.records import arrow_schema
+from engine.suite import tune
+from engine.suite.search import read_record
+from engine.suite.setup import set_up_suite
+from engine.trial import runner
+from engine.trial.progress import ConsoleReporter
+from engine.trial.session import start_trial
 
 __all__ = [
     "Config",
@@ -42,8 +52,6 @@ def _frame(rows: list[dict]):
     """Rows as a DataFrame with the Parquet schema's types (as ``load`` would give them)."""
     import pandas as pd
     import pyarrow as pa
-
-    from engine.schema.records import arrow_schema
 
     if not rows:
         return pd.DataFrame(columns=arrow_schema().names)
@@ -79,13 +87,8 @@ def run_trial(
     Raises:
         ConfigError: invalid input, before anything runs.
     """
-    import sys
-
-    from engine.trial.progress import ConsoleReporter
-    from engine.trial.runner import run_trial as run
-
     reporter = ConsoleReporter(sys.stdout) if progress else None
-    rows = run(
+    rows = runner.run_trial(
         config,
         out,
         workers=workers,
@@ -156,8 +159,6 @@ class Trial:
         plugins: list[str] = (),
         device: str | None = None,
     ) -> None:
-        from engine.trial.session import start_trial
-
         sets = list(sets) + ([f"device={device}"] if device else [])
         cfg = build(config, sets, plugins)
         if cfg.scaling.workers is not None:
@@ -270,20 +271,22 @@ def run_suite(
     variables); a local ``out`` on a Ray cluster of several nodes is refused unless
     ``shared_fs=True`` says it is mounted on every node.
     """
-    import io
-    import sys
-
-    from engine.suite.plan import check_pools, load_suite
-    from engine.suite.search import read_record
-    from engine.suite.tune import run_suite as run
-
-    loaded = load_suite(suite, list(plugins), list(sets), list(trackers))
-    rounds = check_pools(loaded)
-    out = out or f"results/{loaded.name}"
-    if max_concurrent is not None and max_concurrent < 1:
-        raise ConfigError(f"The 'max_concurrent' parameter must be an int >= 1. Got {max_concurrent!r}.")
+    setup = set_up_suite(
+        suite,
+        out,
+        plugins=plugins,
+        sets=sets,
+        trackers=trackers,
+        resume=resume,
+        max_concurrent=max_concurrent,
+        address=address,
+        shared_fs=shared_fs,
+    )
+    loaded, out = setup.suite, setup.out
     stream = sys.stdout if progress else io.StringIO()
-    failed = run(loaded, out, address, resume, max_concurrent, stream=stream, rounds=rounds, shared_fs=shared_fs)
+    failed = tune.run_suite(
+        loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds, shared_fs=shared_fs
+    )
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None
@@ -311,44 +314,3 @@ def report(*paths: str, out: str | None = None) -> list[str]:
     if not paths:
         raise ConfigError("report() needs at least one results path.")
     return write_report(paths[0] if len(paths) == 1 else list(paths), out)
-
-
-def _entries(registry) -> list[dict]:
-    return [
-        {
-            "name": e.name,
-            "params": dict(e.defaults),
-            "doc": e.doc,
-            **({"needs": list(e.extra["needs"])} if "needs" in e.extra else {}),
-        }
-        for e in registry.entries()
-    ]
-
-
-def list_strategies() -> dict[str, list[dict]]:
-    """The registered init and acquisition strategies (plugins included), as ``warmstart
-    list`` prints them: ``{"init": [{name, params, doc}], "acquisition": [{name, params, doc, needs}]}``."""
-    from engine.schema.plugins import load_entry_points
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
-    load_entry_points()
-    return {"init": _entries(INIT_STRATEGIES), "acquisition": _entries(ACQUISITION_STRATEGIES)}
-
-
-def list_models() -> list[dict]:
-    """The registered models (plugins included): ``[{name, params, doc}]``."""
-    from engine.compute.models import MODELS
-    from engine.schema.plugins import load_entry_points
-
-    load_entry_points()
-    return _entries(MODELS)
-
-
-def list_datasets() -> list[dict]:
-    """The registered datasets (plugins included): ``[{name, params, doc}]``."""
-    from engine.compute.data import DATASETS
-    from engine.schema.plugins import load_entry_points
-
-    load_entry_points()
-    return _entries(DATASETS)

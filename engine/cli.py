@@ -10,7 +10,14 @@ import threading
 import time
 import traceback
 
+# Only light modules here: `warmstart --help` and a refused config must not wait for
+# torch, pandas, pyarrow or Ray (tests/test_api.py checks it).  A command imports what
+# pulls them in when it runs.
+from engine import __version__
 from engine.errors import ConfigError, TrialError
+from engine.schema.catalogue import REGISTRIES
+from engine.schema.plugins import load_plugins
+from engine.trial.progress import ConsoleReporter
 
 EXIT_USAGE = 2
 
@@ -37,6 +44,14 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_shared_fs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="--out is a path on a file system mounted at the same place on every node of the cluster",
+    )
+
+
 def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", metavar="DIR_OR_URI", help=f"results directory or URI (default: {default_out})")
     parser.add_argument(
@@ -56,21 +71,11 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
 
 
-def _add_shared_fs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--shared-fs",
-        action="store_true",
-        help="--out is a path on a file system mounted at the same place on every node of the cluster",
-    )
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="warmstart",
         description="Rounds of online and active learning: random init, warm start, shrink and perturb.",
     )
-    from engine import __version__
-
     top.add_argument("--version", action="version", version=f"warmstart {__version__}")
     top.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also: WARMSTART_DEBUG=1)"
@@ -144,7 +149,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.trial.progress import ConsoleReporter
     from engine.trial.runner import run_trial
 
     # Everything that can be refused is checked before anything is written under --out.
@@ -183,26 +187,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_suite(args: argparse.Namespace) -> int:
     from engine.analysis import results
     from engine.analysis.tables import summary_text
-    from engine.suite.plan import check_pools, load_suite
     from engine.suite.search import format_search, read_record
-    from engine.suite.tune import check_out, run_suite
-    from engine.trial.distributed import check_shared_out
+    from engine.suite.setup import set_up_suite
+    from engine.suite.tune import run_suite
 
-    suite = load_suite(args.suite, getattr(args, "plugins", []), getattr(args, "sets", []), args.trackers)
-    rounds = check_pools(suite)  # missing datasets and impossible round counts fail before anything runs
-    out = args.out or f"results/{suite.name}"
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise ConfigError(f"--max-concurrent must be >= 1. Got {args.max_concurrent}.")
-    trials_per_gpu = _trials_per_gpu(suite, getattr(args, "trials_per_gpu", None))
-    check_shared_out(out, args.address, args.shared_fs)  # a local --out on several nodes: before anything else
-    check_out(suite, out, args.resume)  # a refused --out: its one line, nothing else printed
-    if suite.search.sampled:
-        count = (
-            f"{suite.search.num_samples} points x {len(suite.seeds)} seed(s) from a {suite.search.searcher} searcher"
-        )
-    else:
-        count = f"{len(suite.trials)} trials"
-    print(f"suite {suite.name}: {count} -> {out}", flush=True)
+    setup = set_up_suite(
+        args.suite,
+        args.out,
+        plugins=getattr(args, "plugins", []),
+        sets=getattr(args, "sets", []),
+        trackers=args.trackers,
+        resume=args.resume,
+        max_concurrent=args.max_concurrent,
+        trials_per_gpu=getattr(args, "trials_per_gpu", None),
+        address=args.address,
+        shared_fs=args.shared_fs,
+    )
+    suite, out = setup.suite, setup.out
+    if setup.trials_per_gpu is not None:
+        print(f"packing {setup.trials_per_gpu} trials per GPU (each asks for 1/{setup.trials_per_gpu} of its GPUs)")
+    print(setup.headline(), flush=True)
     began = time.perf_counter()
     try:
         failed = run_suite(
@@ -211,8 +215,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
             args.address,
             args.resume,
             args.max_concurrent,
-            rounds=rounds,
-            trials_per_gpu=trials_per_gpu,
+            rounds=setup.rounds,
+            trials_per_gpu=setup.trials_per_gpu,
             shared_fs=args.shared_fs,
         )
     except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
@@ -242,20 +246,6 @@ def cmd_suite(args: argparse.Namespace) -> int:
         print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
         return 1
     return 0
-
-
-def _trials_per_gpu(suite, value: str | None) -> int | None:
-    from engine.suite.packing import resolve_trials_per_gpu
-
-    count = resolve_trials_per_gpu(value)
-    if count is not None and not any(t.config.scaling.gpus_per_worker > 0 for t in suite.trials):
-        raise ConfigError(
-            "The '--trials-per-gpu' option packs trials that run on GPUs, but every trial of this suite has "
-            "scaling.gpus_per_worker 0; add --set scaling.gpus_per_worker=1."
-        )
-    if count is not None:
-        print(f"packing {count} trials per GPU (each asks for 1/{count} of its GPUs)", flush=True)
-    return count
 
 
 def _write_report(results: str, out: str | None = None) -> None:
@@ -290,20 +280,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from engine.compute.data import DATASETS
-    from engine.compute.models import MODELS
-    from engine.schema.plugins import load_plugins
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
     load_plugins(args.plugins)
-    for title, registry in (
-        ("datasets", DATASETS),
-        ("models", MODELS),
-        ("init strategies", INIT_STRATEGIES),
-        ("acquisition strategies", ACQUISITION_STRATEGIES),
-    ):
-        print(f"{title}:")
+    for registry in REGISTRIES.values():
+        print(f"{registry.plural}:")
         for entry in registry.entries():
             needs = entry.extra.get("needs")
             suffix = f"  [needs: {', '.join(needs)}]" if needs else ""

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from engine.errors import StrategyError
-from engine.schema.registry import Interval, Registry
+from engine.schema.catalogue import ACQUISITION_STRATEGIES
+from engine.schema.registry import Interval
 
 # What a strategy may declare in ``needs``; each is a tensor on the CPU (on the training
 # device for strategies registered with on_device=True).  All but
@@ -53,8 +54,6 @@ POOL_OUTPUTS = {
     "mc_probs": "softmax probabilities of T passes with dropout active (all else in eval mode), float [T, N, C]; "
     "T is the strategy's `mc_samples` parameter, and the model needs model.dropout > 0",
 }
-
-ACQUISITION_STRATEGIES = Registry("acquisition strategy", n_inputs=3)
 
 
 def register(

@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from engine.errors import ConfigError
-from engine.schema.registry import Interval, ModelSpec, Nullable, OneOf, Registry
-
-INIT_STRATEGIES = Registry("init strategy", n_inputs=2)
+from engine.schema.catalogue import INIT_STRATEGIES
+from engine.schema.registry import Interval, ModelSpec, Nullable, OneOf
 
 
 def register(

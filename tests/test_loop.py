@@ -1,4 +1,4 @@
-"""The round loop (engine/trial/loop.py) and its results, through ``run_rounds`` and the CLI:
+"""The round loop (engine/trial/loop.py) and its results, through ``start_trial`` and the CLI:
 the Parquet columns and rows, determinism, init-strategy equivalences, fractions,
 acquisition, interruption and resume, BatchNorm re-estimation.  Small data: digits."""
 
@@ -16,8 +16,9 @@ import engine.storage.store
 from engine.cli import main
 from engine.schema.config import build
 from engine.storage.store import TrialStore
-from engine.trial.loop import fresh_model, load_data, plan_rounds, run_rounds
 from engine.trial.progress import ConsoleReporter
+from engine.trial.session import start_trial
+from engine.trial.setup import fresh_model, load_data, plan_rounds
 
 CPU = torch.device("cpu")
 POOL = 1198  # digits: 1797 images, 599 held out (holdout 0.3333)
@@ -65,7 +66,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def plain(value):
-    """A row value as a plain Python value, the same whether it came from run_rounds or Parquet."""
+    """A row value as a plain Python value, the same whether it came from start_trial or Parquet."""
     if isinstance(value, (np.ndarray, list, tuple)):
         return [int(v) for v in value]
     if isinstance(value, np.generic):
@@ -89,11 +90,10 @@ def read_rows(out) -> list[dict]:
 
 
 def run(sets, out=None, reporter=None) -> list[dict]:
-    """``run_rounds`` in-process on CPU; with ``out``, rows and checkpoints go to a TrialStore there."""
+    """A trial in-process on CPU (``start_trial``); with ``out``, rows and checkpoints go to a TrialStore there."""
     cfg = build(sets=["device=cpu", *sets])
-    data = load_data(cfg, CPU)
-    store = TrialStore(str(out), cfg.trial_id()) if out is not None else None
-    return run_rounds(cfg, data, store, CPU, reporter=reporter)
+    with start_trial(cfg, str(out) if out is not None else None, device=CPU, reporter=reporter) as session:
+        return session.run()
 
 
 _cache: dict[tuple, list[dict]] = {}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from engine.compute.models import MODELS, BasicBlock, Classifier, build_model, model_spec
+from engine.compute.models import MODELS, BasicBlock, Classifier, build_model, model_spec, onednn_unsafe
 from engine.errors import ConfigError
 from engine.schema.config import build
 
@@ -283,3 +285,32 @@ def test_unknown_model_name_lists_the_known_ones():
     assert "'vgg16'" in str(info.value)
     for name in ("logreg", "mlp", "resnet18"):
         assert name in str(info.value)
+
+
+# --- oneDNN's heap corruption (torch 2.14.1 on AVX2 CPUs) -------------------------------
+
+
+@pytest.mark.parametrize("width,unsafe", [(2, True), (4, True), (6, True), (8, False), (16, False)])
+def test_onednn_unsafe_finds_the_narrow_strided_shortcut(width, unsafe):
+    model = MODELS.get("resnet18").fn((3, 8, 8), 10, width=width)  # the builder alone: no switch flipped
+    assert any(onednn_unsafe(m) for m in model.modules()) is unsafe
+
+
+def test_building_an_unsafe_model_turns_onednn_off_with_a_warning():
+    """In a fresh process (torch's switch is process-wide): a width-8 resnet18 and an mlp leave
+    oneDNN on; a width-4 resnet18 turns it off and says why, once."""
+    code = (
+        "import warnings, torch\n"
+        "from engine.compute.models import build_model\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    build_model('mlp', {}, (1, 8, 8), 10); build_model('resnet18', {'width': 8}, (3, 8, 8), 10)\n"
+        "    before = torch.backends.mkldnn.enabled\n"
+        "    build_model('resnet18', {'width': 4}, (3, 8, 8), 10); build_model('resnet18', {'width': 4}, (3, 8, 8), 10)\n"
+        "print(before, torch.backends.mkldnn.enabled, len(seen), str(seen[0].message) if seen else '')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    before, after, warned, message = result.stdout.strip().split(" ", 3)
+    assert (before, after, warned) == ("True", "False", "1")
+    assert "1x1 stride-2 convolution with 2-6 input channels" in message

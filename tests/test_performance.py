@@ -22,7 +22,7 @@ from engine.compute.scoring import pool_outputs
 from engine.compute.train import PLAIN, Performance, evaluate, fit, make_optimizer, precise_bn, resolve_performance
 from engine.errors import ConfigError
 from engine.schema.config import DEFAULTS, build, validate
-from engine.trial.loop import load_data, run_rounds
+from engine.trial.session import start_trial
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 CPU = torch.device("cpu")
@@ -320,7 +320,7 @@ def test_no_host_sync_per_step_with_options(monkeypatch, count_host_reads):
 
 
 def test_compile_matches_eager_and_does_not_recompile_when_the_training_set_grows():
-    """Two rounds, as run_rounds makes them: a new model object each, training sets of 40
+    """Two rounds, as the round loop makes them: a new model object each, training sets of 40
     then 70 samples with batch 16 (last batches of 8, then 6, run eagerly).  The second
     fit compiles nothing (dynamo raises on any recompile) and both match eager tightly."""
     torch._dynamo.reset()
@@ -355,14 +355,13 @@ def test_compile_matches_eager_and_does_not_recompile_when_the_training_set_grow
 def test_rows_record_the_effective_options(tmp_path):
     import pandas as pd
 
-    from engine.storage.store import TrialStore
-
     sets = ["device=cpu", "rounds.max_rounds=2", "convergence.max_epochs=3", "acquisition.name=margin"]
     results = {}
     for name, extra in (("auto", []), ("on", ["performance.fused_optimizer=true", "performance.channels_last=true"])):
         cfg = build(sets=sets + extra)
         out = tmp_path / name
-        rows = run_rounds(cfg, load_data(cfg, CPU), TrialStore(str(out), cfg.trial_id()), CPU)
+        with start_trial(cfg, str(out), device=CPU) as session:
+            rows = session.run()
         stored = pd.read_parquet(out).sort_values("round")
         assert list(stored["performance"]) == [r["performance"] for r in rows]
         results[name] = rows

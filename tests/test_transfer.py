@@ -22,8 +22,8 @@ from engine.compute.data import RawDataset, RawSplit, load_digits
 from engine.compute.pretrain import pretrain
 from engine.errors import ConfigError
 from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
-from engine.storage.store import TrialStore
-from engine.trial.loop import fresh_model, load_data, run_rounds
+from engine.trial.session import start_trial
+from engine.trial.setup import fresh_model, load_data
 from strategies.init import INIT_STRATEGIES, register
 
 CPU = torch.device("cpu")
@@ -37,6 +37,12 @@ SMALL = [
     "convergence.max_epochs=4",
 ]
 SUITE = os.path.join(os.path.dirname(__file__), "..", "engine", "suites", "fig9_transfer.yaml")
+
+
+def trial_rows(cfg, out: str | None = None, reporter=None) -> list[dict]:
+    """The rows of a trial run in this process on CPU (``start_trial``)."""
+    with start_trial(cfg, out, device=CPU, reporter=reporter) as session:
+        return session.run()
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +154,7 @@ def test_a_source_of_another_input_shape_is_refused_before_anything_is_written(t
 def test_round_1_starts_from_the_pretrained_model_with_a_fresh_head_when_classes_differ(spy):
     cfg = build(sets=[*SMALL, "pretrain={dataset: digits5, max_epochs: 3}", "init=ws_test_spy"])
     data = load_data(cfg, CPU)
-    rows = run_rounds(cfg, data, None, CPU)
+    rows = trial_rows(cfg)
     assert len(spy) == 2  # the init strategy ran in round 1 too
     prev_round1, fresh_round1 = spy[0]
     source = pretrain(cfg, CPU).model  # the same, seeded
@@ -168,7 +174,7 @@ def test_round_1_starts_from_the_pretrained_model_with_a_fresh_head_when_classes
 
 def test_the_head_is_kept_when_the_class_counts_agree(spy):
     cfg = build(sets=[*SMALL, "pretrain={dataset: digits, max_epochs: 2}", "init=ws_test_spy"])
-    run_rounds(cfg, load_data(cfg, CPU), None, CPU)
+    trial_rows(cfg)
     source = pretrain(cfg, CPU).model
     for key, value in source.state_dict().items():
         assert torch.equal(spy[0][0][key], value), key
@@ -176,17 +182,17 @@ def test_the_head_is_kept_when_the_class_counts_agree(spy):
 
 def test_random_init_ignores_the_pretrained_model():
     columns = ["round", "n_labeled", "epochs", "steps", "train_acc", "test_acc", "test_loss", "acquired"]
-    plain = run_rounds(build(sets=[*SMALL, "init=random"]), load_data(build(sets=SMALL), CPU), None, CPU)
+    plain = trial_rows(build(sets=[*SMALL, "init=random"]))
     cfg = build(sets=[*SMALL, "init=random", "pretrain={dataset: digits5, max_epochs: 2}"])
-    transferred = run_rounds(cfg, load_data(cfg, CPU), None, CPU)
+    transferred = trial_rows(cfg)
     assert [[r[c] for c in columns] for r in transferred] == [[r[c] for c in columns] for r in plain]
     assert plain[0]["pretrain_dataset"] is None and plain[0]["pretrain_epochs"] is None
 
 
 def test_warm_start_from_the_pretrained_model_changes_round_1():
-    plain = run_rounds(build(sets=[*SMALL, "init=warm"]), load_data(build(sets=SMALL), CPU), None, CPU)
+    plain = trial_rows(build(sets=[*SMALL, "init=warm"]))
     cfg = build(sets=[*SMALL, "init=warm", "pretrain={dataset: digits, max_epochs: 3}"])
-    transferred = run_rounds(cfg, load_data(cfg, CPU), None, CPU)
+    transferred = trial_rows(cfg)
     assert transferred[0]["acquired"] == plain[0]["acquired"]  # the same initial random set
     assert transferred[0]["test_acc"] != plain[0]["test_acc"]
 
@@ -198,8 +204,8 @@ def test_pretraining_is_deterministic():
         "pretrain={dataset: digits5, max_epochs: 2}",
     ]
     cfg = build(sets=sets)
-    a = run_rounds(cfg, load_data(cfg, CPU), None, CPU)
-    b = run_rounds(cfg, load_data(cfg, CPU), None, CPU)
+    a = trial_rows(cfg)
+    b = trial_rows(cfg)
     timing = {"train_seconds", "acquire_seconds", "eval_seconds", "pretrain_seconds"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in a] == [
         {k: v for k, v in r.items() if k not in timing} for r in b
@@ -219,7 +225,7 @@ def test_the_trial_runs_on_a_fraction_of_the_target_pool():
     position = {int(i): p for p, i in enumerate(full.pool_index)}
     rows_of = [position[int(i)] for i in data.pool_index]
     assert torch.equal(data.pool_x, full.pool_x[rows_of]) and torch.equal(data.pool_y, full.pool_y[rows_of])
-    rows = run_rounds(cfg, data, None, CPU)
+    rows = trial_rows(cfg)
     assert rows[0]["n_pool"] == 599
     assert {i for r in rows for i in r["acquired"]} <= set(data.pool_index.tolist())
 
@@ -256,19 +262,17 @@ class StopAfterRound1:
 
 def test_resume_after_round_1_does_not_pretrain_again_and_keeps_the_pretrain_columns(tmp_path, monkeypatch):
     cfg = build(sets=[*SMALL, "init=warm", "pretrain={dataset: digits5, max_epochs: 2}"])
-    data = load_data(cfg, CPU)
-    reference = run_rounds(cfg, data, None, CPU)
-    store = TrialStore(str(tmp_path), cfg.trial_id())
+    reference = trial_rows(cfg)
     with pytest.raises(KeyboardInterrupt):
-        run_rounds(cfg, data, store, CPU, reporter=StopAfterRound1())
+        trial_rows(cfg, str(tmp_path), reporter=StopAfterRound1())
 
-    import engine.trial.loop
+    import engine.trial.session
 
     def no_pretraining(*args, **kwargs):
         raise AssertionError("pretrained again on resume")
 
-    monkeypatch.setattr(engine.trial.loop, "pretrain", no_pretraining)
-    resumed = run_rounds(cfg, data, TrialStore(str(tmp_path), cfg.trial_id()), CPU)
+    monkeypatch.setattr(engine.trial.session, "pretrain", no_pretraining)
+    resumed = trial_rows(cfg, str(tmp_path))
     assert [r["round"] for r in resumed] == [2]
     for key in ("acquired", "test_acc", "epochs", "pretrain_epochs", "pretrain_steps", "pretrain_samples"):
         assert resumed[0][key] == reference[1][key], key

@@ -53,6 +53,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
 )
 from engine.errors import ConfigError
 from engine.storage.store import filesystem
+from engine.suite.search import report_section  # the search's points, where each stopped, the best
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
 MAX_PANELS = 24
@@ -594,8 +595,6 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
         built.curves()
         built.heatmaps()
         built.table1()
-    from engine.suite.search import report_section  # the search's points, where each stopped, the best
-
     for path in paths:
         report_section(path, built)
     page = _page(", ".join(paths), frame, built.where, built.notes, built.sections)

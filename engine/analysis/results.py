@@ -34,42 +34,18 @@ import pyarrow.dataset as pads
 from engine.analysis import stats
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, NOT_IDENTITY
-from engine.schema.records import CONFIG_PREFIX
+from engine.schema.records import (
+    CONFIG_COLUMNS,
+    CONFIG_PREFIX,
+    COUNT_COLUMNS,
+    INIT_COLUMNS,
+    NAME_COLUMNS,
+    STRATEGY_COLUMNS,
+)
 from engine.schema.records import config_columns as config_columns_of
 from engine.storage.object_store import object_store_reason
 from engine.storage.store import SCHEMA, TrialStore, filesystem
 
-NAME_COLUMNS = ["suite", "dataset", "model", "optimizer", "init", "acquisition", "stop_reason", "device", "bn_stats"]
-COUNT_COLUMNS = ["seed", "batch_size", "per_round", "round", "n_labeled", "epochs", "steps", "world_size"]
-
-# The columns that describe what a trial computes, in the order tables show them.
-# (suite, trial_id, seed and device are not among them: a grid point pools seeds, and
-# the same config on other hardware is the same experiment.)
-CONFIG_COLUMNS = [
-    "dataset",
-    "eval_split",
-    "n_pool",
-    "n_eval",
-    "pretrain_dataset",
-    "pretrain_params",
-    "model",
-    "model_params",
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "momentum",
-    "batch_size",
-    "init",
-    "shrink",
-    "perturb",
-    "bn_stats",
-    "init_params",
-    "acquisition",
-    "acquisition_params",
-    "per_round",
-    "precise_bn",
-    "world_size",
-]
 # Columns that usually follow from others: model_params from model, shrink/perturb from
 # init in a random / warm / one shrink-perturb comparison, n_pool from the dataset,
 # momentum from the optimizer.  They join a grid point only when they tell apart trials
@@ -85,10 +61,6 @@ DERIVED = [
     ("n_pool", "n_eval"),
     ("pretrain_params",),
 ]
-# The columns that say how a round is initialised; "the same settings" for gap_to_random
-# is every other config column.
-INIT_COLUMNS = ["init", "shrink", "perturb", "bn_stats", "init_params"]
-STRATEGY_COLUMNS = INIT_COLUMNS + ["acquisition", "acquisition_params"]
 ROUND_METRICS = ("test_acc", "test_loss", "train_acc", "train_seconds", "epochs", "steps")
 INIT_ORDER = {"random": 0, "warm": 1, "shrink_perturb": 2}  # how tables and legends list them
 ACQUISITION_ORDER = {"random": 0}  # passive first, then active strategies by name

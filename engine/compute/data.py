@@ -32,6 +32,7 @@ import json
 import math
 import os
 import pickle
+import random
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,10 +43,11 @@ import numpy as np
 import torch
 
 from engine.errors import ConfigError
-from engine.schema.registry import Interval, Nullable, OneOf, Registry, Type
+from engine.schema.catalogue import DATASETS
+from engine.schema.config import DATASET_KEYS, dataset_params  # noqa: F401  (dataset_params: its old home)
+from engine.schema.registry import Interval, Nullable, OneOf, Type
 
 # The keys of the `dataset` section that every dataset has; the rest are its loader's parameters.
-DATASET_KEYS = ("name", "root", "eval", "holdout", "download")
 # How split_and_place standardises inputs with the training split's statistics:
 # per_channel: one mean and std per index of axis 1 (an image's colour channel, a
 #   sequence's channel, a tabular input's feature), over the samples and all other axes;
@@ -95,8 +97,6 @@ class Data:
 
 # --- the registry ----------------------------------------------------------------------
 
-DATASETS = Registry("dataset", n_inputs=2)
-
 
 def register(name: str, constraints: dict | None = None):
     """Register a loader ``fn(root, download, **params) -> RawDataset`` under ``name``.
@@ -129,12 +129,6 @@ def dataset(name: str, doc: str):
         return fn
 
     return wrap
-
-
-def dataset_params(section: Any) -> dict[str, Any]:
-    """A ``dataset`` config section's loader parameters: every key but ``DATASET_KEYS``."""
-    data = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    return {k: v for k, v in data.items() if k not in DATASET_KEYS}
 
 
 # --- readers of the official formats ------------------------------------------------
@@ -317,8 +311,6 @@ def _cached(path: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, n
 
 
 def _generate_mnist1d(args: dict[str, Any]) -> dict[str, np.ndarray]:
-    import random
-
     from mnist1d.data import make_dataset
     from mnist1d.utils import ObjectView
 

@@ -29,14 +29,14 @@ acquisition (``bald``) samples from.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
 
 from engine.errors import ConfigError
-from engine.schema.registry import Interval, ModelSpec, OneOf, Registry
-
-MODELS = Registry("model", n_inputs=2)
+from engine.schema.catalogue import MODELS, model_spec  # noqa: F401  (model_spec: its old home)
+from engine.schema.registry import Interval, OneOf
 
 
 def register(name: str, constraints: dict | None = None, *, n_blocks=None, override: bool = False):
@@ -62,14 +62,38 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def model_spec(name: str, params: dict) -> ModelSpec:
-    """What strategies may know of a configured model before it is built (see ModelSpec)."""
-    count = MODELS.get(name).extra.get("n_blocks")
-    return ModelSpec(name, dict(params), None if count is None else count(params))
-
-
 def build_model(name: str, params: dict, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    return MODELS.get(name).fn(tuple(input_shape), num_classes, **params)
+    model = MODELS.get(name).fn(tuple(input_shape), num_classes, **params)
+    avoid_onednn_heap_corruption(model)
+    return model
+
+
+def onednn_unsafe(module: nn.Module) -> bool:
+    """A 1x1 stride-2 convolution with 2-6 input channels: oneDNN's CPU kernel for its weight
+    gradient writes out of bounds on AVX2 CPUs (torch 2.14.1, AMD EPYC without AVX-512): with
+    one intra-op thread (every Ray trial's default) resnet18 at width 4 aborts the process with
+    "corrupted double-linked list", or goes on with a corrupted heap."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+        and 2 <= module.in_channels <= 6
+    )
+
+
+def avoid_onednn_heap_corruption(model: nn.Module) -> None:
+    """Turn oneDNN off for this process when ``model`` has a convolution it computes wrongly
+    (see onednn_unsafe), with one warning.  torch's switch is process-wide: PyTorch's own CPU
+    convolutions then run every conv of the process (results equal to float rounding, about
+    as fast for these small models); CUDA convolutions are not affected."""
+    if torch.backends.mkldnn.enabled and any(onednn_unsafe(m) for m in model.modules()):
+        torch.backends.mkldnn.enabled = False
+        warnings.warn(
+            f"oneDNN is turned off for this process: {type(model).__name__} has a 1x1 stride-2 convolution "
+            f"with 2-6 input channels, whose oneDNN CPU gradient corrupts memory (torch {torch.__version__})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 # --- ResNet-18, CIFAR variant -----------------------------------------------------

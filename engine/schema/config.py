@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from engine.errors import ConfigError
+from engine.schema.catalogue import DATASETS, REGISTRIES, model_spec
+from engine.schema.plugins import load_plugins
 from engine.schema.registry import Interval, Nullable, OneOf, PathName, Registry, Type, check_value
 
 DEFAULTS: dict[str, Any] = {
@@ -66,6 +68,26 @@ DEFAULTS: dict[str, Any] = {
 }
 
 COMPONENTS = ("model", "init", "acquisition")
+# The keys every ``dataset`` section has; the rest are the named dataset's own parameters.
+DATASET_KEYS = ("name", "root", "eval", "holdout", "download")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    """A config as ``{dotted key: value}`` (the Parquet ``cfg.*`` names, without the prefix)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def dataset_params(section: Any) -> dict[str, Any]:
+    """A ``dataset`` config section's loader parameters: every key but ``DATASET_KEYS``."""
+    data = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+    return {k: v for k, v in data.items() if k not in DATASET_KEYS}
+
 
 # The largest seed every consumer takes (numpy's legacy seeding and many libraries stop at
 # 2**32 - 1; torch and numpy's Generator take more): refused beyond, before anything runs.
@@ -297,11 +319,7 @@ class Config(Section):
 
 def component_registry(component: str) -> Registry:
     """The registry whose builders a component section (model, init, acquisition) names."""
-    from engine.compute.models import MODELS
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
-    return {"model": MODELS, "init": INIT_STRATEGIES, "acquisition": ACQUISITION_STRATEGIES}[component]
+    return REGISTRIES[component]
 
 
 # --- building a config --------------------------------------------------------------
@@ -430,8 +448,6 @@ def _merge_dataset(current: dict[str, Any], value: Any) -> dict[str, Any]:
     checked against its loader's signature in validate() (plugins may register it later).
     A new name drops the old dataset's parameters; the same name refines them.
     `dataset: mnist1d` is short for `dataset: {name: mnist1d}`."""
-    from engine.compute.data import DATASET_KEYS
-
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
@@ -449,8 +465,6 @@ def _merge_dataset(current: dict[str, Any], value: Any) -> dict[str, Any]:
 
 def _check_dataset(section: dict[str, Any]) -> dict[str, Any]:
     """The ``dataset`` section with the loader's parameter defaults filled in, or a ConfigError."""
-    from engine.compute.data import DATASET_KEYS, DATASETS, dataset_params
-
     entry = DATASETS.get(section["name"])
     params = dataset_params(section)
     unknown = sorted(set(params) - set(entry.defaults))
@@ -499,17 +513,13 @@ def _check_pretrain(section: Any, datasets) -> dict[str, Any]:
 
 def _check_combinations(data: dict[str, Any]) -> None:
     """What no single key can check: a strategy's demands on the model."""
-    from engine.compute.models import model_spec
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
     model = data["model"]
     model_params = {k: v for k, v in model.items() if k != "name"}
-    check_model = INIT_STRATEGIES.get(data["init"]["name"]).extra.get("check_model")
+    check_model = REGISTRIES["init"].get(data["init"]["name"]).extra.get("check_model")
     if check_model is not None:
         check_model({k: v for k, v in data["init"].items() if k != "name"}, model_spec(model["name"], model_params))
     acquisition = data["acquisition"]["name"]
-    if "mc_probs" in ACQUISITION_STRATEGIES.get(acquisition).extra["needs"] and not model.get("dropout"):
+    if "mc_probs" in REGISTRIES["acquisition"].get(acquisition).extra["needs"] and not model.get("dropout"):
         has = f"model.dropout is {model['dropout']!r}" if "dropout" in model else f"{model['name']} has no dropout"
         raise ConfigError(
             f"The acquisition strategy {acquisition!r} samples MC dropout, but {has}: "
@@ -527,12 +537,6 @@ def _check_fixed_keys(data: dict[str, Any]) -> None:
 
 def validate(data: dict[str, Any]) -> Config:
     """Check every key and every component's parameters; fill in component defaults."""
-    # Imported here: the registries fill up as plugins load, which happens before validation.
-    from engine.compute.data import DATASETS
-    from engine.compute.models import MODELS
-    from strategies.acquisition import ACQUISITION_STRATEGIES
-    from strategies.init import INIT_STRATEGIES
-
     data = copy.deepcopy(data)
     # A config saved before a key existed (a resumed trial's config.yaml) gets its default.
     data.setdefault("pretrain", None)
@@ -544,8 +548,8 @@ def validate(data: dict[str, Any]) -> Config:
                     data[section].setdefault(key, copy.deepcopy(value))
     data["dataset"] = _check_dataset(data["dataset"])
     _check_fixed_keys(data)
-    for key, registry in (("model", MODELS), ("init", INIT_STRATEGIES), ("acquisition", ACQUISITION_STRATEGIES)):
-        section = data[key]
+    for key in COMPONENTS:
+        section, registry = data[key], REGISTRIES[key]
         if "name" not in section:
             raise ConfigError(f"The '{key}' section needs a 'name'; known: {', '.join(registry.names())}.")
         entry = registry.get(section["name"])
@@ -561,8 +565,6 @@ def build(source: Config | dict | str | os.PathLike | None = None, sets=(), plug
     """DEFAULTS, then ``source`` (a YAML file's path, a mapping of keys to override, or a
     Config), then each ``--set``; plugins load before validation.  Every problem is a
     ConfigError naming the key."""
-    from engine.schema.plugins import load_plugins
-
     if isinstance(source, Config):
         data = source.to_dict()
     elif isinstance(source, dict):

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from importlib.metadata import entry_points
 
 from engine.errors import ConfigError
 
@@ -33,8 +34,6 @@ def load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         if entry.value in _loaded:
             continue

@@ -27,13 +27,37 @@ from typing import Any
 
 import pyarrow as pa
 
+from engine.schema.catalogue import DATASETS
+from engine.schema.config import (
+    ALLOWED,
+    COMPONENTS,
+    DEFAULTS,
+    PRETRAIN_ALLOWED,
+    PRETRAIN_DEFAULTS,
+    component_registry,
+    flatten,
+)
 from engine.schema.registry import value_kind
 
 CONFIG_PREFIX = "cfg."
 
 
-def _doc(text: str) -> Any:
-    return field(metadata={"doc": text})
+# What a column is to the code that reads the table (engine/analysis/results.py) and to
+# resume (engine/trial/resume.py), declared on the field next to its description:
+#   name     a name or label: loaded as a categorical
+#   count    an integer count: loaded as int64 when no row lacks it
+#   timing   a time measurement: differs from run to run, so a resume never compares it
+#   context  where a trial ran, not what it computed (the suite, the node): a resume never compares it
+# and ``config=GROUP``: the column describes what a trial computes (a grid point's value);
+# tables list these columns group by group, in CONFIG_GROUPS order, each in field order.
+ROLES = ("name", "count", "timing", "context")
+CONFIG_GROUPS = ("data", "model", "optimizer", "training", "init", "acquisition", "rounds", "eval", "scale")
+
+
+def _doc(text: str, *roles: str, config: str | None = None) -> Any:
+    if not set(roles) <= set(ROLES) or config not in (None, *CONFIG_GROUPS):
+        raise ValueError(f"a column's roles are among {ROLES} and its config group among {CONFIG_GROUPS}")
+    return field(metadata={"doc": text, "roles": roles, "config": config})
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,7 @@ class PretrainRecord:
     steps: int = _doc("optimizer steps")
     stop_reason: str = _doc("threshold | plateau | max_epochs | diverged")
     train_acc: float = _doc("running training accuracy over the last epoch")
-    seconds: float = _doc("wall seconds of pretraining")
+    seconds: float = _doc("wall seconds of pretraining", "timing")
 
     @classmethod
     def from_columns(cls, columns: dict) -> PretrainRecord | None:
@@ -59,51 +83,56 @@ class PretrainRecord:
 class RoundRecord:
     """One round of one trial.  Field order is column order."""
 
-    suite: str | None = _doc("the suite's name; null for a single run")
+    suite: str | None = _doc("the suite's name; null for a single run", "name", "context")
     trial_id: str = _doc("derived from the config: the same config always writes to the same trial")
-    seed: int = _doc("the trial's seed")
-    dataset: str = _doc("dataset name")
-    model: str = _doc("model name")
-    optimizer: str = _doc("adam | sgd")
-    lr: float = _doc("learning rate")
-    batch_size: int = _doc("training batch size")
-    weight_decay: float = _doc("weight decay")
-    init: str = _doc("init strategy name")
-    shrink: float = _doc("effective λ: random 0, warm 1; NaN for strategies that are no mix")
-    perturb: float = _doc("effective σ: random 1, warm 0; NaN for strategies that are no mix")
-    acquisition: str = _doc("acquisition strategy name")
-    per_round: int = _doc("samples added per round after the first")
-    round: int = _doc("from 1")
-    n_labeled: int = _doc("labeled samples trained on in this round")
-    epochs: int = _doc("epochs this round trained")
-    steps: int = _doc("optimizer steps this round")
-    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)")
+    seed: int = _doc("the trial's seed", "count")
+    dataset: str = _doc("dataset name", "name", config="data")
+    model: str = _doc("model name", "name", config="model")
+    optimizer: str = _doc("adam | sgd", "name", config="optimizer")
+    lr: float = _doc("learning rate", config="optimizer")
+    batch_size: int = _doc("training batch size", "count", config="training")
+    weight_decay: float = _doc("weight decay", config="optimizer")
+    init: str = _doc("init strategy name", "name", config="init")
+    shrink: float = _doc("effective λ: random 0, warm 1; NaN for strategies that are no mix", config="init")
+    perturb: float = _doc("effective σ: random 1, warm 0; NaN for strategies that are no mix", config="init")
+    acquisition: str = _doc("acquisition strategy name", "name", config="acquisition")
+    per_round: int = _doc("samples added per round after the first", "count", config="rounds")
+    round: int = _doc("from 1", "count")
+    n_labeled: int = _doc("labeled samples trained on in this round", "count")
+    epochs: int = _doc("epochs this round trained", "count")
+    steps: int = _doc("optimizer steps this round", "count")
+    stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)", "name")
     train_acc: float = _doc("running accuracy over the last training epoch")
     train_loss: float = _doc("running loss over the last training epoch")
     test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
     test_loss: float = _doc("loss on the evaluation split")
-    train_seconds: float = _doc("wall seconds of training")
-    acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples")
-    world_size: int = _doc("data-parallel workers")
-    device: str = _doc("cpu | cuda")
+    train_seconds: float = _doc("wall seconds of training", "timing")
+    acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples", "timing")
+    world_size: int = _doc("data-parallel workers", "count", config="scale")
+    device: str = _doc("cpu | cuda", "name")
     node: str | None = _doc(
-        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray"
+        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray",
+        "context",
     )
     acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
-    eval_split: str = _doc("holdout | test")
-    precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation")
-    bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise")
-    momentum: float | None = _doc("SGD momentum; null for adam")
-    model_params: str = _doc("JSON of the model's parameters (legacy; see cfg.model.*)")
-    init_params: str = _doc("JSON of the init strategy's parameters (legacy; see cfg.init.*)")
-    acquisition_params: str = _doc("JSON of the acquisition's parameters (legacy; see cfg.acquisition.*)")
-    eval_seconds: float = _doc("wall seconds of BatchNorm re-estimation and evaluation")
-    capture_seconds: float = _doc("CUDA graph capture in this round's training (once per trial; 0 without graphs)")
-    n_pool: int = _doc("samples the rounds draw from")
-    n_eval: int = _doc("samples of the evaluation split")
+    eval_split: str = _doc("holdout | test", config="data")
+    precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")
+    bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise", "name", config="init")
+    momentum: float | None = _doc("SGD momentum; null for adam", config="optimizer")
+    model_params: str = _doc("JSON of the model's parameters (legacy; see cfg.model.*)", config="model")
+    init_params: str = _doc("JSON of the init strategy's parameters (legacy; see cfg.init.*)", config="init")
+    acquisition_params: str = _doc(
+        "JSON of the acquisition's parameters (legacy; see cfg.acquisition.*)", config="acquisition"
+    )
+    eval_seconds: float = _doc("wall seconds of BatchNorm re-estimation and evaluation", "timing")
+    capture_seconds: float = _doc(
+        "CUDA graph capture in this round's training (once per trial; 0 without graphs)", "timing"
+    )
+    n_pool: int = _doc("samples the rounds draw from", config="data")
+    n_eval: int = _doc("samples of the evaluation split", config="data")
     performance: str = _doc("JSON of the effective performance options")
-    pretrain_dataset: str | None = _doc("the source dataset; null without pretraining")
-    pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)")
+    pretrain_dataset: str | None = _doc("the source dataset; null without pretraining", config="data")
+    pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)", config="data")
     overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
     pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
     config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
@@ -154,6 +183,41 @@ RECORD_COLUMNS = [name for name, _ in record_fields()]
 PRETRAIN_COLUMNS = [name for name in RECORD_COLUMNS if name.startswith("pretrain_")]
 
 
+# --- column roles, from the fields' metadata -----------------------------------------------
+
+
+def column_fields() -> list[tuple[str, dataclasses.Field]]:
+    """Every own column (``pretrain_*`` included), in column order, with the field declaring it."""
+    out = []
+    for f in dataclasses.fields(RoundRecord):
+        if f.name == "pretrain":
+            out += [(f"pretrain_{p.name}", p) for p in dataclasses.fields(PretrainRecord)]
+        elif f.name != "config":
+            out.append((f.name, f))
+    return out
+
+
+def columns_with(role: str) -> list[str]:
+    """The columns declared with ``role`` (one of ROLES), in column order."""
+    return [name for name, f in column_fields() if role in f.metadata["roles"]]
+
+
+def config_group(group: str) -> list[str]:
+    """The columns of one CONFIG_GROUPS group, in column order."""
+    return [name for name, f in column_fields() if f.metadata["config"] == group]
+
+
+NAME_COLUMNS = columns_with("name")
+COUNT_COLUMNS = columns_with("count")
+# What a trial computes, in the order tables show them (suite, trial_id, seed and device are
+# not among them: a grid point pools seeds, and the same config on other hardware is the
+# same experiment).
+CONFIG_COLUMNS = [name for group in CONFIG_GROUPS for name in config_group(group)]
+INIT_COLUMNS = config_group("init")  # how a round is initialised
+STRATEGY_COLUMNS = INIT_COLUMNS + config_group("acquisition")  # ... or picks its samples
+NOT_CHECKED = tuple(columns_with("timing") + columns_with("context"))  # what a resume does not compare
+
+
 # --- the flattened config ----------------------------------------------------------------
 
 
@@ -173,16 +237,6 @@ def kind_of(constraint: Any, default: Any) -> type | None:
 def _sections() -> dict[str, tuple[type | None, Any]]:
     """Every config key as {dotted key: (kind, default)}; components: the union of
     every registered builder's parameters, a key with conflicting kinds stored as JSON."""
-    from engine.compute.data import DATASETS
-    from engine.schema.config import (
-        ALLOWED,
-        COMPONENTS,
-        DEFAULTS,
-        PRETRAIN_ALLOWED,
-        PRETRAIN_DEFAULTS,
-        component_registry,
-    )
-
     keys: dict[str, tuple[type | None, Any]] = {}
 
     def walk(node: dict, prefix: str) -> None:
@@ -224,16 +278,7 @@ def config_fields() -> list[tuple[str, pa.DataType]]:
 def config_columns(config: dict) -> dict[str, Any]:
     """A validated config (``Config.to_dict()``) as ``{dotted key: value}`` for every
     ``cfg.*`` column: null where a key does not apply, values cast to the column's type."""
-    values: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            values[prefix[:-1]] = node
-
-    walk(config, "")
+    values = flatten(config)
     out = {}
     for key, (kind, _) in _sections().items():
         out[key] = _cast(values.get(key), kind)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import inspect
 import math
 import os
@@ -241,10 +242,24 @@ class Entry:
 class Registry:
     """Builders by name. ``n_inputs`` positional parameters are the engine's, not the user's."""
 
-    def __init__(self, what: str, n_inputs: int) -> None:
+    def __init__(self, what: str, n_inputs: int, plural: str | None = None, builtins: str | None = None) -> None:
         self.what = what
+        self.plural = plural or f"{what}s"
         self.n_inputs = n_inputs
         self._entries: dict[str, Entry] = {}
+        self._builtins = builtins  # the module that registers the built-ins, imported on first use
+
+    def _load_builtins(self) -> None:
+        """Import the built-ins' module the first time the registry is used (a no-op while
+        that module is being imported: its own registrations land here)."""
+        if self._builtins is None:
+            return
+        module, self._builtins = self._builtins, None
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            self._builtins = module
+            raise
 
     def add(
         self, name: str, fn: Callable, constraints: dict | None = None, *, override: bool = False, **extra: Any
@@ -257,6 +272,7 @@ class Registry:
         quietly."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.what} needs a non-empty string name, got {name!r}")
+        self._load_builtins()  # a plugin's override must find the built-in it replaces
         existing = self._entries.get(name)
         again = existing is not None and _origin(existing.fn) == _origin(fn)
         if existing is not None and not override and not again:
@@ -288,19 +304,23 @@ class Registry:
 
     def overrides(self) -> dict[str, str]:
         """Name -> source of the entries registered with ``override=True``."""
+        self._load_builtins()
         return {name: e.extra["source"] for name, e in self._entries.items() if "source" in e.extra}
 
     def get(self, name: Any) -> Entry:
+        self._load_builtins()
         if not isinstance(name, str) or name not in self._entries:
             known = ", ".join(sorted(self._entries))
             raise ConfigError(f"Unknown {self.what} {name!r}; known: {known}.")
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._load_builtins()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return isinstance(name, str) and name in self._entries

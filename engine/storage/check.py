@@ -17,6 +17,7 @@ is 1 when there is any.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass, field
 
@@ -111,8 +112,6 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
         result.notes.append(f"{len(leftovers)} temporary file(s) of interrupted writes under {out}")
     lock = f"{store.meta}/lock"
     if os.path.exists(lock):
-        import fcntl
-
         with open(lock) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,11 +33,24 @@ from typing import Any
 
 import yaml
 
+from engine.compute.data import fraction_count, load_raw, pool_size
 from engine.errors import ConfigError
-from engine.schema.config import COMPONENTS, DEFAULTS, Config, merge, parse_set, parse_yaml, read_text, validate
+from engine.schema.config import (
+    COMPONENTS,
+    DEFAULTS,
+    Config,
+    dataset_params,
+    merge,
+    parse_set,
+    parse_yaml,
+    read_text,
+    validate,
+)
 from engine.schema.plugins import load_plugins
 from engine.schema.registry import PathName, check_value
 from engine.suite.search import Range, SearchSpec, parse_range, parse_search
+from engine.suite.tracking import parse_tracking
+from engine.trial.setup import plan_rounds
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"  # package data: shipped in the wheel too
 
@@ -134,8 +147,6 @@ def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = (),
     """Read, expand and validate every trial; nothing runs here.  ``sets`` (``--set
     key=value``) override the base config, before the grid is applied; ``trackers``
     (``--tracker``) add to the suite's ``tracking``."""
-    from engine.suite.tracking import parse_tracking
-
     path = locate(file_or_name)
     source = read_text(path, "suite file")
     data = parse_yaml(source, path)
@@ -239,9 +250,6 @@ def check_pools(suite: Suite) -> dict[str, int]:
     """Load each distinct dataset once and check every trial's round counts against its pool,
     so a missing dataset or an impossible per_round fails before any trial starts.  Returns
     each trial's number of rounds, by trial id (a sampled suite: its probes')."""
-    from engine.compute.data import dataset_params, fraction_count, load_raw, pool_size
-    from engine.trial.loop import plan_rounds
-
     n_train: dict[tuple, int] = {}
 
     def training_split(name: str, root: str, download: bool, params: dict | None = None) -> int:

@@ -18,24 +18,26 @@ from __future__ import annotations
 import queue
 import threading
 
+import torch
+
+from engine.schema.config import validate
+from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem
 from engine.storage.store import TrialStore
 from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
+from engine.trial.runner import run_trial
+from engine.trial.session import start_trial
 
 
 def run_point(
     params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None, filesystem=None
 ) -> None:
     """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round.
-    ``filesystem``: the driver's for an object-store ``out`` (store.object_store), used
-    instead of anything this worker's environment says."""
+    ``filesystem``: the driver's for an object-store ``out`` (object_store.object_store),
+    used instead of anything this worker's environment says."""
     import ray
-    import torch
     from ray import tune
-
-    from engine.schema.config import validate
-    from engine.schema.plugins import load_plugins
 
     adopt_filesystem(out, filesystem)
     if sampled is not None:  # a point the searcher proposed: its trials, one per seed
@@ -66,8 +68,6 @@ def point_rounds(cfgs: list, out: str, stop_after: int | None = None):
 
 
 def _in_process(cfgs: list, out: str, stop_after: int | None):
-    from engine.trial.session import start_trial
-
     sessions = []
     try:
         for cfg in cfgs:
@@ -103,8 +103,6 @@ def _on_ray_train(cfgs: list, out: str, stop_after: int | None):
     """Each seed's trial on its own Ray Train worker group (a thread each waits on its
     TorchTrainer); their rows come back through a queue, so that this (the trainable's)
     thread is the one that reports to Tune."""
-    from engine.trial.runner import run_trial
-
     rows = [{row["round"]: row for row in TrialStore(out, cfg.trial_id()).rows()} for cfg in cfgs]
     arrived: queue.Queue = queue.Queue()
 

@@ -34,12 +34,14 @@ where each point stopped to ``_warmstart/search.json``.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.storage.store import read_meta, write_meta
 
 SCHEDULERS = ("none", "asha", "hyperband")
 SEARCHERS = ("grid", "random", "optuna")
@@ -263,15 +265,11 @@ class RoundMeans:
 
 def read_record(out: str) -> dict | None:
     """What the search under ``out`` did: ``{"search": spec, "points": {point id: entry}}``."""
-    from engine.storage.store import read_meta
-
     raw = read_meta(out, RECORD_NAME)
     return json.loads(raw) if raw is not None else None
 
 
 def write_record(out: str, record: dict) -> None:
-    from engine.storage.store import write_meta
-
     write_meta(out, RECORD_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
@@ -353,8 +351,6 @@ def format_search(record: dict) -> str:
 def report_section(results: str, report) -> None:
     """``warmstart report``'s search part: ``search.csv``, ``search.md`` and a page section,
     when ``results`` holds a search record (``report``: engine.analysis.report's collector)."""
-    import html
-
     record = read_record(results) if isinstance(results, str) else None
     if not record or not record.get("points"):
         return

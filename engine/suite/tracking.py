@@ -30,6 +30,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import yaml
+
 from engine.errors import ConfigError
 
 TRACKERS = {"tensorboard": (), "mlflow": ("tracking_uri", "experiment"), "wandb": ("project", "mode")}
@@ -154,7 +156,6 @@ def _wandb():
 
 
 def _tensorboard():
-    import yaml
     from ray.tune.logger import TBXLoggerCallback
 
     class TensorBoard(TBXLoggerCallback):

@@ -24,21 +24,18 @@ import logging
 import random
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine.errors import ConfigError
-from engine.schema.config import HOW_FAR
+from engine.schema.config import HOW_FAR, flatten
 from engine.storage.object_store import object_store
-from engine.storage.store import (
-    TrialStore,
-    filesystem,
-    has_rows,
-    ray_storage,
-    read_manifest,
-    write_manifest,
-)
+from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
+from engine.suite.packing import trial_bundle
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
+from engine.suite.points import run_point
 from engine.suite.search import (
+    Range,
     SearchSpec,
     point_id,
     read_record,
@@ -47,17 +44,8 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """A config as ``{dotted key: value}`` (the Parquet ``cfg.*`` names, without the prefix)."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+from engine.suite.tracking import callbacks as trackers
+from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray
 
 
 def _tracked(config: dict) -> dict[str, Any]:
@@ -67,8 +55,6 @@ def _tracked(config: dict) -> dict[str, Any]:
 
 def _resources(config: dict, trials: list[dict], trials_per_gpu: int | None = None):
     from ray import tune
-
-    from engine.suite.packing import trial_bundle
 
     scaling = trials[config["index"]]["scaling"]
     if scaling["workers"] is not None:
@@ -150,9 +136,6 @@ def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
 def check_suite_resources(suite: Suite, address: str | None, trials_per_gpu: int | None) -> None:
     """Refuse a suite with a trial the cluster can never run (see check_resources): more
     CPUs or GPUs in one trial's bundle, or one worker group, than the cluster has."""
-    from engine.suite.packing import trial_bundle
-    from engine.trial.distributed import check_resources
-
     seen = set()
     for trial in suite.trials or suite.probes:
         scaling = trial.config.scaling
@@ -309,6 +292,20 @@ class SuiteProgress:
         self.stream.flush()
 
 
+@dataclass
+class Units:
+    """What one suite run submits to Tune: the param space (one entry per unit to run, or
+    the searcher's space), the Tune trials' names, and the progress that watches them."""
+
+    param_space: dict
+    progress: SuiteProgress
+    trials: list[dict]  # every trial's config, by index; the driver's trial ids are final
+    stopped: dict[str, int]  # trial id -> the round a scheduler stopped it at, in an earlier run
+    expected: int  # how many Tune trials a run that is not interrupted ends with
+    names: list[str] | None = None  # a grid unit's Tune trial name; None: named as sampled
+    sampled: dict | None = None  # what a sampled point's trainable needs to build its trials
+
+
 def run_suite(
     suite: Suite,
     out: str,
@@ -327,74 +324,99 @@ def run_suite(
     ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
     KeyboardInterrupt; completed rounds are saved and ``resume`` continues.  A local ``out``
     on a cluster of several nodes is refused unless ``shared_fs`` (see check_shared_out)."""
-    stream = stream or sys.stdout
-    from ray import tune
-
-    from engine.suite.points import run_point
-    from engine.suite.tracking import callbacks as trackers
-    from engine.trial.distributed import check_shared_out, error_line, init_ray
-
     check_shared_out(out, address, shared_fs)
     prepare_out(suite, out, resume)
     rounds = rounds if rounds is not None else check_pools(suite)
-    spec = suite.search
     # A failed trial's traceback goes to its error.txt under --out; the driver lists the
     # failures at the end instead of Tune logging each traceback mid-progress.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    record = read_record(out)
-    stopped = stopped_rounds(record, spec)
     location = out if "://" in out else filesystem(out)[1]
-    # The driver's trial ids are final: workers must not re-derive them.
-    trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in (suite.trials or suite.probes)]
-    most = max(rounds.values())
-    if spec.sampled:
-        total = spec.num_samples * len(suite.seeds)
-        progress = SuiteProgress(total, 0, location, spec, record, stream, every)
-        param_space, names, todo = _sampled_space(suite, most), None, None
-        sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
-    else:
-        units = grid_units(suite)
-        todo, replay = _todo(suite, location, units, rounds, stopped)
-        done = sum(len(units[u]) for u in replay)
-        progress = SuiteProgress(len(suite.trials), done, location, spec, record, stream, every)
-        names = [_unit_name(suite, unit) for unit in units]
-        for u, unit in enumerate(units):
-            progress.units[names[u]] = _unit_info(suite, unit)
-        progress.replays = {names[u] for u in replay}
-        if replay:
-            also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"
-            print(f"{done} of {len(suite.trials)} trials already complete{also}", file=stream)
-        if spec.scheduler == "none":
-            todo = [u for u in todo if u not in replay]
-        else:
-            # Asynchronous ASHA judges each point against those that reached a rung
-            # before it; a grid's own order (λ ascending, say) often runs from worse to
-            # better, and then no point ever falls below a cutoff.  So the new points go
-            # in a seeded random order, as a random searcher's would.
-            fresh = [u for u in todo if u not in replay]
-            random.Random(spec.seed).shuffle(fresh)
-            todo = [u for u in todo if u in replay] + fresh
-        if not todo:
-            return []
-        param_space = _grid_space(suite, units, todo, rounds)
-        sampled = None
+    units = plan_units(suite, out, location, rounds, stream or sys.stdout, every)
+    if units is None:
+        return []
     init_ray(address)
     check_suite_resources(suite, address, trials_per_gpu)
+    tuner = build_tuner(suite, units, out, location, max(rounds.values()), max_concurrent, trials_per_gpu)
+    grid = tuner.fit()
+    units.progress.block(force=True)
+    if suite.search.sampled:
+        record_sampled_trials(suite, out)
+    return failures(grid, units)
+
+
+def plan_units(
+    suite: Suite, out: str, location: str, rounds: dict[str, int], stream: TextIO, every: float
+) -> Units | None:
+    """What to submit: a grid's unfinished units (and, under a scheduler, its finished ones
+    to replay), or a searcher's samples; None when every trial is already complete."""
+    spec = suite.search
+    record = read_record(out)
+    stopped = stopped_rounds(record, spec)
+    trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in (suite.trials or suite.probes)]
+    if spec.sampled:
+        progress = SuiteProgress(spec.num_samples * len(suite.seeds), 0, location, spec, record, stream, every)
+        sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
+        space = _sampled_space(suite, max(rounds.values()))
+        return Units(space, progress, trials, stopped, spec.num_samples, sampled=sampled)
+    units = grid_units(suite)
+    todo, replay = _todo(suite, location, units, rounds, stopped)
+    done = sum(len(units[u]) for u in replay)
+    progress = SuiteProgress(len(suite.trials), done, location, spec, record, stream, every)
+    names = [_unit_name(suite, unit) for unit in units]
+    for u, unit in enumerate(units):
+        progress.units[names[u]] = _unit_info(suite, unit)
+    progress.replays = {names[u] for u in replay}
+    if replay:
+        also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"
+        print(f"{done} of {len(suite.trials)} trials already complete{also}", file=stream)
+    if spec.scheduler == "none":
+        todo = [u for u in todo if u not in replay]
+    else:
+        # Asynchronous ASHA judges each point against those that reached a rung
+        # before it; a grid's own order (λ ascending, say) often runs from worse to
+        # better, and then no point ever falls below a cutoff.  So the new points go
+        # in a seeded random order, as a random searcher's would.
+        fresh = [u for u in todo if u not in replay]
+        random.Random(spec.seed).shuffle(fresh)
+        todo = [u for u in todo if u in replay] + fresh
+    if not todo:
+        return None
+    return Units(_grid_space(suite, units, todo, rounds), progress, trials, stopped, len(todo), names=names)
+
+
+def build_tuner(
+    suite: Suite,
+    units: Units,
+    out: str,
+    location: str,
+    most: int,
+    max_concurrent: int | None,
+    trials_per_gpu: int | None,
+):
+    """The Tuner: the trainable with its resources, the scheduler and searcher, the callbacks."""
+    from ray import tune
+
+    trials, spec = units.trials, suite.search
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_point, trials=trials, out=location, stopped=stopped, sampled=sampled, filesystem=object_store(out)
+            run_point,
+            trials=trials,
+            out=location,
+            stopped=units.stopped,
+            sampled=units.sampled,
+            filesystem=object_store(out),  # the bucket's endpoint and credentials, for every trial
         ),
         resources=lambda config: _resources(config, trials, trials_per_gpu),
     )
 
     def name(trial) -> str:
-        if names is not None:
-            return names[trial.config["unit"]]
-        return _sampled_name(suite, trial.config, progress)
+        if units.names is not None:
+            return units.names[trial.config["unit"]]
+        return _sampled_name(suite, trial.config, units.progress)
 
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
-        param_space=param_space,
+        param_space=units.param_space,
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,  # a trial process imports torch once, not once per trial
@@ -409,21 +431,26 @@ def run_suite(
             **ray_storage(out, "tune"),  # an object store's filesystem, given to Tune explicitly
             failure_config=tune.FailureConfig(max_failures=trials[0]["scaling"]["max_failures"]),
             verbose=0,
-            callbacks=[_quiet_progress(), progress.callback(), *trackers(suite.tracking, out, suite.name)],
+            callbacks=[_quiet_progress(), units.progress.callback(), *trackers(suite.tracking, out, suite.name)],
         ),
     )
-    grid = tuner.fit()
-    progress.block(force=True)
-    if spec.sampled:  # the points the searcher proposed join the suite's record
-        ids = [t.trial_id for t in suite.trials]
-        manifest = read_manifest(out) or {}
-        ids += [tid for tid in manifest.get("trials", []) if tid not in ids]
-        write_manifest(out, {**manifest, "trials": ids})
-    expected = len(todo) if todo is not None else spec.num_samples
-    if len(progress.ended) < len(grid) or len(grid) < expected:
-        raise KeyboardInterrupt("the suite was interrupted")  # Tune ended early: Ctrl-C
+
+
+def record_sampled_trials(suite: Suite, out: str) -> None:
+    """The points the searcher proposed join the suite's manifest."""
+    ids = [t.trial_id for t in suite.trials]
+    manifest = read_manifest(out) or {}
+    ids += [tid for tid in manifest.get("trials", []) if tid not in ids]
+    write_manifest(out, {**manifest, "trials": ids})
+
+
+def failures(grid, units: Units) -> list[tuple[str, str, str]]:
+    """(trial id, error, traceback file) of each failed Tune trial in the ResultGrid;
+    KeyboardInterrupt when Tune ended before every trial did (Ctrl-C)."""
+    if len(units.progress.ended) < len(grid) or len(grid) < units.expected:
+        raise KeyboardInterrupt("the suite was interrupted")
     # A Tune trial's folder is named after its unit: the trial id (or a point's id).
-    scheme = out.split("://")[0] + "://" if "://" in out else ""  # Tune's paths on an object store have none
+    scheme = units.progress.out.split("://")[0] + "://" if "://" in units.progress.out else ""  # none in Tune's
     return [
         (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{scheme}{result.path}/error.txt")
         for result in grid
@@ -485,8 +512,6 @@ def _grid_space(suite: Suite, units: list[list[int]], todo: list[int], rounds: d
 def _sampled_space(suite: Suite, most: int) -> dict:
     """The searcher's space: each sampled key a Tune domain, the rest of the config constant."""
     from ray import tune
-
-    from engine.suite.search import Range
 
     constant = _tracked(suite.probes[0].config.to_dict())
     for key in suite.space:  # a sampled key replaces its whole subtree

@@ -2,7 +2,7 @@
 
 The driver starts one ``TorchTrainer`` per trial (never one per round: a worker
 group costs tens of seconds to start); every worker runs ``worker_main``, which is
-the in-process round loop (``engine.trial.loop.run_rounds``) with a ``TorchComm``:
+the in-process round loop (``engine.trial.session.start_trial``) with a ``TorchComm``:
 
 - training: DDP over ``torch.distributed`` (NCCL on GPUs, gloo on CPU), each rank a
   strided share of every global batch, the epoch's accuracy all-reduced;
@@ -11,7 +11,7 @@ the in-process round loop (``engine.trial.loop.run_rounds``) with a ``TorchComm`
 - results and checkpoints: written by rank 0 under ``--out`` after every round.
 
 Fault tolerance needs nothing from Ray's checkpointing: when a worker dies, Ray
-Train restarts the group (``scaling.max_failures`` times) and ``run_rounds`` finds
+Train restarts the group (``scaling.max_failures`` times) and ``start_trial`` finds
 the trial's own checkpoint under ``--out`` and continues after the last completed
 round; a re-run of the same command after the driver died does the same.  On a
 multi-node cluster ``--out`` must therefore be storage every node sees.
@@ -29,9 +29,15 @@ import time
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from engine.errors import ConfigError, TrialError
-from engine.schema.config import Config
+from engine.schema.config import Config, validate
+from engine.schema.plugins import load_plugins
+from engine.storage.object_store import adopt_filesystem, object_store
+from engine.storage.store import TrialStore, filesystem, ray_storage
+from engine.trial.progress import ProgressWriter, follow
+from engine.trial.session import start_trial
 
 # No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
 # console output, which honours verbose=0: warmstart prints its own progress.
@@ -59,8 +65,6 @@ class TorchComm:
         self.sync_batchnorm = sync_batchnorm
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel
-
         if self.world_size == 1:  # nothing to synchronise: no per-step all-reduce
             return model
 
@@ -115,13 +119,6 @@ class TorchComm:
 def worker_main(train_config: dict) -> None:
     """The body of every Ray Train worker: the round loop for the whole trial."""
     import ray.train
-
-    from engine.schema.config import validate
-    from engine.schema.plugins import load_plugins
-    from engine.storage.object_store import adopt_filesystem
-    from engine.storage.store import TrialStore
-    from engine.trial.progress import ProgressWriter
-    from engine.trial.session import start_trial
 
     data = train_config["config"]
     load_plugins(data["plugins"])  # strategies users registered, before validation
@@ -258,10 +255,6 @@ def run_trial_on_ray(
     the driver's on an object store (TrialStore.lock), under which rank 0 commits."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from engine.storage.object_store import object_store
-    from engine.storage.store import TrialStore, filesystem, ray_storage
-    from engine.trial.progress import follow
 
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
     init_ray(address)  # engine.trial.runner.run_trial has checked the address and the resources already

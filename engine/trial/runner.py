@@ -19,13 +19,9 @@ import torch
 
 from engine.errors import ConfigError
 from engine.schema.config import Config, build
-from engine.trial.loop import (
-    Reporter,
-    Silent,
-    load_data,
-    plan_rounds,
-)
+from engine.trial.distributed import check_resources, check_shared_out, init_ray, run_trial_on_ray
 from engine.trial.session import TrialInfo, open_store, start_trial
+from engine.trial.setup import Reporter, Silent, load_data, plan_rounds
 
 
 def run_trial(
@@ -66,8 +62,6 @@ def run_trial(
 
 
 def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter, shared_fs: bool) -> list[dict]:
-    from engine.trial.distributed import check_resources, check_shared_out, init_ray, run_trial_on_ray
-
     # The driver reads the data only to check the plan; every worker loads its own copy.
     data = load_data(cfg, torch.device("cpu"))
     plan = plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written

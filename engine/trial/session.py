@@ -10,23 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import yaml
 
+from engine.compute.data import Data
+from engine.compute.pretrain import pretrain
 from engine.compute.train import LOCAL
 from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import TrialStore
-from engine.trial.loop import (
+from engine.trial.loop import RoundResult, advance
+from engine.trial.resume import check_rows, load_state
+from engine.trial.setup import (
     Reporter,
-    RoundResult,
     TrialContext,
     TrialState,
-    advance,
     load_data,
-    open_trial,
     plan_rounds,
     resolve_device,
+    trial_context,
 )
 
 
@@ -70,6 +73,30 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
     else:
         store.follow_lease(lease)
     return store
+
+
+def open_trial(
+    cfg: Config,
+    data: Data,
+    store: TrialStore | None,
+    device: torch.device,
+    comm=LOCAL,
+    reporter: Reporter | None = None,
+) -> tuple[TrialContext, TrialState]:
+    """The trial's context, and its state: from the store's checkpoint after the last
+    completed round, else fresh (pretraining first, when configured)."""
+    context = trial_context(cfg, data, device, comm, reporter)
+    if store is not None and comm.rank == 0:
+        store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
+    state = load_state(store, context)
+    if store is not None:
+        state = check_rows(store, context, state)
+    if state is None:
+        state = TrialState(0, np.zeros(context.plan.n_pool, dtype=np.int32), None)
+        if cfg.pretrain is not None:
+            pretrained = pretrain(cfg, device, comm, context.performance)
+            state.model, state.pretrain = pretrained.model, pretrained.record
+    return context, state
 
 
 class TrialSession:

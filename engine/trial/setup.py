@@ -1,0 +1,200 @@
+"""A trial's set-up in one process: its device, its data, its round counts, its fresh
+models and performance options, and the row columns every round shares, gathered into
+the ``TrialContext`` the round loop (engine/trial/loop.py) reads; and ``TrialState``,
+where the trial stands between rounds."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from engine.compute.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
+from engine.compute.models import Classifier, build_model
+from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
+from engine.errors import ConfigError
+from engine.schema.config import Config, resolve_count
+from engine.schema.records import PretrainRecord, config_columns
+from strategies.init import effective_mix
+
+
+class Reporter(Protocol):
+    def trial_started(self, info) -> None: ...  # engine.trial.session.TrialInfo
+    def round_started(self, round_: int, rounds: int, n_labeled: int) -> None: ...
+    def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None: ...
+    def round_done(self, row: dict) -> None: ...
+
+
+class Silent:
+    def trial_started(self, info): ...
+    def round_started(self, round_, rounds, n_labeled): ...
+    def epoch(self, round_, epoch, train_acc, train_loss): ...
+    def round_done(self, row): ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_pool: int
+    initial: int
+    per_round: int
+    rounds: int
+
+    def size_after(self, round_: int) -> int:
+        return min(self.n_pool, self.initial + (round_ - 1) * self.per_round)
+
+    def added_in(self, round_: int) -> int:
+        """How many samples round ``round_`` labels."""
+        return self.size_after(round_) - self.size_after(round_ - 1) if round_ > 1 else self.initial
+
+
+def plan_rounds(cfg: Config, n_pool: int) -> Plan:
+    """Counts from config values (ints are counts, floats fractions of the pool)."""
+    initial = resolve_count(cfg.rounds.initial, n_pool, "rounds.initial")
+    per_round = resolve_count(cfg.rounds.per_round, n_pool, "rounds.per_round")
+    rounds = 1 + math.ceil((n_pool - initial) / per_round)
+    if cfg.rounds.max_rounds is not None:
+        rounds = min(rounds, cfg.rounds.max_rounds)
+    return Plan(n_pool, initial, per_round, rounds)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"The 'device' parameter is {name!r}, but no CUDA device is available; use 'cpu' or 'auto'.")
+    return device
+
+
+def load_data(cfg: Config, device: torch.device) -> Data:
+    """The trial's data; with pretraining, its pool is ``pretrain.fraction`` of the target pool
+    (and the source dataset is checked to have the same input shape)."""
+    raw = load_raw(cfg.dataset.name, cfg.dataset.root, cfg.dataset.download, dataset_params(cfg.dataset))
+    data = split_and_place(raw, cfg.dataset.eval, cfg.dataset.holdout, seed_for(cfg.seed, 0, "split"), device)
+    if cfg.pretrain is None:
+        return data
+    if cfg.pretrain.dataset != cfg.dataset.name:
+        # Read here too (pretraining reads it again) so a mismatch is refused before a run writes anything.
+        source = load_raw(cfg.pretrain.dataset, cfg.dataset.root, cfg.dataset.download).train.images.shape[1:]
+        if tuple(source) != data.input_shape:
+            shape = "x".join(map(str, source))
+            raise ConfigError(
+                f"The 'pretrain.dataset' {cfg.pretrain.dataset!r} has {shape} inputs, but 'dataset.name' "
+                f"{cfg.dataset.name!r} has {'x'.join(map(str, data.input_shape))}: a pretrained model cannot transfer."
+            )
+    return pool_fraction(data, cfg.pretrain.fraction, seed_for(cfg.seed, 0, "pool_fraction"))
+
+
+def fresh_model(cfg: Config, data: Data, round_: int, device: torch.device) -> Classifier:
+    """Round ``round_``'s freshly initialised model, the same whatever the strategy or device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed_for(cfg.seed, round_, "fresh"))
+        model = build_model(cfg.model.name, cfg.model.params(), data.input_shape, data.num_classes)
+    return model.to(device)
+
+
+def performance_for(cfg: Config, data: Data, device: torch.device) -> Performance:
+    """The effective ``performance`` options of this trial on ``device`` (``auto`` resolved)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no memory, no RNG use
+        probe = build_model(cfg.model.name, cfg.model.params(), data.input_shape, data.num_classes)
+    conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in probe.modules())
+    return resolve_performance(cfg.performance.to_dict(), device, conv, cfg.eval.batch_size)
+
+
+def node_name() -> str:
+    """The Ray node this process runs on (several nodes may share a host), else the host name."""
+    ray = sys.modules.get("ray")  # not imported here: a run outside Ray never loads it
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
+def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
+    """The RoundRecord fields that are the same in every round of the trial."""
+    shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
+    overrides = cfg.overrides()
+    return {
+        "suite": cfg.suite,
+        "trial_id": cfg.trial_id(),
+        "seed": cfg.seed,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "batch_size": cfg.batch_size,
+        "weight_decay": cfg.optimizer.weight_decay,
+        "momentum": cfg.optimizer.momentum if cfg.optimizer.name == "sgd" else None,
+        "init": cfg.init.name,
+        "shrink": shrink,
+        "perturb": perturb,
+        "bn_stats": cfg.init.params().get("bn_stats"),
+        "acquisition": cfg.acquisition.name,
+        "per_round": plan.per_round,
+        "world_size": comm.world_size,
+        "device": device.type,
+        "node": node_name(),
+        "eval_split": cfg.dataset.eval,
+        "model_params": json.dumps(cfg.model.params(), sort_keys=True),
+        "init_params": json.dumps(cfg.init.params(), sort_keys=True),
+        "acquisition_params": json.dumps(cfg.acquisition.params(), sort_keys=True),
+        "n_pool": plan.n_pool,
+        "n_eval": int(data.eval_y.shape[0]),
+        "performance": json.dumps(performance.to_dict(), sort_keys=True),
+        "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
+        "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
+        "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
+        "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
+    }
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What stays the same for every round of one trial in one process."""
+
+    cfg: Config
+    data: Data
+    plan: Plan
+    device: torch.device
+    comm: object
+    performance: Performance
+    columns: dict  # trial_columns(): the RoundRecord fields every round shares
+    reporter: Reporter
+    runner: StepRunner  # one model and one optimizer for the whole trial (a CUDA graph captures them once)
+    # Rows that survived in the store for rounds this process recomputes: each new row must
+    # reproduce its saved twin (engine.trial.resume.NOT_CHECKED aside) before it replaces it.
+    expected: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)  # what was found and recovered from
+
+
+def trial_context(
+    cfg: Config, data: Data, device: torch.device, comm=LOCAL, reporter: Reporter | None = None
+) -> TrialContext:
+    """The trial's fixed context: round counts, performance options, shared columns, and
+    the one model-and-optimizer runner every round trains with."""
+    plan = plan_rounds(cfg, data.pool_y.shape[0])
+    performance = performance_for(cfg, data, device)
+    columns = trial_columns(cfg, plan, data, device, comm, performance)
+    optimizer = OptimizerSpec(cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
+    runner = StepRunner(optimizer, performance, comm)
+    return TrialContext(cfg, data, plan, device, comm, performance, columns, reporter or Silent(), runner)
+
+
+@dataclass
+class TrialState:
+    """Where a trial stands: what the next round starts from.  Saved after every round and
+    loaded on resume (engine/trial/resume.py: ``save_round``, ``load_state``) and nowhere else."""
+
+    round: int  # the last completed round; 0 before round 1
+    labeled: np.ndarray  # [n_pool] int32: 0 = unlabeled, r = labeled in round r
+    model: Classifier | None  # round ``round``'s model (before round 1: the pretrained one, or None)
+    pretrain: PretrainRecord | None = None  # pretraining's results, for every row
+    stopped: str | None = None  # why the trial ended before its last round ("diverged"), if it did
+
+    def done(self, rounds: int) -> bool:
+        return self.round >= rounds or self.stopped is not None
