@@ -67,6 +67,7 @@ def run_trial(
     sets: list[str] = (),
     plugins: list[str] = (),
     progress: bool = False,
+    shared_fs: bool = False,
 ):
     """Run (or continue) one trial; its rows as a pandas DataFrame, one per round.
 
@@ -80,13 +81,22 @@ def run_trial(
         sets: ``"dotted.key=value"`` overrides, as ``--set`` on the CLI.
         plugins: modules or ``.py`` files that register strategies, datasets or models.
         progress: print the trial's header and a line per round, as ``warmstart run``.
+        shared_fs: a local ``out`` is mounted at the same path on every node of the cluster
+            at ``address`` (otherwise refused there when the cluster has several nodes).
 
     Raises:
         ConfigError: invalid input, before anything runs.
     """
     reporter = ConsoleReporter(sys.stdout) if progress else None
     rows = runner.run_trial(
-        config, out, workers=workers, address=address, reporter=reporter, sets=sets, plugins=plugins
+        config,
+        out,
+        workers=workers,
+        address=address,
+        reporter=reporter,
+        sets=sets,
+        plugins=plugins,
+        shared_fs=shared_fs,
     )
     return _frame(rows)
 
@@ -245,6 +255,7 @@ def run_suite(
     plugins: list[str] = (),
     progress: bool = False,
     trackers: list[str] = (),
+    shared_fs: bool = False,
 ):
     """Run a suite (a YAML file's path, or a shipped suite's name) on Ray Tune; the whole
     table under ``out`` (default ``results/<suite name>``) as a DataFrame.
@@ -255,14 +266,27 @@ def run_suite(
     that failed are listed in ``frame.attrs["failed"]`` as (trial_id, error, traceback
     file), with a warning; their completed rounds are in the table, and ``resume=True``
     retries them.  Under a search (the suite's ``search:``) ``frame.attrs["search"]``
-    holds what it did: each point, where it stopped, and ``stopped_by``.
+    holds what it did: each point, where it stopped, and ``stopped_by``.  ``out`` may be
+    an object store (``s3://bucket/prefix``, endpoint and credentials from the AWS_*
+    variables); a local ``out`` on a Ray cluster of several nodes is refused unless
+    ``shared_fs=True`` says it is mounted on every node.
     """
     setup = set_up_suite(
-        suite, out, plugins=plugins, sets=sets, trackers=trackers, resume=resume, max_concurrent=max_concurrent
+        suite,
+        out,
+        plugins=plugins,
+        sets=sets,
+        trackers=trackers,
+        resume=resume,
+        max_concurrent=max_concurrent,
+        address=address,
+        shared_fs=shared_fs,
     )
     loaded, out = setup.suite, setup.out
     stream = sys.stdout if progress else io.StringIO()
-    failed = tune.run_suite(loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds)
+    failed = tune.run_suite(
+        loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds, shared_fs=shared_fs
+    )
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None

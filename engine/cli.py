@@ -44,12 +44,21 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_shared_fs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shared-fs",
+        action="store_true",
+        help="--out is a path on a file system mounted at the same place on every node of the cluster",
+    )
+
+
 def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--out", metavar="DIR_OR_URI", help=f"results directory or URI (default: {default_out})")
     parser.add_argument(
         "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
     )
     parser.add_argument("--resume", action="store_true", help="continue the same suite in --out after an interruption")
+    _add_shared_fs(parser)
     parser.add_argument(
         "--max-concurrent", type=int, metavar="N", help="at most N trials at once (default: as resources allow)"
     )
@@ -86,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--address", metavar="auto|HOST:PORT", help="join this Ray cluster instead of starting a local one"
     )
+    _add_shared_fs(run)
 
     suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
     suite.add_argument(
@@ -155,6 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter=reporter,
         sets=sets,
         plugins=args.plugins,
+        shared_fs=args.shared_fs,
     )
     last = rows[-1] if rows else None
     if last is not None and last["stop_reason"] == "diverged" and last["cfg.convergence.on_diverge"] == "stop":
@@ -189,6 +200,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_concurrent=args.max_concurrent,
         trials_per_gpu=getattr(args, "trials_per_gpu", None),
+        address=args.address,
+        shared_fs=args.shared_fs,
     )
     suite, out = setup.suite, setup.out
     if setup.trials_per_gpu is not None:
@@ -204,6 +217,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
             args.max_concurrent,
             rounds=setup.rounds,
             trials_per_gpu=setup.trials_per_gpu,
+            shared_fs=args.shared_fs,
         )
     except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
         print(

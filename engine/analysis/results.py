@@ -43,6 +43,7 @@ from engine.schema.records import (
     STRATEGY_COLUMNS,
 )
 from engine.schema.records import config_columns as config_columns_of
+from engine.storage.object_store import object_store_reason
 from engine.storage.store import SCHEMA, TrialStore, filesystem
 
 # Columns that usually follow from others: model_params from model, shrink/perturb from
@@ -113,6 +114,8 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         table = dataset.to_table()
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
+    except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
+        raise ConfigError(f"Cannot read results at {path_or_uri}: {object_store_reason(exc, path_or_uri)}.") from None
     except Exception as exc:  # pyarrow's errors for unreadable files vary by version
         raise ConfigError(f"Cannot read results at {path_or_uri}: {str(exc).splitlines()[0]}") from None
     missing = [name for name in ("trial_id", "round", "test_acc") if name not in table.column_names]

@@ -47,7 +47,7 @@ CONFIG_PREFIX = "cfg."
 #   name     a name or label: loaded as a categorical
 #   count    an integer count: loaded as int64 when no row lacks it
 #   timing   a time measurement: differs from run to run, so a resume never compares it
-#   context  where a trial ran, not what it computed (the suite, the ensemble): a resume never compares it
+#   context  where a trial ran, not what it computed (the suite, the node, the ensemble): a resume never compares it
 # and ``config=GROUP``: the column describes what a trial computes (a grid point's value);
 # tables list these columns group by group, in CONFIG_GROUPS order, each in field order.
 ROLES = ("name", "count", "timing", "context")
@@ -110,6 +110,10 @@ class RoundRecord:
     acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples", "timing")
     world_size: int = _doc("data-parallel workers", "count", config="scale")
     device: str = _doc("cpu | cuda", "name")
+    node: str | None = _doc(
+        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray",
+        "context",
+    )
     acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
     eval_split: str = _doc("holdout | test", config="data")
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")

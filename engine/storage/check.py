@@ -9,7 +9,7 @@ checks that:
   checkpoint's checksum holds (a corrupt newest one with an intact previous generation
   is a note: a resume recovers from it);
 - no temporary file of an interrupted write is left, and nobody holds the trial's lock
-  (a note: a run may be in progress).
+  (a note: a run may be in progress); on an object store, nobody holds its lease.
 
 A problem is what a resume would have to recompute or could not explain; the exit status
 is 1 when there is any.
@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
-from engine.storage.store import META, TrialStore, filesystem
+from engine.storage.object_store import object_store_reason
+from engine.storage.store import LEASE, META, TrialStore, filesystem
 
 
 @dataclass
@@ -51,6 +52,8 @@ def trial_ids(out: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(base))
     except FileNotFoundError:
         raise ConfigError(f"No results at {out}: the path does not exist.") from None
+    except OSError as exc:  # an object store that does not answer, a missing bucket, refused credentials
+        raise ConfigError(f"Cannot read results at {out}: {object_store_reason(exc, out)}.") from None
     ids = set()
     for info in infos:
         name = os.path.basename(info.path)
@@ -97,6 +100,12 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
     if missing:
         result.problems.append(f"no readable row for round(s) {', '.join(map(str, missing))}")
     if not store.local:
+        lease = store._get(f"{store.meta}/{LEASE}")
+        if lease is not None:
+            result.notes.append(
+                f"a run holds the trial's lease ({lease.decode(errors='replace')[:160]}): it may be in progress, or "
+                "it was lost, and then the next run takes the trial over"
+            )
         return result
     leftovers = [n for n in os.listdir(store.base) if n.startswith(".tmp-")] if os.path.isdir(store.base) else []
     if leftovers:

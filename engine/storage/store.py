@@ -10,9 +10,13 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
 metadata and half-written temporary files are never read as results.  A row is
-written to a temporary name and renamed into place (a single PUT on object stores),
-so an interrupted run never leaves a partial file; the file name is fixed by
-(trial, round), so re-running a round replaces its row instead of duplicating it.
+written to a temporary name and renamed into place (on an object store, which has no
+rename, as one upload that appears whole when it completes), so an interrupted run
+never leaves a partial file; the file name is fixed by (trial, round), so re-running a
+round replaces its row instead of duplicating it.  On an object store a trial's lease
+(``_warmstart/<trial>/owner.json``) stands in for the lock: see ``TrialStore.lock``.
+An object store's filesystem, endpoint and credentials included, comes from
+engine/storage/object_store.py.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import yaml
 
 from engine.errors import ConfigError, TrialError
 from engine.schema.records import arrow_schema, record_fields
+from engine.storage.object_store import object_store, object_store_reason
 
 # The fixed columns (RoundRecord's own and pretrain_*); a written row also has the cfg.*
 # columns of records.arrow_schema().  Both are defined in engine/schema/records.py.
@@ -44,14 +49,21 @@ META = "_warmstart"
 
 def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see all of it or nothing; on any failure
-    nothing is left behind (no partial file, no temporary file).  One PUT on an object
+    nothing is left behind (no partial file, no temporary file).  One upload on an object
     store; a temporary file, fsync and rename on a local disk."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        # An object store has no folders to create and no rename: the object appears when
+        # its stream closes, whole (one PutObject for small payloads; a multipart upload,
+        # which is invisible until completed, for large ones).  Checkpoints also carry a
+        # checksum, so even a damaged one is never trusted.
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(payload)
+        except OSError as exc:
+            raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
+        return
     try:
         fs.create_dir(os.path.dirname(path), recursive=True)
-        if not isinstance(fs, pafs.LocalFileSystem):
-            with fs.open_output_stream(path) as f:  # one PUT: atomic on object stores
-                f.write(payload)
-            return
     except OSError as exc:
         raise StoreError(f"Cannot write {path}: {_os_reason(exc)}.") from None
     tmp = f"{os.path.dirname(path)}/.tmp-{uuid.uuid4().hex}"
@@ -105,10 +117,21 @@ def has_rows(out: str) -> bool:
 
 
 def filesystem(out: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and base path for a local path or a URI."""
-    if "://" in out:
-        return pafs.FileSystem.from_uri(out)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+    """The pyarrow filesystem and base path for a local path or a URI.  An object store's
+    filesystem is the one this process was given (``adopt_filesystem``), else the one its
+    own environment describes (``object_store``)."""
+    if "://" not in out:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
+    return object_store(out), out.partition("://")[2].rstrip("/")
+
+
+def ray_storage(out: str, folder: str) -> dict:
+    """A Tune or Ray Train ``RunConfig``'s storage for Ray's own state under
+    ``out/_warmstart/<folder>``: on an object store, with its filesystem given explicitly."""
+    fs, base = filesystem(out)
+    if "://" not in out:
+        return {"storage_path": f"{base}/{META}/{folder}"}
+    return {"storage_path": f"{base}/{META}/{folder}", "storage_filesystem": fs}
 
 
 class StoreError(TrialError):
@@ -124,6 +147,7 @@ def _os_reason(exc: OSError) -> str:
 
 CHECKPOINT_MAGIC = b"WSCKPT1 "  # then the payload's sha256 in hex, a newline, the payload
 KEEP_GENERATIONS = 2  # checkpoints kept: the newest, and one to fall back on
+LEASE = "owner.json"  # on an object store: which run holds a trial (see TrialStore.lock)
 
 
 _HELD: dict[str, TrialStore] = {}  # lock path -> the store of this process holding it
@@ -139,6 +163,7 @@ class TrialStore:
         self.trial_id = trial_id
         self.meta = f"{self.base}/{META}/{trial_id}"
         self._lock_fd: int | None = None
+        self.lease: str | None = None  # this run's token in the object store's owner.json
         self.superseded = False  # another store of this process took over the trial's lock
         self.notes: list[str] = []  # what was found and recovered from, for the user
 
@@ -173,6 +198,8 @@ class TrialStore:
         if self.local:
             if os.path.exists(self.base) and not os.path.isdir(self.base):
                 raise ConfigError(f"The results path {self.out} is a file, not a folder; choose another --out.")
+        if not self.local:
+            return self._probe_object_store()
         probe = f"{self.base}/{META}/.probe-{uuid.uuid4().hex}"
         # Folders the probe creates are removed again: a refused run leaves nothing behind.
         created = [d for d in (f"{self.base}/{META}", self.base) if self.local and not os.path.exists(d)]
@@ -187,28 +214,49 @@ class TrialStore:
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
 
+    def _probe_object_store(self) -> None:
+        """Write and delete a probe object: an endpoint that does not answer, a missing
+        bucket, wrong credentials or no write permission are one line each."""
+        probe = f"{self.base}/{META}/.probe-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(probe) as f:
+                f.write(b"warmstart write probe")
+            self.fs.delete_file(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"Cannot write results to {self.out}: {object_store_reason(exc, self.out)}; "
+                "check the bucket and the AWS_* variables, or choose another --out."
+            ) from None
+
     # --- one process per trial -----------------------------------------------------------
 
     def lock(self) -> None:
-        """Hold this trial's lock (``_warmstart/<trial>/lock``: pid, host and start time) so a
-        second process running the same trial stops at once instead of doing the work twice.
-        A lock whose process died is released by the operating system, never stale.  Object
-        stores have no lock: a warning says so."""
-        if self._lock_fd is not None:
+        """Hold this trial so that a second process running it does not interleave its rounds.
+
+        On a local or shared disk: an OS lock (``_warmstart/<trial>/lock``: pid, host and
+        start time); a second process stops at once, and a dead holder's lock is released by
+        the operating system, never stale.  On an object store, which has no lock: a lease
+        (``_warmstart/<trial>/owner.json`` with a token unique to this run).  The newest run
+        takes it (a trial retried after its node was lost must be able to), and every commit
+        of a row, checkpoint or status first reads it back: a run whose lease was taken over
+        stops before its next commit, in one line naming the new holder."""
+        if self._lock_fd is not None or self.lease is not None:
             return
         path = f"{self.meta}/lock"
         holder = _HELD.get(path)
         if holder is not None and holder is not self:
             # The same process opens the trial again (a notebook cell run twice): the newer
             # store takes the lock over, and the older one may no longer write.
-            self._lock_fd, holder._lock_fd, holder.superseded = holder._lock_fd, None, True
+            self._lock_fd, holder._lock_fd = holder._lock_fd, None
+            self.lease, holder.lease = holder.lease, None
+            holder.superseded = True
             _HELD[path] = self
             return
         if not self.local:
-            self.notes.append(
-                f"note: {self.out} is an object store, where warmstart cannot lock a trial: make sure "
-                "one process at a time runs each trial there"
-            )
+            token = uuid.uuid4().hex
+            put(self.fs, f"{self.meta}/{LEASE}", json.dumps({**_whoami(), "token": token}).encode())
+            self.lease = token
+            _HELD[path] = self
             return
         os.makedirs(self.meta, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -222,16 +270,41 @@ class TrialStore:
                 "wait for it to finish (or stop it), then re-run to resume."
             ) from None
         os.ftruncate(fd, 0)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.write(fd, json.dumps(record).encode())
+        os.write(fd, json.dumps(_whoami()).encode())
         self._lock_fd = fd
         _HELD[path] = self
+
+    def follow_lease(self, token: str | None) -> None:
+        """Commit under a lease another process took (a Ray Train worker under its driver's)."""
+        self.lease = token
+
+    def _check_lease(self, what: str) -> None:
+        """Before a commit on an object store: stop when another run took this trial over."""
+        if self.lease is None:
+            return
+        raw = self._get(f"{self.meta}/{LEASE}")
+        try:
+            holder = json.loads(raw) if raw is not None else {}
+        except ValueError:
+            holder = {}
+        if holder.get("token") != self.lease:
+            who = _holder(raw.decode(errors="replace")) if raw is not None else "another run, which has ended"
+            raise TrialBusy(
+                f"Trial {self.trial_id} on {self.out} was taken over by {who}; this run stopped before writing "
+                f"{what}, so the two do not interleave."
+            )
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+            _HELD.pop(f"{self.meta}/lock", None)
+        if self.lease is not None and _HELD.get(f"{self.meta}/lock") is self:
+            with contextlib.suppress(TrialBusy, OSError):
+                self._check_lease("its release")  # a lease another run took over stays theirs
+                self.fs.delete_file(f"{self.meta}/{LEASE}")
+            self.lease = None
             _HELD.pop(f"{self.meta}/lock", None)
 
     # --- config ---------------------------------------------------------------------
@@ -246,6 +319,7 @@ class TrialStore:
     # --- status: the last completed round, for drivers that decide what is left to run ---
 
     def save_status(self, status: dict) -> None:
+        self._check_lease(f"the status of round {status['round']}")
         self._put(f"{self.meta}/status.json", json.dumps(status).encode())
 
     def load_status(self) -> dict | None:
@@ -276,6 +350,7 @@ class TrialStore:
         table = pa.Table.from_pylist([row], schema=arrow_schema())
         sink = io.BytesIO()
         pq.write_table(table, sink)
+        self._check_lease(f"round {row['round']}")
         self._put(self.row_path(row["round"]), sink.getvalue())
 
     def _row_files(self) -> dict[int, str]:
@@ -312,6 +387,7 @@ class TrialStore:
         torch.save(state, buffer)
         payload = buffer.getvalue()
         digest = hashlib.sha256(payload).hexdigest().encode()
+        self._check_lease(f"the checkpoint of round {state['round']}")
         self._put(f"{self.meta}/checkpoint-{state['round']:04d}.pt", CHECKPOINT_MAGIC + digest + b"\n" + payload)
         for old in self._checkpoints()[KEEP_GENERATIONS:]:  # newest first
             with contextlib.suppress(OSError):
@@ -356,6 +432,10 @@ class TrialStore:
 
 class TrialBusy(TrialError):
     """Another process holds this trial's lock."""
+
+
+def _whoami() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _holder(holder: str) -> str:

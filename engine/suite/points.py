@@ -22,6 +22,7 @@ import torch
 
 from engine.schema.config import validate
 from engine.schema.plugins import load_plugins
+from engine.storage.object_store import adopt_filesystem
 from engine.storage.store import TrialStore
 from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
@@ -29,11 +30,16 @@ from engine.trial.runner import run_trial
 from engine.trial.session import start_trial
 
 
-def run_point(params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None) -> None:
-    """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round."""
+def run_point(
+    params: dict, trials: list[dict], out: str, stopped: dict[str, int], sampled: dict | None, filesystem=None
+) -> None:
+    """The Tune trainable: one unit (a point's seeds, or one trial), reported round by round.
+    ``filesystem``: the driver's for an object-store ``out`` (object_store.object_store),
+    used instead of anything this worker's environment says."""
     import ray
     from ray import tune
 
+    adopt_filesystem(out, filesystem)
     if sampled is not None:  # a point the searcher proposed: its trials, one per seed
         values = {key: params["cfg"][key] for key in sampled["keys"]}
         datas = [t.config.to_dict() for t in sampled_point(sampled["name"], sampled["base"], sampled["seeds"], values)]

@@ -10,6 +10,7 @@ from engine.errors import ConfigError
 from engine.suite.packing import resolve_trials_per_gpu
 from engine.suite.plan import Suite, check_pools, load_suite
 from engine.suite.tune import check_out
+from engine.trial.distributed import check_shared_out
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,14 @@ def set_up_suite(
     resume: bool = False,
     max_concurrent: int | None = None,
     trials_per_gpu: str | int | None = None,
+    address: str | None = None,
+    shared_fs: bool = False,
 ) -> SuiteSetup:
     """Load the suite ``source`` (a YAML file or a shipped suite's name) and refuse, before
     anything runs, a missing dataset or impossible round count, a bad option, and an
-    ``out`` (default ``results/<suite name>``) that cannot be written or holds other results."""
+    ``out`` (default ``results/<suite name>``) that cannot be written or holds other results,
+    or that is a local folder on the cluster at ``address`` of several nodes (unless
+    ``shared_fs``: mounted on every node)."""
     suite = load_suite(source, list(plugins), list(sets), list(trackers))
     rounds = check_pools(suite)
     out = out or f"results/{suite.name}"
@@ -58,5 +63,6 @@ def set_up_suite(
             "The '--trials-per-gpu' option packs trials that run on GPUs, but every trial of this suite has "
             "scaling.gpus_per_worker 0; add --set scaling.gpus_per_worker=1."
         )
+    check_shared_out(out, address, shared_fs)  # before anything is written under out
     check_out(suite, out, resume)
     return SuiteSetup(suite, out, rounds, packed)

@@ -29,7 +29,8 @@ from typing import Any, TextIO
 
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
-from engine.storage.store import TrialStore, filesystem, has_rows, read_manifest, write_manifest
+from engine.storage.object_store import object_store
+from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
 from engine.suite.ensembles import Grouping, ensemble_units
 from engine.suite.packing import trial_bundle
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
@@ -45,7 +46,7 @@ from engine.suite.search import (
     write_record,
 )
 from engine.suite.tracking import callbacks as trackers
-from engine.trial.distributed import check_resources, error_line, init_ray
+from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray
 
 
 def _tracked(config: dict) -> dict[str, Any]:
@@ -317,12 +318,15 @@ def run_suite(
     every: float = 30.0,
     trials_per_gpu: int | None = None,
     rounds: dict[str, int] | None = None,
+    shared_fs: bool = False,
 ) -> list[tuple[str, str, str]]:
     """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials
     that failed.  ``rounds``: each trial's round count, by id (``check_pools``' answer;
     computed here when not given).  A sampled suite's proposed trials are added to
     ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
-    KeyboardInterrupt; completed rounds are saved and ``resume`` continues."""
+    KeyboardInterrupt; completed rounds are saved and ``resume`` continues.  A local ``out``
+    on a cluster of several nodes is refused unless ``shared_fs`` (see check_shared_out)."""
+    check_shared_out(out, address, shared_fs)
     # Refused (ensembles under a scheduler) before anything is written.
     grouping = ensemble_units(suite.trials or suite.probes, suite.name, suite.search.per_point, max_concurrent)
     prepare_out(suite, out, resume)
@@ -407,7 +411,14 @@ def build_tuner(
 
     trials, spec = units.trials, suite.search
     trainable = tune.with_resources(
-        tune.with_parameters(run_point, trials=trials, out=location, stopped=units.stopped, sampled=units.sampled),
+        tune.with_parameters(
+            run_point,
+            trials=trials,
+            out=location,
+            stopped=units.stopped,
+            sampled=units.sampled,
+            filesystem=object_store(out),  # the bucket's endpoint and credentials, for every trial
+        ),
         resources=lambda config: _resources(config, trials, trials_per_gpu),
     )
 
@@ -430,7 +441,7 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=suite.name,
-            storage_path=f"{location}/_warmstart/tune",
+            **ray_storage(out, "tune"),  # an object store's filesystem, given to Tune explicitly
             failure_config=tune.FailureConfig(max_failures=trials[0]["scaling"]["max_failures"]),
             verbose=0,
             callbacks=[_quiet_progress(), units.progress.callback(), *trackers(suite.tracking, out, suite.name)],
@@ -452,8 +463,9 @@ def failures(grid, units: Units) -> list[tuple[str, str, str]]:
     if len(units.progress.ended) < len(grid) or len(grid) < units.expected:
         raise KeyboardInterrupt("the suite was interrupted")
     # A Tune trial's folder is named after its unit: the trial id (or a point's id).
+    scheme = units.progress.out.split("://")[0] + "://" if "://" in units.progress.out else ""  # none in Tune's
     return [
-        (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{result.path}/error.txt")
+        (result.path.rstrip("/").rsplit("/", 1)[-1], error_line(result.error), f"{scheme}{result.path}/error.txt")
         for result in grid
         if result.error is not None
     ]

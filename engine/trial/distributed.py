@@ -34,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
-from engine.storage.store import META, TrialStore, filesystem
+from engine.storage.object_store import adopt_filesystem, object_store
+from engine.storage.store import TrialStore, filesystem, ray_storage
 from engine.trial.progress import ProgressWriter, follow
 from engine.trial.session import start_trial
 
@@ -130,8 +131,10 @@ def worker_main(train_config: dict) -> None:
         device = torch.device("cpu")
     comm = TorchComm(device, cfg.scaling.sync_batchnorm)
     out = train_config["out"]
+    adopt_filesystem(out, train_config["filesystem"])  # the driver's, never this worker's environment
     reporter = ProgressWriter(TrialStore(out, cfg.trial_id())) if comm.rank == 0 else None
-    with start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False) as session:
+    lease = train_config["lease"]
+    with start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False, lease=lease) as session:
         session.run()
 
 
@@ -167,6 +170,24 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # not in the driver's process group: a Ctrl-C must not end it first
+        )
+
+
+def check_shared_out(out: str | None, address: str | None, shared_fs: bool = False) -> None:
+    """Refuse a local ``out`` on a Ray cluster of several nodes, before anything is written:
+    each trial would write its rows and checkpoints on the disk of whichever node runs it.
+    ``shared_fs``: the user says the path is mounted at the same place on every node."""
+    import ray
+
+    if out is None or "://" in out or shared_fs or (not address and not ray.is_initialized()):
+        return  # an object store, a shared file system, or the local instance (one node)
+    init_ray(address)
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    if nodes > 1:
+        raise ConfigError(
+            f"--out {out} is a local folder, but the Ray cluster has {nodes} nodes, and each trial would write its "
+            f"rows on the disk of the node that runs it; use an object store (--out s3://BUCKET/PREFIX), or pass "
+            f"--shared-fs if {out} is on a file system mounted at the same path on every node."
         )
 
 
@@ -227,8 +248,11 @@ def check_resources(
     )
 
 
-def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter=None, rounds: int = 0) -> None:
-    """Run the whole trial as one TorchTrainer with ``scaling.workers`` workers."""
+def run_trial_on_ray(
+    cfg: Config, out: str, address: str | None = None, reporter=None, rounds: int = 0, lease: str | None = None
+) -> None:
+    """Run the whole trial as one TorchTrainer with ``scaling.workers`` workers; ``lease``:
+    the driver's on an object store (TrialStore.lock), under which rank 0 commits."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -237,14 +261,19 @@ def run_trial_on_ray(cfg: Config, out: str, address: str | None = None, reporter
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
     trainer = TorchTrainer(
         worker_main,
-        train_loop_config={"config": {**cfg.to_dict(), "trial_id": cfg.trial_id()}, "out": location},
+        train_loop_config={
+            "config": {**cfg.to_dict(), "trial_id": cfg.trial_id()},
+            "out": location,
+            "filesystem": object_store(location),  # endpoint and credentials, explicitly
+            "lease": lease,
+        },
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=gpus > 0, resources_per_worker={"CPU": 1, **({"GPU": gpus} if gpus else {})}
         ),
         run_config=RunConfig(
             name=cfg.trial_id(),  # deterministic: a re-run finds the same trial
-            storage_path=f"{location}/{META}/ray",
+            **ray_storage(location, "ray"),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
     )

@@ -19,7 +19,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.schema.config import Config, build
-from engine.trial.distributed import check_resources, init_ray, run_trial_on_ray
+from engine.trial.distributed import check_resources, check_shared_out, init_ray, run_trial_on_ray
 from engine.trial.session import TrialInfo, open_store, start_trial
 from engine.trial.setup import Reporter, Silent, load_data, plan_rounds
 
@@ -33,14 +33,16 @@ def run_trial(
     reporter: Reporter | None = None,
     sets=(),
     plugins=(),
+    shared_fs: bool = False,
 ) -> list[dict]:
     """Run (or continue) one trial to its last round; every row of the trial, in round order.
 
     ``config``: a mapping, a YAML file's path or a Config.  ``out=None`` keeps the rows in
     memory (on Ray Train, in a temporary folder on this machine).  ``workers`` runs it on
     Ray Train with that many data-parallel workers (``scaling.workers``); ``address`` joins
-    a running Ray cluster (and then runs there, one worker unless ``workers`` says more).
-    Invalid input raises ``ConfigError`` before anything is written."""
+    a running Ray cluster (and then runs there, one worker unless ``workers`` says more);
+    a local ``out`` on a cluster of several nodes is refused unless ``shared_fs`` says it is
+    mounted on every node.  Invalid input raises ``ConfigError`` before anything is written."""
     sets = list(sets)
     if workers is not None:
         sets.append(f"scaling.workers={workers}")
@@ -56,16 +58,17 @@ def run_trial(
     if out is None and address:
         raise ConfigError("A trial on a Ray cluster needs an out that every node can reach (a shared path or URI).")
     with tempfile.TemporaryDirectory(prefix="warmstart-") if out is None else contextlib.nullcontext(out) as location:
-        return _run_on_ray(cfg, location, address, reporter)
+        return _run_on_ray(cfg, location, address, reporter, shared_fs or out is None)
 
 
-def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter) -> list[dict]:
+def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter, shared_fs: bool) -> list[dict]:
     # The driver reads the data only to check the plan; every worker loads its own copy.
     data = load_data(cfg, torch.device("cpu"))
     plan = plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
     n_eval = int(data.eval_y.shape[0])
     del data
     init_ray(address)  # an unreachable address, or a request the cluster cannot meet: before anything is written
+    check_shared_out(out, address, shared_fs)
     check_resources(cfg.scaling.workers, cfg.scaling.gpus_per_worker, address, cfg.scaling.resource_timeout)
     store = open_store(cfg, out)  # this driver holds the trial's lock for its workers
     try:
@@ -82,7 +85,8 @@ def _run_on_ray(cfg: Config, out: str, address: str | None, reporter: Reporter) 
         reporter.trial_started(info)
         if completed < plan.rounds:
             relay = None if isinstance(reporter, Silent) else reporter
-            run_trial_on_ray(cfg, out if "://" in out else os.path.abspath(out), address, relay, plan.rounds)
+            location = out if "://" in out else os.path.abspath(out)
+            run_trial_on_ray(cfg, location, address, relay, plan.rounds, lease=store.lease)
         return store.rows()
     finally:
         store.unlock()

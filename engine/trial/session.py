@@ -50,10 +50,12 @@ class TrialInfo:
     notes: tuple[str, ...] = ()  # what was found under out and recovered from (one line each)
 
 
-def open_store(cfg: Config, out: str | None, lock: bool = True) -> TrialStore | None:
+def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | None = None) -> TrialStore | None:
     """The trial's store under ``out`` (None: rows stay in memory), probed for writability
-    and locked for this process.  Refused when ``out`` cannot be written or already holds
-    this trial id with a different config; ``TrialBusy`` when another process runs it."""
+    and locked for this process (or, with ``lock=False``, committing under the ``lease``
+    its driver holds on an object store).  Refused when ``out`` cannot be written or
+    already holds this trial id with a different config; ``TrialBusy`` when another
+    process runs it."""
     if out is None:
         return None
     store = TrialStore(out, cfg.trial_id())
@@ -68,6 +70,8 @@ def open_store(cfg: Config, out: str | None, lock: bool = True) -> TrialStore | 
     store.probe()
     if lock:
         store.lock()
+    else:
+        store.follow_lease(lease)
     return store
 
 
@@ -158,15 +162,16 @@ def start_trial(
     reporter: Reporter | None = None,
     lock: bool = True,
     data: Data | None = None,
+    lease: str | None = None,
 ) -> TrialSession:
     """Start (or resume) a validated trial in this process: device, data, store, state.
     ``lock=False`` where another process holds the trial's lock for it (Ray Train workers:
-    their driver holds it).  ``data``: the trial's data already loaded on ``device`` (an
-    ensemble's members share theirs)."""
+    their driver holds it, and on an object store gives them its ``lease``).  ``data``: the
+    trial's data already loaded on ``device`` (an ensemble's members share theirs)."""
     device = device or resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg, device)
     plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
-    store = open_store(cfg, out, lock=lock)
+    store = open_store(cfg, out, lock=lock, lease=lease)
     try:
         context, state = open_trial(cfg, data, store, device, comm, reporter)
     except BaseException:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +107,14 @@ def performance_for(cfg: Config, data: Data, device: torch.device) -> Performanc
     return resolve_performance(cfg.performance.to_dict(), device, conv, cfg.eval.batch_size)
 
 
+def node_name() -> str:
+    """The Ray node this process runs on (several nodes may share a host), else the host name."""
+    ray = sys.modules.get("ray")  # not imported here: a run outside Ray never loads it
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
 def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
@@ -128,6 +138,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "per_round": plan.per_round,
         "world_size": comm.world_size,
         "device": device.type,
+        "node": node_name(),
         "eval_split": cfg.dataset.eval,
         "model_params": json.dumps(cfg.model.params(), sort_keys=True),
         "init_params": json.dumps(cfg.init.params(), sort_keys=True),
