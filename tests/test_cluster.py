@@ -378,6 +378,9 @@ def test_a_second_run_of_a_trial_on_the_bucket_stops_the_first_before_its_next_c
         "round": 1,
         "rounds": 3,
     }
+    from engine.storage.check import check_trial
+
+    assert any(n.startswith('a run holds the trial\'s lease ({"pid": ') for n in check_trial(uri, "t").notes)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
 from engine.storage.object_store import object_store_reason
-from engine.storage.store import LEASE, META, TrialStore, filesystem
+from engine.storage.store import META, TrialStore, filesystem
 
 
 @dataclass
@@ -100,10 +100,10 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
     if missing:
         result.problems.append(f"no readable row for round(s) {', '.join(map(str, missing))}")
     if not store.local:
-        lease = store._get(f"{store.meta}/{LEASE}")
+        lease = store.lease_holder()
         if lease is not None:
             result.notes.append(
-                f"a run holds the trial's lease ({lease.decode(errors='replace')[:160]}): it may be in progress, or "
+                f"a run holds the trial's lease ({lease[:160]}): it may be in progress, or "
                 "it was lost, and then the next run takes the trial over"
             )
         return result

@@ -274,6 +274,11 @@ class TrialStore:
         self._lock_fd = fd
         _HELD[path] = self
 
+    def lease_holder(self) -> str | None:
+        """The lease on an object store, as its holder wrote it (pid, host, since), if any."""
+        raw = None if self.local else self._get(f"{self.meta}/{LEASE}")
+        return raw.decode(errors="replace") if raw is not None else None
+
     def follow_lease(self, token: str | None) -> None:
         """Commit under a lease another process took (a Ray Train worker under its driver's)."""
         self.lease = token
