@@ -29,7 +29,6 @@ acquisition (``bald``) samples from.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import nn
@@ -68,40 +67,25 @@ class Classifier(nn.Module):
 
 
 def build_model(name: str, params: dict, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    model = MODELS.get(name).fn(tuple(input_shape), num_classes, **params)
-    avoid_onednn_heap_corruption(model)
-    return model
-
-
-def onednn_unsafe(module: nn.Module) -> bool:
-    """A 1x1 stride-2 convolution with 2-6 input channels: oneDNN's CPU kernel for its weight
-    gradient writes out of bounds on AVX2 CPUs (torch 2.14.1, AMD EPYC without AVX-512): with
-    one intra-op thread (every Ray trial's default) resnet18 at width 4 aborts the process with
-    "corrupted double-linked list", or goes on with a corrupted heap."""
-    return (
-        isinstance(module, nn.Conv2d)
-        and module.kernel_size == (1, 1)
-        and module.stride != (1, 1)
-        and 2 <= module.in_channels <= 6
-    )
-
-
-def avoid_onednn_heap_corruption(model: nn.Module) -> None:
-    """Turn oneDNN off for this process when ``model`` has a convolution it computes wrongly
-    (see onednn_unsafe), with one warning.  torch's switch is process-wide: PyTorch's own CPU
-    convolutions then run every conv of the process (results equal to float rounding, about
-    as fast for these small models); CUDA convolutions are not affected."""
-    if torch.backends.mkldnn.enabled and any(onednn_unsafe(m) for m in model.modules()):
-        torch.backends.mkldnn.enabled = False
-        warnings.warn(
-            f"oneDNN is turned off for this process: {type(model).__name__} has a 1x1 stride-2 convolution "
-            f"with 2-6 input channels, whose oneDNN CPU gradient corrupts memory (torch {torch.__version__})",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    return MODELS.get(name).fn(tuple(input_shape), num_classes, **params)
 
 
 # --- ResNet-18, CIFAR variant -----------------------------------------------------
+
+
+class StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution with a stride, computed as the stride's subsample followed by a 1x1
+    stride-1 convolution: the same function and the same parameters (``weight``, as in a
+    ``Conv2d(c_in, c_out, 1, stride)``), but not oneDNN's strided 1x1 kernel, whose CPU weight
+    gradient with 2-6 input channels writes out of bounds on AVX2 CPUs (torch 2.14.1; resnet18
+    at width 4 with one thread aborted the process with "corrupted double-linked list")."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__(c_in, c_out, 1, bias=False)
+        self.step = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, :: self.step, :: self.step])
 
 
 class BasicBlock(nn.Module):
@@ -113,7 +97,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(StridedPointwise(c_in, c_out, stride), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
