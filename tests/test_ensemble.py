@@ -136,6 +136,25 @@ def test_grouping_and_a_model_plugin_that_is_not_stackable_runs_alone(tmp_path):
     assert "runs alone: its model 'plain_mlp' is registered without stackable=True" in grouping.notes[0]
 
 
+@pytest.mark.parametrize("seeds,sizes", [(8, []), (40, [40]), (70, [35, 35])])
+def test_on_a_gpu_auto_stacks_only_from_the_measured_break_even(tmp_path, seeds, sizes):
+    """The mlp on CUDA was slower stacked at 8 members and faster from 32 (FASTER): under
+    auto a smaller group runs alone; ``ensemble: true`` stacks it all the same."""
+    suite = tmp_path / "gpu.yaml"
+    suite.write_text(
+        f"name: gpu\nbase: {{device: cuda, performance: {{ensemble_size: 64}}}}\ngrid: {{seed: {list(range(seeds))}}}\n"
+    )
+    trials = load_suite(str(suite)).trials
+    grouping = ensemble_units(trials, "gpu", per_point=False, max_concurrent=4)
+    assert sorted(len(u) for u, label in zip(grouping.units, grouping.labels, strict=True) if label) == sizes
+    assert sum(len(u) for u in grouping.units) == seeds
+    forced = tmp_path / "forced.yaml"
+    forced.write_text(suite.read_text().replace("ensemble_size: 64", "ensemble_size: 64, ensemble: true"))
+    trials = load_suite(str(forced)).trials
+    grouping = ensemble_units(trials, "forced", per_point=False, max_concurrent=4)
+    assert all(label for label in grouping.labels)
+
+
 QUICKSTART = """
 name: quick_cut
 base:

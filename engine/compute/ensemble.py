@@ -39,6 +39,14 @@ from strategies.acquisition import PoolOutputs
 DETERMINISTIC = ("probs", "logits", "embeddings")
 
 
+def _float_input(module: nn.Module, args: tuple) -> tuple:
+    """BatchNorm's input in float32.  Under autocast a conv hands it bf16; unbatched, cuDNN's
+    batch norm takes bf16 input with float32 statistics, but vmap's batching rule for it does
+    not ("Expected running_mean to have type BFloat16 but got Float", seen on an H200).  The
+    next conv casts back to bf16 under autocast."""
+    return (args[0].float(), *args[1:])
+
+
 class Stack:
     """M models of one architecture as stacked tensors ``{name: [M, ...]}`` and one
     parameter-free copy of the architecture (on the meta device) to call them with."""
@@ -56,6 +64,9 @@ class Stack:
                 name: torch.stack([b[name] for _, b in named]) for name in named[0][1]
             }
         self.base = copy.deepcopy(models[0]).to("meta")
+        for module in self.base.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.register_forward_pre_hook(_float_input)
 
     # --- calling the members ------------------------------------------------------------
 

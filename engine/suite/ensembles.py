@@ -27,15 +27,20 @@ from dataclasses import dataclass, field
 from engine.errors import ConfigError
 from engine.schema.config import Config
 
-# Measured (benchmarks/ensemble.py; figures in benchmarks/README.md, "Ensembles"): the mlp's
-# cut mnist1d_sp_sweep 2.18x and 1.38x faster stacked on the 2-core CPU (load 8 and 11-18),
-# its compute alone 2.36x; cnn1d's compute 1.24x in one run of 4 members, too little to turn
-# on.  A pair not listed (every GPU pair: not yet measured) is left alone under `auto`.
-FASTER = {
-    ("mlp", "cpu"): True,
-    ("logreg", "cpu"): True,
-    ("cnn1d", "cpu"): False,  # vmapped convolutions are grouped convolutions: slower on a CPU
-    ("resnet18", "cpu"): False,
+# Measured (benchmarks/ensemble.py; figures in benchmarks/README.md, "Ensembles"): the fewest
+# members at which stacking was faster than the trials one by one, per (model, device); None:
+# never measured faster.  CPU: the mlp's cut mnist1d_sp_sweep 2.18x and 1.38x faster stacked on
+# the 2-core CPU (load 8 and 11-18), its compute alone 2.36x; cnn1d's compute 1.24x in one run
+# of 4 members, too little to turn on.  H200 (bf16, auto options; images/s against one trial):
+# mlp 0.87x at 8 members, 2.28x at 32, 5.73x at 128; resnet18 (width 16) 0.72x at 8, 1.50x at
+# 32, 1.59x at 128.  A pair not listed is left alone under `auto`.
+FASTER: dict[tuple[str, str], int | None] = {
+    ("mlp", "cpu"): 2,
+    ("logreg", "cpu"): 2,
+    ("cnn1d", "cpu"): None,  # vmapped convolutions are grouped convolutions: slower on a CPU
+    ("resnet18", "cpu"): None,
+    ("mlp", "cuda"): 32,
+    ("resnet18", "cuda"): 32,
 }
 
 
@@ -100,16 +105,19 @@ def ensemble_units(trials: list, name: str, per_point: bool, max_concurrent: int
             notes.append(f"trial {trial.trial_id} runs alone: {reason}")
             continue
         cfg = trial.config
-        if setting == "auto" and not FASTER.get((cfg.model.name, device_of(cfg)), False):
+        if setting == "auto" and FASTER.get((cfg.model.name, device_of(cfg))) is None:
             continue
         groups.setdefault(kernel_key(cfg), []).append(i)
     slots = max_concurrent or os.cpu_count() or 1
     units, labels, grouped = [], [], set()
     for members in groups.values():
-        size = trials[members[0]].config.performance.ensemble_size
-        count = max(math.ceil(len(members) / size), min(slots, len(members) // 2), 1)
+        cfg = trials[members[0]].config
+        size = cfg.performance.ensemble_size
+        # under auto, no ensemble smaller than the measured break-even (FASTER)
+        fewest = max(2, FASTER.get((cfg.model.name, device_of(cfg))) or 2) if settings[members[0]] == "auto" else 2
+        count = max(math.ceil(len(members) / size), min(slots, len(members) // fewest), 1)
         for chunk in _split(members, count):
-            if len(chunk) < 2:
+            if len(chunk) < fewest:
                 continue
             ids = sorted(trials[i].trial_id for i in chunk)
             digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:8]
