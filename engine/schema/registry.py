@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import ConfigError, one_line  # noqa: F401  (raised by the constraints below)
+from engine.errors import ConfigError
 
 # --- constraints: allowed values, declared next to the parameter -------------------
 
