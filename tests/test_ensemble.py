@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.analysis.results import claims
+from engine.analysis.results import claims, summary
 from engine.cli import main
 from engine.schema.config import build
 from engine.suite.ensembles import ensemble_units
@@ -56,6 +56,7 @@ def assert_same_rows(alone: list[dict], stacked: list[dict]) -> None:
         for column in CLOSE:
             assert math.isclose(a[column], s[column], rel_tol=1e-5, abs_tol=1e-6), (a["round"], column)
         assert a["ensemble"] is None and s["ensemble"] == "e-test/4"
+        assert a["train_timing"] == "alone" and s["train_timing"] == "stacked_share"  # a share of the stack's time
 
 
 def test_each_member_computes_what_it_computes_alone_and_stops_alone():
@@ -94,6 +95,7 @@ def test_a_member_resumes_after_its_last_completed_round(tmp_path):
     assert all(after[name] == t for name, t in saved.items())  # its round 1 was not recomputed
     resumed = table[table["trial_id"] == cfgs[1].trial_id()].sort_values("round")
     assert resumed["ensemble"].fillna("alone").tolist() == ["alone", "e-test/4", "e-test/4"]
+    assert resumed["train_timing"].tolist() == ["alone", "stacked_share", "stacked_share"]
     with start_trial(cfgs[1], None) as session:
         assert_same_rows(session.run()[1:], resumed.iloc[1:].to_dict("records"))
 
@@ -174,15 +176,20 @@ grid:
 def test_a_quickstart_cut_reaches_the_same_claims_stacked(ray_address, tmp_path, capsys):
     path = tmp_path / "quick_cut.yaml"
     path.write_text(QUICKSTART)
-    tables = {}
+    tables, printed = {}, {}
     for setting in ("false", "true"):
         out = tmp_path / setting
         sets = ["--set", f"performance.ensemble={setting}", "--max-concurrent", "2"]
         assert main(["suite", str(path), "--out", str(out), *sets]) == 0
         tables[setting] = pd.read_parquet(out).sort_values(["trial_id", "round"]).reset_index(drop=True)
+        printed[setting] = capsys.readouterr().out
     alone, stacked = tables["false"], tables["true"]
     assert alone["ensemble"].isna().all() and stacked["ensemble"].notna().all()
     assert stacked["ensemble"].nunique() == 2  # 9 trials, 2 CPUs: two ensembles of 4 and 5
+    assert (alone["train_timing"] == "alone").all() and (stacked["train_timing"] == "stacked_share").all()
+    # The end-of-suite summary says so, and shows no total train time for the stacked trials.
+    assert "9 of 9 trials trained stacked" in printed["true"] and "trained stacked" not in printed["false"]
+    assert summary(stacked)["train_seconds_mean"].isna().all() and summary(alone)["train_seconds_mean"].notna().all()
     # Round 1 of every trial agrees; later rounds of ~100 epochs each may drift apart by an epoch
     # (float sums in another order, amplified by training), so the outcome is what must agree.
     first = alone["round"] == 1

@@ -381,3 +381,55 @@ def test_analysis_example_runs(online, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(script), online, "--out", str(png)])
     runpy.run_path(str(script), run_name="__main__")  # as `python benchmarks/analysis_example.py ...`
     assert png.stat().st_size > 0 and "18 trials" in capsys.readouterr().out
+
+
+# --- stacked trials: times that are shares, compute compared by steps --------------------------
+
+
+def test_stacked_trials_are_marked_and_their_times_never_compared(tmp_path):
+    """digits: warm trained stacked (its seconds a share of an ensemble's), random alone; svhn: both
+    alone.  Times are compared on svhn only; steps everywhere.  One stacked trial is a row written
+    before the train_timing column: its ensemble column says it."""
+    rng = np.random.default_rng(4)
+    for dataset in ("digits", "svhn"):
+        for init in (RANDOM, WARM):
+            for seed in range(2):
+                stacked = dataset == "digits" and init is WARM
+                timing = {"ensemble": "e1/2", "train_timing": None if seed else "stacked_share"} if stacked else {}
+                write_trial(tmp_path, rng, seed=seed, rounds=2, dataset=dataset, **init, **timing)
+    df = results.load(str(tmp_path))
+    assert results.train_timing(df).value_counts().to_dict() == {"alone": 12, "stacked_share": 4}
+    trials = results.per_trial(df).set_index(["dataset", "init", "seed"])
+    assert trials.loc[("digits", "warm"), "train_timing"].tolist() == ["stacked_share"] * 2
+    assert trials.loc[("digits", "warm"), "total_train_seconds"].isna().all()
+    assert trials.loc[("svhn", "warm"), "total_train_seconds"].notna().all()
+
+    points = results.summary(df).set_index(["dataset", "init"])
+    assert np.isnan(points.loc[("digits", "warm"), "train_seconds_mean"])
+    assert not points.loc[("digits", "warm"), "pareto_seconds"]
+    assert points.loc[("digits", "warm"), "train_timing"] == "stacked_share"
+    expected = trials.loc[("svhn", "warm"), "total_train_seconds"].mean()
+    assert points.loc[("svhn", "warm"), "train_seconds_mean"] == pytest.approx(expected)
+    gaps = results.gap_to_random(df).set_index("dataset")
+    assert np.isnan(gaps.loc["digits", "train_time_ratio"]) and gaps.loc["digits", "steps_ratio"] > 0
+    assert gaps.loc["svhn", "train_time_ratio"] == pytest.approx(
+        expected / points.loc[("svhn", "random"), "train_seconds_mean"]
+    )
+    rounds = results.by_round(df).set_index(["dataset", "init", "round"])
+    assert rounds.loc[("digits", "warm"), "train_seconds_mean"].isna().all()
+    assert rounds.loc[("digits", "random"), "train_seconds_mean"].notna().all()
+
+    lines = report.write_report(str(tmp_path))
+    assert any("2 of 8 trials trained stacked in ensembles" in line for line in lines)
+    assert "steps.png" in {Path(line).name for line in lines}
+    page = (tmp_path / "_report" / "index.html").read_text()
+    assert report.STACKED_TIMES in page and "train_timing = stacked_share" in page
+    summary = pd.read_csv(tmp_path / "_report" / "summary.csv").set_index(["dataset", "init"])
+    assert summary["train_timing"].to_dict() == {
+        ("digits", "random"): "alone", ("digits", "warm"): "stacked_share",
+        ("svhn", "random"): "alone", ("svhn", "warm"): "alone",
+    }  # fmt: skip
+    text = report.summary_text(df)  # what the suite prints at its end
+    assert "trained stacked in ensembles" in text
+    warm = next(line for line in text.splitlines() if line.startswith("| digits") and "warm start" in line)
+    assert "| stacked |" in warm and " – |" in warm  # marked, and no total train time

@@ -169,6 +169,8 @@ def table1(frame: pd.DataFrame, metric: str = "test_acc") -> pd.DataFrame:
     scale, header = (100.0, "test accuracy (%)") if metric == "test_acc" else (1.0, "train seconds")
 
     def cell(mean: float, std: float) -> str:
+        if pd.isna(mean):  # e.g. train seconds of trials that trained stacked: no measurement of their own
+            return "–"
         return f"{scale * mean:.1f}" if pd.isna(std) else f"{scale * mean:.1f} ({scale * std:.1f})"
 
     values["cell"] = [cell(m, s) for m, s in zip(values[f"{metric}_mean"], values[f"{metric}_std"], strict=True)]
@@ -441,6 +443,13 @@ CURVES = [  # file, metric, title, y label
     ("accuracy.png", "test_acc", "Test accuracy vs labeled samples", "test accuracy"),
     ("train_time.png", "train_seconds", "Train time per round vs labeled samples", "train time per round (s)"),
 ]
+# Drawn when some trials trained stacked: their compute, compared by optimizer steps.
+STEPS_CURVE = [("steps.png", "steps", "Optimizer steps per round vs labeled samples", "optimizer steps per round")]
+STACKED_TIMES = (
+    "Train times are compared only between grid points whose every trial trained alone: the others trained "
+    "stacked in ensembles, and their train_seconds is a share of the ensemble's time by optimizer steps "
+    "(train_timing = stacked_share), so their compute is compared by optimizer steps."
+)
 
 
 class _Report:
@@ -453,6 +462,7 @@ class _Report:
         self.written: list[str] = []
         self.notes = point_notes(frame)
         self.sections: list[str] = []
+        self.stacked = results.any_stacked(frame)  # some train_seconds are shares of a stacked ensemble's time
 
     def section(self, title: str, body: str) -> None:
         self.sections.append(f"<h2>{html.escape(title)}</h2>\n{body}\n")
@@ -499,6 +509,8 @@ class _Report:
             "One point per grid point (mean over seeds, bars ±1 std), ringed and joined: the non-dominated front "
             "(no other strategy of the same setting has higher accuracy for less compute)."
         )
+        if self.stacked:
+            text += f" {STACKED_TIMES}"
         self.section("Accuracy against compute", f"<p>{text}</p>" + _img("pareto.png", "accuracy against compute"))
 
     def gaps(self) -> None:
@@ -513,20 +525,27 @@ class _Report:
             "Each strategy against random init with otherwise the same settings: the accuracy difference "
             "(positive: better than random init) and train time as a multiple of random init's"
         )
+        if self.stacked:
+            intro += f" ({STACKED_TIMES} Steps / random compares every grid point.)"
         link = '(<a href="gap_to_random.csv">gap_to_random.csv</a>)'
         self.section("Gap to random init", f"<p>{intro} {link}.</p>" + _html_table(format_gaps(gaps, self.varying)))
 
     def curves(self) -> None:
-        for name, metric, title, ylabel in CURVES:
+        for name, metric, title, ylabel in CURVES + (STEPS_CURVE if self.stacked else []):
             missing = [c for c in (metric, "n_labeled") if c not in self.frame or self.frame[c].isna().all()]
             if missing:
                 self.notes.append(f"note: {name} skipped: the table has no {missing[0]} values.")
                 continue
             table = curves(self.frame, metric)
+            table = table[table["mean"].notna()]  # train time: only rounds every seed of a grid point trained alone
+            if table.empty:
+                self.notes.append(f"note: {name} skipped: no trial trained alone; compare optimizer steps.")
+                continue
             if table["panel"].nunique() > MAX_PANELS:
                 self.notes.append(f"note: {name} shows the first {MAX_PANELS} of {table['panel'].nunique()} settings.")
             self.write(name, plot_curves(table, f"{title}\n{self.where}" if self.where else title, ylabel))
-            self.section(title, _img(name, title))
+            said = f"<p>{STACKED_TIMES}</p>" if self.stacked and metric == "train_seconds" else ""
+            self.section(title, said + _img(name, title))
 
     def heatmaps(self) -> None:
         grid = lambda_sigma_grid(self.frame)
@@ -540,7 +559,10 @@ class _Report:
         images = []
         for name, value, title, unit, digits, cmap in HEATMAPS:
             if grid[f"{value}_mean"].isna().all():
-                self.notes.append(f"note: {name} skipped: the table has no {value} values.")
+                why = f"the table has no {value} values"
+                if self.stacked and value == "train_seconds":
+                    why = "no shrink_perturb grid point trained alone; compare optimizer steps"
+                self.notes.append(f"note: {name} skipped: {why}.")
                 continue
             heading = f"Shrink-perturb λ×σ grid: {title} (mean over {seeds} seeds)"
             heading += f"\n{self.where}" if self.where else ""
@@ -561,7 +583,8 @@ class _Report:
         self.write("table1_train_seconds.csv", seconds.to_csv(index=False))
         captions = (
             "Test accuracy (%) after the second phase (the whole pool), mean (std) over seeds.",
-            "Train seconds of the second phase, mean (std) over seeds.",
+            "Train seconds of the second phase, mean (std) over seeds"
+            + (" (– where a trial trained stacked: its time is a share of an ensemble's)." if self.stacked else "."),
         )
         markdown = "# Table 1: two-phase training\n\n" + f"{captions[0]}\n\n{to_markdown(accuracy)}\n"
         self.write("table1.md", markdown + f"{captions[1]}\n\n{to_markdown(seconds)}")

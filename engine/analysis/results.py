@@ -269,9 +269,60 @@ def sort_points(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # --- summaries --------------------------------------------------------------------------
 
 
+# --- how train time was measured ---------------------------------------------------------
+# Under performance.ensemble several trials train stacked, and each member's train_seconds is
+# the stack's time shared out by optimizer steps (train_timing ``stacked_share``): the same
+# seconds per step for every member, so comparing such times compares which ensemble a trial
+# landed in.  Time comparisons therefore use trials whose every round trained alone; compare
+# the others by optimizer steps, which do not depend on how a trial ran.
+
+ALONE, STACKED = "alone", "stacked_share"
+TIMING_NOTE = (
+    "their train_seconds is a share, by optimizer steps, of the ensemble's time (train_timing = "
+    "stacked_share), not a measurement of their own. Train times are compared only between trials "
+    "whose every round trained alone; compare the others by optimizer steps."
+)
+
+
+def train_timing(frame: pd.DataFrame) -> pd.Series:
+    """Per row, how its ``train_seconds`` was measured: ``alone`` or ``stacked_share``.  Rows
+    written before the ``train_timing`` column: ``stacked_share`` when they name an ensemble."""
+    recorded = frame["train_timing"].astype(object) if "train_timing" in frame else pd.Series(None, index=frame.index)
+    if "ensemble" in frame:
+        guess = pd.Series(np.where(frame["ensemble"].notna(), STACKED, ALONE), index=frame.index)
+    else:
+        guess = pd.Series(ALONE, index=frame.index)
+    return recorded.where(recorded.notna(), guess)
+
+
+def measured_alone(frame: pd.DataFrame) -> pd.Series:
+    """Per row, whether its ``train_seconds`` is a measurement of its own (``train_timing`` alone)."""
+    return train_timing(frame) == ALONE
+
+
+def any_stacked(frame: pd.DataFrame) -> bool:
+    """Whether some row's ``train_seconds`` is a share of a stacked ensemble's time."""
+    return bool((~measured_alone(frame)).any())
+
+
+def timing_note(frame: pd.DataFrame) -> str | None:
+    """One line on trials that trained stacked (and what that does to their times); None without any."""
+    alone = measured_alone(frame).groupby(frame["trial_id"], observed=True).all()
+    if alone.all():
+        return None
+    return (
+        f"{int((~alone).sum())} of {len(alone)} trials trained stacked in ensembles (performance.ensemble): "
+        + TIMING_NOTE
+    )
+
+
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its final and mean test accuracy, total train time, epochs and steps,
-    and the rounds it completed; the trial's config columns are kept."""
+    and the rounds it completed; the trial's config columns are kept.  ``train_timing``:
+    ``alone``, ``stacked_share`` or ``mixed`` (its rounds measured both ways);
+    ``total_train_seconds`` is NaN unless every round trained alone (a share of a stacked
+    ensemble's time is no measurement to compare)."""
+    frame = frame.assign(_alone=measured_alone(frame))
     ordered = _groupable(frame.sort_values(["trial_id", "round"]))
     grouped = ordered.groupby("trial_id", observed=True, sort=True)
     aggregates = {
@@ -287,6 +338,10 @@ def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
     summary = grouped.agg(**{name: spec for name, spec in aggregates.items() if spec[0] in frame})
     if "train_seconds" in frame:  # a sum of nothing is not zero seconds
         summary.loc[grouped["train_seconds"].count() == 0, "total_train_seconds"] = float("nan")
+    alone = grouped["_alone"].agg(["all", "any"])
+    summary["train_timing"] = np.where(alone["all"], ALONE, np.where(alone["any"], "mixed", STACKED))
+    if "total_train_seconds" in summary:
+        summary.loc[~alone["all"], "total_train_seconds"] = float("nan")
     leading = ["suite", "seed", "dataset", "model", "optimizer", "lr", "init", "shrink", "perturb", "acquisition"]
     leading += ["per_round"]
     constant = [c for c in leading + CONFIG_COLUMNS if c in frame] + [c for c in frame if c.startswith(CFG)]
@@ -298,6 +353,8 @@ def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_M
     """Per grid point and round: ``<metric>_mean`` and ``<metric>_std`` over seeds, and
     ``seeds``, the number of trials that reached the round.  ``keys`` are the grid
     columns (default ``grid_columns(frame)``); ``n_labeled`` sits beside ``round``."""
+    if "train_seconds" in metrics and "train_seconds" in frame:  # shares of a stack's time: not compared
+        frame = frame.assign(train_seconds=frame["train_seconds"].where(measured_alone(frame)))
     frame, keys = _point_keys(frame, keys)
     metrics = [m for m in metrics if m in frame]
     by = keys + ["round"] + (["n_labeled"] if "n_labeled" in frame else [])
@@ -305,7 +362,12 @@ def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_M
     for m in metrics:
         aggregates[f"{m}_mean"] = (m, "mean")
         aggregates[f"{m}_std"] = (m, "std")
+    if "train_seconds" in metrics:
+        aggregates["_timed"] = ("train_seconds", "count")
     table = _plain(_group(frame, by).agg(**aggregates).reset_index())
+    if "_timed" in table:  # a round's time only where every seed's was measured alone
+        table.loc[table["_timed"] < table["seeds"], ["train_seconds_mean", "train_seconds_std"]] = float("nan")
+        table = table.drop(columns="_timed")
     return sort_points(table, keys + ["round"])
 
 
@@ -334,11 +396,23 @@ def summary(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
             aggregates[f"{name}_std"] = (column, "std")
     if "total_epochs" in trials:
         aggregates["epochs_mean"] = ("total_epochs", "mean")
+    if "total_train_seconds" in trials:
+        aggregates["_timed"] = ("total_train_seconds", "count")
+    aggregates["train_timing"] = ("train_timing", _timing_of)
     table = _plain(_group(trials, keys).agg(**aggregates).reset_index())
+    if "_timed" in table:  # a grid point's time only where every seed trained alone
+        table.loc[table["_timed"] < table["seeds"], ["train_seconds_mean", "train_seconds_std"]] = float("nan")
+        table = table.drop(columns="_timed")
     for cost, flag in [("steps_mean", "pareto_steps"), ("train_seconds_mean", "pareto_seconds")]:
         if cost in table and "final_test_acc_mean" in table:
             table[flag] = front(table, keys, "final_test_acc_mean", cost)
     return sort_points(table, keys)
+
+
+def _timing_of(timings: pd.Series) -> str:
+    """A grid point's ``train_timing``: its trials' one value, or ``mixed``."""
+    values = set(timings)
+    return values.pop() if len(values) == 1 else "mixed"
 
 
 def front(table: pd.DataFrame, keys: list[str], accuracy: str, cost: str) -> pd.Series:

@@ -123,10 +123,15 @@ def format_summary(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
             shown[label] = _pm(table[f"{name}_mean"], table[f"{name}_std"], digits)
     if "steps_mean" in table:
         shown["optimizer steps"] = table["steps_mean"].round().astype("Int64")
+    if "train_timing" in table and (table["train_timing"] != results.ALONE).any():
+        shown["trained"] = table["train_timing"].map(TRAINED).fillna(table["train_timing"])
     for flag, label in [("pareto_steps", "front (steps)"), ("pareto_seconds", "front (time)")]:
         if flag in table:
             shown[label] = ["✓" if on else "" for on in table[flag]]
     return shown
+
+
+TRAINED = {"alone": "alone", "stacked_share": "stacked", "mixed": "partly stacked"}  # train_timing, as tables say it
 
 
 def format_gaps(gaps: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
@@ -175,6 +180,9 @@ def point_notes(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]
     fewer rounds than the rest of their grid point."""
     keys = grid_columns(frame) if keys is None else keys
     notes = []
+    timing = results.timing_note(frame)
+    if timing:
+        notes.append(f"note: {timing}")
     collided = results.collision_note(results.seed_collisions(frame, keys))
     if collided:
         notes.append(f"note: {collided}")
@@ -285,7 +293,8 @@ def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
 SUMMARY_INTRO = (
     "Final and mean-over-rounds test accuracy, total train time and optimizer steps, mean ± std over seeds; "
     "front: on the Pareto front of final test accuracy against optimizer steps (steps) or train time (time) "
-    "among the strategies of one setting."
+    "among the strategies of one setting. Train time is shown, and compared, only for grid points whose "
+    "every trial trained alone (trained: stacked marks shares of an ensemble's time)."
 )
 
 

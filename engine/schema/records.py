@@ -106,7 +106,13 @@ class RoundRecord:
     train_loss: float = _doc("running loss over the last training epoch")
     test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
     test_loss: float = _doc("loss on the evaluation split")
-    train_seconds: float = _doc("wall seconds of training", "timing")
+    train_seconds: float = _doc("wall seconds of training (see train_timing)", "timing")
+    train_timing: str = _doc(
+        "how train_seconds was measured: alone, or stacked_share (a share, by optimizer steps, of a stacked "
+        "ensemble's training time: performance.ensemble; compare such rows by steps)",
+        "name",
+        "context",
+    )
     acquire_seconds: float = _doc("wall seconds of scoring and picking this round's samples", "timing")
     world_size: int = _doc("data-parallel workers", "count", config="scale")
     device: str = _doc("cpu | cuda", "name")

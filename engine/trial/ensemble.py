@@ -15,8 +15,9 @@ A member that is behind (resumed from an earlier round than the others) runs its
 first, with the others waiting, so every stacked round has members at the same round:
 the same labelled-set size, so the same batches per epoch.  Timings in the rows are the
 stack's, shared out: a member's ``train_seconds`` is the stacked training time in
-proportion to its optimizer steps, its ``acquire_seconds`` and ``eval_seconds`` an equal
-share of the stacked passes plus its own picking and BatchNorm pass.
+proportion to its optimizer steps (its row's ``train_timing`` says ``stacked_share``; a
+round that trained with no other member says ``alone``), its ``acquire_seconds`` and
+``eval_seconds`` an equal share of the stacked passes plus its own picking and BatchNorm pass.
 """
 
 from __future__ import annotations
@@ -249,6 +250,8 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
     total_steps = max(sum(s.steps for s in stats), 1)
     for start, st in zip(starts, stats, strict=True):
         start.seconds["train_seconds"] = train_seconds * st.steps / total_steps
+        # A round trained with others is a share of their time, not a measurement of its own.
+        start.train_timing = "stacked_share" if len(starts) > 1 else "alone"
     evaluations = _evaluate(sessions, starts)
     return [
         finish_round(s.context, s.state, start, st, *evaluation)

@@ -72,6 +72,7 @@ class RoundStart:
     positions: torch.Tensor  # [n] the labelled pool positions, ascending
     outputs: PoolOutputs | None  # what the acquisition scored (None in round 1)
     seconds: dict[str, float]  # acquire_seconds, then train_seconds and eval_seconds
+    train_timing: str = "alone"  # how train_seconds is measured: alone | stacked_share (engine/trial/ensemble.py)
 
 
 def run_round(context: TrialContext, state: TrialState) -> RoundResult:
@@ -117,6 +118,7 @@ def finish_round(
         **context.columns,
         **fit_columns(stats),
         **start.seconds,
+        train_timing=start.train_timing,
         round=round_,
         n_labeled=int(start.positions.shape[0]),
         test_acc=test_acc,
