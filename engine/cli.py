@@ -124,7 +124,10 @@ def parser() -> argparse.ArgumentParser:
         help="run N trials on each GPU at once (auto: from the measured packing table); trial ids are unchanged",
     )
 
-    quick = sub.add_parser("quickstart", help="run the quickstart suite on the embedded digits dataset")
+    what, details = _suite_header("quickstart")
+    quick = sub.add_parser(
+        "quickstart", help=f"run the quickstart suite: {what}", description=f"The quickstart suite: {details}"
+    )
     _add_suite_args(quick, default_out="results/quickstart")
 
     report = sub.add_parser("report", help="write figures, summary tables and the paper's claims for results")
@@ -256,6 +259,26 @@ def _write_report(results: str, out: str | None = None) -> None:
     for line in lines[1:]:
         if line.startswith("note: "):
             print(f"  {line}")
+
+
+def _suite_header(name: str) -> tuple[str, str]:
+    """A shipped suite's header comment, so the help says what the suite file runs: (its first
+    sentence, its first two paragraphs), without the leading ``<name>:``.  Read as text: no YAML
+    parser at ``--help`` time."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suites", f"{name}.yaml")
+    paragraphs: list[list[str]] = [[]]
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            text = line[1:].strip()
+            if text:
+                paragraphs[-1].append(text)
+            elif paragraphs[-1]:
+                paragraphs.append([])
+    texts = [" ".join(p) for p in paragraphs if p]
+    texts[0] = texts[0].removeprefix(f"{name}: ")
+    return texts[0].split(". ")[0].rstrip("."), " ".join(texts[:2])
 
 
 def cmd_report(args: argparse.Namespace) -> int:

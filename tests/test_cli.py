@@ -332,3 +332,21 @@ def test_plugin_strategy_usable_in_run_and_its_params_checked(tmp_path):
     assert set(table["acquisition"]) == {"lowest_confidence_plugin"}
     assert set(table["init"]) == {"halve_plugin"}
     assert sorted(table["n_labeled"]) == [100, 200]
+
+
+def test_quickstart_help_says_what_the_suite_file_runs(capsys):
+    """The help is read from engine/suites/quickstart.yaml: it names the suite's dataset (the
+    file's base config), not another."""
+    import yaml
+
+    from engine.suite.plan import locate
+
+    with open(locate("quickstart"), encoding="utf-8") as f:
+        dataset = yaml.safe_load(f)["base"]["dataset"]["name"]
+    for argv in (["quickstart", "--help"], ["--help"]):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 0
+        said = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "run the quickstart suite: " in said or "The quickstart suite: " in said
+        assert dataset == "mnist1d" and "MNIST-1D" in said and "digits" not in said
