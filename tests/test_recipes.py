@@ -1,0 +1,109 @@
+"""docs/results.md's recipes (pandas, pyarrow, polars, DuckDB, grouping by strategy) and the
+README's grouping, run on a real results folder that also holds the report's files, and the
+report's compute comparison on real stacked rows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from engine.analysis import report, results
+from engine.schema.config import build
+from engine.trial.ensemble import Ensemble
+from engine.trial.session import start_trial
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+INITS = {
+    "random": {"name": "random"},
+    "warm": {"name": "warm"},
+    "shrink_perturb": {"name": "shrink_perturb", "shrink": 0.6, "perturb": 0.01},
+}
+ROUNDS = 2
+
+
+def config(init: str, seed: int):
+    return build(
+        {
+            "dataset": {"name": "digits"},
+            "model": {"name": "mlp", "width": 32, "depth": 2},
+            "device": "cpu",
+            "rounds": {"initial": 100, "per_round": 100, "max_rounds": ROUNDS},
+            "convergence": {"train_acc": 0.9, "max_epochs": 50},
+            "init": INITS[init],
+            "seed": seed,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> str:
+    """Real rows: warm start's two seeds trained stacked in one ensemble, random init and
+    shrink-perturb alone; then the report written into the folder (``_report/``)."""
+    out = str(tmp_path_factory.mktemp("results"))
+    with Ensemble.start([config("warm", seed) for seed in (0, 1)], out, "e-recipes/2") as ensemble:
+        ensemble.run()
+    for init in ("random", "shrink_perturb"):
+        for seed in (0, 1):
+            with start_trial(config(init, seed), out) as session:
+                session.run()
+    report.write_report(out)
+    return out
+
+
+def section(page: str, heading: str) -> str:
+    text = (ROOT / page).read_text()
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    return text[start : end if end > 0 else None]
+
+
+def test_the_recipes_read_every_row_beside_the_report(folder):
+    assert list(Path(folder, "_report").glob("*.png")) and Path(folder, "_report", "index.html").is_file()
+    blocks = re.findall(r"```python\n(.*?)```", section("docs/results.md", "### Recipes"), flags=re.S)
+    assert len(blocks) == 5  # pandas, pyarrow, polars, DuckDB, grouping
+    names = {"out": folder}
+    for block in blocks:
+        exec(compile(block, "docs/results.md", "exec"), names)
+    rows = 6 * ROUNDS
+    assert len(names["df"]) == rows and names["table"].num_rows == rows and names["rows"].height == rows
+    assert names["finals"].shape[0] == 6
+    per_strategy = names["per_strategy"]
+    assert sorted(per_strategy["init"]) == ["random", "shrink_perturb", "warm"]
+    assert per_strategy["trials"].tolist() == [2, 2, 2]
+    by_strategy = names["by_strategy"].reset_index()
+    assert set(by_strategy["init"]) == set(INITS) and by_strategy["count"].sum() == 6
+    steps = names["df"].groupby("trial_id")["steps"].sum()
+    assert per_strategy["steps"].sum() == pytest.approx(steps.sum() / 2)  # two trials per strategy: the mean
+
+
+def test_the_readme_grouping_keeps_every_init_strategy(folder):
+    df = pd.read_parquet(folder)
+    said = section("README.md", "## Results")
+    grouping = re.search(r"`(df\.groupby\(\[.*?\], dropna=False, observed=True\))`", said, flags=re.S).group(1)
+    groups = eval(grouping).size()
+    assert groups.sum() == len(df) == 6 * ROUNDS
+    assert set(groups.index.get_level_values("init")) == set(INITS)
+    assert df.groupby("cfg.init.shrink").size().sum() == 2 * ROUNDS  # the trap the README warns of
+
+
+def test_the_report_compares_stacked_trials_by_steps_only(folder):
+    df = results.load(folder)
+    assert df.groupby("init", observed=True)["train_timing"].agg(set).to_dict() == {
+        "random": {"alone"},
+        "shrink_perturb": {"alone"},
+        "warm": {"stacked_share"},
+    }
+    points = results.summary(df).set_index("init")
+    assert points["train_seconds_mean"].isna().to_dict() == {"random": False, "warm": True, "shrink_perturb": False}
+    assert (points["steps_mean"] > 0).all()
+    gaps = results.gap_to_random(df).set_index("init")
+    assert gaps["train_time_ratio"].isna().to_dict() == {"warm": True, "shrink_perturb": False}
+    assert gaps["steps_ratio"].notna().all()
+    page = Path(folder, "_report", "index.html").read_text()
+    assert "2 of 6 trials trained stacked in ensembles" in page and report.STACKED_TIMES in page
+    assert Path(folder, "_report", "steps.png").is_file()
