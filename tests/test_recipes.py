@@ -107,3 +107,37 @@ def test_the_report_compares_stacked_trials_by_steps_only(folder):
     page = Path(folder, "_report", "index.html").read_text()
     assert "2 of 6 trials trained stacked in ensembles" in page and report.STACKED_TIMES in page
     assert Path(folder, "_report", "steps.png").is_file()
+
+
+def test_the_report_header_says_when_what_and_where_the_configs_are(folder, tmp_path):
+    import shutil
+
+    import torch
+
+    from engine import __version__
+    from engine.storage.store import TrialStore
+
+    df = pd.read_parquet(folder)
+    page = Path(folder, "_report", "index.html").read_text()
+    start, end = df["started_at"].min(), df["ended_at"].max()
+    assert f"{start:%Y-%m-%d %H:%M:%S} – {end:%Y-%m-%d %H:%M:%S} UTC" in page
+    assert f"<th>warmstart</th><td>{__version__}</td>" in page
+    assert f"<th>torch</th><td>{torch.__version__}</td>" in page
+    commit = df["git_commit"].iloc[0]
+    assert (commit is None and "none (not a git checkout)" in page) or str(commit)[:12] in page
+    # A link per trial to its frozen config, relative to the report, to a file that is there.
+    hrefs = re.findall(r'<a href="(\.\./_warmstart/[^"]+/config\.yaml)"', page)
+    assert len(hrefs) == df["trial_id"].nunique() == 6
+    assert all((Path(folder, "_report") / href).is_file() for href in hrefs)
+
+    # Rows written before the provenance columns: "not recorded", counted beside the recorded ones.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed, ignore=shutil.ignore_patterns("_report"))
+    old = TrialStore(folder, df["trial_id"].iloc[0]).rows()[0]
+    old.update({c: None for c in ("started_at", "ended_at", "warmstart_version", "torch_version", "git_commit")})
+    old.update(trial_id="old-trial", seed=7, ray_version=None, git_dirty=None, device_name=None, cpu_isa=None)
+    TrialStore(str(mixed), "old-trial").write_row(old)
+    facts = dict(report.provenance(results.load(str(mixed))))
+    assert facts["warmstart"] == f"{__version__}; 1 older rows: not recorded"
+    assert facts["rounds ran"].endswith("UTC; 1 older rows: not recorded")
+    assert dict(report.provenance(df.drop(columns=["warmstart_version"])))["torch"] == "not recorded"

@@ -352,6 +352,9 @@ def test_report_skips_what_the_table_lacks(tmp_path):
     assert any(line.endswith("accuracy.png") for line in lines)
     assert "note: train_time.png skipped: the table has no train_seconds values." in lines
     assert any("gap to random init skipped" in line for line in lines)
+    page = (tmp_path / "_report" / "index.html").read_text()  # no provenance columns: the header says so
+    assert "<th>rounds ran</th><td>not recorded</td>" in page and "<th>warmstart</th><td>not recorded</td>" in page
+    assert "<th>git commit</th><td>not recorded</td>" in page
     curve = report.accuracy_curves(results.load(str(tmp_path)))
     np.testing.assert_allclose(curve["mean"], [0.525, 0.625, 0.725])
 

@@ -38,6 +38,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     INTERVAL_NOTE,
     SUMMARY_INTRO,
     _setting_label,
+    _shown_keys,
     _value,
     acquisition_label,
     context,
@@ -47,6 +48,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     init_label,
     label_keys,
     point_notes,
+    provenance,
     summary_parts,
     summary_text,
     to_markdown,
@@ -620,11 +622,70 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
         built.table1()
     for path in paths:
         report_section(path, built)
-    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections)
+    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections, _header(frame, paths, out_dir))
     return [built.out.write("index.html", page), *built.written, *built.notes]
 
 
-def _page(path_or_uri: str, frame: pd.DataFrame, where: str, notes: list[str], sections: list[str]) -> str:
+def config_locations(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) -> pd.DataFrame:
+    """Per grid point (the summary's order and labels): ``seeds`` and ``configs``, the frozen
+    config of each of its trials (``_warmstart/<trial_id>/config.yaml``) as (seed, path,
+    href): href relative to ``out_dir`` where both are local, else None.  Several results
+    paths: the path names ``<results>`` (the folder holding the trial)."""
+    keys = label_keys(frame)
+    trials = results.per_trial(frame)
+    trials, keys = results._point_keys(trials, keys)
+    seed = results.seed_column(trials)
+    rows = []
+    for _, part in results._group(trials, keys):
+        first = part.iloc[0]
+        configs = []
+        for trial in part.sort_values(seed or "trial_id").itertuples(index=False):
+            trial_id = trial.trial_id
+            base = paths[0].rstrip("/") if len(paths) == 1 else "<results>"
+            path = f"{base}/_warmstart/{trial_id}/config.yaml"
+            local = len(paths) == 1 and "://" not in paths[0] and "://" not in out_dir
+            href = os.path.relpath(path, out_dir) if local else None
+            configs.append((getattr(trial, seed) if seed else None, path, href))
+        rows.append({**{k: first[k] for k in keys}, "seeds": len(part), "configs": configs})
+    return results.sort_points(pd.DataFrame(rows), keys)
+
+
+CONFIG_NOTE = (
+    "Each grid point's full config: the frozen config.yaml of each of its trials (one per seed), or the "
+    "rows' cfg.* columns (the whole config, flattened)."
+)
+
+
+def _header(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) -> str:
+    """The page's head: what made the rows (dates, versions, machines) and where each grid
+    point's full config is."""
+    facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in provenance(frame))
+    points = config_locations(frame, paths, out_dir)
+    varying = results.grid_columns(frame)
+    shown = _shown_keys(points, varying) if not points.empty else pd.DataFrame()
+    lines = []
+    for i, (_, point) in enumerate(points.iterrows()):
+        cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in shown.iloc[i]) if not shown.empty else ""
+        links = []
+        for seed, path, href in point["configs"]:
+            label = html.escape(f"seed {seed}" if seed is not None else path)
+            links.append(f'<a href="{html.escape(href)}" title="{html.escape(path)}">{label}</a>' if href else label)
+        where = " ".join(links)
+        if not all(href for _, _, href in point["configs"]):  # not linkable: the first path, the others alike
+            where = f"<code>{html.escape(point['configs'][0][1])}</code>"
+            where += " (the other seeds: their trial ids)" if point["seeds"] > 1 else ""
+        lines.append(f"<tr>{cells}<td>{point['seeds']}</td><td>{where}</td></tr>")
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns) + "<th>seeds</th><th>config.yaml</th>"
+    table = f'<table class="t"><tr>{head}</tr>{"".join(lines)}</table>'
+    return (
+        f'<table class="t provenance">{facts}</table>\n'
+        f"<details><summary>{html.escape(CONFIG_NOTE)}</summary>{table}</details>\n"
+    )
+
+
+def _page(
+    path_or_uri: str, frame: pd.DataFrame, where: str, notes: list[str], sections: list[str], header: str = ""
+) -> str:
     suites = ", ".join(sorted({str(s) for s in frame["suite"].dropna()})) if "suite" in frame else ""
     trials = frame["trial_id"].nunique()
     facts = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
@@ -641,7 +702,7 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>warmstart report{": " + html.escape(suites) if suites else ""}</h1>
 <p>Results: <code>{html.escape(path_or_uri)}</code> · {facts}</p>
-{f'<ul class="notes">{noted}</ul>' if noted else ""}
+{header}{f'<ul class="notes">{noted}</ul>' if noted else ""}
 {"".join(sections)}
 </body></html>
 """

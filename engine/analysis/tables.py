@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from engine.analysis import results
@@ -363,3 +364,62 @@ def summary_text(frame: pd.DataFrame) -> str:
         text += f"\n## The paper's claims\n\n{CLAIMS_SHORT} Details: claims.md in the report.\n\n"
         text += "\n".join(f"- {line}" for line in claim_lines(parts.claims)) + "\n"
     return text
+
+
+# --- what made the rows: dates, versions, machines ------------------------------------------
+
+NOT_RECORDED = "not recorded"  # rows written before the provenance columns
+
+
+def _recorded(frame: pd.DataFrame) -> pd.Series:
+    """The rows that carry the provenance columns (written by a version that records them)."""
+    if "warmstart_version" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["warmstart_version"].notna()
+
+
+def _tally(values: pd.Series, unrecorded: int, none: str) -> str:
+    """A column's distinct values in text: one value alone, several with their row counts;
+    ``none`` for a null among recorded rows; rows that do not record it counted at the end."""
+    counts = values.astype(object).where(values.notna(), none).value_counts(sort=True)
+    if counts.empty:
+        return NOT_RECORDED
+    text = str(counts.index[0]) if len(counts) == 1 else ", ".join(f"{v} ({n} rows)" for v, n in counts.items())
+    return text + (f"; {unrecorded} older rows: {NOT_RECORDED}" if unrecorded else "")
+
+
+def provenance(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """What made the rows, for the report's header: (what, text) for the UTC date range of the
+    rounds (``started_at`` … ``ended_at``), the warmstart, torch and ray versions, the git
+    commit (with ``dirty`` where the checkout had uncommitted changes) and the machines
+    (``device_name``, ``cpu_isa``).  Rows written before those columns say "not recorded"."""
+    recorded = _recorded(frame)
+    rows, unrecorded = frame[recorded], int((~recorded).sum())
+    facts = []
+    if "started_at" in frame and rows["started_at"].notna().any():
+        start, end = rows["started_at"].min(), rows["ended_at"].max()
+        text = f"{start:%Y-%m-%d %H:%M:%S} – {end:%Y-%m-%d %H:%M:%S} UTC"
+        facts.append(("rounds ran", text + (f"; {unrecorded} older rows: {NOT_RECORDED}" if unrecorded else "")))
+    else:
+        facts.append(("rounds ran", NOT_RECORDED))
+    for column, what, none in [
+        ("warmstart_version", "warmstart", "none"),
+        ("torch_version", "torch", "none"),
+        ("ray_version", "ray", "not installed"),
+    ]:
+        facts.append((what, _tally(rows[column], unrecorded, none) if column in rows else NOT_RECORDED))
+    if "git_commit" in rows:
+        dirty = rows["git_dirty"].fillna(False).astype(bool) if "git_dirty" in rows else False
+        commit = rows["git_commit"].astype(object)
+        said = commit.where(commit.isna(), commit.str[:12] + np.where(dirty, " (dirty: uncommitted changes)", ""))
+        facts.append(("git commit", _tally(said, unrecorded, "none (not a git checkout)")))
+    else:
+        facts.append(("git commit", NOT_RECORDED))
+    if "device_name" in rows:
+        machine = rows["device_name"].astype(object)
+        if "cpu_isa" in rows:
+            machine = machine + " · " + rows["cpu_isa"].astype(object)
+        facts.append(("machines", _tally(machine, unrecorded, "none")))
+    else:
+        facts.append(("machines", NOT_RECORDED))
+    return facts
