@@ -639,13 +639,13 @@ def config_locations(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) ->
     for _, part in results._group(trials, keys):
         first = part.iloc[0]
         configs = []
-        for trial in part.sort_values(seed or "trial_id").itertuples(index=False):
-            trial_id = trial.trial_id
+        for trial in part.sort_values(seed or "trial_id").to_dict("records"):
+            trial_id = trial["trial_id"]
             base = paths[0].rstrip("/") if len(paths) == 1 else "<results>"
             path = f"{base}/_warmstart/{trial_id}/config.yaml"
             local = len(paths) == 1 and "://" not in paths[0] and "://" not in out_dir
             href = os.path.relpath(path, out_dir) if local else None
-            configs.append((getattr(trial, seed) if seed else None, path, href))
+            configs.append((trial[seed] if seed and pd.notna(trial[seed]) else None, path, href))
         rows.append({**{k: first[k] for k in keys}, "seeds": len(part), "configs": configs})
     return results.sort_points(pd.DataFrame(rows), keys)
 
@@ -668,7 +668,7 @@ def _header(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) -> str:
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in shown.iloc[i]) if not shown.empty else ""
         links = []
         for seed, path, href in point["configs"]:
-            label = html.escape(f"seed {seed}" if seed is not None else path)
+            label = html.escape(f"seed {seed}" if seed is not None else path.split("/")[-2])  # else the trial id
             links.append(f'<a href="{html.escape(href)}" title="{html.escape(path)}">{label}</a>' if href else label)
         where = " ".join(links)
         if not all(href for _, _, href in point["configs"]):  # not linkable: the first path, the others alike
