@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
 
     # 4. From here: the cost side of the paper's question is one groupby away, e.g.
-    #    df.groupby(["init", "acquisition", "seed"], observed=True)["train_seconds"].sum()
-    #    gives each trial's total train time; engine.analysis.results has these as helpers
+    #    df.groupby(["init", "acquisition", "seed"], observed=True)["steps"].sum()
+    #    gives each trial's optimizer steps (its train_seconds are comparable only between
+    #    rows whose train_timing is "alone": a stacked ensemble's members get shares of its
+    #    time, docs/results.md); engine.analysis.results has these as helpers
     #    (per_trial, by_round, summary, gap_to_random), and the paper's question with
     #    intervals over seeds: contrast, outcome, claims.
 
