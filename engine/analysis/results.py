@@ -352,7 +352,8 @@ def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
 def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_METRICS) -> pd.DataFrame:
     """Per grid point and round: ``<metric>_mean`` and ``<metric>_std`` over seeds, and
     ``seeds``, the number of trials that reached the round.  ``keys`` are the grid
-    columns (default ``grid_columns(frame)``); ``n_labeled`` sits beside ``round``."""
+    columns (default ``grid_columns(frame)``); ``n_labeled`` sits beside ``round``.
+    ``train_seconds`` is NaN for a round unless every seed trained it alone (train_timing)."""
     if "train_seconds" in metrics and "train_seconds" in frame:  # shares of a stack's time: not compared
         frame = frame.assign(train_seconds=frame["train_seconds"].where(measured_alone(frame)))
     frame, keys = _point_keys(frame, keys)
@@ -378,8 +379,10 @@ def summary(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     ``pareto_steps`` / ``pareto_seconds`` are True for the grid points on the non-dominated
     front of final test accuracy (higher) against optimizer steps / train seconds (lower),
     among the grid points that share every non-strategy setting (strategies compete
-    within a dataset, model, ...).  Warns (SeedCollision) when a grid point holds several
-    trials with one seed: they are pooled as if they were seeds."""
+    within a dataset, model, ...).  ``train_timing``: the grid point's trials' (``mixed`` when
+    they differ); its train seconds are NaN unless every trial trained alone (per_trial), so
+    train times are compared only between trials measured alone.  Warns (SeedCollision) when
+    a grid point holds several trials with one seed: they are pooled as if they were seeds."""
     trials = per_trial(frame)
     keys = grid_columns(frame) if keys is None else list(keys)
     _warn_collisions(trials, keys)
@@ -475,8 +478,8 @@ def gap_to_random(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.Data
     over seeds) with ``random_…`` beside them and ``final_acc_gap`` / ``mean_acc_gap`` =
     strategy − random (positive: better than random init); ``train_seconds`` (mean total)
     with ``random_train_seconds`` and ``train_time_ratio`` = strategy / random (below 1:
-    faster), and ``steps_ratio`` likewise for optimizer steps, which do not depend on the
-    hardware.  A strategy without a random-init counterpart gets NaN gaps.  ``keys``: the
+    faster; NaN unless both trained alone: ``summary``), and ``steps_ratio`` likewise for
+    optimizer steps, which do not depend on the hardware or on stacking.  A strategy without a random-init counterpart gets NaN gaps.  ``keys``: the
     grid columns (default ``grid_columns(frame)``; must include ``init``)."""
     keys = grid_columns(frame) if keys is None else list(keys)
     points = summary(frame, keys)
