@@ -24,8 +24,8 @@ import warmstart as ws
 from engine.cli import main
 from engine.errors import ConfigError
 from engine.schema import plugins
-from engine.storage.check import check
 from engine.schema.registry import PluginChanged
+from engine.storage.check import check
 from engine.storage.store import TrialStore
 from strategies import acquisition
 from strategies.acquisition import ACQUISITION_STRATEGIES
