@@ -335,8 +335,9 @@ class Config(Section):
         module's (``override=True``)."""
         return self.code()[0]
 
-    def plugins(self) -> dict[str, str]:
-        """Plugin -> SHA-256 prefix of its code, for every user builder this trial runs."""
+    def plugin_code(self) -> dict[str, str]:
+        """Plugin -> SHA-256 prefix of its code, for every user builder this trial runs (the
+        rows' ``plugins`` column; ``cfg.plugins`` is the config key: the plugins to load)."""
         return self.code()[1]
 
     def trial_id(self) -> str:

@@ -101,10 +101,10 @@ def prepare_out(suite: Suite, out: str, resume: bool) -> None:
 
 
 def suite_plugins(suite: Suite) -> dict[str, str]:
-    """Plugin -> SHA-256 prefix of its code, over every trial the suite plans (``Config.plugins``)."""
+    """Plugin -> SHA-256 prefix of its code, over every trial the suite plans (``Config.plugin_code``)."""
     code: dict[str, str] = {}
     for trial in [*suite.trials, *suite.probes]:
-        code.update(trial.config.plugins())
+        code.update(trial.config.plugin_code())
     return dict(sorted(code.items()))
 
 

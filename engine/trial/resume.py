@@ -38,7 +38,7 @@ def check_code(store: TrialStore, cfg: Config) -> None:
     """Refuse (ConfigError, before anything is written) to continue a trial whose rows were
     made by another version of a plugin it runs: its rounds would mix two versions of the
     code.  Rows written before rows recorded their plugins are not checked (a note says so)."""
-    now = cfg.plugins()
+    now = cfg.plugin_code()
     rows, _ = store.read_rows()
     unchecked = [r for r, row in rows.items() if "plugins" not in row]
     for round_, row in sorted(rows.items()):
