@@ -406,6 +406,30 @@ def test_a_notebook_cell_edited_between_runs_stops_the_resume_in_one_line(tmp_pa
 
 
 @pytest.mark.usefixtures("isolated")
+def test_rows_from_before_the_plugins_column_are_not_checked_and_still_reproduce(tmp_path, capsys):
+    """Rows an older warmstart wrote hold no ``plugins``: resume says so in a note and goes
+    on; a lost row's recompute checks every other column of them bit for bit (and writes
+    them again, with the column)."""
+    import pyarrow.parquet as pq
+
+    path = plugin(tmp_path, "old.py", "from strategies.acquisition import register\n"
+                  "@register('old_first')\ndef old_first(outputs, k, rng):\n    return list(range(k))\n")  # fmt: skip
+    out = str(tmp_path / "out")
+    run = ["run", "--out", out, "--plugin", path, "--set", "acquisition.name=old_first", *FAST[:-1]]
+    assert main([*run, "--quiet", "--set", "rounds.max_rounds=2"]) == 0
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+    for file in glob.glob(f"{out}/*.parquet"):
+        pq.write_table(pq.read_table(file).drop_columns(["plugins"]), file)  # as an older warmstart wrote them
+    os.remove(glob.glob(f"{out}/*round0002.parquet")[0])  # and one row lost: recomputed, round 1 verified
+    code, _, err = cli(capsys, *run, "--set", "rounds.max_rounds=3")
+    assert code == 0, err
+    assert "the rows of round(s) 1 of trial" in err and "do not record their plugins' code" in err
+    table = pd.read_parquet(out).sort_values("round")
+    assert table["round"].tolist() == [1, 2, 3]
+    assert table["plugins"].tolist() == [f'{{"old.py": "{digest}"}}'] * 3  # round 1 verified, then rewritten
+
+
+@pytest.mark.usefixtures("isolated")
 def test_divergence_ends_the_round_and_stops_the_trial(tmp_path, capsys):
     path = plugin(
         tmp_path,
