@@ -591,6 +591,28 @@ def test_a_plugin_files_code_identity_is_its_content_wherever_it_lies(tmp_path):
 
 
 @pytest.mark.usefixtures("clean_registries")
+@pytest.mark.parametrize("as_module", [False, True], ids=["file", "module"])
+def test_an_edited_plugin_is_imported_again_and_replaces_its_strategies(tmp_path, monkeypatch, as_module):
+    name, module = unique("edited"), unique("ws_test_plugin")
+    path = tmp_path / f"{module}.py"
+    text = f"from strategies.acquisition import register\n@register('{name}')\ndef pick(outputs, k, rng):\n"
+    path.write_text(text + "    return list(range(k))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = module if as_module else str(path)
+    plugins.load_plugins([spec])
+    old = ACQUISITION_STRATEGIES.get(name).origin
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugins.load_plugins([spec])  # unchanged: not imported again
+    path.write_text(text + "    return list(range(2, k + 2))\n")
+    new = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    with pytest.warns(PluginChanged, match=f"{old.digest} -> {new}"):
+        plugins.load_plugins([spec])
+    assert ACQUISITION_STRATEGIES.get(name).origin == Origin(f"{module}.py" if not as_module else module, new)
+    assert run_acquisition(name, PoolOutputs(10), 2).tolist() == [2, 3]
+
+
+@pytest.mark.usefixtures("clean_registries")
 def test_a_function_without_source_is_identified_by_its_bytecode_with_a_warning():
     name = unique("nosource")
     text = f'@register("{name}")\ndef blind(outputs, k, rng):\n    return list(range({{start}}, {{start}} + k))\n'

@@ -79,7 +79,9 @@ def _load(spec: str) -> str:
         path = os.path.abspath(os.path.expanduser(spec))
         if not os.path.isfile(path):
             raise ConfigError(f"Plugin file {spec} does not exist.")
-        digest = _source_digest(path)
+        with open(path, "rb") as f:
+            source = f.read()
+        digest = hashlib.sha256(source).hexdigest()
         if _loaded.get(path) == digest:
             return path
         # A unique module name per file, so two plugins called strategies.py do not clash.
@@ -89,7 +91,8 @@ def _load(spec: str) -> str:
         previous = sys.modules.get(name)
         sys.modules[name] = module
         try:
-            module_spec.loader.exec_module(module)
+            # The bytes read above, not a cached .pyc: the code run is the code hashed.
+            exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:
             if previous is None:
                 del sys.modules[name]
