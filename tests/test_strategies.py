@@ -19,7 +19,7 @@ from engine.compute.models import build_model
 from engine.compute.scoring import pool_outputs
 from engine.errors import ConfigError, StrategyError
 from engine.schema import plugins
-from engine.schema.registry import Origin, PluginChanged, Registry, origin_of
+from engine.schema.registry import Origin, PluginChanged, PluginWarning, Registry, origin_of
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
@@ -617,7 +617,7 @@ def test_a_function_without_source_is_identified_by_its_bytecode_with_a_warning(
     name = unique("nosource")
     text = f'@register("{name}")\ndef blind(outputs, k, rng):\n    return list(range({{start}}, {{start}} + k))\n'
     namespace = {"__name__": "__main__", "register": acquisition.register}
-    with pytest.warns(PluginChanged, match="has no source Python can read; .* by its bytecode"):
+    with pytest.warns(PluginWarning, match="has no source Python can read; .* by its bytecode"):
         exec(compile(text.format(start=0), "<string>", "exec"), namespace)
     first = ACQUISITION_STRATEGIES.get(name).origin
     assert first.key == "__main__.blind" and not first.exact

@@ -197,7 +197,11 @@ PLUGIN_MODULE_PREFIX = "warmstart_plugin_"
 DIGEST_CHARS = 12  # of a SHA-256 hex digest: enough to tell two versions of a plugin apart
 
 
-class PluginChanged(UserWarning):
+class PluginWarning(UserWarning):
+    """Something about a user's builder worth knowing, that does not stop it."""
+
+
+class PluginChanged(PluginWarning):
     """A name registered again from the same module with another body (a notebook cell
     edited and run again, an edited plugin file loaded again): the new body replaces the old."""
 
@@ -265,13 +269,13 @@ def origin_of(fn: Callable) -> Origin | None:
             content = f.read()
         key = os.path.basename(path) if module.startswith(PLUGIN_MODULE_PREFIX) else module
         return Origin(key, _digest(content))
-    key = f"{module}.{getattr(fn, '__qualname__', getattr(fn, '__name__', '?'))}"
+    target = fn if inspect.isfunction(fn) or inspect.isclass(fn) else type(fn)  # a callable object: its class
+    key = f"{module}.{getattr(target, '__qualname__', '?')}"
     try:
-        return Origin(key, _digest(inspect.getsource(fn).encode()))
+        return Origin(key, _digest(inspect.getsource(target).encode()))
     except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        content = _code_bytes(code) if code is not None else repr(fn).encode()
-        return Origin(key, _digest(content), exact=False)
+        code = getattr(target, "__code__", None)
+        return Origin(key, _digest(_code_bytes(code) if code is not None else key.encode()), exact=False)
 
 
 def _user_stacklevel() -> int:
@@ -387,7 +391,7 @@ class Registry:
             warnings.warn(
                 f"{self.what} {name!r} ({origin.key}) has no source Python can read; its code is identified by "
                 f"its bytecode ({origin.digest}), which changes with the Python version",
-                PluginChanged,
+                PluginWarning,
                 stacklevel=_user_stacklevel(),
             )
         if again and existing.origin is not None and origin is not None and existing.origin != origin:
