@@ -254,7 +254,7 @@ def plugin(tmp_path, name: str, body: str) -> str:
 
 
 @pytest.mark.usefixtures("isolated")
-def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix(tmp_path, capsys):
+def test_a_failing_strategy_ends_the_trial_in_one_line_and_its_fix_is_another_trial(tmp_path, capsys):
     broken = plugin(
         tmp_path,
         "failing.py",
@@ -290,9 +290,15 @@ def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix
     )
     plugins._loaded.clear()
     ACQUISITION_STRATEGIES._entries.pop("picky")
+    # Round 1 was made with failing.py: the fixed code does not continue that trial...
     code, _, err = cli(capsys, "run", "--out", out, "--plugin", fixed, "--set", "acquisition.name=picky", *FAST)
-    assert code == 0, err
-    assert sorted(pd.read_parquet(out)["round"]) == [1, 2, 3]
+    assert code == 2 and "Plugin failing.py changed since trial" in one_line(err)
+    assert "(not used) now" in err and sorted(pd.read_parquet(out)["round"]) == [1]
+    # ... it runs as a trial of its own.
+    args = ["run", "--out", out, "--plugin", fixed, "--set", "acquisition.name=picky", "--set", "trial_id=fixed", *FAST]
+    assert main(args) == 0
+    table = pd.read_parquet(out)
+    assert sorted(table[table["trial_id"] == "fixed"]["round"]) == [1, 2, 3]
 
 
 @pytest.mark.usefixtures("isolated")

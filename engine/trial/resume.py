@@ -39,7 +39,10 @@ def check_code(store: TrialStore, cfg: Config) -> None:
     made by another version of a plugin it runs: its rounds would mix two versions of the
     code.  Rows written before rows recorded their plugins are not checked (a note says so)."""
     now = cfg.plugin_code()
-    rows, _ = store.read_rows()
+    try:
+        rows, _ = store.read_rows()
+    except OSError:  # an out that is a file, or unreadable: store.probe() says so next
+        return
     unchecked = [r for r, row in rows.items() if "plugins" not in row]
     for round_, row in sorted(rows.items()):
         if round_ in unchecked:
