@@ -26,6 +26,7 @@ from engine.errors import ConfigError
 from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
 from engine.schema.records import arrow_schema
+from engine.schema.registry import PluginChanged
 from engine.suite import tune
 from engine.suite.search import read_record
 from engine.suite.setup import set_up_suite
@@ -36,6 +37,7 @@ from engine.trial.session import start_trial
 __all__ = [
     "Config",
     "ConfigError",
+    "PluginChanged",
     "Trial",
     "TrialRound",
     "list_datasets",

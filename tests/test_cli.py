@@ -5,6 +5,7 @@ Every invalid input: exit status 2, exactly one line on stderr starting with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -350,3 +351,34 @@ def test_quickstart_help_says_what_the_suite_file_runs(capsys):
         said = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         assert "run the quickstart suite: " in said or "The quickstart suite: " in said
         assert dataset == "mnist1d" and "MNIST-1D" in said and "digits" not in said
+
+
+def test_a_plugin_file_edited_between_two_runs_stops_the_resume_with_one_line(tmp_path):
+    """The same trial continued into the same --out after its plugin file changed: exit 2,
+    one line naming the plugin and both hashes, nothing written; the rows say which code
+    made them."""
+    plugin, out = tmp_path / "mine.py", tmp_path / "out"
+    plugin.write_text(PLUGIN)
+    old = hashlib.sha256(plugin.read_bytes()).hexdigest()[:12]
+    base = [sys.executable, "-m", "engine", "run", "--plugin", str(plugin), "--out", str(out), "--quiet"]
+    base += ["--set", "device=cpu", "--set", "acquisition.name=lowest_confidence_plugin"]
+
+    def run(rounds: int) -> subprocess.CompletedProcess:
+        argv = [*base, "--set", f"rounds.max_rounds={rounds}"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
+
+    assert run(1).returncode == 0
+    rows = pd.read_parquet(out)
+    assert rows["plugins"].tolist() == [f'{{"mine.py": "{old}"}}']
+    plugin.write_text(PLUGIN.replace('kind="stable")[:k]', 'kind="stable")[-k:]'))  # most confident now
+    new = hashlib.sha256(plugin.read_bytes()).hexdigest()[:12]
+    assert new != old
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    done = run(2)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"warmstart: error: Plugin mine.py changed since trial {rows['trial_id'][0]} ran round 1 in {out}: sha256 "
+        f"{old} then, {new} now, and one trial must not mix two versions of its code; restore that code, or run the "
+        "new one into another out or under another trial_id."
+    ]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == files

@@ -3,6 +3,7 @@ worker or the driver dies.  All tests share one local Ray instance (``ray_addres
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -134,6 +135,9 @@ def test_two_worker_trial_matches_in_process_and_inits_identically(ray_address, 
     local = pd.read_parquet(tmp_path / "local").sort_values("round").reset_index(drop=True)
     ray_rows = pd.read_parquet(tmp_path / "ray").sort_values("round").reset_index(drop=True)
     assert list(ray_rows.columns) == list(local.columns)
+    # Each worker imported the plugin itself: the same code identity as the driver's process.
+    digest = hashlib.sha256(open(plugin, "rb").read()).hexdigest()[:12]
+    assert set(ray_rows["plugins"]) == set(local["plugins"]) == {f'{{"ranks_plugin.py": "{digest}"}}'}
     assert ray_rows["round"].tolist() == [1, 2, 3]
     assert set(ray_rows["world_size"]) == {2} and set(local["world_size"]) == {1}
     assert ray_rows["n_labeled"].tolist() == local["n_labeled"].tolist() == [100, 200, 300]

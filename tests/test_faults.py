@@ -6,21 +6,29 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
+import linecache
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
+import warnings
 
 import pandas as pd
 import pytest
 
+import warmstart as ws
 from engine.cli import main
+from engine.errors import ConfigError
 from engine.schema import plugins
 from engine.schema.records import columns_with
+from engine.schema.registry import PluginChanged
 from engine.storage.check import check
 from engine.storage.store import TrialStore
+from strategies import acquisition
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 
@@ -247,7 +255,7 @@ def plugin(tmp_path, name: str, body: str) -> str:
 
 
 @pytest.mark.usefixtures("isolated")
-def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix(tmp_path, capsys):
+def test_a_failing_strategy_ends_the_trial_in_one_line_and_its_fix_is_another_trial(tmp_path, capsys):
     broken = plugin(
         tmp_path,
         "failing.py",
@@ -283,9 +291,15 @@ def test_a_failing_strategy_ends_the_trial_in_one_line_and_resumes_after_the_fix
     )
     plugins._loaded.clear()
     ACQUISITION_STRATEGIES._entries.pop("picky")
+    # Round 1 was made with failing.py: the fixed code does not continue that trial...
     code, _, err = cli(capsys, "run", "--out", out, "--plugin", fixed, "--set", "acquisition.name=picky", *FAST)
-    assert code == 0, err
-    assert sorted(pd.read_parquet(out)["round"]) == [1, 2, 3]
+    assert code == 2 and "Plugin failing.py changed since trial" in one_line(err)
+    assert "(not used) now" in err and sorted(pd.read_parquet(out)["round"]) == [1]
+    # ... it runs as a trial of its own.
+    args = ["run", "--out", out, "--plugin", fixed, "--set", "acquisition.name=picky", "--set", "trial_id=fixed", *FAST]
+    assert main(args) == 0
+    table = pd.read_parquet(out)
+    assert sorted(table[table["trial_id"] == "fixed"]["round"]) == [1, 2, 3]
 
 
 @pytest.mark.usefixtures("isolated")
@@ -344,8 +358,82 @@ def test_a_plugin_cannot_silently_replace_a_built_in_and_an_override_changes_the
     assert main(["run", "--out", out, "--plugin", loud, "--set", "acquisition.name=margin", *FAST]) == 0
     ours, theirs = pd.read_parquet(builtin), pd.read_parquet(out)
     assert ours["trial_id"][0] != theirs["trial_id"][0]  # another computation, another trial
-    assert ours["overrides"].isna().all()
-    assert theirs["overrides"].str.match(r'\{"acquisition": "margin=loud\.py#[0-9a-f]{12}"\}').all()
+    assert ours["overrides"].isna().all() and ours["plugins"].isna().all()
+    digest = hashlib.sha256(open(loud, "rb").read()).hexdigest()[:12]
+    assert set(theirs["overrides"]) == {'{"acquisition": "margin=loud.py"}'}
+    assert set(theirs["plugins"]) == {f'{{"loud.py": "{digest}"}}'}
+
+
+@pytest.mark.usefixtures("isolated")
+def test_a_notebook_cell_edited_between_runs_stops_the_resume_in_one_line(tmp_path):
+    """A notebook registers a strategy, runs 2 rounds, edits the cell, runs again into the
+    same out: the cell run again replaces the strategy with a warning, and the trial does
+    not continue with rows of two versions; the code restored, it continues."""
+    cell = '@register("nb_lowest")\ndef nb_lowest(outputs, k, rng):\n    return list(range({start}, {start} + k))\n'
+    namespace = {"__name__": "__main__", "register": acquisition.register}
+
+    def run_cell(text: str) -> str:
+        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        exec(compile(text, name, "exec"), namespace)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]  # what inspect.getsource finds: the cell
+
+    old = run_cell(cell.format(start=0))
+    config = {"device": "cpu", "acquisition": {"name": "nb_lowest"}, "convergence": {"max_epochs": 4}}
+    out = str(tmp_path / "out")
+    two = ws.run_trial({**config, "rounds": {"max_rounds": 2}}, out)
+    assert two["plugins"].tolist() == [f'{{"__main__.nb_lowest": "{old}"}}'] * 2
+    assert two["overrides"].isna().all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_cell(cell.format(start=0)) == old  # the same cell again: silent
+
+    edited = cell.format(start=7)
+    new = hashlib.sha256(edited.encode()).hexdigest()[:12]
+    with pytest.warns(PluginChanged, match=f"'nb_lowest' replaced by a changed version of __main__.nb_lowest "
+                      rf"\(sha256 {old} -> {new}\)"):  # fmt: skip
+        run_cell(edited)
+    before = {p: os.path.getmtime(p) for p in glob.glob(f"{out}/**", recursive=True)}
+    trial_id = two["trial_id"][0]
+    for attempt in (lambda: ws.run_trial({**config, "rounds": {"max_rounds": 3}}, out), lambda: ws.Trial(config, out)):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        assert str(info.value) == (
+            f"Plugin __main__.nb_lowest changed since trial {trial_id} ran round 1 in {out}: sha256 {old} then, {new} "
+            "now, and one trial must not mix two versions of its code; restore that code, or run the new one into "
+            "another out or under another trial_id."
+        )
+    assert {p: os.path.getmtime(p) for p in glob.glob(f"{out}/**", recursive=True)} == before  # nothing written
+
+    with pytest.warns(PluginChanged):
+        run_cell(cell.format(start=0))  # the code restored: the trial goes on
+    three = ws.run_trial({**config, "rounds": {"max_rounds": 3}}, out)
+    assert three["round"].tolist() == [1, 2, 3] and set(three["trial_id"]) == {trial_id}
+    assert set(three["plugins"]) == {f'{{"__main__.nb_lowest": "{old}"}}'}
+
+
+@pytest.mark.usefixtures("isolated")
+def test_rows_from_before_the_plugins_column_are_not_checked_and_still_reproduce(tmp_path, capsys):
+    """Rows an older warmstart wrote hold no ``plugins``: resume says so in a note and goes
+    on; a lost row's recompute checks every other column of them bit for bit (and writes
+    them again, with the column)."""
+    import pyarrow.parquet as pq
+
+    path = plugin(tmp_path, "old.py", "from strategies.acquisition import register\n"
+                  "@register('old_first')\ndef old_first(outputs, k, rng):\n    return list(range(k))\n")  # fmt: skip
+    out = str(tmp_path / "out")
+    run = ["run", "--out", out, "--plugin", path, "--set", "acquisition.name=old_first", *FAST[:-1]]
+    assert main([*run, "--quiet", "--set", "rounds.max_rounds=2"]) == 0
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+    for file in glob.glob(f"{out}/*.parquet"):
+        pq.write_table(pq.read_table(file).drop_columns(["plugins"]), file)  # as an older warmstart wrote them
+    os.remove(glob.glob(f"{out}/*round0002.parquet")[0])  # and one row lost: recomputed, round 1 verified
+    code, _, err = cli(capsys, *run, "--set", "rounds.max_rounds=3")
+    assert code == 0, err
+    assert "the rows of round(s) 1 of trial" in err and "do not record their plugins' code" in err
+    table = pd.read_parquet(out).sort_values("round")
+    assert table["round"].tolist() == [1, 2, 3]
+    assert table["plugins"].tolist() == [f'{{"old.py": "{digest}"}}'] * 3  # round 1 verified, then rewritten
 
 
 @pytest.mark.usefixtures("isolated")

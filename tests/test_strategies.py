@@ -3,9 +3,12 @@ users' plugins (engine/schema/plugins.py)."""
 
 from __future__ import annotations
 
+import hashlib
+import linecache
 import sys
 import textwrap
 import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from engine.compute.models import build_model
 from engine.compute.scoring import pool_outputs
 from engine.errors import ConfigError, StrategyError
 from engine.schema import plugins
-from engine.schema.registry import Registry
+from engine.schema.registry import Origin, PluginChanged, PluginWarning, Registry, origin_of
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
@@ -516,6 +519,115 @@ def test_plugin_module_that_fails_to_import(tmp_path, monkeypatch, body):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match=module):
         plugins.load_plugins([module])
+
+
+# --- code identity: re-registration, clashes, the hash of a plugin's code -----------------
+
+
+def notebook_cell(text: str, namespace: dict, number: int) -> None:
+    """Run ``text`` as IPython runs a cell: in ``__main__``, its source kept in linecache
+    under a cell name (where ``inspect.getsource`` finds it)."""
+    name = f"<ipython-input-{number}-{uuid.uuid4().hex[:12]}>"
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    exec(compile(text, name, "exec"), namespace)
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_the_same_module_registering_a_name_again_replaces_it_warning_only_when_the_body_changed():
+    name = unique("nb_pick")
+    cell = f'@register("{name}")\ndef pick(outputs, k, rng):\n    return list(range({{start}}, {{start}} + k))\n'
+    namespace = {"__name__": "__main__", "register": acquisition.register}
+    first = cell.format(start=0)
+    notebook_cell(first, namespace, 1)
+    origin = ACQUISITION_STRATEGIES.get(name).origin
+    assert origin == Origin("__main__.pick", hashlib.sha256(first.encode()).hexdigest()[:12])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the identical cell run again: no warning at all
+        notebook_cell(first, namespace, 2)
+    assert ACQUISITION_STRATEGIES.get(name).origin == origin
+
+    second = cell.format(start=3)
+    digest = hashlib.sha256(second.encode()).hexdigest()[:12]
+    with pytest.warns(PluginChanged, match=rf"'{name}' replaced .* \(sha256 {origin.digest} -> {digest}\)"):
+        notebook_cell(second, namespace, 3)
+    assert ACQUISITION_STRATEGIES.get(name).origin.digest == digest
+    assert run_acquisition(name, PoolOutputs(10), 2).tolist() == [3, 4]  # the new body runs
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_a_name_another_module_registered_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        notebook_cell('@register("margin")\ndef margin(outputs, k, rng):\n    return []\n',
+                      {"__name__": "__main__", "register": acquisition.register}, 1)  # fmt: skip
+    assert str(info.value) == (
+        "The acquisition strategy 'margin' is already registered by a built-in (strategies.acquisition); choose "
+        "another name, or register it with override=True to replace it."
+    )
+    name = unique("taken")
+    (tmp_path / "first.py").write_text(f"from strategies.acquisition import register\n@register('{name}')\n"
+                                       "def a(outputs, k, rng):\n    return []\n")  # fmt: skip
+    plugins.load_plugins([str(tmp_path / "first.py")])
+    (tmp_path / "second.py").write_text((tmp_path / "first.py").read_text())
+    with pytest.raises(ConfigError) as info:
+        plugins.load_plugins([str(tmp_path / "second.py")])
+    assert str(info.value).startswith(
+        f"Plugin {tmp_path / 'second.py'}: The acquisition strategy '{name}' is already registered by first.py; "
+    )
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_a_plugin_files_code_identity_is_its_content_wherever_it_lies(tmp_path):
+    text = "from strategies.acquisition import register\n@register('{name}')\ndef a(outputs, k, rng):\n    return []\n"
+    origins = []
+    for folder in ("here", "there"):
+        (tmp_path / folder).mkdir()
+        name = unique("where")
+        (tmp_path / folder / "mine.py").write_text(text.format(name=name))
+        plugins.load_plugins([str(tmp_path / folder / "mine.py")])
+        origins.append((ACQUISITION_STRATEGIES.get(name).origin, (tmp_path / folder / "mine.py").read_bytes()))
+    for origin, content in origins:
+        assert origin == Origin("mine.py", hashlib.sha256(content).hexdigest()[:12])
+    assert origin_of(acquisition.register) is None and ACQUISITION_STRATEGIES.get("margin").origin is None
+
+
+@pytest.mark.usefixtures("clean_registries")
+@pytest.mark.parametrize("as_module", [False, True], ids=["file", "module"])
+def test_an_edited_plugin_is_imported_again_and_replaces_its_strategies(tmp_path, monkeypatch, as_module):
+    name, module = unique("edited"), unique("ws_test_plugin")
+    path = tmp_path / f"{module}.py"
+    text = f"from strategies.acquisition import register\n@register('{name}')\ndef pick(outputs, k, rng):\n"
+    path.write_text(text + "    return list(range(k))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = module if as_module else str(path)
+    plugins.load_plugins([spec])
+    old = ACQUISITION_STRATEGIES.get(name).origin
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugins.load_plugins([spec])  # unchanged: not imported again
+    path.write_text(text + "    return list(range(2, k + 2))\n")
+    new = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    with pytest.warns(PluginChanged, match=f"{old.digest} -> {new}"):
+        plugins.load_plugins([spec])
+    assert ACQUISITION_STRATEGIES.get(name).origin == Origin(f"{module}.py" if not as_module else module, new)
+    assert run_acquisition(name, PoolOutputs(10), 2).tolist() == [2, 3]
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_a_function_without_source_is_identified_by_its_bytecode_with_a_warning():
+    name = unique("nosource")
+    text = f'@register("{name}")\ndef blind(outputs, k, rng):\n    return list(range({{start}}, {{start}} + k))\n'
+    namespace = {"__name__": "__main__", "register": acquisition.register}
+    with pytest.warns(PluginWarning, match="has no source Python can read; .* by its bytecode"):
+        exec(compile(text.format(start=0), "<string>", "exec"), namespace)
+    first = ACQUISITION_STRATEGIES.get(name).origin
+    assert first.key == "__main__.blind" and not first.exact
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same code again, even from another file name: silent
+        exec(compile(text.format(start=0), "<other>", "exec"), namespace)
+    assert ACQUISITION_STRATEGIES.get(name).origin == first
+    with pytest.warns(PluginChanged, match=f"sha256 {first.digest} -> "):
+        exec(compile(text.format(start=1), "<string>", "exec"), namespace)
+    assert ACQUISITION_STRATEGIES.get(name).origin.digest != first.digest
 
 
 @pytest.mark.parametrize("k", [1, 5, 37, 200, 256])

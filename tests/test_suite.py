@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 
 import pytest
 
 from engine.errors import ConfigError
+from engine.schema.registry import PluginChanged
+from engine.storage.store import read_manifest
 from engine.suite.plan import check_pools, load_suite, locate
 from engine.suite.tune import describe_point, prepare_out
 
@@ -210,3 +213,35 @@ def test_check_pools_knows_pretraining(tmp_path):
     missing = load_suite(write(tmp_path, f"name: src\nbase: {source}\n", "s.yaml"))
     with pytest.raises(ConfigError, match="cifar-10-batches-py"):
         check_pools(missing)
+
+
+def test_resume_refuses_a_suite_whose_plugin_changed(tmp_path, monkeypatch):
+    """The manifest records the suite's plugins' code; --resume with another version of it is
+    refused in one line before anything is written (each trial's rows would mix two versions)."""
+    from engine.schema import plugins
+    from strategies.acquisition import ACQUISITION_STRATEGIES
+
+    monkeypatch.setattr(ACQUISITION_STRATEGIES, "_entries", dict(ACQUISITION_STRATEGIES._entries))
+    monkeypatch.setattr(plugins, "_loaded", {})
+    plugin = tmp_path / "suite_plugin.py"
+    body = "from strategies.acquisition import register\n@register('suite_pick')\ndef pick(outputs, k, rng):\n"
+    plugin.write_text(body + "    return list(range(k))\n")
+    old = hashlib.sha256(plugin.read_bytes()).hexdigest()[:12]
+    text = f"name: coded\nbase:\n  plugins: [{plugin}]\n  acquisition: {{name: suite_pick}}\ngrid:\n  seed: [0, 1]\n"
+    path, out = write(tmp_path, text), str(tmp_path / "out")
+    prepare_out(load_suite(path), out, resume=False)
+    assert read_manifest(out)["plugins"] == {"suite_plugin.py": old}
+    prepare_out(load_suite(path), out, resume=True)  # the same code: resumes
+
+    plugin.write_text(body + "    return list(range(1, k + 1))\n")
+    new = hashlib.sha256(plugin.read_bytes()).hexdigest()[:12]
+    with pytest.warns(PluginChanged):
+        changed = load_suite(path)  # the edited file is imported again in this process
+    manifest = read_manifest(out)
+    with pytest.raises(ConfigError) as info:
+        prepare_out(changed, out, resume=True)
+    assert str(info.value) == (
+        f"Plugin suite_plugin.py changed since suite 'coded' ran in {out}: sha256 {old} then, {new} now, and its "
+        "trials would mix two versions of that code; restore it, or run the new one into another --out."
+    )
+    assert read_manifest(out) == manifest

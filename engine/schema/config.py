@@ -304,16 +304,41 @@ class Config(Section):
             identity["overrides"] = overrides
         return identity
 
+    def builders(self) -> list[tuple[str, str]]:
+        """(registry, name) of every builder this trial runs: its dataset (and pretraining's
+        source dataset), model, init and acquisition strategies."""
+        out = [("dataset", self._data["dataset"]["name"])]
+        if self._data.get("pretrain") is not None:
+            out.append(("dataset", self._data["pretrain"]["dataset"]))
+        return out + [(component, self._data[component]["name"]) for component in COMPONENTS]
+
+    def code(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The user code this trial runs, from the registries' records (``origin_of``):
+        ``overrides``, component -> ``name=plugin`` for a builder that replaced another
+        module's (``override=True``), and ``plugins``, plugin -> SHA-256 prefix of its code
+        for every builder that is not a built-in.  The first joins the trial's identity;
+        the second is checked when a trial resumes (engine/trial/resume.py)."""
+        overrides: dict[str, str] = {}
+        digests: dict[str, set[str]] = {}
+        for section, name in self.builders():
+            entry = component_registry(section).get(name)
+            if entry.origin is None:
+                continue
+            digests.setdefault(entry.origin.key, set()).add(entry.origin.digest)
+            if entry.overriding and section in COMPONENTS:
+                overrides[section] = f"{name}={entry.origin.key}"
+        # Two files of one name (a/strategies.py, b/strategies.py): both digests, sorted.
+        return overrides, {key: "+".join(sorted(found)) for key, found in sorted(digests.items())}
+
     def overrides(self) -> dict[str, str]:
-        """Component -> source, for the components whose builder was registered with
-        ``override=True`` (a plugin's replacement of a built-in)."""
-        out = {}
-        for component in COMPONENTS:
-            name = self._data[component]["name"]
-            source = component_registry(component).overrides().get(name)
-            if source is not None:
-                out[component] = f"{name}={source}"
-        return out
+        """Component -> ``name=plugin`` for the components whose builder replaced another
+        module's (``override=True``)."""
+        return self.code()[0]
+
+    def plugin_code(self) -> dict[str, str]:
+        """Plugin -> SHA-256 prefix of its code, for every user builder this trial runs (the
+        rows' ``plugins`` column; ``cfg.plugins`` is the config key: the plugins to load)."""
+        return self.code()[1]
 
     def trial_id(self) -> str:
         """A stable, readable id: the same config gives the same id on every machine."""
@@ -324,7 +349,7 @@ class Config(Section):
 
 
 def component_registry(component: str) -> Registry:
-    """The registry whose builders a component section (model, init, acquisition) names."""
+    """The registry whose builders a component section (dataset, model, init, acquisition) names."""
     return REGISTRIES[component]
 
 

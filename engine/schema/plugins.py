@@ -20,8 +20,9 @@ import sys
 from importlib.metadata import entry_points
 
 from engine.errors import ConfigError
+from engine.schema.registry import PLUGIN_MODULE_PREFIX
 
-_loaded: dict[str, str] = {}  # spec -> module name, so a plugin is imported once per process
+_loaded: dict[str, str | None] = {}  # spec -> its source file's SHA-256: imported again only when it changed
 
 
 ENTRY_POINT_GROUP = "warmstart.plugins"
@@ -46,7 +47,7 @@ def load_entry_points() -> None:
                 f"Plugin {entry.name!r} ({entry.value}, entry point of {dist}) failed to import: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
-        _loaded[entry.value] = entry.value
+        _loaded[entry.value] = _source_digest(getattr(sys.modules.get(entry.module), "__file__", None))
 
 
 def load_plugins(specs: list[str]) -> list[str]:
@@ -56,29 +57,60 @@ def load_plugins(specs: list[str]) -> list[str]:
     return [_load(spec) for spec in specs]
 
 
+def _source_digest(path: str | None) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return None
+
+
+def _import_failed(spec: str, what: str, exc: Exception) -> ConfigError:
+    if isinstance(exc, ConfigError):  # a registration refused (a name taken): its own line says it
+        return ConfigError(f"{what} {spec}: {exc}")
+    return ConfigError(f"{what} {spec} failed to import: {type(exc).__name__}: {exc}")
+
+
 def _load(spec: str) -> str:
+    """Import a plugin once per process, and again when its source file changed since (an
+    edited plugin run again from a notebook): its registrations then replace the old ones,
+    with a warning (engine.schema.registry.PluginChanged)."""
     if spec.endswith(".py") or os.sep in spec:
         path = os.path.abspath(os.path.expanduser(spec))
-        if path in _loaded:
-            return path
         if not os.path.isfile(path):
             raise ConfigError(f"Plugin file {spec} does not exist.")
+        with open(path, "rb") as f:
+            source = f.read()
+        digest = hashlib.sha256(source).hexdigest()
+        if _loaded.get(path) == digest:
+            return path
         # A unique module name per file, so two plugins called strategies.py do not clash.
-        name = "warmstart_plugin_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+        name = PLUGIN_MODULE_PREFIX + hashlib.sha1(path.encode()).hexdigest()[:12]
         module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
+        previous = sys.modules.get(name)
         sys.modules[name] = module
         try:
-            module_spec.loader.exec_module(module)
+            # The bytes read above, not a cached .pyc: the code run is the code hashed.
+            exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
         except Exception as exc:
-            del sys.modules[name]
-            raise ConfigError(f"Plugin {spec} failed to import: {type(exc).__name__}: {exc}") from None
-        _loaded[path] = name
+            if previous is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = previous
+            raise _import_failed(spec, "Plugin", exc) from None
+        _loaded[path] = digest
         return path
-    if spec not in _loaded:
+    module = sys.modules.get(spec)
+    if spec not in _loaded or (
+        module is not None and _loaded[spec] != _source_digest(getattr(module, "__file__", None))
+    ):
         try:
-            importlib.import_module(spec)
+            if spec in _loaded and module is not None:
+                importlib.reload(module)
+            else:
+                module = importlib.import_module(spec)
         except Exception as exc:  # a SyntaxError or a failing registration, not only ImportError
-            raise ConfigError(f"Plugin module {spec!r} failed to import: {type(exc).__name__}: {exc}") from None
-        _loaded[spec] = spec
+            raise _import_failed(repr(spec), "Plugin module", exc) from None
+        _loaded[spec] = _source_digest(getattr(module, "__file__", None))
     return spec

@@ -141,7 +141,11 @@ class RoundRecord:
     performance: str = _doc("JSON of the effective performance options")
     pretrain_dataset: str | None = _doc("the source dataset; null without pretraining", config="data")
     pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)", config="data")
-    overrides: str | None = _doc("JSON {component: 'name=source#hash'} of plugins that replaced a built-in")
+    overrides: str | None = _doc("JSON {component: 'name=plugin'} of plugins that replaced a built-in")
+    plugins: str | None = _doc(
+        "JSON {plugin: sha256 prefix} of the user code the trial ran (a plugin file, a module, "
+        "or __main__.<function>); null when none"
+    )
     ensemble: str | None = _doc(
         "'<ensemble id>/<members>' when trained stacked with other trials; null alone", "name", "context"
     )

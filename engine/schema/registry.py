@@ -14,8 +14,12 @@ import functools
 import hashlib
 import importlib
 import inspect
+import marshal
 import math
 import os
+import sys
+import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,26 +188,105 @@ class ModelSpec:
     n_blocks: int | None
 
 
-def _origin(fn: Callable) -> tuple[str, str]:
-    """What makes two registrations the same one: the function's name and its source code
-    (a module imported twice, a notebook cell run again, the same plugin file copied)."""
-    try:
-        code = inspect.getsource(fn)
-    except (OSError, TypeError):
-        code = getattr(fn, "__module__", "")
-    return getattr(fn, "__qualname__", ""), code
+# --- where a user's builder comes from: its code's identity ---------------------------
+
+# Modules whose builders are warmstart's own (its built-ins): no plugin, no hash.
+BUILT_IN_PACKAGES = ("engine", "strategies", "warmstart")
+# The module name engine.schema.plugins gives a ``--plugin FILE.py`` (plus a hash of its path).
+PLUGIN_MODULE_PREFIX = "warmstart_plugin_"
+DIGEST_CHARS = 12  # of a SHA-256 hex digest: enough to tell two versions of a plugin apart
 
 
-def source_of(fn: Callable) -> str:
-    """Where ``fn`` comes from: its module (or file) and a hash of that file's content (of the
-    function's own source when there is no file), e.g. ``my_plugin.py#3f2a9c01b7de``."""
-    path = inspect.getsourcefile(fn) if not isinstance(fn, functools.partial) else None
+class PluginWarning(UserWarning):
+    """Something about a user's builder worth knowing, that does not stop it."""
+
+
+class PluginChanged(PluginWarning):
+    """A name registered again from the same module with another body (a notebook cell
+    edited and run again, an edited plugin file loaded again): the new body replaces the old."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The code behind a user's builder: ``key`` names it the same way in every process and
+    on every machine (a ``--plugin`` file's name, a module's dotted name, or
+    ``__main__.<function>`` for a function defined in a script or a notebook), and ``digest``
+    is a SHA-256 prefix of that code: the module's source file, or the function's own source
+    (its bytecode, ``exact=False``, where Python has no source for it)."""
+
+    key: str
+    digest: str
+    exact: bool = True
+
+
+def _unwrap(fn: Callable) -> Callable:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.unwrap(fn)
+
+
+def _module_of(fn: Callable) -> str:
+    return getattr(_unwrap(fn), "__module__", None) or "__main__"
+
+
+def _code_bytes(code: types.CodeType) -> bytes:
+    """A code object without its file name (nested functions' too): its bytecode, names and
+    constants, the same wherever the file lies."""
+
+    def strip(c: types.CodeType) -> types.CodeType:
+        consts = tuple(strip(k) if isinstance(k, types.CodeType) else k for k in c.co_consts)
+        return c.replace(co_filename="", co_consts=consts)
+
+    return marshal.dumps(strip(code))
+
+
+def _digest(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()[:DIGEST_CHARS]
+
+
+def origin_of(fn: Callable) -> Origin | None:
+    """The code identity of a builder, or None for warmstart's built-ins.
+
+    A builder from a module with a source file (a ``--plugin`` file or module, an entry
+    point, any imported module) is identified by that whole file: what else the file
+    defines may change what the builder does.  One defined in ``__main__`` (a script run
+    as ``python script.py``, a notebook cell) by its own source, as ``inspect.getsource``
+    finds it (IPython keeps every cell's); where there is none (code given to ``exec``),
+    by its bytecode, which is exact within one Python version only."""
+    fn = _unwrap(fn)
+    module = _module_of(fn)
+    if module.split(".")[0] in BUILT_IN_PACKAGES:
+        return None
+    path = None
+    if module != "__main__":
+        mod = sys.modules.get(module)
+        try:
+            path = inspect.getsourcefile(mod) if mod is not None else None
+        except TypeError:  # a built-in or namespace module: no file
+            path = None
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            content = f.read()
+        key = os.path.basename(path) if module.startswith(PLUGIN_MODULE_PREFIX) else module
+        return Origin(key, _digest(content))
+    target = fn if inspect.isfunction(fn) or inspect.isclass(fn) else type(fn)  # a callable object: its class
+    key = f"{module}.{getattr(target, '__qualname__', '?')}"
     try:
-        content = open(path, "rb").read() if path else inspect.getsource(fn).encode()
+        return Origin(key, _digest(inspect.getsource(target).encode()))
     except (OSError, TypeError):
-        content = repr(_origin(fn)).encode()
-    where = os.path.basename(path) if path else fn.__module__
-    return f"{where}#{hashlib.sha256(content).hexdigest()[:12]}"
+        code = getattr(target, "__code__", None)
+        return Origin(key, _digest(_code_bytes(code) if code is not None else key.encode()), exact=False)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of a warning that points at the first frame outside warmstart:
+    the user's decorator line, however many of warmstart's functions lie between."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    ours = tuple(os.path.join(here, package) + os.sep for package in BUILT_IN_PACKAGES)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(ours):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # --- the registry -----------------------------------------------------------------
@@ -217,6 +300,8 @@ class Entry:
     constraints: dict[str, Any]
     doc: str
     extra: dict[str, Any] = field(default_factory=dict)
+    origin: Origin | None = None  # the user's code behind it; None for a built-in
+    overriding: bool = False  # registered with override=True: it replaced another's builder
 
     def signature(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
@@ -264,24 +349,28 @@ class Registry:
     def add(
         self, name: str, fn: Callable, constraints: dict | None = None, *, override: bool = False, **extra: Any
     ) -> Callable:
-        """Register ``fn`` under ``name``.  A name already taken is refused, unless
-        ``override=True``: then the entry records its source (module and content hash),
-        which joins the trial id and the rows (``overrides``), so results made with a
-        replaced strategy never pass for the built-in's.  Registering the same function
-        again (the same name and source: a module or notebook cell run twice) replaces it
-        quietly."""
+        """Register ``fn`` under ``name``.
+
+        A name taken by another module's builder (a built-in, another plugin) is refused,
+        unless ``override=True``: the trial id and the rows' ``overrides`` column then name
+        the replacing plugin, so results made with it never pass for the built-in's.  The
+        same module registering a name again (a notebook cell or a module run twice)
+        replaces its builder: quietly when the code is the same, with a ``PluginChanged``
+        warning when it changed.  Every user builder's code identity (``origin_of``) lands
+        in the ``plugins`` column, and resume refuses a trial whose rows another version
+        of that code made (engine/trial/resume.py)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.what} needs a non-empty string name, got {name!r}")
         self._load_builtins()  # a plugin's override must find the built-in it replaces
+        origin = origin_of(fn)
         existing = self._entries.get(name)
-        again = existing is not None and _origin(existing.fn) == _origin(fn)
+        again = existing is not None and _module_of(existing.fn) == _module_of(fn)
         if existing is not None and not override and not again:
-            raise ValueError(
-                f"{self.what} {name!r} is already registered (by {existing.fn.__module__}); choose another name, "
-                "or pass override=True to replace it"
+            taken = f"a built-in ({_module_of(existing.fn)})" if existing.origin is None else existing.origin.key
+            raise ConfigError(
+                f"The {self.what} {name!r} is already registered by {taken}; "
+                f"choose another name, or register it with override=True to replace it."
             )
-        if override:
-            extra["source"] = source_of(fn)
         params = list(inspect.signature(fn).parameters.values())
         configurable = params[self.n_inputs :]
         defaults = {}
@@ -298,14 +387,25 @@ class Registry:
         stray = set(constraints) - set(defaults)
         if stray:
             raise TypeError(f"{self.what} {name!r}: constraints for unknown parameters {sorted(stray)}")
+        if origin is not None and not origin.exact and not (again and existing.origin and not existing.origin.exact):
+            warnings.warn(
+                f"{self.what} {name!r} ({origin.key}) has no source Python can read; its code is identified by "
+                f"its bytecode ({origin.digest}), which changes with the Python version",
+                PluginWarning,
+                stacklevel=_user_stacklevel(),
+            )
+        if again and existing.origin is not None and origin is not None and existing.origin != origin:
+            warnings.warn(
+                f"{self.what} {name!r} replaced by a changed version of {origin.key} "
+                f"(sha256 {existing.origin.digest} -> {origin.digest}); a trial whose rows the old version made "
+                "will not resume with it",
+                PluginChanged,
+                stacklevel=_user_stacklevel(),
+            )
+        overriding = override or (again and existing.overriding)
         doc = inspect.getdoc(fn) or ""
-        self._entries[name] = Entry(name, fn, defaults, constraints, doc.split("\n")[0], extra)
+        self._entries[name] = Entry(name, fn, defaults, constraints, doc.split("\n")[0], extra, origin, overriding)
         return fn
-
-    def overrides(self) -> dict[str, str]:
-        """Name -> source of the entries registered with ``override=True``."""
-        self._load_builtins()
-        return {name: e.extra["source"] for name, e in self._entries.items() if "source" in e.extra}
 
     def get(self, name: Any) -> Entry:
         self._load_builtins()

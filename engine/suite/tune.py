@@ -94,7 +94,18 @@ def _base_change(old: dict, new: dict) -> str | None:
 def prepare_out(suite: Suite, out: str, resume: bool) -> None:
     """Refuse an --out that holds other results or cannot be written; record this suite there."""
     ids = check_out(suite, out, resume)
-    write_manifest(out, {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base})
+    manifest = {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base}
+    recorded = (read_manifest(out) or {}).get("plugins") or {}
+    code = {**recorded, **suite_plugins(suite)}
+    write_manifest(out, {**manifest, "plugins": code} if code else manifest)
+
+
+def suite_plugins(suite: Suite) -> dict[str, str]:
+    """Plugin -> SHA-256 prefix of its code, over every trial the suite plans (``Config.plugin_code``)."""
+    code: dict[str, str] = {}
+    for trial in [*suite.trials, *suite.probes]:
+        code.update(trial.config.plugin_code())
+    return dict(sorted(code.items()))
 
 
 def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
@@ -121,6 +132,14 @@ def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
         change = _base_change(manifest["base"], suite.base) if "base" in manifest else None
         if change:
             raise ConfigError(f"Suite {suite.name!r} changed since {out} was written: {change}; {grown}.")
+        then, now = manifest.get("plugins") or {}, suite_plugins(suite)
+        changed = sorted(k for k in set(then) & set(now) if then[k] != now[k])
+        if changed:
+            raise ConfigError(
+                f"Plugin {changed[0]} changed since suite {suite.name!r} ran in {out}: sha256 {then[changed[0]]} then, "
+                f"{now[changed[0]]} now, and its trials would mix two versions of that code; restore it, or "
+                "run the new one into another --out."
+            )
         missing = [] if suite.search.sampled else sorted(set(manifest["trials"]) - set(ids))
         if missing:
             raise ConfigError(

@@ -7,9 +7,11 @@ trusts the rows, not only the checkpoint: a missing row recomputes the trial fro
 
 from __future__ import annotations
 
+import json
 import math
 
-from engine.errors import TrialError
+from engine.errors import ConfigError, TrialError
+from engine.schema.config import Config
 from engine.schema.records import NOT_CHECKED, PRETRAIN_COLUMNS, RECORD_COLUMNS, PretrainRecord
 from engine.storage.store import TrialStore
 from engine.trial.setup import TrialContext, TrialState, fresh_model
@@ -30,6 +32,35 @@ def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | 
     # A trial stopped by a divergence stays stopped, unless it is now asked to go on.
     stopped = checkpoint.get("stopped") if context.cfg.convergence.on_diverge == "stop" else None
     return TrialState(checkpoint["round"], checkpoint["labeled"], model, record, stopped)
+
+
+def check_code(store: TrialStore, cfg: Config) -> None:
+    """Refuse (ConfigError, before anything is written) to continue a trial whose rows were
+    made by another version of a plugin it runs: its rounds would mix two versions of the
+    code.  Rows written before rows recorded their plugins are not checked (a note says so)."""
+    now = cfg.plugin_code()
+    try:
+        rows, _ = store.read_rows()
+    except OSError:  # an out that is a file, or unreadable: store.probe() says so next
+        return
+    unchecked = [r for r, row in rows.items() if "plugins" not in row]
+    for round_, row in sorted(rows.items()):
+        if round_ in unchecked:
+            continue
+        then = json.loads(row["plugins"]) if row["plugins"] else {}
+        for key in sorted(set(then) | set(now)):
+            if then.get(key) != now.get(key):
+                raise ConfigError(
+                    f"Plugin {key} changed since trial {store.trial_id} ran round {round_} in {store.out}: "
+                    f"sha256 {then.get(key, '(not used)')} then, {now.get(key, '(not used)')} now, and one trial "
+                    "must not mix two versions of its code; restore that code, or run the new one into another out "
+                    "or under another trial_id."
+                )
+    if unchecked and now:
+        store.notes.append(
+            f"note: the rows of round(s) {_rounds(unchecked)} of trial {store.trial_id} do not record their plugins' "
+            "code (written by an older warmstart): the plugins were not checked against them"
+        )
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
@@ -70,7 +101,7 @@ def verify_row(context: TrialContext, row: dict) -> None:
     # or another ensemble: its floats agree to float tolerance, not bit for bit.
     stacked = row.get("ensemble") is not None or saved.get("ensemble") is not None
     for column in RECORD_COLUMNS:
-        if column in NOT_CHECKED:
+        if column in NOT_CHECKED or column not in saved:  # not in a row an older warmstart wrote
             continue
         new, old = row.get(column), saved.get(column)
         same = new == old or (isinstance(new, float) and isinstance(old, float) and math.isnan(new) and math.isnan(old))

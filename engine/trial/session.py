@@ -21,7 +21,7 @@ from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import TrialStore
 from engine.trial.loop import RoundResult, advance
-from engine.trial.resume import check_rows, load_state
+from engine.trial.resume import check_code, check_rows, load_state
 from engine.trial.setup import (
     Reporter,
     TrialContext,
@@ -67,6 +67,7 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
         raise ConfigError(
             f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
         )
+    check_code(store, cfg)  # rows another version of a plugin made: refused
     store.probe()
     if lock:
         store.lock()

@@ -119,7 +119,7 @@ def node_name() -> str:
 def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
-    overrides = cfg.overrides()
+    overrides, plugins = cfg.code()
     return {
         "suite": cfg.suite,
         "trial_id": cfg.trial_id(),
@@ -150,6 +150,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
+        "plugins": json.dumps(plugins, sort_keys=True) if plugins else None,
         "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
         **provenance_columns(device),  # what made the rows; started_at and ended_at are the round's
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
