@@ -187,7 +187,6 @@ def enable_token_auth() -> None:
     processes it starts, and a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token,
     created here, private, when none is set).  Ray's notice saying so is not printed.  A user who
     exported RAY_AUTH_MODE=disabled keeps it disabled (Ray's own opt-out)."""
-    import ray  # noqa: F401  (Ray's configuration is read at import)
     from ray._private.authentication.authentication_token_setup import (
         enable_token_auth_by_default,
         ensure_token_if_auth_enabled,
@@ -276,6 +275,8 @@ def check_auth(address: str, timeout: float = 5.0) -> None:
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 
+    if address in _ADMITTED:  # one question per address and process (it takes a second or two)
+        return
     check_token_path()
     try:
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
@@ -290,8 +291,14 @@ def check_auth(address: str, timeout: float = 5.0) -> None:
     except AuthenticationError as exc:
         if "InvalidAuthToken" in str(exc):
             raise ConfigError(auth_refusal(address)) from None
+        _ADMITTED.add(address)  # the token passed; the made-up cluster id did not
     except Exception:  # noqa: BLE001 - anything else (not a Ray GCS, a timeout) is ray.init's to report
         pass
+    else:
+        _ADMITTED.add(address)
+
+
+_ADMITTED: set[str] = set()  # addresses whose cluster accepted this process's credentials
 
 
 def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
