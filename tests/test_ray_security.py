@@ -86,6 +86,22 @@ def test_the_local_instance_listens_on_loopback_only(ray_address):
     assert {(ip, port): name for (ip, port), name in listening.items() if not _loopback(ip)} == {}
 
 
+def test_a_first_local_start_makes_a_private_token_and_prints_nothing(tmp_path):
+    """A user with no token and no RAY_AUTH_MODE: Ray's notice is not printed, the token Ray uses
+    is a new ~/.ray/auth_token that only the user can read."""
+    code = (
+        "import ray; from engine.trial.distributed import init_ray; init_ray(None, num_cpus=1); "
+        "from ray._raylet import get_authentication_mode; print(int(get_authentication_mode())); ray.shutdown()"
+    )
+    started = subprocess.run(
+        [sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True, timeout=180, cwd=REPO
+    )
+    assert started.returncode == 0 and started.stderr == "", started.stderr[-2000:]
+    assert started.stdout.strip() == "1"  # AuthenticationMode.TOKEN
+    token = tmp_path / ".ray" / "auth_token"
+    assert len(token.read_text()) == 64 and stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
 def test_a_new_default_token_file_is_private(tmp_path):
     path = tmp_path / ".ray" / "auth_token"
     assert private_token_file(path)

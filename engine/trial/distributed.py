@@ -191,7 +191,7 @@ def enable_token_auth() -> None:
         enable_token_auth_by_default,
         ensure_token_if_auth_enabled,
     )
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, get_authentication_mode
 
     if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
         return
@@ -200,7 +200,9 @@ def enable_token_auth() -> None:
     if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         if private_token_file(Path.home() / ".ray" / "auth_token"):
             AuthenticationTokenLoader.instance().reset_cache()
-    enable_token_auth_by_default()  # sets RAY_AUTH_MODE=token and reloads Ray's configuration
+    enable_token_auth_by_default()  # unset: sets RAY_AUTH_MODE=token and reloads Ray's configuration
+    if get_authentication_mode() != AuthenticationMode.TOKEN:  # exported after Ray read its configuration
+        Config.initialize("")
     ensure_token_if_auth_enabled(None, create_token_if_missing=True)
 
 
@@ -313,6 +315,7 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
         os.environ.setdefault(key, value)
     import ray
 
+    _hush_auth_notice()  # also when 'auto' finds a token and Ray turns token mode on for it
     if address:
         check_address(address)  # also when this process already runs Ray: the address given must answer
     if ray.is_initialized():
