@@ -12,7 +12,10 @@ The nodes are ``ray.cluster_utils.Cluster`` nodes, as Ray's own tests make them:
 raylets and object stores, each node a separate set of processes, all on this host.  Their
 session folder is a short path under /tmp (Unix socket paths are limited to 107 bytes), and
 the cluster's address is not written to /tmp/ray/ray_current_cluster, so a plain
-``ray.init()`` elsewhere on this machine does not join it by accident.
+``ray.init()`` elsewhere on this machine does not join it by accident.  As the engine's own
+local instance, every node listens on 127.0.0.1 only and has Ray's token authentication on
+(RAY_AUTH_MODE=token, the token in ~/.ray/auth_token unless RAY_AUTH_TOKEN or
+RAY_AUTH_TOKEN_PATH names another): a driver joins it with RAY_AUTH_MODE=token exported.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dataclasses import dataclass
 from unittest import mock
 
 SUITE = "docs/examples/laptop_suite.yaml"  # four tiny trials (docs/cluster.md, "A cluster on your laptop")
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK = "127.0.0.1"  # every node's address: nothing listens beyond this machine
 # A node that is gone is noticed within seconds, not the default half minute.
 FAST_HEALTH_CHECKS = {
     "health_check_initial_delay_ms": 0,
@@ -45,13 +49,17 @@ class LocalCluster:
     def __init__(self, worker_nodes: int = 2, cpus_per_node: int = 1, node_env: dict[str, str] | None = None) -> None:
         from ray.cluster_utils import Cluster
 
+        from engine.trial.distributed import enable_token_auth
+
         for key, value in QUIET.items():
             os.environ.setdefault(key, value)
+        enable_token_auth()  # here and in every node's processes, which start with this environment
         self.cpus_per_node, self.node_env = cpus_per_node, node_env
         self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
         head = {
             "num_cpus": 0,
             "include_dashboard": False,
+            "node_ip_address": LOOPBACK,
             "temp_dir": self.temp_dir,
             "object_store_memory": 100 * 2**20,
             "_system_config": FAST_HEALTH_CHECKS,
@@ -74,7 +82,9 @@ class LocalCluster:
 
     def add_worker(self):
         with self._environment():
-            node = self.cluster.add_node(num_cpus=self.cpus_per_node, object_store_memory=150 * 2**20)
+            node = self.cluster.add_node(
+                num_cpus=self.cpus_per_node, object_store_memory=150 * 2**20, node_ip_address=LOOPBACK
+            )
         self.cluster.wait_for_nodes()
         return node
 
@@ -148,6 +158,8 @@ def main() -> None:
             print(f"Ray cluster: a head with no CPUs and {args.nodes} worker node(s) of {args.cpus_per_node} CPU(s)")
             print(f"S3 server: {s3.endpoint}, bucket {s3.bucket}")
             print("in another terminal:")
+            if os.environ.get("RAY_AUTH_MODE") == "token":  # the token itself: ~/.ray/auth_token, found by Ray
+                print("  export RAY_AUTH_MODE=token")
             for key, value in s3.env.items():
                 print(f"  export {key}={value}")
             print(f"  warmstart suite {SUITE} --address {cluster.address} --out s3://{s3.bucket}/laptop")

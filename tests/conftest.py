@@ -7,7 +7,9 @@ import torch
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """A local Ray instance for the session; yields the address other drivers can join."""
+    """A local Ray instance for the session; yields the address other drivers can join.  It is
+    started as for users: token authentication on, 127.0.0.1 only; a driver started with this
+    process's environment (RAY_AUTH_MODE=token, set by Ray) and HOME (~/.ray/auth_token) joins it."""
     import ray
 
     from engine.trial.distributed import init_ray

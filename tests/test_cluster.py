@@ -155,7 +155,7 @@ def spread(cluster, s3):
 def test_the_nodes_do_not_have_the_drivers_endpoint(cluster, s3):
     """The premise of the module: a trial that read its own environment could not reach the bucket."""
     code = (
-        "import os, ray; ray.init(address=os.environ['ADDRESS'], logging_level='ERROR', log_to_driver=False); "
+        "import os, ray; from engine.trial.distributed import init_ray; init_ray(os.environ['ADDRESS']); "
         "print(ray.get(ray.remote(num_cpus=1)(lambda: os.environ.get('AWS_ENDPOINT_URL_S3')).remote()))"
     )
     env = {**_driver_env(s3), "ADDRESS": cluster.address}

@@ -19,12 +19,17 @@ multi-node cluster ``--out`` must therefore be storage every node sees.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -39,9 +44,17 @@ from engine.storage.store import TrialStore, filesystem, ray_storage
 from engine.trial.progress import ProgressWriter, follow
 from engine.trial.session import start_trial
 
-# No usage reporting, no token prompt for a local instance, and Tune's plain (legacy)
-# console output, which honours verbose=0: warmstart prints its own progress.
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_AIR_NEW_OUTPUT": "0"}
+# No usage reporting, and Tune's plain (legacy) console output, which honours verbose=0:
+# warmstart prints its own progress.  Ray's authentication is left to Ray and the user
+# (RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token): see enable_token_auth.
+QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+
+# Ray's switch between single-machine mode (every Ray process listens on 127.0.0.1 only; Ray's
+# default on macOS and Windows) and cluster mode (all interfaces; its default on Linux).
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Where Ray reads a token from (RAY_AUTH_TOKEN first, then RAY_AUTH_TOKEN_PATH, then the default file).
+TOKEN_SOURCES = "~/.ray/auth_token, in a file named by RAY_AUTH_TOKEN_PATH, or in RAY_AUTH_TOKEN"
+WHERE_TOKEN = f"put the cluster's token in {TOKEN_SOURCES} (on the head node, `ray get-auth-token` prints it)"
 
 
 class TrialFailed(TrialError):
@@ -138,16 +151,171 @@ def worker_main(train_config: dict) -> None:
         session.run()
 
 
-def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join ``address`` or start a quiet local instance (no token auth, no usage stats).
+class _AuthNotice(logging.Filter):
+    """Drops Ray's notice that token authentication is on for a new local instance (it says how
+    to turn it off); every other record of that logger passes."""
 
-    An address that does not answer fails within seconds, naming the address; a local
-    instance gets a reaper (engine/trial/reaper.py), so that no Ray process outlives a driver
-    that is killed."""
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _hush_auth_notice() -> None:
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _AuthNotice) for f in log.filters):
+        log.addFilter(_AuthNotice())
+
+
+def private_token_file(path: Path) -> bool:
+    """Create Ray's default token file at ``path`` readable by its owner only (``ray.init`` and
+    ``ray get-auth-token --generate`` create it with the umask's permissions, often world-readable,
+    and whoever reads the token can run code on the instance).  False when it exists already."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
+    return True
+
+
+def enable_token_auth() -> None:
+    """Ray's token authentication for a Ray instance this process starts, as ``ray.init`` turns it
+    on for a new local instance since Ray 2.59: RAY_AUTH_MODE=token in this process and the
+    processes it starts, and a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token,
+    created here, private, when none is set).  Ray's notice saying so is not printed.  A user who
+    exported RAY_AUTH_MODE=disabled keeps it disabled (Ray's own opt-out)."""
+    from ray._private.authentication.authentication_token_setup import (
+        enable_token_auth_by_default,
+        ensure_token_if_auth_enabled,
+    )
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, get_authentication_mode
+
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    check_token_path()
+    _hush_auth_notice()
+    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        if private_token_file(Path.home() / ".ray" / "auth_token"):
+            AuthenticationTokenLoader.instance().reset_cache()
+    enable_token_auth_by_default()  # unset: sets RAY_AUTH_MODE=token and reloads Ray's configuration
+    if get_authentication_mode() != AuthenticationMode.TOKEN:  # exported after Ray read its configuration
+        Config.initialize("")
+    ensure_token_if_auth_enabled(None, create_token_if_missing=True)
+
+
+def check_token_path() -> None:
+    """Refuse a RAY_AUTH_TOKEN_PATH that names no readable, non-empty file (Ray would fail later,
+    in a Ray process, or in a long message)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and not os.environ.get("RAY_AUTH_TOKEN"):
+        try:
+            empty = not Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read: {exc.strerror or exc}.") from None
+        if empty:
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={path} is empty; it must hold the Ray cluster's token.")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a HOST:PORT names this machine's loopback interface."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Start Ray's processes in single-machine mode, every one listening on 127.0.0.1 only (by
+    default on Linux the GCS, the raylet and every worker listen on all interfaces, and
+    ``ray.init(_node_ip_address="127.0.0.1")`` is resolved back to the machine's address).  A user
+    who set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER keeps Ray's behaviour for it."""
+    from ray._private import ray_constants
+
+    if LOOPBACK_SWITCH in os.environ:
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER  # read once, when Ray was imported
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        os.environ.pop(LOOPBACK_SWITCH, None)
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def auth_refusal(address: str) -> str:
+    """The line for a cluster at ``address`` that refused this process: what it lacks, and where
+    Ray reads what it needs."""
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        return (
+            f"The Ray cluster at {address!r} requires token authentication: export RAY_AUTH_MODE=token and "
+            f"{WHERE_TOKEN}."
+        )
+    source = (
+        "RAY_AUTH_TOKEN"
+        if os.environ.get("RAY_AUTH_TOKEN")
+        else os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    )
+    return f"The Ray cluster at {address!r} refused the token from {source} (RAY_AUTH_MODE=token); {WHERE_TOKEN}."
+
+
+def check_auth(address: str, timeout: float = 5.0) -> None:
+    """Ask the cluster's GCS at HOST:PORT one question with the credentials ``ray.init`` would
+    send; a refusal is one line naming what to set (``ray.init`` itself retries for 20 seconds,
+    printing a warning a second, then says only that it failed to connect)."""
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    if address in _ADMITTED:  # one question per address and process (it takes a second or two)
+        return
+    check_token_path()
+    try:
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except AuthenticationError:  # RAY_AUTH_MODE=token and no token anywhere
+        raise ConfigError(
+            f"RAY_AUTH_MODE=token is set but no token was found to join the Ray cluster at {address!r}: {WHERE_TOKEN}."
+        ) from None
+    try:
+        # A made-up cluster id: the client asks nothing before the question (asking for the id
+        # is what ray.init retries); the token is checked before the id, which is then refused.
+        GcsClient(address=address, cluster_id="00" * 28).internal_kv_get(b"warmstart", None, timeout=timeout)
+    except AuthenticationError as exc:
+        if "InvalidAuthToken" in str(exc):
+            raise ConfigError(auth_refusal(address)) from None
+        _ADMITTED.add(address)  # the token passed; the made-up cluster id did not
+    except Exception:  # noqa: BLE001 - anything else (not a Ray GCS, a timeout) is ray.init's to report
+        pass
+    else:
+        _ADMITTED.add(address)
+
+
+_ADMITTED: set[str] = set()  # addresses whose cluster accepted this process's credentials
+
+
+def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Join ``address`` or start a quiet local instance (no usage stats).
+
+    A local instance has Ray's token authentication on (enable_token_auth) and listens on
+    127.0.0.1 only (loopback_only); joining a cluster uses the user's own RAY_AUTH_* settings, and
+    a cluster that refuses them is one line saying what to set.  An address that does not answer
+    fails within seconds, naming the address; a local instance gets a reaper
+    (engine/trial/reaper.py), so that no Ray process outlives a driver that is killed."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     import ray
 
+    _hush_auth_notice()  # also when 'auto' finds a token and Ray turns token mode on for it
     if address:
         check_address(address)  # also when this process already runs Ray: the address given must answer
     if ray.is_initialized():
@@ -156,12 +324,17 @@ def init_ray(address: str | None, num_cpus: int | None = None, num_gpus: int | N
     # logs/ folder); progress reaches the driver through the results store instead.
     quiet = {"logging_level": "WARNING", "log_to_driver": False}
     if address:
-        try:
-            ray.init(address=address, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ConfigError(f"Cannot join the Ray cluster at {address!r}: {error_line(exc)}") from None
+        # Ray replaces a loopback host by the machine's address, where an instance started in
+        # single-machine mode (loopback_only) does not listen; joined in that mode, it stays 127.0.0.1.
+        with loopback_only() if is_loopback(address) else contextlib.nullcontext():
+            try:
+                ray.init(address=address, **quiet)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"Cannot join the Ray cluster at {address!r}: {error_line(exc)}") from None
         return
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
+    enable_token_auth()
+    with loopback_only():
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, **quiet)
     session = ray._private.worker._global_node.get_session_dir_path()
     if sys.platform.startswith("linux"):
         subprocess.Popen(
@@ -192,8 +365,9 @@ def check_shared_out(out: str | None, address: str | None, shared_fs: bool = Fal
 
 
 def check_address(address: str, timeout: float = 5.0) -> None:
-    """Refuse, within seconds, a HOST:PORT where nothing listens ('auto' and ray:// URIs are
-    Ray's to resolve; it fails fast when no cluster runs)."""
+    """Refuse, within seconds, a HOST:PORT where nothing listens, or whose cluster refuses this
+    process's credentials ('auto' and ray:// URIs are Ray's to resolve; it fails fast when no
+    cluster runs)."""
     if address == "auto" or "://" in address:
         return
     host, sep, port = address.rpartition(":")
@@ -208,6 +382,7 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(
             f"Cannot reach a Ray cluster at {address!r}: {reason} (is a head node running there?)."
         ) from None
+    check_auth(address, timeout)
 
 
 def check_resources(
