@@ -287,3 +287,35 @@ def test_a_stripped_wheel_has_a_record_that_matches_its_contents(tmp_path):
             if info.filename != "pkg/jars/big.jar":
                 zout.writestr(info, zin.read(info))
     assert check(tmp_path / "bad.whl") == ["pkg/jars/big.jar: in the RECORD, not in the wheel"]
+
+
+def test_ray_gpu_compares_rows_by_the_ray_train_criteria():
+    """benchmarks.ray_gpu's verdicts: equal rows pass, a different pick or a duplicated round fails."""
+    import pandas as pd
+
+    from benchmarks.ray_gpu import compare, every_round_once
+
+    def rows(picks, acc=(0.5, 0.6), trial="t"):
+        return pd.DataFrame(
+            {
+                "trial_id": trial,
+                "round": [1, 2],
+                "n_labeled": [10, 20],
+                "acquired": picks,
+                "test_acc": list(acc),
+                "epochs": [3, 4],
+                "device": "cuda",
+                "world_size": 1,
+                "performance": "{}",
+            }
+        )
+
+    local = rows([[1, 2], [3, 4]])
+    assert compare(local, rows([[1, 2], [3, 4]], acc=(0.52, 0.6)))["ok"]
+    differs = compare(local, rows([[1, 2], [3, 5]]))
+    assert not differs["ok"] and differs["checks"]["same_picks"] is False
+    assert not compare(local, rows([[1, 2], [3, 4]], acc=(0.5, 0.7)))["checks"]["test_acc_within"]
+    two = pd.concat([rows([[1], [2]], trial="a"), rows([[1], [2]], trial="b")])
+    assert every_round_once(two, trials=2, rounds=2) == {"trials": 2, "rows": 4, "duplicates": 0, "ok": True}
+    assert not every_round_once(pd.concat([two, two.iloc[:1]]), trials=2, rounds=2)["ok"]
+    assert not every_round_once(two, trials=3, rounds=2)["ok"]
