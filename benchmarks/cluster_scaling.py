@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     prepare_dataset(args.dataset)  # generated once before the clock, not by the first run's trials
     with tempfile.TemporaryDirectory() as folder, s3_server("scaling") if bucket else contextlib.nullcontext() as s3:
         suite = suite_file(folder, args.dataset, args.trials, args.rounds, args.initial, args.per_round)
-        env = {**os.environ, **(s3.env if bucket else {}), "PYTHONPATH": REPO}
+        # the source tree first, then whatever else is on the path (the GPU machine: the installed wheels)
+        path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **(s3.env if bucket else {}), "PYTHONPATH": path}
         cluster = LocalCluster(worker_nodes=nodes[0], cpus_per_node=args.cpus_per_node)
         try:
             for n in nodes:

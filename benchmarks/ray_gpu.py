@@ -31,8 +31,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -68,18 +70,25 @@ def trial_config(folder: Path, smoke: bool, device: str) -> str:
 
 
 def engine(args: list[str], log_name: str) -> tuple[float, str]:
-    """``python -m engine ARGS`` from the source tree; (wall seconds, stdout).  Its output is
-    echoed (the tail on success, all of it on failure) so gpu_check.log keeps it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    """``python -m engine ARGS`` from the source tree; (wall seconds, its output).  The output
+    is echoed line by line as it comes, so gpu_check.log keeps it even if the run is cut."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # + the installed wheels
+    env = {**os.environ, "PYTHONPATH": path}
+    print(f"$ warmstart {' '.join(args)}   # {log_name}", flush=True)
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=env)
+    lines = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    ) as process:
+        for line in process.stdout:
+            lines.append(line)
+            print(f"  {line}", end="", flush=True)
     seconds = time.perf_counter() - began
-    print(f"$ warmstart {' '.join(args)}   # {log_name}, {seconds:.1f} s, exit {done.returncode}", flush=True)
-    text = (done.stdout + done.stderr).strip()
-    print(textwrap.indent(text if done.returncode else "\n".join(text.splitlines()[-6:]), "  "), flush=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{log_name}: exit {done.returncode}: {text.splitlines()[-1] if text else ''}")
-    return seconds, done.stdout
+    print(f"  ({log_name}: {seconds:.1f} s, exit {process.returncode})", flush=True)
+    if process.returncode != 0:
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        raise RuntimeError(f"{log_name}: exit {process.returncode}: {last}")
+    return seconds, "".join(lines)
 
 
 def compare(local, ray) -> dict:
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="toy sizes on a CPU: checks the code, not the speed")
     parser.add_argument("--out", metavar="DIR", default=os.environ.get("OUT") or "gpu_check_out")
-    parser.add_argument("--work", metavar="DIR", help="where data and results go (default: a folder under /tmp)")
+    parser.add_argument("--work", metavar="DIR", help="where data and results go, kept (default: a temporary folder)")
     parser.add_argument("--only", choices=["run", "suite"], help="one section")
     parser.add_argument("--packs", default="1,4", help="trials per GPU to measure (smoke: --max-concurrent)")
     args = parser.parse_args(argv)
@@ -228,8 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     device = "cpu" if args.smoke else "cuda"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(args.work or f"/tmp/ray_gpu_{os.getpid()}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="ray_gpu_"))
     work.mkdir(parents=True, exist_ok=True)
+    try:
+        return measure(args, device, work, out)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args, device: str, work: Path, out: Path) -> int:
+    import torch
+
     make_data(work, *((300, 100) if args.smoke else (8000, 2000)))
     (work / "trial.yaml").write_text(trial_config(work, args.smoke, device))
     report = {
