@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = SMOKE_CASES if args.smoke else STEP_CASES
     print("steps ...", file=sys.stderr, flush=True)
     report["steps"], report["errors"] = [], {}
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))  # the machine, even if cut at once
 
     def section(name: str, run, default):
         """One section; its failure is recorded and the others still run (one GPU session, one

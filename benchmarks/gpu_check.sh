@@ -70,7 +70,7 @@ section() {
   left=$((DEADLINE - SECONDS - 10))  # 10 s for the last summary
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 20 ]; then
-    echo "== $name: skipped, $((DEADLINE - SECONDS)) s left of the 9 minutes" | tee -a "$LOG"
+    echo "== $name: skipped, $((DEADLINE - SECONDS)) s left before the deadline" | tee -a "$LOG"
     sections+=("$name:skip:0:0")
     return
   fi

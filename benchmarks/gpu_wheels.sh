@@ -51,6 +51,9 @@ for pin in "${PINS[@]}"; do
     cp "$file" "$WHEELS/"
   fi
 done
+for wheel in "$WHEELS"/*.whl; do  # every member's CRC, then the RECORD's hashes and sizes
+  python -m zipfile -t "$wheel" >/dev/null || { echo "error: $wheel is not a valid zip" >&2; exit 1; }
+done
 python -m benchmarks.wheels check "$WHEELS"/*.whl
 
 # Install them as the GPU machine will (pip install --no-index --no-deps --target), for
