@@ -1,30 +1,35 @@
-"""The same suite on one worker node and on two, with results on an S3 bucket or a local folder.
+"""The same suite on one worker node and on more, with results on an S3 bucket or a local folder.
 
     python -m benchmarks.cluster_scaling [--dataset digits|mnist1d] [--trials 8] [--rounds 4]
-        [--initial 100] [--per-round 50] [--saves 20] [--out FILE.json]
+        [--initial 100] [--per-round 50] [--nodes 1,2] [--cpus-per-node 1] [--store both|local]
+        [--saves 20] [--out FILE.json]
 
 A real multi-node Ray cluster on this machine (benchmarks/local_cluster.py: a head with no
-CPUs, worker nodes of one CPU each) and a real S3-compatible server (moto).  Three runs of
-one suite of ``--trials`` trials, each by its own `warmstart suite` driver:
+CPUs, worker nodes of ``--cpus-per-node`` CPUs each) and, with ``--store both`` (the
+default), a real S3-compatible server (moto).  The same suite of ``--trials`` trials runs
+once per node count of ``--nodes`` (nodes are added between runs), each by its own
+`warmstart suite` driver into a fresh prefix (every trial reruns):
 
-1. one worker node, results on the bucket;
-2. a second worker node added, results on the bucket (a fresh prefix: every trial reruns);
-3. the same two nodes, results in a local folder (``--shared-fs``: one machine, one disk).
+- ``--store both``: every node count with results on the bucket, then the largest once
+  more with results in a local folder (``--shared-fs``: one machine, one disk);
+- ``--store local``: every node count with results in a local folder (no S3 server, so no
+  moto: what the GPU machine of benchmarks/gpu_check.sh can run).
 
 It reports each run's suite seconds (the driver's own "finished in", which includes joining
 the cluster and Ray Tune's start), trials per hour, and seconds per round (suite seconds ×
-worker nodes / rounds: the time one CPU spends per round, overheads included).  Then,
-without Ray, what saving one round costs on each store: a real row, checkpoint and status
-of run 3 written ``--saves`` times through TrialStore (lease checks included on the
-bucket), as seconds per round, and that difference as a share of run 3's seconds per
-round.  Aims
-(issue 19): two nodes >= 1.8x the trials per hour of one; the bucket <= 10% more per round
-than the local folder.
+worker nodes / rounds: the time one node spends per round, overheads included), and each
+node count's trials per hour over the first's.  Then, with the bucket, without Ray, what
+saving one round costs on each store: a real row, checkpoint and status of the local run
+written ``--saves`` times through TrialStore (lease checks included on the bucket), as
+seconds per round, and that difference as a share of that run's seconds per round.  Aims
+(issue 19): two nodes >= 1.8x the trials per hour of one, four >= 3.2x; the bucket <= 10%
+more per round than the local folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -37,6 +42,7 @@ import time
 from benchmarks.local_cluster import LocalCluster, s3_server
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AIMS = {2: 1.8, 4: 3.2}  # n worker nodes against one: trials per hour (issue 19)
 
 
 def suite_file(folder: str, dataset: str, trials: int, rounds: int, initial: int, per_round: int) -> str:
@@ -46,6 +52,7 @@ def suite_file(folder: str, dataset: str, trials: int, rounds: int, initial: int
             textwrap.dedent(f"""
             name: scaling
             base:
+              device: cpu  # a CPU benchmark, also on a machine with a GPU
               dataset: {{name: {dataset}}}
               init: {{name: warm}}
               rounds: {{initial: {initial}, per_round: {per_round}, max_rounds: {rounds}}}
@@ -86,60 +93,122 @@ def save_seconds(source: str, out: str, saves: int) -> float:
     return seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--dataset", default="digits", help="digits (default) or mnist1d (longer rounds)")
     parser.add_argument("--initial", type=int, default=100)
     parser.add_argument("--per-round", type=int, default=50)
+    parser.add_argument(
+        "--nodes", default="1,2", help="worker node counts to run the suite on, ascending (default 1,2)"
+    )
+    parser.add_argument("--cpus-per-node", type=int, default=1, help="CPUs of each worker node (default 1)")
+    parser.add_argument(
+        "--store",
+        choices=["both", "local"],
+        default="both",
+        help="both (default): every run on the bucket, one more on a local folder at the most nodes, and the "
+        "save timing; local: every run on a local folder, no S3 server (no moto needed)",
+    )
     parser.add_argument("--saves", type=int, default=20, help="rounds saved per store to time a save")
     parser.add_argument("--out", help="also write the results as JSON here")
-    args = parser.parse_args()
-    rounds = args.trials * args.rounds
-    with tempfile.TemporaryDirectory() as folder, s3_server("scaling") as s3:
+    args = parser.parse_args(argv)
+    nodes = sorted({int(n) for n in args.nodes.split(",")})
+    bucket = args.store == "both"
+    about = {
+        "trials": args.trials,
+        "rounds": args.rounds,
+        "dataset": args.dataset,
+        "cpus_per_node": args.cpus_per_node,
+        "cpus": os.cpu_count(),
+        "aims": AIMS,
+    }
+    runs, saves = [], None
+    prepare_dataset(args.dataset)  # generated once before the clock, not by the first run's trials
+    with tempfile.TemporaryDirectory() as folder, s3_server("scaling") if bucket else contextlib.nullcontext() as s3:
         suite = suite_file(folder, args.dataset, args.trials, args.rounds, args.initial, args.per_round)
-        env = {**os.environ, **s3.env, "PYTHONPATH": REPO}
-        cluster = LocalCluster(worker_nodes=1, cpus_per_node=1)
+        # the source tree first, then whatever else is on the path (the GPU machine: the installed wheels)
+        path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, **(s3.env if bucket else {}), "PYTHONPATH": path}
+        cluster = LocalCluster(worker_nodes=nodes[0], cpus_per_node=args.cpus_per_node)
         try:
-            runs = [("1 node, bucket", 1, run_suite(suite, cluster.address, s3.uri("one"), env))]
-            cluster.workers.append(cluster.add_worker())
-            runs.append(("2 nodes, bucket", 2, run_suite(suite, cluster.address, s3.uri("two"), env)))
-            local = os.path.join(folder, "local")
-            runs.append(("2 nodes, local folder", 2, run_suite(suite, cluster.address, local, env, shared_fs=True)))
+            for n in nodes:
+                while len(cluster.workers) < n:
+                    cluster.workers.append(cluster.add_worker())
+                if bucket:
+                    seconds = run_suite(suite, cluster.address, s3.uri(f"nodes{n}"), env)
+                    runs.append((f"{n} node{'s' * (n > 1)}, bucket", n, "bucket", seconds))
+                else:
+                    out = os.path.join(folder, f"nodes{n}")
+                    seconds = run_suite(suite, cluster.address, out, env, shared_fs=True)
+                    runs.append((f"{n} node{'s' * (n > 1)}, local folder", n, "local", seconds))
+                summarize(about, runs, len(nodes), None, args.out, quiet=True)  # a run cut short keeps these
+            if bucket:
+                local = os.path.join(folder, "local")
+                seconds = run_suite(suite, cluster.address, local, env, shared_fs=True)
+                runs.append((f"{nodes[-1]} nodes, local folder", nodes[-1], "local", seconds))
         finally:
             cluster.shutdown()
-        os.environ.update(s3.env)  # this process saves to the bucket as a driver would
-        saves = {
-            "bucket": save_seconds(local, s3.uri("saves"), args.saves),
-            "local folder": save_seconds(local, os.path.join(folder, "saves"), args.saves),
-        }
+        if bucket:
+            os.environ.update(s3.env)  # this process saves to the bucket as a driver would
+            saves = {
+                "bucket": save_seconds(local, s3.uri("saves"), args.saves),
+                "local folder": save_seconds(local, os.path.join(folder, "saves"), args.saves),
+            }
     print(
         f"{args.trials} trials x {args.rounds} rounds ({args.dataset}, mlp, warm start, {args.initial} + "
-        f"{args.per_round} per round), one CPU per node"
+        f"{args.per_round} per round), {args.cpus_per_node} CPU(s) per node"
     )
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
-    print("| run | suite seconds | trials/hour | seconds per round per node |")
-    print("| --- | --- | --- | --- |")
+    summarize(about, runs, len(nodes), saves, args.out)
+
+
+def prepare_dataset(name: str) -> None:
+    """Read (for mnist1d: generate and cache) the dataset once in this process."""
+    import torch
+
+    from engine.schema.config import build
+    from engine.trial.setup import load_data
+
+    load_data(build(sets=[f"dataset.name={name}"]), torch.device("cpu"))
+
+
+def summarize(about: dict, runs: list, scaled: int, saves: dict | None, out: str | None, quiet: bool = False) -> None:
+    """The table, each node count's trials per hour over the first's against its aim, the
+    bucket's cost; the same as JSON in ``out``.  ``runs[:scaled]``: one run per node count."""
+    rounds = about["trials"] * about["rounds"]
+    say = (lambda *a: None) if quiet else print
+    say("| run | suite seconds | trials/hour | seconds per round per node |")
+    say("| --- | --- | --- | --- |")
     results = []
-    for name, nodes, seconds in runs:
-        per_hour, per_round = args.trials / seconds * 3600, seconds * nodes / rounds
-        results.append({"run": name, "nodes": nodes, "seconds": seconds, "trials_per_hour": per_hour})
-        print(f"| {name} | {seconds:.0f} | {per_hour:.0f} | {per_round:.2f} |")
-    scaling = runs[0][2] / runs[1][2]
-    bucket_cost = runs[1][2] / runs[2][2] - 1
-    per_round = runs[2][2] * 2 / rounds
-    save_cost = (saves["bucket"] - saves["local folder"]) / per_round
-    print(f"two nodes / one node, trials per hour: {scaling:.2f}x (aim >= 1.8x)")
-    print(f"bucket vs local folder, suite time per round: {bucket_cost:+.1%} (aim <= +10%)")
-    print(
-        f"saving a round: bucket {saves['bucket'] * 1000:.1f} ms, local folder {saves['local folder'] * 1000:.1f} ms; "
-        f"the difference is {save_cost:+.1%} of a round ({per_round:.2f} s)"
-    )
-    if args.out:
-        record = {"runs": results, "scaling": scaling, "bucket_cost": bucket_cost, "saves": saves, "time": time.time()}
-        with open(args.out, "w") as f:
-            json.dump(record, f)
+    for name, n, store, seconds in runs:
+        per_hour, per_round = about["trials"] / seconds * 3600, seconds * n / rounds
+        results.append({"run": name, "nodes": n, "store": store, "seconds": seconds, "trials_per_hour": per_hour})
+        say(f"| {name} | {seconds:.0f} | {per_hour:.0f} | {per_round:.2f} |")
+    first = runs[0]
+    scaling, meets = {}, {}
+    for _name, n, _store, seconds in runs[1:scaled]:
+        scaling[n] = first[3] / seconds
+        aim = AIMS.get(n) if first[1] == 1 else None
+        if aim:
+            meets[n] = scaling[n] >= aim
+        verdict = f" (aim >= {aim}x: {'met' if meets[n] else 'MISSED'})" if aim else ""
+        say(f"{n} nodes / {first[1]} node{'s' * (first[1] > 1)}, trials per hour: {scaling[n]:.2f}x{verdict}")
+    record = {**about, "runs": results, "scaling": scaling, "meets_aims": meets, "time": time.time()}
+    if saves is not None:
+        bucket_cost = runs[scaled - 1][3] / runs[-1][3] - 1
+        per_round = runs[-1][3] * runs[-1][1] / rounds
+        save_cost = (saves["bucket"] - saves["local folder"]) / per_round
+        say(f"bucket vs local folder, suite time per round: {bucket_cost:+.1%} (aim <= +10%)")
+        say(
+            f"saving a round: bucket {saves['bucket'] * 1000:.1f} ms, local folder {saves['local folder'] * 1000:.1f} "
+            f"ms; the difference is {save_cost:+.1%} of a round ({per_round:.2f} s)"
+        )
+        record.update({"bucket_cost": bucket_cost, "bucket_aim": 0.10, "saves": saves})
+    if out:
+        with open(out, "w") as f:
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.gpu [--smoke] [--device cuda|cpu] [--out DIR] [--skip-packing]
 
-Run by ``benchmarks/gpu_check.sh`` (one command, no Ray, no install).  Sections, each
+Run by ``benchmarks/gpu_check.sh`` (its first section: no Ray needed).  Sections, each
 also in ``DIR/gpu_check.json``:
 
 steps      resnet18 width 64, width 16 and the mlp (CIFAR-sized random data, batch 128,
@@ -24,7 +24,8 @@ scoring    margin acquisition on the device / a bare gather+forward (benchmarks.
            scoring section, at its GPU sizes); and every built-in strategy's picks from
            outputs on the GPU against the same outputs on the CPU.
 packing    benchmarks.packing: trial-rounds per GPU-minute of a 16-trial digits/resnet18
-           λ×σ grid (6 rounds each, at most 100 epochs a round) at 1, 2, 4 and 8
+           λ×σ grid (6 rounds each, at most 100 epochs a round; ``--packing-trials``,
+           ``--packing-rounds``) at 1, 2, 4 and 8 (``--packs``)
            concurrent trials (processes); writes the packing
            table ``warmstart suite --trials-per-gpu auto`` reads (DIR/packing.json).
 
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also the bare loop under torch.compile reduce-overhead")
     parser.add_argument("--skip-packing", action="store_true")
     parser.add_argument("--packs", default="1,2,4,8")
+    parser.add_argument("--packing-trials", type=int, default=16, help="trials of the packing grid (at most 16)")
+    parser.add_argument("--packing-rounds", type=int, default=6, help="rounds per trial of the packing grid")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -445,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = SMOKE_CASES if args.smoke else STEP_CASES
     print("steps ...", file=sys.stderr, flush=True)
     report["steps"], report["errors"] = [], {}
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))  # the machine, even if cut at once
 
     def section(name: str, run, default):
         """One section; its failure is recorded and the others still run (one GPU session, one
@@ -479,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:
             measure = lambda: packing.measure("mlp", packs, 2, 2, str(device), "thread", 2)  # noqa: E731
         else:
-            measure = lambda: packing.measure("resnet18", packs, 6, 100, str(device), "process", 16)  # noqa: E731
+            measure = lambda: packing.measure(  # noqa: E731
+                "resnet18", packs, args.packing_rounds, 100, str(device), "process", args.packing_trials
+            )
         report["packing"] = section("packing", measure, None)
         if report["packing"] is not None:
             packing.write_table(report["packing"], str(out / "packing.json"))

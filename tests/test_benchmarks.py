@@ -239,3 +239,83 @@ def test_asha_vs_grid_scores_regret_and_ranks():
     # ASHA's order (survivors 0.8, 0.7, then stopped 0.9, 0.6) against the grid's (0.9, 0.8, 0.7, 0.6).
     assert result["spearman_all_points"] == pytest.approx(0.4)
     assert result["points_by_rounds_reached"] == {1: 2, 3: 2}
+
+
+def _tiny_wheel(path: Path) -> None:
+    """A wheel of three files, one of them executable, under a correct RECORD."""
+    import zipfile
+
+    from benchmarks.wheels import record_hash
+
+    files = {
+        "pkg/__init__.py": b"x = 1\n",
+        "pkg/jars/big.jar": b"\0" * 5000,
+        "pkg/bin/tool": b"#!/bin/sh\necho hi\n",
+        "pkg-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n",
+    }
+    record = "".join(f"{name},{record_hash(data)},{len(data)}\n" for name, data in files.items())
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (0o755 if name.endswith("tool") else 0o644) << 16
+            z.writestr(info, data)
+        z.writestr("pkg-1.0.dist-info/RECORD", record + "pkg-1.0.dist-info/RECORD,,\n")
+
+
+def test_a_stripped_wheel_has_a_record_that_matches_its_contents(tmp_path):
+    """benchmarks/gpu_wheels.sh repacks Ray without ray/jars: the RECORD must lose those lines."""
+    import zipfile
+
+    from benchmarks.wheels import check, strip
+
+    src, dst = tmp_path / "pkg-1.0-py3-none-any.whl", tmp_path / "out" / "pkg-1.0-py3-none-any.whl"
+    _tiny_wheel(src)
+    assert check(src) == []
+    done = strip(src, dst, ["pkg/jars"])
+    assert done == {"dropped_files": 1, "dropped_bytes": 5000, "record_lines": 4}
+    assert check(dst) == []
+    with zipfile.ZipFile(dst) as z:
+        assert (
+            "pkg/jars/big.jar" not in z.namelist()
+            and "pkg/jars/big.jar" not in z.read("pkg-1.0.dist-info/RECORD").decode()
+        )
+        assert z.getinfo("pkg/bin/tool").external_attr >> 16 == 0o755  # executables stay executable
+        assert z.read("pkg/__init__.py") == b"x = 1\n"
+    # The check can fail: a wheel that drops a file but keeps its RECORD line.
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "bad.whl", "w") as zout:
+        for info in zin.infolist():
+            if info.filename != "pkg/jars/big.jar":
+                zout.writestr(info, zin.read(info))
+    assert check(tmp_path / "bad.whl") == ["pkg/jars/big.jar: in the RECORD, not in the wheel"]
+
+
+def test_ray_gpu_compares_rows_by_the_ray_train_criteria():
+    """benchmarks.ray_gpu's verdicts: equal rows pass, a different pick or a duplicated round fails."""
+    import pandas as pd
+
+    from benchmarks.ray_gpu import compare, every_round_once
+
+    def rows(picks, acc=(0.5, 0.6), trial="t"):
+        return pd.DataFrame(
+            {
+                "trial_id": trial,
+                "round": [1, 2],
+                "n_labeled": [10, 20],
+                "acquired": picks,
+                "test_acc": list(acc),
+                "epochs": [3, 4],
+                "device": "cuda",
+                "world_size": 1,
+                "performance": "{}",
+            }
+        )
+
+    local = rows([[1, 2], [3, 4]])
+    assert compare(local, rows([[1, 2], [3, 4]], acc=(0.52, 0.6)))["ok"]
+    differs = compare(local, rows([[1, 2], [3, 5]]))
+    assert not differs["ok"] and differs["checks"]["same_picks"] is False
+    assert not compare(local, rows([[1, 2], [3, 4]], acc=(0.5, 0.7)))["checks"]["test_acc_within"]
+    two = pd.concat([rows([[1], [2]], trial="a"), rows([[1], [2]], trial="b")])
+    assert every_round_once(two, trials=2, rounds=2) == {"trials": 2, "rows": 4, "duplicates": 0, "ok": True}
+    assert not every_round_once(pd.concat([two, two.iloc[:1]]), trials=2, rounds=2)["ok"]
+    assert not every_round_once(two, trials=3, rounds=2)["ok"]
