@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
+from engine.storage.folders import check_results_folder
 from engine.storage.object_store import object_store
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
 from engine.suite.ensembles import Grouping, ensemble_units
@@ -102,7 +103,7 @@ def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
     results; the trial ids the manifest will list.  With ``resume``, the suite may have
     grown (new seeds, grid values, more rounds): what is recorded must still be part of
     it, and the base config must be the same."""
-    TrialStore(out, suite.name).probe()
+    out = check_results_folder(out, suite.name)  # writable, and neither inside nor holding other results
     manifest = read_manifest(out)
     ids = [t.trial_id for t in suite.trials]
     if manifest is None:
