@@ -78,7 +78,9 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
     result.rounds = len(rows)
     for round_, why in unreadable.items():
         result.problems.append(f"the row file of round {round_} {why}")
-    status = store.load_status()
+    status, damaged = store.read_status()
+    if damaged:
+        result.problems.append(f"the status (status.json) {damaged}: a resume recomputes the trial")
     checkpoint = store.load_checkpoint()
     if store.notes:
         intact = checkpoint is not None
@@ -92,7 +94,7 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
         (result.notes if checkpoint["round"] == done - 1 else result.problems).append(
             f"the status says round {done}, the newest intact checkpoint is of round {checkpoint['round']}"
         )
-    if status is None and rows:
+    if status is None and rows and not damaged:
         result.problems.append("rows without a status: the trial's metadata is missing")
     missing = [r for r in range(1, max([done, *rows]) + 1) if r not in rows]
     if missing:

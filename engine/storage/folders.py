@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from engine.errors import ConfigError
 from engine.storage.object_store import object_store_reason
@@ -132,12 +134,14 @@ def row_files(out: str) -> tuple[pafs.FileSystem, list[str]]:
     subfolder's.  ``out`` may also name one Parquet file.  FileNotFoundError when it does
     not exist."""
     fs, base = filesystem(out)
-    info = fs.get_file_info(base)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(base)
-    if info.type == pafs.FileType.File:
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base))
+    except NotADirectoryError:  # a local file
         return fs, [base]
-    infos = fs.get_file_info(pafs.FileSelector(base))
+    except FileNotFoundError:  # no such folder, or, on an object store, a key that is one object
+        if fs.get_file_info(base).type != pafs.FileType.File:
+            raise
+        return fs, [base]
     names = sorted(
         i.path
         for i in infos
@@ -152,3 +156,39 @@ def row_key(path: str) -> tuple[str, int] | None:
     """The (trial id, round) a row file's name fixes, or None for a name of another form."""
     match = ROW_NAME.fullmatch(os.path.basename(path))
     return (match["trial"], int(match["round"])) if match else None
+
+
+def trial_rows_intact(out: str, last: dict[str, int], threads: int = 16) -> dict[str, bool]:
+    """For each trial id in ``last`` (its status's last completed round): whether rounds 1 to
+    that round each have a row file under ``out`` that holds that (trial, round).  One
+    listing for all trials, then two columns of each row read, ``threads`` at a time (what a
+    suite's resume checks before it skips a finished trial)."""
+    try:
+        fs, files = row_files(out)
+    except FileNotFoundError:
+        return dict.fromkeys(last, False)
+    by_trial: dict[str, dict[int, str]] = {}
+    for path in files:
+        key = row_key(path)
+        if key is not None:
+            by_trial.setdefault(key[0], {})[key[1]] = path
+
+    def holds(item: tuple[str, int, str]) -> bool:
+        trial_id, round_, path = item
+        try:
+            with fs.open_input_file(path) as f:
+                row = pq.read_table(f, columns=["trial_id", "round"]).to_pylist()
+        except Exception:  # truncated, not Parquet, no such columns
+            return False
+        return row == [{"trial_id": trial_id, "round": round_}]
+
+    wanted, result = [], {}
+    for trial_id, rounds in last.items():
+        paths = by_trial.get(trial_id, {})
+        result[trial_id] = all(r in paths for r in range(1, rounds + 1))
+        if result[trial_id]:
+            wanted += [(trial_id, r, paths[r]) for r in range(1, rounds + 1)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for (trial_id, _, _), ok in zip(wanted, pool.map(holds, wanted), strict=True):
+            result[trial_id] = result[trial_id] and ok
+    return result
