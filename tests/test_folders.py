@@ -225,6 +225,21 @@ def test_a_row_that_is_not_what_its_name_says_is_recomputed_and_verified(finishe
     assert not check(str(out))[0].problems
 
 
+def test_a_suite_trial_recomputed_from_round_1_runs_every_round_again(finished, tmp_path):
+    from engine.schema.config import build
+    from engine.suite.points import point_rounds
+
+    out = copy_to(finished, tmp_path / "out")
+    trial = finished[1]
+    (out / f"{trial}-round0001.parquet").write_bytes((out / f"{trial}-round0002.parquet").read_bytes())
+    # What a suite's Tune trial does (no Ray needed): its rows round by round, resumed.
+    rounds = [[row["round"] for row in rows] for rows in point_rounds([build(TINY)], str(out))]
+    assert rounds == [[1], [2], [3]]
+    assert json.loads((out / "_warmstart" / trial / "status.json").read_text())["round"] == 3
+    assert table(out) == finished[2]
+    assert not check(str(out))[0].problems
+
+
 @pytest.mark.parametrize("damage", ["truncated", "deleted", "behind"])
 def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, tmp_path, capsys):
     out = copy_to(finished, tmp_path / "out")
