@@ -9,7 +9,9 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
     _warmstart/<trial_id>/progress.json  the round and epoch in progress, for whoever reports
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
-metadata and half-written temporary files are never read as results.  A row is
+metadata and half-written temporary files are never read as results (and a trial id may
+not start with them, nor take a name of this layout: engine.schema.config.RESERVED_TRIAL_IDS).
+Where ``out`` may be, and what is its own, is engine/storage/uri.py's and folders.py's.  A row is
 written to a temporary name and renamed into place (on an object store, which has no
 rename, as one upload that appears whole when it completes), so an interrupted run
 never leaves a partial file; the file name is fixed by (trial, round), so re-running a
