@@ -125,6 +125,24 @@ def test_an_out_that_holds_another_results_folder_is_refused_naming_it(finished,
     assert sorted(os.listdir(outer)) == ["_report", "a"]  # nothing written
 
 
+def test_the_walk_skips_what_no_reader_enters_and_is_bounded(finished, tmp_path, capsys):
+    from engine.storage.folders import MAX_FOLDERS
+
+    out = tmp_path / "out"
+    copy_to(finished, out / "_private" / "inner")  # pyarrow and pandas skip '_' folders
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err
+    crowded = tmp_path / "crowded"
+    for i in range(MAX_FOLDERS + 1):
+        (crowded / f"d{i:03d}").mkdir(parents=True)
+    code, _, err = cli(capsys, "run", "--out", str(crowded), *FAST)
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: The results folder {crowded} would hold more than {MAX_FOLDERS} folders that readers "
+        "enter (pandas.read_parquet reads folders recursively); choose a new or empty folder for --out."
+    )
+
+
 def test_readers_take_a_folders_own_rows_only(finished, tmp_path, capsys):
     outer = copy_to(finished, tmp_path / "outer")
     nested = copy_to(finished, outer / "nested")  # as an older version let it happen
