@@ -27,6 +27,7 @@ from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
 from engine.schema.records import arrow_schema
 from engine.schema.registry import PluginChanged
+from engine.storage.folders import check_results_folder
 from engine.suite import tune
 from engine.suite.search import read_record
 from engine.suite.setup import set_up_suite
@@ -167,6 +168,8 @@ class Trial:
             raise ConfigError(
                 "A Trial runs in this process; 'scaling.workers' needs Ray Train: use run_trial(config, workers=N)."
             )
+        if out is not None:  # its form, that it can be written, and its boundary: before anything starts
+            out = check_results_folder(out, cfg.trial_id())
         self._session = start_trial(cfg, out)
         self.out = out
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from engine.cli import main
+from engine.storage.check import check
 from engine.storage.store import TrialStore
 from engine.suite.plan import load_suite
 from engine.suite.search import read_record
@@ -55,6 +56,16 @@ def test_suite_writes_one_table_with_every_trial_round_once(ray_address, tmp_pat
     assert main(["suite", path, "--out", str(out), "--resume"]) == 0
     assert "4 of 4 trials already complete" in capsys.readouterr().out
     assert len(pd.read_parquet(out)) == 8
+    # A row file holding another round's row (valid Parquet) is not "complete": its trial runs
+    # again, and its resume recomputes the round and verifies the others.
+    first = sorted(out.glob("*-round0001.parquet"))[0]
+    reference = pd.read_parquet(first)[["trial_id", "round", "test_acc", "steps"]]
+    first.write_bytes(first.with_name(first.name.replace("-round0001", "-round0002")).read_bytes())
+    assert main(["suite", path, "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "of 4 trials already complete" in printed and "4 of 4" not in printed  # its unit runs (an ensemble: 2)
+    assert pd.read_parquet(first)[reference.columns].equals(reference)
+    assert not any(trial.problems for trial in check(str(out)))  # every round of it again, status included
 
     # The suite grows: a third round for every trial and a new seed; only that runs.
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}

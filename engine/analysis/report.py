@@ -55,6 +55,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
 )
 from engine.errors import ConfigError
 from engine.storage.store import filesystem
+from engine.storage.uri import normalise
 from engine.suite.search import report_section  # the search's points, where each stopped, the best
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
@@ -603,7 +604,7 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
     results could not support, each starting with ``note:``.  A path without warmstart rows
     raises ConfigError (see results.load), and so does an ``out_dir`` inside the results
     under a name pyarrow would read as results."""
-    paths = [paths] if isinstance(paths, str) else list(paths)
+    paths = [normalise(p, "results path") for p in ([paths] if isinstance(paths, str) else list(paths))]
     if out_dir is None:
         if len(paths) != 1:
             raise ConfigError(f"A report of {len(paths)} results paths needs its own directory: pass --out.")

@@ -24,6 +24,7 @@ Tables written before those columns existed are grouped by the named columns of
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -43,8 +44,10 @@ from engine.schema.records import (
     STRATEGY_COLUMNS,
 )
 from engine.schema.records import config_columns as config_columns_of
+from engine.storage.folders import row_files, row_key
 from engine.storage.object_store import object_store_reason
-from engine.storage.store import SCHEMA, TrialStore, filesystem
+from engine.storage.store import SCHEMA, TrialStore
+from engine.storage.uri import normalise
 
 # Columns that usually follow from others: model_params from model, shrink/perturb from
 # init in a random / warm / one shrink-perturb comparison, n_pool from the dataset,
@@ -102,28 +105,55 @@ def load(*paths: str) -> pd.DataFrame:
 
 
 def _read(path_or_uri: str) -> pd.DataFrame:
-    fs, base = filesystem(path_or_uri)
+    """One folder's own rows (``folders.row_files``: not a subfolder's), each file's row
+    checked against the (trial, round) its name fixes."""
+    path_or_uri = normalise(path_or_uri, "results path")
     try:
-        dataset = pads.dataset(base, filesystem=fs, format="parquet")
+        fs, files = row_files(path_or_uri)
+        dataset = pads.dataset(files, filesystem=fs, format="parquet")
         # pyarrow takes the first file's schema for the whole folder; rows written by an older
         # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
         schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
         if len(schemas) > 1:
             unified = pa.unify_schemas(list(schemas), promote_options="permissive")
-            dataset = pads.dataset(base, filesystem=fs, format="parquet", schema=unified)
-        table = dataset.to_table()
+            dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
+        parts = [(fragment.path, fragment.to_table(schema=dataset.schema)) for fragment in dataset.get_fragments()]
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
     except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
         raise ConfigError(f"Cannot read results at {path_or_uri}: {object_store_reason(exc, path_or_uri)}.") from None
     except Exception as exc:  # pyarrow's errors for unreadable files vary by version
         raise ConfigError(f"Cannot read results at {path_or_uri}: {str(exc).splitlines()[0]}") from None
+    table = pa.concat_tables([part for _, part in parts]) if parts else dataset.schema.empty_table()
     missing = [name for name in ("trial_id", "round", "test_acc") if name not in table.column_names]
     if table.num_rows == 0:
         raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
     if missing:
         raise ConfigError(f"{path_or_uri} is not a warmstart results table: it lacks the column {missing[0]!r}.")
+    misplaced = [path for path, part in parts if not _matches_its_name(path, part)]
+    if misplaced:
+        warnings.warn(
+            f"{len(misplaced)} row file(s) under {path_or_uri} hold another (trial, round) than their name says "
+            f"(first: {os.path.basename(misplaced[0])}); left out. `warmstart check` lists them, and resuming "
+            "the trial recomputes them.",
+            MisplacedRow,
+            stacklevel=3,
+        )
+        table = pa.concat_tables([part for path, part in parts if path not in misplaced])
+        if table.num_rows == 0:
+            raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
     return _fill_config(table.to_pandas(), path_or_uri)
+
+
+class MisplacedRow(UserWarning):
+    """A row file whose content is another (trial, round) than its name fixes: not read."""
+
+
+def _matches_its_name(path: str, part: pa.Table) -> bool:
+    key = row_key(path)
+    if key is None:  # not a warmstart row file's name (a table written by hand): nothing to check
+        return True
+    return part.num_rows == 1 and (part["trial_id"][0].as_py(), part["round"][0].as_py()) == key
 
 
 def _fill_config(frame: pd.DataFrame, out: str) -> pd.DataFrame:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -170,9 +171,32 @@ class StrList:
         return "a list of strings"
 
 
+# Names under a results folder's ``_warmstart/`` that are not a trial's folder (the layout of
+# engine/storage/store.py): Ray Tune's and Ray Train's storage (``ray_storage``), the suite
+# manifest and the search record.  A trial id may not take one (in any case: a file system may
+# ignore case), nor start with '_' or '.', which pyarrow, pandas and the report skip.
+RESERVED_TRIAL_IDS = ("tune", "ray", "suite.yaml", "search.json")
+
+
+@dataclass(frozen=True)
+class TrialId(PathName):
+    """A trial id: a PathName that every reader of a results folder reads (no leading '_')
+    and that the layout has not reserved (RESERVED_TRIAL_IDS)."""
+
+    def check(self, value: Any) -> bool:
+        return super().check(value) and not value.startswith("_") and value.lower() not in RESERVED_TRIAL_IDS
+
+    def describe(self) -> str:
+        reserved = ", ".join(repr(name) for name in RESERVED_TRIAL_IDS)
+        return (
+            f"a name of 1 to {self.limit} letters, digits, '.', '_' or '-', not starting with '.' or '_' (readers "
+            f"skip such names), and none of {reserved} (the results layout's own)"
+        )
+
+
 ALLOWED: dict[str, Any] = {
     "suite": Nullable(PathName()),
-    "trial_id": Nullable(PathName()),
+    "trial_id": Nullable(TrialId()),
     "seed": Interval(0, MAX_SEED, integer=True),
     "device": Device(),
     "plugins": StrList(),
@@ -589,7 +613,10 @@ def validate(data: dict[str, Any]) -> Config:
     if data.get("pretrain") is not None:
         data["pretrain"] = _check_pretrain(data["pretrain"], DATASETS.names())
     _check_combinations(data)
-    return Config(data)
+    config = Config(data)
+    if not data["trial_id"]:  # a derived id holds registered names, which may be anything
+        check_value(config.trial_id(), TrialId(limit=200), "trial id derived from the config (set 'trial_id')")
+    return config
 
 
 def build(source: Config | dict | str | os.PathLike | None = None, sets=(), plugins=()) -> Config:

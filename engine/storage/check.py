@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
+from engine.schema.config import RESERVED_TRIAL_IDS, TrialId
+from engine.storage.folders import row_files, row_key
 from engine.storage.object_store import object_store_reason
 from engine.storage.store import META, TrialStore, filesystem
+from engine.storage.uri import normalise
 
 
 @dataclass
@@ -46,41 +49,38 @@ class TrialCheck:
 
 
 def trial_ids(out: str) -> list[str]:
-    """Every trial with metadata or rows under ``out``."""
-    fs, base = filesystem(out)
+    """Every trial with metadata or rows under ``out`` (its own rows: ``folders.row_files``)."""
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base))
+        fs, files = row_files(out)
     except FileNotFoundError:
         raise ConfigError(f"No results at {out}: the path does not exist.") from None
     except OSError as exc:  # an object store that does not answer, a missing bucket, refused credentials
         raise ConfigError(f"Cannot read results at {out}: {object_store_reason(exc, out)}.") from None
-    ids = set()
-    for info in infos:
-        name = os.path.basename(info.path)
-        if info.type == pafs.FileType.File and name.endswith(".parquet") and "-round" in name:
-            ids.add(name.rsplit("-round", 1)[0])
+    ids = {key[0] for key in map(row_key, files) if key is not None}
+    base = filesystem(out)[1]
     try:
         meta = fs.get_file_info(pafs.FileSelector(f"{base}/{META}"))
         ids |= {os.path.basename(i.path) for i in meta if i.type == pafs.FileType.Directory}
     except FileNotFoundError:
         pass
-    ids -= {"tune", "ray"}  # Tune's and Ray Train's own folders
-    return sorted(ids)
+    return sorted(i for i in ids if i.lower() not in RESERVED_TRIAL_IDS)  # Tune's and Ray Train's own folders
 
 
 def check_trial(out: str, trial_id: str) -> TrialCheck:
     store = TrialStore(out, trial_id)
     result = TrialCheck(trial_id)
+    if not TrialId().check(trial_id):  # written before trial ids were checked
+        result.problems.append(
+            "its id is not a valid trial id (a leading '_' or '.', or a reserved name): load, report and "
+            "pandas skip its rows"
+        )
     rows, unreadable = store.read_rows()
     result.rounds = len(rows)
-    for round_ in unreadable:
-        result.problems.append(f"the row file of round {round_} cannot be read")
-    for round_, row in rows.items():
-        if row.get("trial_id") != trial_id or row.get("round") != round_:
-            result.problems.append(
-                f"the row file of round {round_} holds trial {row.get('trial_id')!r} round {row.get('round')!r}"
-            )
-    status = store.load_status()
+    for round_, why in unreadable.items():
+        result.problems.append(f"the row file of round {round_} {why}")
+    status, damaged = store.read_status()
+    if damaged:
+        result.problems.append(f"the status (status.json) {damaged}: a resume recomputes the trial")
     checkpoint = store.load_checkpoint()
     if store.notes:
         intact = checkpoint is not None
@@ -94,7 +94,7 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
         (result.notes if checkpoint["round"] == done - 1 else result.problems).append(
             f"the status says round {done}, the newest intact checkpoint is of round {checkpoint['round']}"
         )
-    if status is None and rows:
+    if status is None and rows and not damaged:
         result.problems.append("rows without a status: the trial's metadata is missing")
     missing = [r for r in range(1, max([done, *rows]) + 1) if r not in rows]
     if missing:
@@ -122,6 +122,7 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
 
 
 def check(out: str) -> list[TrialCheck]:
+    out = normalise(out, "results path")
     ids = trial_ids(out)
     if not ids:
         raise ConfigError(f"No warmstart trials under {out}.")

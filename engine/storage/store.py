@@ -9,7 +9,9 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
     _warmstart/<trial_id>/progress.json  the round and epoch in progress, for whoever reports
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
-metadata and half-written temporary files are never read as results.  A row is
+metadata and half-written temporary files are never read as results (and a trial id may
+not start with them, nor take a name of this layout: engine.schema.config.RESERVED_TRIAL_IDS).
+Where ``out`` may be, and what is its own, is engine/storage/uri.py's and folders.py's.  A row is
 written to a temporary name and renamed into place (on an object store, which has no
 rename, as one upload that appears whole when it completes), so an interrupted run
 never leaves a partial file; the file name is fixed by (trial, round), so re-running a
@@ -38,13 +40,18 @@ import yaml
 
 from engine.errors import ConfigError, TrialError
 from engine.schema.records import arrow_schema, record_fields
+from engine.storage.metadata import seal, unseal
 from engine.storage.object_store import object_store, object_store_reason
+from engine.storage.uri import normalise
 
 # The fixed columns (RoundRecord's own and pretrain_*); a written row also has the cfg.*
 # columns of records.arrow_schema().  Both are defined in engine/schema/records.py.
 SCHEMA = pa.schema(record_fields())
 
 META = "_warmstart"
+CONFIG_REMEDY = (
+    "restore it from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit"
+)
 
 
 def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
@@ -97,13 +104,28 @@ def write_meta(out: str, name: str, payload: bytes) -> None:
 
 
 def read_manifest(out: str) -> dict | None:
-    """The suite recorded under ``out`` (name, trial ids, suite file), if any."""
+    """The suite recorded under ``out`` (name, trial ids, suite file), if any; a damaged one
+    is a ConfigError naming it (engine/storage/metadata.py)."""
     raw = read_meta(out, "suite.yaml")
-    return yaml.safe_load(raw) if raw is not None else None
+    if raw is None:
+        return None
+    name = f"{out.rstrip('/')}/{META}/suite.yaml"
+    manifest = unseal(raw, name, "suite manifest", "restore it from a copy, or choose another --out")
+    base = manifest.get("base", {})
+    if (
+        not isinstance(manifest.get("name"), str)
+        or not isinstance(manifest.get("trials"), list)
+        or not isinstance(base, dict)
+    ):
+        raise ConfigError(
+            f"The suite manifest {name} is damaged (it lacks the suite's name or trials); restore it from a copy, "
+            "or choose another --out."
+        )
+    return manifest
 
 
 def write_manifest(out: str, manifest: dict) -> None:
-    write_meta(out, "suite.yaml", yaml.safe_dump(manifest, sort_keys=False).encode())
+    write_meta(out, "suite.yaml", seal(yaml.safe_dump(manifest, sort_keys=False)))
 
 
 def has_rows(out: str) -> bool:
@@ -117,9 +139,11 @@ def has_rows(out: str) -> bool:
 
 
 def filesystem(out: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and base path for a local path or a URI.  An object store's
-    filesystem is the one this process was given (``adopt_filesystem``), else the one its
-    own environment describes (``object_store``)."""
+    """The pyarrow filesystem and base path for a local path or a URI (``uri.normalise``d:
+    one refused there is refused here too).  An object store's filesystem is the one this
+    process was given (``adopt_filesystem``), else the one its own environment describes
+    (``object_store``)."""
+    out = normalise(out)
     if "://" not in out:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(out))
     return object_store(out), out.partition("://")[2].rstrip("/")
@@ -315,11 +339,18 @@ class TrialStore:
     # --- config ---------------------------------------------------------------------
 
     def saved_config(self) -> dict | None:
+        """The trial's frozen config, if any; a damaged one is a ConfigError naming it."""
         raw = self._get(f"{self.meta}/config.yaml")
-        return yaml.safe_load(raw) if raw is not None else None
+        if raw is None:
+            return None
+        return unseal(raw, self.config_name(), "saved config", CONFIG_REMEDY)
+
+    def config_name(self) -> str:
+        """The saved config's path or URI, for the user."""
+        return f"{self.out.rstrip('/')}/{META}/{self.trial_id}/config.yaml"
 
     def save_config(self, config_yaml: str) -> None:
-        self._put(f"{self.meta}/config.yaml", config_yaml.encode())
+        self._put(f"{self.meta}/config.yaml", seal(config_yaml))
 
     # --- status: the last completed round, for drivers that decide what is left to run ---
 
@@ -328,11 +359,22 @@ class TrialStore:
         self._put(f"{self.meta}/status.json", json.dumps(status).encode())
 
     def load_status(self) -> dict | None:
+        """The status, or None (none written, or damaged: the rows and checkpoint decide)."""
+        return self.read_status()[0]
+
+    def read_status(self) -> tuple[dict | None, str | None]:
+        """The status (or None), and why a ``status.json`` that is there is not one (None when
+        it is, or when there is none)."""
         raw = self._get(f"{self.meta}/status.json")
+        if raw is None:
+            return None, None
         try:
-            return json.loads(raw) if raw is not None else None
-        except ValueError:  # a damaged status says nothing: the rows and checkpoint decide
-            return None
+            status = json.loads(raw)
+        except ValueError:
+            return None, "is not JSON (truncated or damaged)"
+        if not isinstance(status, dict) or not isinstance(status.get("round"), int):
+            return None, "holds no round number"
+        return status, None
 
     # --- live progress (written by the process that trains, read by the one that reports) ---
 
@@ -367,17 +409,23 @@ class TrialStore:
                 files[int(name[len(prefix) : -8])] = path
         return files
 
-    def read_rows(self) -> tuple[dict[int, dict], list[int]]:
-        """This trial's readable rows by round, and the rounds whose files cannot be read."""
-        rows, unreadable = {}, []
+    def read_rows(self) -> tuple[dict[int, dict], dict[int, str]]:
+        """This trial's rows by round, and the rounds whose files cannot be trusted, with why:
+        unreadable (truncated, not Parquet, zero or two rows), or holding another (trial,
+        round) than the file's name fixes.  Either way the round must be recomputed."""
+        rows, bad = {}, {}
         for round_, path in sorted(self._row_files().items()):
             try:
                 with self.fs.open_input_file(path) as f:
                     (row,) = pq.read_table(f).to_pylist()
+            except Exception:
+                bad[round_] = "cannot be read"
+                continue
+            if row.get("trial_id") != self.trial_id or row.get("round") != round_:
+                bad[round_] = f"holds trial {row.get('trial_id')!r} round {row.get('round')!r}"
+            else:
                 rows[round_] = row
-            except Exception:  # truncated, not Parquet, zero or two rows: the round must be recomputed
-                unreadable.append(round_)
-        return rows, unreadable
+        return rows, bad
 
     def rows(self) -> list[dict]:
         """This trial's readable rows, in round order (none when ``out`` does not exist yet)."""

@@ -75,7 +75,7 @@ def _in_process(cfgs: list, out: str, stop_after: int | None):
     try:
         for cfg in cfgs:
             sessions.append(start_trial(cfg, out))
-        rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
+        rows = [_completed(session) for session in sessions]
         total = sessions[0].context.plan.rounds
         for round_ in range(1, (stop_after or total) + 1):
             for session, done in zip(sessions, rows, strict=True):
@@ -88,13 +88,19 @@ def _in_process(cfgs: list, out: str, stop_after: int | None):
             session.close()
 
 
+def _completed(session) -> dict[int, dict]:
+    """The rows of the rounds a resumed session has completed, by round: not the rows after
+    them that it recomputes (a trial recomputed from round 1 keeps its later rows to check)."""
+    return {row["round"]: row for row in session.store.rows() if row["round"] <= session.state.round}
+
+
 def _as_ensemble(cfgs: list, out: str, stop_after: int | None, label: str):
     """``_in_process`` for trials trained as one stacked ensemble (engine/trial/ensemble.py)."""
     from engine.trial.ensemble import Ensemble
 
     with Ensemble.start(cfgs, out, label) as ensemble:
         sessions = ensemble.sessions
-        rows = [{row["round"]: row for row in session.store.rows()} for session in sessions]
+        rows = [_completed(session) for session in sessions]
         total = max(session.context.plan.rounds for session in sessions)
         for round_ in range(1, (stop_after or total) + 1):
             while any(round_ not in done and ensemble.running(i) for i, done in enumerate(rows)):

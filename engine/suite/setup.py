@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import ConfigError
+from engine.storage.uri import normalise
 from engine.suite.packing import resolve_trials_per_gpu
 from engine.suite.plan import Suite, check_pools, load_suite
 from engine.suite.tune import check_out
@@ -52,7 +53,7 @@ def set_up_suite(
     ``shared_fs``: mounted on every node)."""
     suite = load_suite(source, list(plugins), list(sets), list(trackers))
     rounds = check_pools(suite)
-    out = out or f"results/{suite.name}"
+    out = normalise(out or f"results/{suite.name}")
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(
             f"The 'max_concurrent' parameter (--max-concurrent) must be an int >= 1. Got {max_concurrent!r}."

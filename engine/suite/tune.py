@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
+from engine.storage.folders import check_results_folder, trial_rows_intact
 from engine.storage.object_store import object_store
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
 from engine.suite.ensembles import Grouping, ensemble_units
@@ -113,7 +114,7 @@ def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
     results; the trial ids the manifest will list.  With ``resume``, the suite may have
     grown (new seeds, grid values, more rounds): what is recorded must still be part of
     it, and the base config must be the same."""
-    TrialStore(out, suite.name).probe()
+    out = check_results_folder(out, suite.name)  # writable, and neither inside nor holding other results
     manifest = read_manifest(out)
     ids = [t.trial_id for t in suite.trials]
     if manifest is None:
@@ -492,13 +493,19 @@ def failures(grid, units: Units) -> list[tuple[str, str, str]]:
 
 def _todo(suite: Suite, out: str, units: list[list[int]], rounds: dict[str, int], stopped: dict[str, int]):
     """Units to submit (complete ones first, so a scheduler rebuilds its rungs from them)
-    and the complete ones.  One status read per trial, once."""
+    and the complete ones.  One status read per trial, once; a trial whose status says it is
+    complete is, only when each of its rows is there and holds its (trial, round): otherwise it
+    runs, and its resume recomputes what is not (engine/trial/resume.py)."""
+    last = {}
+    for trial in suite.trials:
+        if trial.trial_id not in stopped:
+            status = TrialStore(out, trial.trial_id).load_status()
+            if status and status["round"] >= rounds[trial.trial_id]:
+                last[trial.trial_id] = status["round"]
+    intact = trial_rows_intact(out, last) if last else {}
 
     def finished(trial: Trial) -> bool:
-        if trial.trial_id in stopped:
-            return True
-        status = TrialStore(out, trial.trial_id).load_status()
-        return bool(status) and status["round"] >= rounds[trial.trial_id]
+        return trial.trial_id in stopped or intact.get(trial.trial_id, False)
 
     complete = [u for u, unit in enumerate(units) if all(finished(suite.trials[i]) for i in unit)]
     rest = [u for u in range(len(units)) if u not in complete]

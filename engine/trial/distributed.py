@@ -41,6 +41,7 @@ from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem, object_store
 from engine.storage.store import TrialStore, filesystem, ray_storage
+from engine.storage.uri import is_local, normalise
 from engine.trial.progress import ProgressWriter, follow
 from engine.trial.session import start_trial
 
@@ -352,7 +353,9 @@ def check_shared_out(out: str | None, address: str | None, shared_fs: bool = Fal
     ``shared_fs``: the user says the path is mounted at the same place on every node."""
     import ray
 
-    if out is None or "://" in out or shared_fs or (not address and not ray.is_initialized()):
+    if out is not None:
+        out = normalise(out)  # file:///PATH is a local folder too
+    if out is None or not is_local(out) or shared_fs or (not address and not ray.is_initialized()):
         return  # an object store, a shared file system, or the local instance (one node)
     init_ray(address)
     nodes = sum(1 for node in ray.nodes() if node["Alive"])

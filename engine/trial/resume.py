@@ -64,27 +64,43 @@ def check_code(store: TrialStore, cfg: Config) -> None:
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
-    """Resume trusts the rows, not only the checkpoint: when a completed round's row is
-    missing or unreadable, the trial is recomputed from round 1 (every round is a function
-    of the seed), and every row that survives is checked bit for bit on the way."""
-    rows, unreadable = store.read_rows()
+    """Resume trusts the rows and the status, not only the checkpoint: when a completed
+    round's row is missing, unreadable or holds another (trial, round) than its name says, or
+    when the status is damaged or disagrees with the checkpoint (what ``warmstart check``
+    flags), the trial is recomputed from round 1 (every round is a function of the seed), and
+    every row that survives is checked bit for bit on the way."""
+    rows, bad = store.read_rows()
     completed = state.round if state is not None else 0
     lost = sorted(set(range(1, completed + 1)) - set(rows))
     context.expected.update(rows)
     context.notes.extend(store.notes)
-    if unreadable:
-        context.notes.append(f"note: the rows of round(s) {_rounds(unreadable)} cannot be read: recomputed")
+    for round_, why in bad.items():
+        context.notes.append(f"note: the row file of round {round_} of trial {store.trial_id} {why}: recomputed")
     if lost:
         context.notes.append(
             f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
             f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce bit for bit"
         )
         return None
-    if state is None and rows:
+    if state is None:
+        if rows:
+            context.notes.append(
+                f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
+                f"{len(rows)} saved row(s) must reproduce bit for bit"
+            )
+        return None
+    status, damaged = store.read_status()
+    said = status["round"] if status is not None else 0
+    # A status ahead of the checkpoint is a corrupt newest checkpoint passed over (noted above):
+    # the rounds after the older one run again and are checked.  Behind it, or damaged, the
+    # status was not written as the commit order writes it: nothing after round 1 is trusted.
+    if damaged or said < state.round:
+        why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
         context.notes.append(
-            f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
-            f"{len(rows)} saved row(s) must reproduce bit for bit"
+            f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "
+            "saved row(s) must reproduce bit for bit"
         )
+        return None
     return state
 
 

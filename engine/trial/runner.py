@@ -19,6 +19,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.schema.config import Config, build
+from engine.storage.folders import check_results_folder
 from engine.trial.distributed import check_resources, check_shared_out, init_ray, run_trial_on_ray
 from engine.trial.session import TrialInfo, open_store, start_trial
 from engine.trial.setup import Reporter, Silent, load_data, plan_rounds
@@ -49,6 +50,8 @@ def run_trial(
     if address and workers is None and not any(s.startswith("scaling.workers=") for s in sets):
         sets.append("scaling.workers=1")  # joining a cluster means running there
     cfg = build(config, sets, plugins)
+    if out is not None:  # its form, that it can be written, and its boundary: before anything starts
+        out = check_results_folder(out, cfg.trial_id())
     reporter = reporter or Silent()
     if cfg.scaling.workers is None:
         with start_trial(cfg, out, reporter=reporter) as session:

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import yaml
 
 from engine.compute.data import Data
 from engine.compute.pretrain import pretrain
 from engine.compute.train import LOCAL
 from engine.errors import ConfigError
 from engine.schema.config import Config
-from engine.storage.store import TrialStore
+from engine.storage.store import CONFIG_REMEDY, TrialStore
 from engine.trial.loop import RoundResult, advance
 from engine.trial.resume import check_code, check_rows, load_state
 from engine.trial.setup import (
@@ -60,10 +59,17 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
         return None
     store = TrialStore(out, cfg.trial_id())
     try:
-        saved = store.saved_config()
-    except (OSError, yaml.YAMLError):
-        saved = None  # probe() says what is wrong with the path; a damaged config is rewritten
-    if saved is not None and Config(saved).identity() != cfg.identity():
+        saved = store.saved_config()  # a damaged one: a ConfigError naming it
+    except OSError:
+        saved = None  # probe() says what is wrong with the path
+    try:
+        identity = Config(saved).identity() if saved is not None else None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"The saved config {store.config_name()} is damaged (not a warmstart config: {type(exc).__name__} "
+            f"{exc}); {CONFIG_REMEDY}."
+        ) from None
+    if identity is not None and identity != cfg.identity():
         raise ConfigError(
             f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
         )

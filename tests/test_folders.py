@@ -1,0 +1,430 @@
+"""A results folder's boundary, its locations and what resume trusts (docs/guarantees.md,
+"Folders and locations"): on a local disk and on a real S3-compatible server (moto, one
+module-scoped server; no Ray cluster).
+
+- an --out inside another run's or suite's results, or holding them, is refused in one line
+  naming the other folder (CLI exit 2, ConfigError in the API); readers take a folder's own
+  rows only;
+- malformed URIs are refused in one line before any use; trailing slashes and no prefix work;
+- trial ids that readers would skip, or that the layout reserves, are refused at validation;
+- a row that is not what its name says, a damaged status, damaged YAML metadata: recomputed
+  and verified, or one line naming the object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+
+import pandas as pd
+import pytest
+
+import warmstart as ws
+from engine.cli import main
+from engine.errors import ConfigError
+from engine.storage import object_store as object_store_module
+from engine.storage.check import check
+from engine.storage.store import TrialStore, read_manifest, write_manifest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SETS = ["device=cpu", "rounds.max_rounds=3", "convergence.max_epochs=6"]
+FAST = [arg for s in SETS for arg in ("--set", s)] + ["--quiet"]
+TINY = {"device": "cpu", "rounds": {"max_rounds": 3}, "convergence": {"max_epochs": 6}}
+TIMINGS = ("train_seconds", "acquire_seconds", "eval_seconds")
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip("\n").splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return "nan" if isinstance(value, float) and value != value else value
+
+
+def table(out) -> list[dict]:
+    """A folder's rows as comparable plain values, timings left out."""
+    frame = ws.load(str(out)).sort_values("round")
+    return [{k: plain(v) for k, v in r.items() if k not in TIMINGS} for r in frame.to_dict("records")]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 3-round trial, the reference every recomputation must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main(["run", "--out", str(out), *FAST]) == 0
+    (trial,) = os.listdir(out / "_warmstart")
+    return out, trial, table(out)
+
+
+def copy_to(finished, where):
+    shutil.copytree(finished[0], where)
+    return where
+
+
+def suite_file(tmp_path, name: str = "boundary") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        name: {name}
+        base: {json.dumps(TINY)}
+        grid:
+          seed: [0, 1]
+        """)
+    )
+    return str(path)
+
+
+# --- a results folder never contains another ----------------------------------------------------
+
+
+def test_an_out_inside_another_results_folder_is_refused_naming_it(finished, tmp_path, capsys):
+    outer = copy_to(finished, tmp_path / "outer")
+    inner = outer / "inner"
+    for argv in (["run", "--out", str(inner), *FAST], ["suite", suite_file(tmp_path), "--out", str(inner)]):
+        code, out, err = cli(capsys, *argv)
+        assert code == 2 and out == ""
+        assert one_line(err) == (
+            f"warmstart: error: The results folder {inner} would lie inside the results folder {outer}, whose readers "
+            "(pandas.read_parquet reads folders recursively) would mix the two; choose an --out outside it."
+        )
+    with pytest.raises(ConfigError, match=f"inside the results folder {outer},"):
+        ws.run_trial(TINY, str(inner / "deeper"))
+    with pytest.raises(ConfigError, match=f"inside the results folder {outer},"):
+        ws.Trial(TINY, out=str(inner))
+    with pytest.raises(ConfigError, match=f"inside the results folder {outer},"):
+        ws.run_suite(suite_file(tmp_path), str(inner))
+    assert not inner.exists()  # nothing written
+
+
+def test_an_out_that_holds_another_results_folder_is_refused_naming_it(finished, tmp_path, capsys):
+    outer = tmp_path / "outer"
+    inner = copy_to(finished, outer / "a" / "inner")
+    (outer / "_report").mkdir()  # what no reader enters is not looked into
+    for argv in (["run", "--out", str(outer), *FAST], ["suite", suite_file(tmp_path), "--out", str(outer)]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2
+        assert one_line(err).startswith(
+            f"warmstart: error: The results folder {outer} would hold the results folder {inner}, and readers"
+        )
+    for call in (lambda: ws.run_trial(TINY, str(outer)), lambda: ws.Trial(TINY, out=str(outer))):
+        with pytest.raises(ConfigError, match=f"would hold the results folder {inner},"):
+            call()
+    assert sorted(os.listdir(outer)) == ["_report", "a"]  # nothing written
+
+
+def test_the_walk_skips_what_no_reader_enters_and_is_bounded(finished, tmp_path, capsys):
+    from engine.storage.folders import MAX_FOLDERS
+
+    out = tmp_path / "out"
+    copy_to(finished, out / "_private" / "inner")  # pyarrow and pandas skip '_' folders
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err
+    crowded = tmp_path / "crowded"
+    for i in range(MAX_FOLDERS + 1):
+        (crowded / f"d{i:03d}").mkdir(parents=True)
+    code, _, err = cli(capsys, "run", "--out", str(crowded), *FAST)
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: The results folder {crowded} would hold more than {MAX_FOLDERS} folders that readers "
+        "enter (pandas.read_parquet reads folders recursively); choose a new or empty folder for --out."
+    )
+
+
+def test_readers_take_a_folders_own_rows_only(finished, tmp_path, capsys):
+    outer = copy_to(finished, tmp_path / "outer")
+    nested = copy_to(finished, outer / "nested")  # as an older version let it happen
+    for name in os.listdir(nested):  # another trial's rows, under another name
+        if name.endswith(".parquet"):
+            frame = pd.read_parquet(nested / name)
+            frame["trial_id"] = "other"
+            frame.to_parquet(nested / name.replace(finished[1], "other"))
+            os.remove(nested / name)
+    assert len(pd.read_parquet(outer)) == 6  # pandas reads folders recursively: why nesting is refused
+    assert ws.load(str(outer))["trial_id"].unique().tolist() == [finished[1]]
+    assert [t.trial_id for t in check(str(outer))] == [finished[1]]
+    code, _, err = cli(capsys, "report", str(outer), "--out", str(tmp_path / "report"))
+    assert code == 0, err
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| seeds |" in summary and "|     1 |      3 |" in summary  # one seed, not the nested trial's too
+
+
+# --- locations: parsed once, before any use ------------------------------------------------------
+
+MALFORMED = [
+    ("s3://", "no bucket"),
+    ("s3:///x", "no bucket"),
+    ("s3://b//d", "an empty segment ('//') in the key"),
+    ("s3://b/a/../api", "a '..' segment in the key"),
+    ("s3://b/./api", "a '.' segment in the key"),
+    ("s3a://b/x", "unknown scheme 's3a://'"),
+    ("S3://b/x", "write the scheme in lower case (s3://b/x)"),
+    ("s3://b/x?endpoint_override=y", "a query or fragment is not read"),
+    ("file://elsewhere/x", "a file:// URI names an absolute path on this machine"),
+]
+
+
+@pytest.mark.parametrize("uri, why", MALFORMED)
+def test_a_malformed_uri_is_one_line_before_anything_starts(uri, why, capsys):
+    for argv in (["run", "--out", uri, *FAST], ["check", uri], ["report", uri]):
+        code, out, err = cli(capsys, *argv)
+        assert code == 2 and out == ""
+        line = one_line(err)
+        assert line.startswith("warmstart: error: The ") and f" {uri!r} is not a results location: {why}" in line
+    with pytest.raises(ConfigError, match="is not a results location"):
+        ws.run_trial(TINY, uri)
+    with pytest.raises(ConfigError, match="is not a results location"):
+        ws.load(uri)
+
+
+def test_a_file_uri_is_its_local_folder(tmp_path, capsys):
+    out = tmp_path / "via-uri"
+    code, _, err = cli(capsys, "run", "--out", f"file://{out}/", *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err
+    assert len(ws.load(str(out))) == 1 and len(ws.load(f"file://{out}")) == 1
+
+
+# --- trial ids every reader reads -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trial_id", ["_hidden", ".hidden", "tune", "Ray", "suite.yaml", "search.json"])
+def test_a_trial_id_readers_skip_or_the_layout_reserves_is_refused(trial_id, tmp_path, capsys):
+    code, _, err = cli(capsys, "run", "--out", str(tmp_path / "out"), "--set", f"trial_id={trial_id}", *FAST)
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith("warmstart: error: The 'trial_id' parameter must be null or a name of 1 to 120")
+    assert "not starting with '.' or '_'" in line and f"Got {trial_id!r}." in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_flags_a_trial_whose_id_readers_skip(finished, tmp_path):
+    out = copy_to(finished, tmp_path / "out")
+    trial = finished[1]
+    os.rename(out / "_warmstart" / trial, out / "_warmstart" / "_hidden")  # as an older version wrote it
+    for name in os.listdir(out):
+        if name.endswith(".parquet"):
+            os.rename(out / name, out / name.replace(trial, "_hidden"))
+    (report,) = check(str(out))
+    assert report.trial_id == "_hidden"
+    assert report.problems[0].startswith("its id is not a valid trial id")
+
+
+# --- resume trusts nothing it has not checked -----------------------------------------------------
+
+
+def test_a_row_that_is_not_what_its_name_says_is_recomputed_and_verified(finished, tmp_path, capsys):
+    out = copy_to(finished, tmp_path / "out")
+    trial = finished[1]
+    (out / f"{trial}-round0001.parquet").write_bytes((out / f"{trial}-round0003.parquet").read_bytes())
+    (report,) = check(str(out))
+    assert report.problems == [
+        f"the row file of round 1 holds trial {trial!r} round 3",
+        "no readable row for round(s) 1",
+    ]
+    with pytest.warns(UserWarning, match="1 row file.* hold another .trial, round. than their name says"):
+        assert ws.load(str(out))["round"].tolist() == [2, 3]
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
+    assert code == 0, err
+    assert f"the row file of round 1 of trial {trial} holds trial {trial!r} round 3: recomputed" in err
+    assert "recomputed from round 1" in err and "already complete" not in err
+    assert table(out) == finished[2]
+    assert not check(str(out))[0].problems
+
+
+def test_a_suite_trial_recomputed_from_round_1_runs_every_round_again(finished, tmp_path):
+    from engine.schema.config import build
+    from engine.suite.points import point_rounds
+
+    out = copy_to(finished, tmp_path / "out")
+    trial = finished[1]
+    (out / f"{trial}-round0001.parquet").write_bytes((out / f"{trial}-round0002.parquet").read_bytes())
+    # What a suite's Tune trial does (no Ray needed): its rows round by round, resumed.
+    rounds = [[row["round"] for row in rows] for rows in point_rounds([build(TINY)], str(out))]
+    assert rounds == [[1], [2], [3]]
+    assert json.loads((out / "_warmstart" / trial / "status.json").read_text())["round"] == 3
+    assert table(out) == finished[2]
+    assert not check(str(out))[0].problems
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "behind"])
+def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, tmp_path, capsys):
+    out = copy_to(finished, tmp_path / "out")
+    status = out / "_warmstart" / finished[1] / "status.json"
+    if damage == "truncated":
+        status.write_bytes(status.read_bytes()[:10])
+    elif damage == "deleted":
+        status.unlink()
+    else:  # the process died between the last checkpoint and its status
+        status.write_text(json.dumps({**json.loads(status.read_text()), "round": 2}))
+    assert check(str(out))[0].problems
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
+    assert code == 0, err
+    assert f"note: the status of trial {finished[1]} " in err and "recomputed from round 1" in err
+    assert "already complete" not in err
+    assert json.loads(status.read_text())["round"] == 3
+    assert table(out) == finished[2]
+    assert not check(str(out))[0].problems
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"dataset: [unclosed\n", "not YAML at line 2"),
+        (b"just some text\n", "not a YAML mapping but str"),
+        (b"seed: 3\n", "not a warmstart config: KeyError"),
+        ("truncate", "truncated or altered: its checksum does not match"),
+    ],
+)
+def test_a_damaged_saved_config_is_one_line_naming_it(content, why, finished, tmp_path, capsys):
+    out = copy_to(finished, tmp_path / "out")
+    saved = out / "_warmstart" / finished[1] / "config.yaml"
+    saved.write_bytes(saved.read_bytes()[:-40] if content == "truncate" else content)
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(
+        f"warmstart: error: The saved config {out}/_warmstart/{finished[1]}/config.yaml is damaged ("
+    )
+    assert why in line and "delete it: the next run writes it again" in line
+
+
+def test_a_damaged_manifest_is_one_line_naming_it(tmp_path, capsys):
+    from engine.suite.plan import load_suite
+    from engine.suite.tune import prepare_out
+
+    source, out = suite_file(tmp_path), tmp_path / "out"
+    prepare_out(load_suite(source), str(out), resume=False)  # what a suite records before its first trial
+    manifest = out / "_warmstart" / "suite.yaml"
+    assert read_manifest(str(out))["name"] == "boundary"
+    whole = manifest.read_bytes()
+    for content, why in [
+        (whole[: len(whole) // 2], "truncated or altered: its checksum does not match"),
+        (b"name: [boundary\n", "not YAML at line 2"),
+        (b"name: boundary\n", "it lacks the suite's name or trials"),
+    ]:
+        manifest.write_bytes(content)
+        code, _, err = cli(capsys, "suite", source, "--out", str(out), "--resume")
+        assert code == 2
+        line = one_line(err)
+        assert line.startswith(f"warmstart: error: The suite manifest {manifest} is damaged (") and why in line
+    write_manifest(str(out), {"name": "boundary", "trials": []})
+    assert read_manifest(str(out)) == {"name": "boundary", "trials": []}
+
+
+# --- the same on an object store (a real S3-compatible server) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from benchmarks.local_cluster import s3_server
+
+    with s3_server("folders") as server:
+        yield server
+
+
+@pytest.fixture
+def aws(s3, monkeypatch):
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(object_store_module, "_OBJECT_STORES", {})
+    return s3
+
+
+def s3_store(uri: str, trial: str):
+    """Read and write objects of a trial's folder as another tool would (pyarrow directly)."""
+    store = TrialStore(uri, trial)
+
+    def read(name: str) -> bytes:
+        with store.fs.open_input_stream(f"{store.base}/{name}") as f:
+            return f.read()
+
+    def write(name: str, payload: bytes) -> None:
+        with store.fs.open_output_stream(f"{store.base}/{name}") as f:
+            f.write(payload)
+
+    return read, write
+
+
+def test_on_a_bucket_an_out_inside_or_holding_other_results_is_refused(aws, tmp_path, capsys):
+    inner, outer = aws.uri("outer/inner"), aws.uri("outer")
+    assert ws.run_trial({**TINY, "rounds": {"max_rounds": 2}}, inner)["round"].tolist() == [1, 2]
+    for argv in (["run", "--out", outer, *FAST], ["suite", suite_file(tmp_path), "--out", outer + "/"]):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2
+        assert one_line(err).startswith(
+            f"warmstart: error: The results folder {outer} would hold the results folder {inner}, and readers"
+        )
+    with pytest.raises(ConfigError, match=f"would lie inside the results folder {inner},"):
+        ws.Trial(TINY, out=inner + "/deeper")
+    with pytest.raises(ConfigError, match=f"would lie inside the results folder {inner},"):
+        ws.run_suite(suite_file(tmp_path), inner + "/deeper")
+
+
+def test_on_a_bucket_a_dotted_key_is_refused_and_never_reads_zero_rows(aws):
+    api = aws.uri("api")
+    assert len(ws.run_trial({**TINY, "rounds": {"max_rounds": 2}}, api)) == 2
+    for call in (
+        lambda: ws.run_trial(TINY, aws.uri("a/../api")),
+        lambda: ws.Trial(TINY, out=aws.uri("a/../api")),
+        lambda: ws.load(aws.uri("a/../api")),
+    ):
+        with pytest.raises(ConfigError, match=r"a '\.\.' segment in the key.*; write s3://folders/api\.$"):
+            call()
+    assert ws.load(api + "/")["round"].tolist() == [1, 2]  # a trailing slash is the same folder
+
+
+def test_a_bucket_without_prefix_is_a_results_folder_like_any_other(aws, capsys):
+    import pyarrow.fs as pafs
+
+    host = aws.endpoint.split("://")[1]
+    keys = {"access_key": "testing", "secret_key": "testing", "region": "us-east-1"}
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", allow_bucket_creation=True, **keys).create_dir("bare")
+    code, _, err = cli(capsys, "run", "--out", "s3://bare/", *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err
+    assert ws.load("s3://bare")["round"].tolist() == [1]
+    code, _, err = cli(capsys, "run", "--out", "s3://bare/x", *FAST)
+    assert code == 2 and "would lie inside the results folder s3://bare," in one_line(err)
+
+
+def test_on_a_bucket_a_planted_row_and_a_truncated_status_are_recomputed(aws, capsys):
+    uri = aws.uri("planted")
+    reference = ws.run_trial(TINY, uri)
+    trial = reference["trial_id"][0]
+    read, write = s3_store(uri, trial)
+    write(f"{trial}-round0001.parquet", read(f"{trial}-round0003.parquet"))
+    write(f"_warmstart/{trial}/status.json", read(f"_warmstart/{trial}/status.json")[:10])
+    (report,) = check(uri)
+    assert f"the row file of round 1 holds trial {trial!r} round 3" in report.problems
+    code, _, err = cli(capsys, "run", "--out", uri, *FAST)
+    assert code == 0, err
+    assert "holds trial" in err and "recomputed from round 1" in err
+    again = ws.load(uri)
+    assert again["round"].tolist() == [1, 2, 3]
+    assert again["test_acc"].tolist() == reference["test_acc"].tolist()
+    assert json.loads(read(f"_warmstart/{trial}/status.json"))["round"] == 3
+    assert not check(uri)[0].problems
+
+
+def test_on_a_bucket_a_damaged_config_is_one_line_naming_its_uri(aws, capsys):
+    uri = aws.uri("damaged")
+    trial = ws.run_trial({**TINY, "rounds": {"max_rounds": 1}}, uri)["trial_id"][0]
+    _, write = s3_store(uri, trial)
+    write(f"_warmstart/{trial}/config.yaml", b"{not: yaml")
+    code, _, err = cli(capsys, "run", "--out", uri, *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 2
+    assert one_line(err).startswith(
+        f"warmstart: error: The saved config {uri}/_warmstart/{trial}/config.yaml is damaged"
+    )
