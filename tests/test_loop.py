@@ -15,6 +15,7 @@ import torch
 import engine.storage.store
 from engine.cli import main
 from engine.schema.config import build
+from engine.schema.records import columns_with
 from engine.storage.store import TrialStore
 from engine.trial.progress import ConsoleReporter
 from engine.trial.session import start_trial
@@ -53,7 +54,7 @@ CONTRACT = [
     "device",
     "acquired",
 ]
-TIMINGS = {"train_seconds", "acquire_seconds", "eval_seconds"}
+TIMINGS = set(columns_with("timing"))  # times, and the rounds' UTC start and end
 METRICS = ["round", "n_labeled", "epochs", "steps", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss"]
 
 SMALL = ["device=cpu", "rounds.max_rounds=3"]

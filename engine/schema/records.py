@@ -23,6 +23,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -111,7 +112,8 @@ class RoundRecord:
     world_size: int = _doc("data-parallel workers", "count", config="scale")
     device: str = _doc("cpu | cuda", "name")
     node: str | None = _doc(
-        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray",
+        "where the round was trained: the Ray node id (rank 0's under Ray Train), or the host name outside Ray "
+        "(the host name itself is always in host)",
         "context",
     )
     acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
@@ -137,6 +139,25 @@ class RoundRecord:
     ensemble: str | None = _doc(
         "'<ensemble id>/<members>' when trained stacked with other trials; null alone", "name", "context"
     )
+    # Provenance: what made the row (engine/trial/provenance.py); never compared by a resume,
+    # which reads cpu_isa and torch_version to tell another machine's row from a corrupt one.
+    started_at: datetime = _doc("UTC start of the round", "timing")
+    ended_at: datetime = _doc("UTC end of the round (row made)", "timing")
+    warmstart_version: str = _doc("the installed warmstart version", "context")
+    git_commit: str | None = _doc(
+        "the checkout's commit when running from a git checkout of warmstart, else null", "context"
+    )
+    git_dirty: bool | None = _doc(
+        "the checkout has uncommitted changes to tracked files (null outside a checkout)", "context"
+    )
+    torch_version: str = _doc("torch.__version__ (the build, e.g. 2.14.1+cu128)", "context")
+    ray_version: str | None = _doc("ray.__version__ where installed, else null", "context")
+    device_name: str = _doc("the GPU's name, or the CPU's model name", "context")
+    cpu_isa: str = _doc(
+        "ATen's CPU capability in use (torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...)",
+        "context",
+    )
+    host: str = _doc("the host name of the process that wrote the row", "context")
     pretrain: PretrainRecord | None = _doc("pretraining's results, as pretrain_* columns")
     config: dict = _doc("the flattened config, as cfg.* columns (config_columns)")
 
@@ -157,7 +178,14 @@ def pretrain_columns(record: PretrainRecord | None) -> dict[str, Any]:
 
 # --- types -------------------------------------------------------------------------------
 
-_ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_(), list: pa.list_(pa.string())}
+_ARROW = {
+    int: pa.int64(),
+    float: pa.float64(),
+    str: pa.string(),
+    bool: pa.bool_(),
+    list: pa.list_(pa.string()),
+    datetime: pa.timestamp("us", tz="UTC"),
+}
 
 
 def _arrow_of_hint(hint: Any) -> pa.DataType:

@@ -39,6 +39,7 @@ from engine.compute.train import OptimizerSpec, precise_bn, seed_for
 from engine.errors import TrialError
 from engine.schema.config import Config
 from engine.trial.loop import RoundResult, RoundStart, evaluate_model, finish_round, start_round
+from engine.trial.provenance import now
 from engine.trial.resume import save_round
 from engine.trial.session import TrialSession, start_trial
 from engine.trial.setup import load_data, resolve_device
@@ -209,6 +210,7 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
     """One round of every member in ``sessions`` (all at the same completed round).
     ``fail(position, error)``: a member whose acquisition or init strategy raises is
     handed to it and left out of the round (None: the error propagates)."""
+    started_at = now()  # the stacked round's start, scoring included: every member's started_at
     outputs, score_seconds = _score(sessions)
     starts, kept = [], []
     for position, (session, pool) in enumerate(zip(sessions, outputs, strict=True)):
@@ -224,6 +226,7 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
         return []
     for start in starts:
         start.seconds["acquire_seconds"] += score_seconds / len(sessions)
+        start.started_at = started_at
     sizes = {int(start.positions.shape[0]) for start in starts}
     if len(sizes) > 1:
         raise ValueError(f"an ensemble's members must label as many samples per round; got {sorted(sizes)}")

@@ -32,7 +32,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from engine.errors import ConfigError, StrategyError, TrialError
 from engine.schema.config import Config
 from engine.schema.records import RoundRecord
 from engine.storage.store import TrialStore
+from engine.trial.provenance import now
 from engine.trial.resume import save_round
 from engine.trial.setup import TrialContext, TrialState, fresh_model
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
@@ -72,6 +74,7 @@ class RoundStart:
     positions: torch.Tensor  # [n] the labelled pool positions, ascending
     outputs: PoolOutputs | None  # what the acquisition scored (None in round 1)
     seconds: dict[str, float]  # acquire_seconds, then train_seconds and eval_seconds
+    started_at: datetime = field(default_factory=now)  # UTC; an ensemble sets its stacked round's start
 
 
 def run_round(context: TrialContext, state: TrialState) -> RoundResult:
@@ -92,13 +95,13 @@ def start_round(context: TrialContext, state: TrialState, outputs: PoolOutputs |
     engine/trial/ensemble.py); None: scored here."""
     round_ = state.round + 1
     context.reporter.round_started(round_, context.plan.rounds, context.plan.size_after(round_))
-    seconds: dict[str, float] = {}
+    started_at, seconds = now(), {}
     with stopwatch(seconds, "acquire_seconds"):
         picked, outputs = select(context, state, round_, outputs)
         state.labeled[picked] = round_
     model = initial_model(context, state, round_)
     positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(context.device)
-    return RoundStart(round_, model, positions, outputs, seconds)
+    return RoundStart(round_, model, positions, outputs, seconds, started_at)
 
 
 def finish_round(
@@ -124,6 +127,8 @@ def finish_round(
         precise_bn=bool(re_estimated),
         acquired=[int(i) for i in added],
         pretrain=state.pretrain,
+        started_at=start.started_at,
+        ended_at=now(),
     )
     state.round, state.model = round_, start.model
     if stats.stop_reason == "diverged" and context.cfg.convergence.on_diverge == "stop":

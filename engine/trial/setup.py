@@ -21,6 +21,7 @@ from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, 
 from engine.errors import ConfigError
 from engine.schema.config import Config, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
+from engine.trial.provenance import provenance_columns
 from strategies.init import effective_mix
 
 
@@ -150,6 +151,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
+        **provenance_columns(device),  # what made the rows; started_at and ended_at are the round's
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
 
