@@ -41,6 +41,7 @@ from engine.schema.records import (
     INIT_COLUMNS,
     NAME_COLUMNS,
     STRATEGY_COLUMNS,
+    upgrade_config_columns,
 )
 from engine.schema.records import config_columns as config_columns_of
 from engine.storage.object_store import object_store_reason
@@ -109,9 +110,15 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
         schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
         if len(schemas) > 1:
-            unified = pa.unify_schemas(list(schemas), promote_options="permissive")
-            dataset = pads.dataset(base, filesystem=fs, format="parquet", schema=unified)
-        table = dataset.to_table()
+            try:
+                unified = pa.unify_schemas(list(schemas), promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):  # cfg.* columns typed before issue 23: as typed now
+                parts = [upgrade_config_columns(fragment.to_table()) for fragment in dataset.get_fragments()]
+                table = pa.concat_tables(parts, promote_options="permissive")
+            else:
+                table = pads.dataset(base, filesystem=fs, format="parquet", schema=unified).to_table()
+        else:
+            table = dataset.to_table()
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
     except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
