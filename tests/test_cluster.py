@@ -289,6 +289,9 @@ def _wait_until_quiet(s3, prefix: str, quiet: float = 4.0, timeout: float = 60) 
 
 
 def test_driver_killed_then_resume_finishes_the_suite_on_the_bucket(cluster, s3, aws, tmp_path):
+    """docs/guarantees.md: a round cut off between its row and its checkpoint is re-run on
+    resume, checked against its saved row, and keeps it: every row object is written once,
+    wherever the kill lands (the versioned bucket counts the writes)."""
     plugin = tmp_path / "slow.py"
     plugin.write_text(SLOW_PLUGIN)
     suite = _suite(tmp_path, "resumed", seeds=2, rounds=3, init="slow_warm")

@@ -140,6 +140,10 @@ def test_two_worker_trial_matches_in_process_and_inits_identically(ray_address, 
     assert set(ray_rows["plugins"]) == set(local["plugins"]) == {f'{{"ranks_plugin.py": "{digest}"}}'}
     assert ray_rows["round"].tolist() == [1, 2, 3]
     assert set(ray_rows["world_size"]) == {2} and set(local["world_size"]) == {1}
+    # Rank 0's provenance, as in-process: the same machine, versions and checkout.
+    for column in ("host", "cpu_isa", "torch_version", "ray_version", "device_name", "git_commit", "warmstart_version"):
+        assert ray_rows[column].tolist() == local[column].tolist(), column
+    assert (ray_rows["started_at"] < ray_rows["ended_at"]).all() and ray_rows["ray_version"].notna().all()
     assert ray_rows["n_labeled"].tolist() == local["n_labeled"].tolist() == [100, 200, 300]
     # Random acquisition depends on the seed only: identical picks.
     assert [list(a) for a in ray_rows["acquired"]] == [list(a) for a in local["acquired"]]

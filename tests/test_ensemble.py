@@ -96,6 +96,12 @@ def test_a_member_resumes_after_its_last_completed_round(tmp_path):
     resumed = table[table["trial_id"] == cfgs[1].trial_id()].sort_values("round")
     assert resumed["ensemble"].fillna("alone").tolist() == ["alone", "e-test/4", "e-test/4"]
     assert resumed["train_timing"].tolist() == ["alone", "stacked_share", "stacked_share"]
+    # Provenance: the stacked round's start is every member's; each row ends after it starts.
+    stacked = table[table["ensemble"] == "e-test/4"]
+    assert (stacked.groupby("round")["started_at"].nunique() == 1).all()
+    assert (table["started_at"] <= table["ended_at"]).all() and str(table["started_at"].dt.tz) == "UTC"
+    assert set(table["cpu_isa"]) == {torch.backends.cpu.get_cpu_capability()}
+    assert set(table["torch_version"]) == {torch.__version__} and table["device_name"].notna().all()
     with start_trial(cfgs[1], None) as session:
         assert_same_rows(session.run()[1:], resumed.iloc[1:].to_dict("records"))
 

@@ -8,6 +8,7 @@ import errno
 import glob
 import hashlib
 import linecache
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,10 @@ import uuid
 import warnings
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 import warmstart as ws
 from engine.cli import main
@@ -112,6 +116,75 @@ def test_a_tampered_row_fails_the_integrity_check_and_nothing_is_overwritten(fin
     assert code == 1
     assert "Integrity check failed: round 1" in err and "test_acc was 0.5" in err
     assert open(path, "rb").read() == before
+
+
+def rewrite_row(path: str, **change) -> None:
+    """Change values of a saved row in place, keeping its Parquet schema (nulls stay null)."""
+    table = pq.read_table(path)
+    (row,) = table.to_pylist()
+    row.update({k: (v(row[k]) if callable(v) else v) for k, v in change.items()})
+    pq.write_table(pa.Table.from_pylist([row], schema=table.schema), path)
+
+
+# The saved rows say another CPU capability computed them than the one this process runs on.
+OTHER_ISA = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "AVX512"
+
+
+def _rerun_without_round_3(finished, tmp_path, capsys, **change) -> tuple[int, str, str, str]:
+    """Rows 1 and 2 changed as ``change`` says (every row: the other CPU capability where asked),
+    round 3's row deleted so that the trial is recomputed from round 1 and both are checked."""
+    out = copy_of(finished, tmp_path)
+    trial = trial_of(out)
+    isa = change.pop("cpu_isa", None)
+    for round_ in (1, 2):
+        path = f"{out}/{trial}-round{round_:04d}.parquet"
+        rewrite_row(path, **(change if round_ == 1 else {}), **({"cpu_isa": isa} if isa else {}))
+    os.remove(f"{out}/{trial}-round0003.parquet")
+    code, _, err = cli(capsys, "run", "--out", str(out), "--set", "acquisition.name=margin", *FAST)
+    return code, err, str(out), trial
+
+
+def test_a_row_from_another_cpu_within_the_tolerance_is_kept_with_a_note(finished, tmp_path, capsys):
+    """A mixed cluster: the row was computed with other vectorised kernels, its floats differ in the last bit."""
+    nudged = lambda x: math.nextafter(x, math.inf)  # noqa: E731 - one ulp up
+    code, err, out, trial = _rerun_without_round_3(finished, tmp_path, capsys, cpu_isa=OTHER_ISA, test_loss=nudged)
+    assert code == 0, err
+    (note,) = [line for line in err.splitlines() if "computed on" in line]
+    here = torch.backends.cpu.get_cpu_capability()
+    assert f"({OTHER_ISA}, torch {torch.__version__})" in note and f"({here}, torch {torch.__version__})" in note
+    assert "not bit for bit" in note
+    table = rows(out)
+    assert [r["round"] for r in table] == [1, 2, 3]
+    # The saved rows are kept as they were (written once); round 3 is this machine's.
+    assert table[0]["test_loss"] == nudged(finished[1][0]["test_loss"]) and table[0]["cpu_isa"] == OTHER_ISA
+    assert table[2] == finished[1][2]
+    assert not check(out)[0].problems
+
+
+@pytest.mark.parametrize(
+    "change, column",
+    [
+        ({"test_loss": lambda x: x * 1.01}, "test_loss"),  # far beyond float noise
+        ({"epochs": lambda n: n + 1}, "epochs"),  # a count is never within a tolerance
+        ({"acquired": lambda a: a[:-1] + [a[-1] + 1]}, "acquired"),  # nor a pick
+    ],
+)
+def test_a_row_from_another_cpu_beyond_the_tolerance_stops_in_one_line(finished, tmp_path, capsys, change, column):
+    code, err, out, trial = _rerun_without_round_3(finished, tmp_path, capsys, cpu_isa=OTHER_ISA, **change)
+    assert code == 1
+    # The note that the rows come from another machine, then the error in one line naming both.
+    line = one_line("\n".join(line for line in err.splitlines() if not line.startswith("note:")))
+    assert "Integrity check failed: round 1" in line and f"({column} was" in line
+    here = torch.backends.cpu.get_cpu_capability()
+    assert f"({OTHER_ISA}, torch" in line and f"({here}, torch" in line and "Nothing was overwritten" in line
+    assert not os.path.exists(f"{out}/{trial}-round0003.parquet")
+
+
+def test_on_the_same_kind_of_machine_one_ulp_is_a_failed_integrity_check(finished, tmp_path, capsys):
+    nudged = lambda x: math.nextafter(x, math.inf)  # noqa: E731
+    code, err, _, _ = _rerun_without_round_3(finished, tmp_path, capsys, test_loss=nudged)
+    assert code == 1
+    assert "Integrity check failed: round 1" in err and "(test_loss was" in err and "computed on" not in err
 
 
 def test_a_corrupt_checkpoint_is_passed_over_for_the_previous_generation(finished, tmp_path, capsys):

@@ -1,11 +1,18 @@
-"""The rows of one fixed trial, bit for bit as the code made them before the engine was
-restructured (issue 18): a refactor that changes a number, a name or a type fails here.
+"""The rows of one fixed trial as the code made them before the engine was restructured
+(issue 18): a refactor that changes a number, a name or a type fails here.
 
-tests/data/rows_fixed.json was written by the code of commit 4154cd6 (the flat engine/)
-running exactly TRIAL below with ``start_trial(cfg, None).run()`` on a CPU, one torch
-thread.  Floats are stored as ``float.hex`` and compared exactly.  Only the golden's
-columns are compared (later releases may add columns), except timings (``*_seconds``)
-and ``suite``, which are not part of a trial's results."""
+tests/data/rows_fixed.json holds the rows the code of commit 4154cd6 (the flat engine/) wrote
+running exactly TRIAL below with ``start_trial(cfg, None).run()`` on a CPU with one torch
+thread, one set per machine that made them, each with what made it (``made_by``: ATen's CPU
+capability, the torch build, the CPU model, the thread count; tests/data/make_rows_fixed.py
+adds a set, always from that old code).  Floats are stored as ``float.hex``.
+
+Against a set made on this kind of machine the rows must be equal bit for bit; against the
+others, counts, names, picks and types exactly and floats within the tolerance between
+machines that resume uses (``engine.trial.resume.FLOAT_TOLERANCE``, docs/guarantees.md).
+Only the golden's columns are compared (later releases add columns), except timings
+(``*_seconds``) and ``suite``, which are not part of a trial's results.  CI runs this file
+natively and under ``ATEN_CPU_CAPABILITY=avx2`` (.ci/run)."""
 
 from __future__ import annotations
 
@@ -14,8 +21,11 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.schema.config import build
+from engine.trial.provenance import cpu_isa, device_name
+from engine.trial.resume import FLOAT_TOLERANCE
 from engine.trial.session import start_trial
 
 GOLDEN = Path(__file__).parent / "data" / "rows_fixed.json"
@@ -33,8 +43,22 @@ TRIAL = [
     "convergence.max_epochs=30",
     "seed=3",
 ]
+THREADS = 1
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+def machine_here() -> dict:
+    """What decides the last bits of a CPU run (docs/guarantees.md#determinism)."""
+    return {
+        "cpu_isa": cpu_isa(),
+        "torch_version": torch.__version__,
+        "device_name": device_name(torch.device("cpu")),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def same_machine(made_by: dict, here: dict) -> bool:
+    """The set was made on this kind of machine (a value not recorded is not a match)."""
+    return all(made_by.get(key) == value for key, value in here.items())
 
 
 def decode(value):
@@ -48,22 +72,95 @@ def decode(value):
     return value
 
 
-def same(new, old) -> bool:
-    """Equal, and of the same kind (1 is not 1.0 here); NaN equals NaN."""
+def same(new, old, tolerant: bool = False) -> bool:
+    """Equal, and of the same kind (1 is not 1.0 here); NaN equals NaN; floats within
+    FLOAT_TOLERANCE when ``tolerant``."""
     if isinstance(old, float):
-        return isinstance(new, float) and (new == old or (math.isnan(new) and math.isnan(old)))
+        if not isinstance(new, float):
+            return False
+        return (
+            new == old
+            or (math.isnan(new) and math.isnan(old))
+            or (tolerant and math.isclose(new, old, **FLOAT_TOLERANCE))
+        )
     if isinstance(old, list):
-        return isinstance(new, (list, tuple)) and len(new) == len(old) and all(map(same, new, old))
+        return (
+            isinstance(new, (list, tuple))
+            and len(new) == len(old)
+            and all(same(n, o, tolerant) for n, o in zip(new, old, strict=True))
+        )
     return type(new) is type(old) and new == old
 
 
-def test_fixed_trial_reproduces_the_golden_rows_bit_for_bit():
-    golden = [{k: decode(v) for k, v in row.items()} for row in json.loads(GOLDEN.read_text())]
-    with start_trial(build(sets=TRIAL), None) as session:
-        rows = session.run()
-    assert [r["round"] for r in rows] == [g["round"] for g in golden] == [1, 2, 3]
-    for row, saved in zip(rows, golden, strict=True):
+def differences(rows: list[dict], golden: list[dict], tolerant: bool) -> list[str]:
+    """Where ``rows`` differ from a golden set's rows, one entry per round and column."""
+    found = [] if [r["round"] for r in rows] == [g["round"] for g in golden] else ["rounds"]
+    for row, saved in zip(rows, golden, strict=False):  # a missing round is "rounds" above
         missing = sorted(set(saved) - set(row))
-        assert not missing, f"round {saved['round']}: columns gone: {missing}"
-        differ = {c: (row[c], saved[c]) for c in saved if not same(row[c], saved[c])}
-        assert not differ, f"round {saved['round']}: (now, before) {differ}"
+        found += [f"round {saved['round']}: columns gone: {missing}"] if missing else []
+        found += [
+            f"round {saved['round']}: {c} (now, before) {(row[c], saved[c])}"
+            for c in saved
+            if c in row and not same(row[c], saved[c], tolerant)
+        ]
+    return found
+
+
+GOLDEN_SETS = json.loads(GOLDEN.read_text())["sets"]
+
+
+def _name(made_by: dict) -> str:
+    return "-".join(str(made_by.get(k)) for k in ("cpu_isa", "torch_version", "device_name")).replace(" ", "_")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        with start_trial(build(sets=TRIAL), None) as session:
+            return session.run()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def here():
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return machine_here()
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+@pytest.mark.parametrize("golden", GOLDEN_SETS, ids=[_name(s["made_by"]) for s in GOLDEN_SETS])
+def test_fixed_trial_reproduces_the_golden_rows(rows, here, golden):
+    """Bit for bit where the set was made on this kind of machine, within the tolerance between machines elsewhere."""
+    exact = same_machine(golden["made_by"], here)
+    saved = [{k: decode(v) for k, v in row.items()} for row in golden["rows"]]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    found = differences(rows, saved, tolerant=not exact)
+    how = "bit for bit" if exact else f"within {FLOAT_TOLERANCE} (made on {golden['made_by']}, this is {here})"
+    assert not found, f"{how}: {found}"
+
+
+def test_the_comparison_can_fail(rows):
+    """The tolerance lets float noise through and nothing else: a count, a pick, a type, a float off by more."""
+    golden = [dict(r) for r in rows]
+    nudged = [dict(r, test_loss=math.nextafter(r["test_loss"], math.inf)) for r in golden]
+    assert differences(rows, golden, tolerant=False) == []
+    assert len(differences(rows, nudged, tolerant=False)) == 3  # one ulp, every round: not bit for bit
+    assert differences(rows, nudged, tolerant=True) == []
+    for change in ({"test_loss": rows[0]["test_loss"] * 1.001}, {"epochs": rows[0]["epochs"] + 1}):
+        assert len(differences(rows, [dict(golden[0], **change), *golden[1:]], tolerant=True)) == 1
+    picks = [dict(golden[0], acquired=[*rows[0]["acquired"][:-1], -1]), *golden[1:]]
+    assert len(differences(rows, picks, tolerant=True)) == 1
+    assert len(differences(rows, [dict(golden[0], epochs=float(rows[0]["epochs"])), *golden[1:]], tolerant=True)) == 1
+
+
+def test_a_set_matches_only_its_own_kind_of_machine(here):
+    assert same_machine(dict(here, commit="4154cd6"), here)
+    for key in here:
+        assert not same_machine(dict(here, **{key: None}), here)  # unknown: compared within the tolerance
+    assert not same_machine(dict(here, cpu_isa="AVX2" if here["cpu_isa"] != "AVX2" else "AVX512"), here)

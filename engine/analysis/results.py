@@ -42,6 +42,7 @@ from engine.schema.records import (
     INIT_COLUMNS,
     NAME_COLUMNS,
     STRATEGY_COLUMNS,
+    upgrade_config_columns,
 )
 from engine.schema.records import config_columns as config_columns_of
 from engine.storage.folders import row_files, row_key
@@ -115,16 +116,27 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
         schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
         if len(schemas) > 1:
-            unified = pa.unify_schemas(list(schemas), promote_options="permissive")
-            dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
-        parts = [(fragment.path, fragment.to_table(schema=dataset.schema)) for fragment in dataset.get_fragments()]
+            try:
+                unified = pa.unify_schemas(list(schemas), promote_options="permissive")
+            except (pa.ArrowTypeError, pa.ArrowInvalid):  # cfg.* columns typed before issue 23: as typed now
+                unified = None
+            else:
+                dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
+        if len(schemas) > 1 and unified is None:
+            parts = [
+                (fragment.path, upgrade_config_columns(fragment.to_table())) for fragment in dataset.get_fragments()
+            ]
+        else:
+            parts = [(fragment.path, fragment.to_table(schema=dataset.schema)) for fragment in dataset.get_fragments()]
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
     except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
         raise ConfigError(f"Cannot read results at {path_or_uri}: {object_store_reason(exc, path_or_uri)}.") from None
     except Exception as exc:  # pyarrow's errors for unreadable files vary by version
         raise ConfigError(f"Cannot read results at {path_or_uri}: {str(exc).splitlines()[0]}") from None
-    table = pa.concat_tables([part for _, part in parts]) if parts else dataset.schema.empty_table()
+    table = (
+        pa.concat_tables([p for _, p in parts], promote_options="permissive") if parts else dataset.schema.empty_table()
+    )
     missing = [name for name in ("trial_id", "round", "test_acc") if name not in table.column_names]
     if table.num_rows == 0:
         raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
@@ -139,7 +151,7 @@ def _read(path_or_uri: str) -> pd.DataFrame:
             MisplacedRow,
             stacklevel=3,
         )
-        table = pa.concat_tables([part for path, part in parts if path not in misplaced])
+        table = pa.concat_tables([part for path, part in parts if path not in misplaced], promote_options="permissive")
         if table.num_rows == 0:
             raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
     return _fill_config(table.to_pandas(), path_or_uri)

@@ -266,6 +266,9 @@ class IntPair:
             and 0 <= value[0] <= value[1]
         )
 
+    def kind(self) -> Any:
+        return list[int]
+
     def describe(self) -> str:
         return "a list [low, high] of two ints with 0 <= low <= high"
 
@@ -418,6 +421,9 @@ class Shape:
             and bool(value)
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
         )
+
+    def kind(self) -> Any:
+        return list[int]
 
     def describe(self) -> str:
         return "a list of ints >= 1 (one sample's shape, e.g. [1, 28, 28])"

@@ -26,7 +26,7 @@ import yaml
 from engine.errors import ConfigError
 from engine.schema.catalogue import DATASETS, REGISTRIES, model_spec
 from engine.schema.plugins import load_plugins
-from engine.schema.registry import Interval, Nullable, OneOf, PathName, Registry, Type, check_value
+from engine.schema.registry import Interval, Nullable, OneOf, PathName, Registry, Type, check_value, value_kind
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -153,8 +153,9 @@ class AutoOr:
     def check(self, value: Any) -> bool:
         return value == "auto" or self.inner.check(value)
 
-    def kind(self) -> None:
-        return None  # 'auto' or another kind: stored as JSON text
+    def kind(self) -> Any:
+        # The other kind's column (a bool, an int): 'auto' is null there (docs/results.md).
+        return value_kind(self.inner)
 
     def describe(self) -> str:
         return f"'auto' or {self.inner.describe()}"
@@ -164,8 +165,8 @@ class StrList:
     def check(self, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
-    def kind(self) -> type:
-        return list
+    def kind(self) -> Any:
+        return list[str]
 
     def describe(self) -> str:
         return "a list of strings"

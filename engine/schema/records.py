@@ -262,17 +262,32 @@ NOT_CHECKED = tuple(columns_with("timing") + columns_with("context"))  # what a 
 # --- the flattened config ----------------------------------------------------------------
 
 
-def kind_of(constraint: Any, default: Any) -> type | None:
-    """The Python type a config value has (int, float, str, bool, list), or None when it
-    may take several (stored as JSON text).  Constraints say it with ``kind()``; a
-    parameter without one takes its default's type."""
+def kind_of(constraint: Any, default: Any) -> Any:
+    """The Python type a config value has (int, float, str, bool, or ``list[T]`` of one of
+    them), or None when it may take several (stored as JSON text).  Constraints say it with
+    ``kind()`` (``AutoOr`` says its other kind: 'auto' is then null); a parameter without
+    one takes its default's type, a list its elements' type."""
     if constraint is not None and (kind := value_kind(constraint)) is not None:
         return kind
     if getattr(constraint, "kind", None) is not None:  # declared, and several kinds: JSON
         return None
-    if default is None:
-        return None
-    return type(default) if type(default) in _ARROW else None
+    return _kind_of_value(default)
+
+
+def _kind_of_value(value: Any) -> Any:
+    if isinstance(value, list):
+        kinds = {_kind_of_value(v) for v in value}
+        return list[kinds.pop()] if len(kinds) == 1 and None not in kinds and list not in kinds else None
+    return type(value) if type(value) in _ARROW and type(value) is not list else None
+
+
+def _arrow_of_kind(kind: Any) -> pa.DataType:
+    """The Arrow type of a config kind (JSON text for None, several kinds)."""
+    if kind is None:
+        return pa.string()
+    if typing.get_origin(kind) is list:
+        return pa.list_(_arrow_of_kind(typing.get_args(kind)[0]))
+    return _ARROW[kind]
 
 
 def _sections() -> dict[str, tuple[type | None, Any]]:
@@ -296,7 +311,7 @@ def _sections() -> dict[str, tuple[type | None, Any]]:
         for entry in registry.entries():
             for param, default in entry.defaults.items():
                 kind = kind_of(entry.constraints.get(param), default)
-                if param in params and params[param][0] is not kind:
+                if param in params and params[param][0] != kind:
                     kind = None
                 params[param] = (kind, None)
         keys.update({f"{section}.{p}": v for p, v in sorted(params.items()) if f"{section}.{p}" not in keys})
@@ -313,7 +328,7 @@ def _sections() -> dict[str, tuple[type | None, Any]]:
 
 def config_fields() -> list[tuple[str, pa.DataType]]:
     """The ``cfg.*`` columns in order, typed (JSON text where a key takes several kinds)."""
-    return [(CONFIG_PREFIX + key, _ARROW[kind] if kind else pa.string()) for key, (kind, _) in _sections().items()]
+    return [(CONFIG_PREFIX + key, _arrow_of_kind(kind)) for key, (kind, _) in _sections().items()]
 
 
 def config_columns(config: dict) -> dict[str, Any]:
@@ -326,18 +341,53 @@ def config_columns(config: dict) -> dict[str, Any]:
     return out
 
 
-def _cast(value: Any, kind: type | None) -> Any:
+def _cast(value: Any, kind: Any) -> Any:
     if value is None:
         return None
-    if kind is None:  # a key of several kinds ('auto' or a bool): text, JSON for non-strings
+    if kind is None:  # a key of several kinds (a name or a list of names): text, JSON for non-strings
         return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if value == "auto" and kind is not str:  # AutoOr: 'auto' or a value of ``kind``; 'auto' is null
+        return None
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if typing.get_origin(kind) is list:
+        return [_cast(v, typing.get_args(kind)[0]) for v in value]
     if kind is list:
         return [str(v) for v in value]
     if kind is str and not isinstance(value, str):
         return json.dumps(value, sort_keys=True)
     return value
+
+
+def upgrade_config_columns(table: pa.Table) -> pa.Table:
+    """Rows written before the ``cfg.*`` columns were typed by kind (issue 23: 'auto' or a
+    bool as text, lists of numbers as lists of strings) with those columns as this process
+    types them: 'auto' null, 'true' a bool, '36' a number.  Other columns are left as they are."""
+    types = dict(config_fields())
+    for i, name in enumerate(table.schema.names):
+        want = types.get(name)
+        if want is None or _same_type(table.schema.field(i).type, want):
+            continue
+        values = [_from_text(v, want) for v in table.column(i).to_pylist()]
+        table = table.set_column(i, name, pa.array(values, type=want))
+    return table
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal types, lists by their element type (Parquet names a list's item 'element')."""
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return _same_type(a.value_type, b.value_type)
+    return a == b
+
+
+def _from_text(value: Any, want: pa.DataType) -> Any:
+    if value is None or (value == "auto" and not pa.types.is_string(want)):
+        return None
+    if pa.types.is_list(want):
+        return [_from_text(v, want.value_type) for v in value]
+    if pa.types.is_string(want):
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def arrow_schema() -> pa.Schema:

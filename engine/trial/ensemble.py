@@ -108,7 +108,7 @@ class Ensemble:
         members = [i for i in members if i not in self.failed]
         for i, result in zip(members, results, strict=True):
             session = self.sessions[i]
-            save_round(session.store, session.context, session.state, result.row)
+            result.row = save_round(session.store, session.context, session.state, result.row)
             session.context.reporter.round_done(result.row)
             session.rows.append(result.row)
         return list(zip(members, results, strict=True))

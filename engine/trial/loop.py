@@ -141,7 +141,7 @@ def finish_round(
 def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
     """The next round, run and saved, then reported."""
     result = run_round(context, state)
-    save_round(store, context, state, result.row)
+    result.row = save_round(store, context, state, result.row)  # a reproduced saved row is kept
     context.reporter.round_done(result.row)
     return result
 
