@@ -103,14 +103,14 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
     if lost:
         context.notes.append(
             f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
-            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce"
+            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce bit for bit"
         )
         return None
     if state is None:
         if rows:
             context.notes.append(
                 f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
-                f"{len(rows)} saved row(s) must reproduce"
+                f"{len(rows)} saved row(s) must reproduce bit for bit"
             )
         return None
     status, damaged = store.read_status()
@@ -122,7 +122,7 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
         why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
         context.notes.append(
             f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "
-            "saved row(s) must reproduce"
+            "saved row(s) must reproduce bit for bit"
         )
         return None
     return state
