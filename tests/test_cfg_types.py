@@ -140,12 +140,13 @@ def test_rows_typed_before_issue_23_load_beside_new_ones(written, tmp_path):
     from engine.analysis import results
 
     (row,) = written.to_pylist()
-    pq.write_table(written, tmp_path / "t-round0001.parquet")
+    trial = row["trial_id"]  # a row file's name says which (trial, round) it holds
+    pq.write_table(written, tmp_path / f"{trial}-round{row['round']:04d}.parquet")
     old = dict(row, round=2, **{"cfg.performance.autocast": "auto", "cfg.performance.compile": "false"})
     schema = written.schema
     for column in ("cfg.performance.autocast", "cfg.performance.compile"):
         schema = schema.set(schema.get_field_index(column), pa.field(column, pa.string()))
-    pq.write_table(pa.Table.from_pylist([old], schema=schema), tmp_path / "t-round0002.parquet")
+    pq.write_table(pa.Table.from_pylist([old], schema=schema), tmp_path / f"{trial}-round0002.parquet")
     frame = results.load(str(tmp_path))
     assert frame["round"].tolist() == [1, 2]
     assert frame["cfg.performance.compile"].tolist() == [False, False]
