@@ -43,7 +43,7 @@ from engine.schema.records import (
     STRATEGY_COLUMNS,
 )
 from engine.schema.records import config_columns as config_columns_of
-from engine.storage.object_store import object_store_reason
+from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import SCHEMA, TrialStore, filesystem
 
 # Columns that usually follow from others: model_params from model, shrink/perturb from
@@ -104,6 +104,7 @@ def load(*paths: str) -> pd.DataFrame:
 def _read(path_or_uri: str) -> pd.DataFrame:
     fs, base = filesystem(path_or_uri)
     try:
+        reach(path_or_uri)
         dataset = pads.dataset(base, filesystem=fs, format="parquet")
         # pyarrow takes the first file's schema for the whole folder; rows written by an older
         # version (no cfg.* columns) beside newer ones would lose columns: unify them all.

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
-from engine.storage.object_store import object_store_reason
+from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import META, TrialStore, filesystem
 
 
@@ -49,6 +49,7 @@ def trial_ids(out: str) -> list[str]:
     """Every trial with metadata or rows under ``out``."""
     fs, base = filesystem(out)
     try:
+        reach(out)
         infos = fs.get_file_info(pafs.FileSelector(base))
     except FileNotFoundError:
         raise ConfigError(f"No results at {out}: the path does not exist.") from None

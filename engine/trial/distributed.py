@@ -259,6 +259,7 @@ def run_trial_on_ray(
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
     init_ray(address)  # engine.trial.runner.run_trial has checked the address and the resources already
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
+    log_ray_to_file()
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={
@@ -291,3 +292,28 @@ def run_trial_on_ray(
         ) from exc
     finally:
         done.set()
+
+
+def log_ray_to_file() -> None:
+    """Ray Tune's and Ray Train's own log records on the driver (a failed sync to a store that
+    is down, a trial's traceback) go to ``warmstart-driver.log`` in Ray's log folder of the
+    session, not to the console: warmstart reports each failure in one line instead."""
+    import logging
+
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:  # a Ray Client connection: no log folder here
+        return
+    path = os.path.join(node.get_logs_dir_path(), "warmstart-driver.log")
+    for name in ("ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        if any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+            continue
+        for old in [h for h in logger.handlers if getattr(h, "warmstart", False)]:  # an earlier session's
+            logger.removeHandler(old)
+        handler = logging.FileHandler(path, delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+        handler.warmstart = True
+        logger.addHandler(handler)
+        logger.propagate = False

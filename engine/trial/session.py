@@ -59,6 +59,7 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
     if out is None:
         return None
     store = TrialStore(out, cfg.trial_id())
+    store.probe()  # first: an object store that does not answer is named in seconds (object_store.reach)
     try:
         saved = store.saved_config()
     except (OSError, yaml.YAMLError):
@@ -67,7 +68,6 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
         raise ConfigError(
             f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
         )
-    store.probe()
     if lock:
         store.lock()
     else:
