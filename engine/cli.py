@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             words = ["warmstart", *(sys.argv[1:] if argv is None else argv)]
             if args.command in ("suite", "quickstart") and "--resume" not in words:
                 words.append("--resume")
-            exc = StoreUnavailable(f"{down}; when it answers again, resume with: {shlex.join(words)}")
+            when = "when it answers again" if "stopped answering" in str(down) else "then"
+            exc = StoreUnavailable(f"{down}; {when}, resume with: {shlex.join(words)}")
         _explain(exc, debug)
         return 1
     except KeyboardInterrupt:

@@ -241,13 +241,31 @@ def test_the_profile_keys_travel_with_the_filesystem_to_a_process_without_them(p
 
     fs = object_store("s3://warmstart/profile")
     # A trial's process elsewhere: no AWS variable, no profile, no ~/.aws; the server checks signatures.
-    code = "import pickle, sys; fs = pickle.load(sys.stdin.buffer); fs.open_output_stream('warmstart/profile/x').write(b'x')"
+    code = (
+        "import pickle, sys, pyarrow.fs\n"
+        "fs = pickle.load(sys.stdin.buffer)\n"
+        "with fs.open_output_stream('warmstart/profile/x') as f:\n"
+        "    f.write(b'x')"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     done = subprocess.run(
         [sys.executable, "-c", code], input=pickle.dumps(fs), env={**env, "HOME": str(tmp_path)}, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert moto_server.client.get_object(Bucket="warmstart", Key="profile/x")["Body"].read() == b"x"
+    import boto3
+
+    reader = boto3.session.Session().client(
+        "s3", endpoint_url=moto_server.endpoint, aws_access_key_id=profile["AccessKeyId"],
+        aws_secret_access_key=profile["SecretAccessKey"], region_name="us-east-1",
+    )  # fmt: skip
+    assert reader.get_object(Bucket="warmstart", Key="profile/x")["Body"].read() == b"x"
+    # The premise: the server refuses keys it does not know (a worker's own, say).
+    with pytest.raises(OSError, match="INVALID_ACCESS_KEY_ID"):
+        with pickle.loads(pickle.dumps(fs)).__class__(
+            endpoint_override=moto_server.endpoint.split("://")[1], scheme="http", access_key="not-the-drivers",
+            secret_key="x", region="us-east-1",
+        ).open_output_stream("warmstart/profile/y") as f:  # fmt: skip
+            f.write(b"y")
 
 
 def test_a_missing_profile_is_one_line(profile, monkeypatch, capsys):
