@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in ("suite", "quickstart") and "--resume" not in words:
                 words.append("--resume")
             when = "when it answers again" if "stopped answering" in str(down) else "then"
-            exc = StoreUnavailable(f"{down}; {when}, resume with: {shlex.join(words)}")
+            exc, cause = StoreUnavailable(f"{down}; {when}, resume with: {shlex.join(words)}"), exc
+            exc.__cause__ = cause  # --debug shows where it happened
         _explain(exc, debug)
         return 1
     except KeyboardInterrupt:
