@@ -363,7 +363,10 @@ def test_a_second_run_of_a_trial_on_the_bucket_stops_the_first_before_its_next_c
     first.lock()
     first.save_status({"round": 1, "rounds": 3})
     # Another process takes the trial over (a retry after a lost node, or a second user).
-    code = "import sys; from engine.storage.store import TrialStore; TrialStore(sys.argv[1], 't').lock()"
+    # (os._exit: a holder that is still running, or was killed; one that exits releases its lease.)
+    code = (
+        "import os, sys; from engine.storage.store import TrialStore; TrialStore(sys.argv[1], 't').lock(); os._exit(0)"
+    )
     taken = subprocess.run([sys.executable, "-c", code, uri], env=_driver_env(s3), capture_output=True, text=True)
     assert taken.returncode == 0, taken.stderr
     with pytest.raises(
