@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 
 from engine.cli import main
@@ -249,7 +250,10 @@ def test_the_profile_keys_travel_with_the_filesystem_to_a_process_without_them(p
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     done = subprocess.run(
-        [sys.executable, "-c", code], input=pickle.dumps(fs), env={**env, "HOME": str(tmp_path)}, capture_output=True
+        [sys.executable, "-c", code],
+        input=pickle.dumps(fs),
+        env={**env, "HOME": str(tmp_path), "PYTHONPATH": REPO},
+        capture_output=True,
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     import boto3
@@ -261,7 +265,7 @@ def test_the_profile_keys_travel_with_the_filesystem_to_a_process_without_them(p
     assert reader.get_object(Bucket="warmstart", Key="profile/x")["Body"].read() == b"x"
     # The premise: the server refuses keys it does not know (a worker's own, say).
     with pytest.raises(OSError, match="INVALID_ACCESS_KEY_ID"):
-        with pickle.loads(pickle.dumps(fs)).__class__(
+        with pafs.S3FileSystem(
             endpoint_override=moto_server.endpoint.split("://")[1], scheme="http", access_key="not-the-drivers",
             secret_key="x", region="us-east-1",
         ).open_output_stream("warmstart/profile/y") as f:  # fmt: skip
@@ -321,3 +325,14 @@ def test_a_trial_left_open_at_exit_releases_its_lease(moto_server):
     listed = moto_server.client.list_objects_v2(Bucket="warmstart", Prefix="open/_warmstart/")["Contents"]
     keys = {item["Key"].rsplit("/", 1)[-1] for item in listed}
     assert "status.json" in keys and "owner.json" not in keys
+
+
+def test_the_retry_policy_travels_with_the_filesystem(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    monkeypatch.setenv("WARMSTART_S3_RETRIES", "3")
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(object_store_module, "_OBJECT_STORES", {})
+    travelled = pickle.loads(pickle.dumps(object_store_module.object_store("s3://b/x")))
+    assert isinstance(travelled, object_store_module.RetryingS3FileSystem) and travelled.retries == 3
+    assert (travelled.region, travelled.__reduce__()[1][1]["request_timeout"]) == ("us-east-1", 10.0)

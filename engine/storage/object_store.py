@@ -151,13 +151,27 @@ def _s3(options: dict, retries: int) -> pafs.S3FileSystem:
     timeout, _ = settings()
     # Delayed open: a small object (a row, a status, a manifest) goes up as one PutObject
     # when its stream closes, so it appears whole or not at all.
-    return pafs.S3FileSystem(
-        **options,
-        allow_delayed_open=True,
-        connect_timeout=min(5.0, timeout),
-        request_timeout=timeout,
-        retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retries),  # max_attempts: retries, in fact
+    return RetryingS3FileSystem(
+        retries, **options, allow_delayed_open=True, connect_timeout=min(5.0, timeout), request_timeout=timeout
     )
+
+
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """pyarrow's S3FileSystem with the AWS SDK's default retry strategy (``retries`` retries,
+    backoff 25 ms doubling), which also survives pickling: pyarrow's own pickle leaves the
+    retry strategy out, so a trial elsewhere would get the SDK's three attempts instead."""
+
+    def __init__(self, retries: int, **options) -> None:
+        # max_attempts is the number of retries, in fact (aws-sdk-cpp's DefaultRetryStrategy).
+        super().__init__(**options, retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retries))
+        self.retries = retries
+
+    def __reduce__(self):
+        return _rebuild_s3, (self.retries, super().__reduce__()[1][0])
+
+
+def _rebuild_s3(retries: int, options: dict) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retries, **options)
 
 
 def _s3_options(bucket: str) -> dict:
