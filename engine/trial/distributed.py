@@ -317,3 +317,32 @@ def log_ray_to_file() -> None:
         handler.warmstart = True
         logger.addHandler(handler)
         logger.propagate = False
+    _raylet_messages_to(path)
+
+
+_RAYLET_LOG: list[str] = []  # where the raylets' messages to this driver go (the session's log)
+
+
+def _raylet_messages_to(path: str) -> None:
+    """A raylet's message to the driver (a node lost: its last log lines and some 40 lines of
+    state dump, each time) becomes one console line pointing at ``path``, where it is kept
+    whole.  Ray has no setting for these (``log_to_driver`` leaves them on), so the function
+    that prints them is wrapped; without it (another Ray version), they print as before."""
+    import ray._private.worker as worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    _RAYLET_LOG[:] = [path]
+    if original is None or getattr(original, "warmstart", False):
+        return
+
+    def to_log(data, *args, **kwargs):
+        if not isinstance(data, dict) or data.get("pid") != "raylet":
+            return original(data, *args, **kwargs)
+        lines = [str(line) for line in data.get("lines", [])]
+        with open(_RAYLET_LOG[0], "a") as log:
+            log.write("\n".join(lines) + "\n")
+        first = next((line.strip() for line in lines if line.strip()), "a message")
+        print(f"(ray) {first.split('. ')[0].split(' because ')[0][:160]}; details in {_RAYLET_LOG[0]}", file=sys.stderr)
+
+    to_log.warmstart = True
+    worker.print_to_stdstream = to_log
