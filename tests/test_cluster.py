@@ -327,6 +327,7 @@ def test_a_lost_node_moves_its_trials_to_the_other_node_from_their_last_round(cl
     cluster.remove_worker(doomed)
     output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output[-4000:]
+    assert "[state-dump]" not in output and "Last 20 lines of the Raylet logs" not in output  # kept in Ray's log
 
     table = _rows(s3.uri("lost"))
     _each_round_once(s3, "lost", table, trials=4, rounds=4)
