@@ -336,3 +336,7 @@ def test_the_retry_policy_travels_with_the_filesystem(monkeypatch):
     travelled = pickle.loads(pickle.dumps(object_store_module.object_store("s3://b/x")))
     assert isinstance(travelled, object_store_module.RetryingS3FileSystem) and travelled.retries == 3
     assert (travelled.region, travelled.__reduce__()[1][1]["request_timeout"]) == ("us-east-1", 10.0)
+    # A trial process, given the driver's filesystem: its first request is retried once only.
+    object_store_module.adopt_filesystem("s3://b/x", travelled)
+    with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+        object_store_module.reach("s3://b/x")

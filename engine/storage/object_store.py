@@ -25,7 +25,6 @@ import pyarrow.fs as pafs
 from engine.errors import ConfigError, StoreUnavailable
 
 _OBJECT_STORES: dict[str, pafs.FileSystem] = {}  # "s3://bucket" -> its filesystem in this process
-_OPTIONS: dict[str, dict] = {}  # "s3://bucket" -> how it was built (for reach's quick twin)
 
 # A request that gets no answer for TIMEOUT seconds is given up (and retried); connecting
 # waits at most min(5, TIMEOUT).  RETRIES retries follow with backoff 25 ms, 50 ms, ... (the
@@ -90,9 +89,7 @@ def object_store(out: str) -> pafs.FileSystem | None:
                 "and an HMAC key as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or a shared file system."
             )
         if scheme == "s3":
-            options = _s3_options(root.removeprefix("s3://"))
-            _OPTIONS[root] = options
-            _OBJECT_STORES[root] = _s3(options, settings()[1])
+            _OBJECT_STORES[root] = _s3(_s3_options(root.removeprefix("s3://")), settings()[1])
         else:
             _OBJECT_STORES[root] = pafs.FileSystem.from_uri(out)[0]
     return _OBJECT_STORES[root]
@@ -112,11 +109,10 @@ def reach(out: str) -> None:
     interrupts the wait at once."""
     if "://" not in out:
         return
-    object_store(out)  # resolves the credentials, or refuses the scheme
-    options = _OPTIONS.get(_bucket_root(out))
-    if options is None:  # adopted, or not S3
+    fs = object_store(out)  # resolves the credentials (or adopted from the driver), or refuses the scheme
+    if not isinstance(fs, RetryingS3FileSystem):
         return
-    quick = _s3(options, FIRST_CONTACT_RETRIES)
+    quick = RetryingS3FileSystem(FIRST_CONTACT_RETRIES, **fs.__reduce__()[1][1])  # the same store, retried once
     failure: list[OSError] = []
     answered = threading.Event()
 
