@@ -126,7 +126,7 @@ def reach(out: str) -> None:
 
     # A daemon thread: a Ctrl-C ends the wait here; the request itself ends within its timeouts.
     # (An Event, not Thread.join: a join that a Ctrl-C interrupts may mark the thread stopped.)
-    _IN_FLIGHT.append(answered)
+    _IN_FLIGHT[:] = [*(event for event in _IN_FLIGHT if not event.is_set()), answered]
     threading.Thread(target=head, daemon=True).start()
     while not answered.wait(0.1):
         pass
