@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ import traceback
 # torch, pandas, pyarrow or Ray (tests/test_api.py checks it).  A command imports what
 # pulls them in when it runs.
 from engine import __version__
-from engine.errors import ConfigError, TrialError
+from engine.errors import ConfigError, StoreUnavailable, TrialError
 from engine.schema.catalogue import REGISTRIES
 from engine.schema.plugins import load_plugins
 from engine.trial.progress import ConsoleReporter
@@ -335,17 +336,50 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         _explain(exc, debug)
         return EXIT_USAGE
-    except TrialError as exc:  # a strategy that failed, a full disk, a busy trial, divergence
+    except (TrialError, OSError) as exc:  # a strategy that failed, a full disk, a busy trial, divergence
+        down = _store_down(exc, args)
+        if down is None and isinstance(exc, OSError):
+            raise
+        if down is not None:  # the object store stopped answering past its timeouts and retries
+            words = ["warmstart", *(sys.argv[1:] if argv is None else argv)]
+            if args.command in ("suite", "quickstart") and "--resume" not in words:
+                words.append("--resume")
+            when = "when it answers again" if "stopped answering" in str(down) else "then"
+            exc, cause = StoreUnavailable(f"{down}; {when}, resume with: {shlex.join(words)}"), exc
+            exc.__cause__ = cause  # --debug shows where it happened
         _explain(exc, debug)
         return 1
     except KeyboardInterrupt:
         print(
             "\nwarmstart: interrupted; completed rounds are saved, re-run the same command to resume", file=sys.stderr
         )
+        _exit_if_the_store_hangs(130)
         return 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _store_down(exc: Exception, args: argparse.Namespace) -> StoreUnavailable | None:
+    """The object store's failure during a run (past its retries), as StoreUnavailable; None otherwise."""
+    out = getattr(args, "out", None) or getattr(args, "results", None)
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if not isinstance(out, str) or "://" not in out:
+        return None
+    from engine.storage.object_store import outage, store_failure
+
+    return outage(exc, out) if store_failure(str(exc)) else None
+
+
+def _exit_if_the_store_hangs(code: int) -> None:
+    """Exit now when a request to an object store still hangs in another thread: pyarrow's
+    exit handler would wait for it (minutes for a silent endpoint) before the process ends."""
+    module = sys.modules.get("engine.storage.object_store")
+    if module is not None and module.request_in_flight():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _interrupt(signum, frame) -> None:

@@ -3,6 +3,7 @@
 ``ConfigError``: an invalid input, refused before anything runs (the CLI exits 2).
 ``TrialError``: a trial stopped for a reason the user can act on (exit 1).
 ``StrategyError``: a strategy or other plugin code failed or broke its contract.
+``StoreUnavailable``: the object store stopped answering during a run (exit 1, with the resume command).
 """
 
 from __future__ import annotations
@@ -33,3 +34,9 @@ class TrialError(_OneLine, RuntimeError):
 class StrategyError(TrialError):
     """A strategy (or other plugin code) that raised, or broke its contract, at run time:
     which one, in which round, what was expected and what came back."""
+
+
+class StoreUnavailable(TrialError):
+    """The object store holding the results stopped answering (or refused the credentials,
+    expired ones say) while a run was going, past its timeouts and retries: completed rounds
+    are kept, and the same command with ``--resume`` continues once the store answers."""

@@ -332,6 +332,7 @@ def test_a_lost_node_moves_its_trials_to_the_other_node_from_their_last_round(cl
     cluster.remove_worker(doomed)
     output, _ = driver.communicate(timeout=400)
     assert driver.returncode == 0, output[-4000:]
+    assert "[state-dump]" not in output and "Last 20 lines of the Raylet logs" not in output  # kept in Ray's log
 
     table = _rows(s3.uri("lost"))
     _each_round_once(s3, "lost", table, trials=4, rounds=4)
@@ -368,7 +369,10 @@ def test_a_second_run_of_a_trial_on_the_bucket_stops_the_first_before_its_next_c
     first.lock()
     first.save_status({"round": 1, "rounds": 3})
     # Another process takes the trial over (a retry after a lost node, or a second user).
-    code = "import sys; from engine.storage.store import TrialStore; TrialStore(sys.argv[1], 't').lock()"
+    # (os._exit: a holder that is still running, or was killed; one that exits releases its lease.)
+    code = (
+        "import os, sys; from engine.storage.store import TrialStore; TrialStore(sys.argv[1], 't').lock(); os._exit(0)"
+    )
     taken = subprocess.run([sys.executable, "-c", code, uri], env=_driver_env(s3), capture_output=True, text=True)
     assert taken.returncode == 0, taken.stderr
     with pytest.raises(
@@ -440,3 +444,50 @@ def test_bad_bucket_input_is_one_line_before_any_training(case, cause, aws, s3, 
     if case != "read-only":
         assert main(["check", uri]) == 2
         assert capsys.readouterr().err.startswith(f"warmstart: error: Cannot read results at {uri}: {cause}")
+
+
+def test_a_profile_on_the_driver_reaches_the_workers_on_other_nodes(cluster, s3, monkeypatch, tmp_path):
+    """Keys named by AWS_PROFILE only (no AWS_* keys on the driver), a server that checks them
+    (moto's IAM), nodes whose own keys are wrong: a task on a worker node writes with the
+    filesystem the driver resolved.  (moto's IAM check refuses the AWS C++ SDK's signed
+    ListObjectsV2, so a whole `warmstart run` cannot run against it: the write is the proof.)"""
+    import boto3
+    import moto.settings
+
+    iam = boto3.client("iam", endpoint_url=s3.endpoint, **_boto_keys(s3))
+    name = f"writer{time.monotonic_ns()}"
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}
+    iam.put_user_policy(UserName=name, PolicyName="rw", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    (tmp_path / "credentials").write_text(
+        f"[ws]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
+    )
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    env = {k: v for k, v in _driver_env(s3).items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env.update(AWS_PROFILE="ws", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"), ADDRESS=cluster.address)
+    env["AWS_CONFIG_FILE"] = str(tmp_path / "no-config")
+    code = textwrap.dedent("""
+        import os, ray
+        from engine.storage.object_store import object_store
+
+        fs = object_store("s3://warmstart/profile")  # what every trial of a suite or run is handed
+
+        @ray.remote(num_cpus=1)
+        def write(fs):
+            with fs.open_output_stream("warmstart/profile/from-a-node") as f:
+                f.write(os.environ["AWS_ACCESS_KEY_ID"].encode())  # the node's own key, for the record
+            return ray.get_runtime_context().get_node_id()
+
+        ray.init(address=os.environ["ADDRESS"], logging_level="ERROR", log_to_driver=False)
+        print(ray.get(write.remote(fs)))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] in {node.node_id for node in cluster.workers}
+    reader = boto3.session.Session().client(
+        "s3", endpoint_url=s3.endpoint, aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1",
+    )  # fmt: skip
+    written = reader.get_object(Bucket="warmstart", Key="profile/from-a-node")["Body"].read()
+    assert written.decode() == WRONG_ENV["AWS_ACCESS_KEY_ID"]  # the node had other keys, and they were not used

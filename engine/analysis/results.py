@@ -46,7 +46,7 @@ from engine.schema.records import (
 )
 from engine.schema.records import config_columns as config_columns_of
 from engine.storage.folders import row_files, row_key
-from engine.storage.object_store import object_store_reason
+from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import SCHEMA, TrialStore
 from engine.storage.uri import normalise
 
@@ -110,6 +110,7 @@ def _read(path_or_uri: str) -> pd.DataFrame:
     checked against the (trial, round) its name fixes."""
     path_or_uri = normalise(path_or_uri, "results path")
     try:
+        reach(path_or_uri)
         fs, files = row_files(path_or_uri)
         dataset = pads.dataset(files, filesystem=fs, format="parquet")
         # pyarrow takes the first file's schema for the whole folder; rows written by an older

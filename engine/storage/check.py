@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 from engine.errors import ConfigError
 from engine.schema.config import RESERVED_TRIAL_IDS, TrialId
 from engine.storage.folders import row_files, row_key
-from engine.storage.object_store import object_store_reason
+from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import META, TrialStore, filesystem
 from engine.storage.uri import normalise
 
@@ -51,6 +51,7 @@ class TrialCheck:
 def trial_ids(out: str) -> list[str]:
     """Every trial with metadata or rows under ``out`` (its own rows: ``folders.row_files``)."""
     try:
+        reach(out)
         fs, files = row_files(out)
     except FileNotFoundError:
         raise ConfigError(f"No results at {out}: the path does not exist.") from None

@@ -23,6 +23,7 @@ engine/storage/object_store.py.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -41,7 +42,7 @@ import yaml
 from engine.errors import ConfigError, TrialError
 from engine.schema.records import arrow_schema, record_fields
 from engine.storage.metadata import seal, unseal
-from engine.storage.object_store import object_store, object_store_reason
+from engine.storage.object_store import object_store, object_store_reason, reach
 from engine.storage.uri import normalise
 
 # The fixed columns (RoundRecord's own and pretrain_*); a written row also has the cfg.*
@@ -243,6 +244,7 @@ class TrialStore:
         bucket, wrong credentials or no write permission are one line each."""
         probe = f"{self.base}/{META}/.probe-{uuid.uuid4().hex}"
         try:
+            reach(self.out)  # an endpoint that does not answer: named in seconds, not after every retry
             with self.fs.open_output_stream(probe) as f:
                 f.write(b"warmstart write probe")
             self.fs.delete_file(probe)
@@ -481,6 +483,16 @@ class TrialStore:
         for path in self._checkpoints():
             with contextlib.suppress(OSError):
                 self.fs.delete_file(path)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """Locks and leases still held when the interpreter exits (a ``ws.Trial`` left open) are
+    released here: registered after pyarrow.fs's own exit handler, this runs before it
+    finalises S3, so a lease can still be deleted."""
+    for store in list(_HELD.values()):
+        with contextlib.suppress(Exception):
+            store.unlock()
 
 
 class TrialBusy(TrialError):

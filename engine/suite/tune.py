@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, flatten
 from engine.storage.folders import check_results_folder, trial_rows_intact
-from engine.storage.object_store import object_store
+from engine.storage.object_store import object_store, outage, store_failure
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
 from engine.suite.ensembles import Grouping, ensemble_units
 from engine.suite.packing import trial_bundle
@@ -47,7 +47,7 @@ from engine.suite.search import (
     write_record,
 )
 from engine.suite.tracking import callbacks as trackers
-from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray
+from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray, log_ray_to_file
 
 
 def _tracked(config: dict) -> dict[str, Any]:
@@ -359,13 +359,25 @@ def run_suite(
     if units is None:
         return []
     init_ray(address)
+    log_ray_to_file()  # Ray's own tracebacks (a sync to a store that is down) stay in its log folder
     check_suite_resources(suite, address, trials_per_gpu)
     tuner = build_tuner(suite, units, out, location, max(rounds.values()), max_concurrent, trials_per_gpu)
-    grid = tuner.fit()
-    units.progress.block(force=True)
-    if suite.search.sampled:
-        record_sampled_trials(suite, out)
-    return failures(grid, units)
+    try:
+        grid = tuner.fit()
+        units.progress.block(force=True)
+        if suite.search.sampled:
+            record_sampled_trials(suite, out)
+    except OSError as exc:  # Tune reads its state back from the store at the end; the store is down
+        if "://" in out and store_failure(str(exc)):
+            raise outage(exc, out) from None
+        raise
+    failed = failures(grid, units)
+    # A store that stopped answering past its retries ended these trials, not their code:
+    # one line with the cause and the resume command (cli.py), instead of a list of failures.
+    down = [error for _, error, _ in failed if "://" in out and store_failure(error)]
+    if down:
+        raise outage(down[0], out)
+    return failed
 
 
 def plan_units(

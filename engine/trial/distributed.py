@@ -437,6 +437,7 @@ def run_trial_on_ray(
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
     init_ray(address)  # engine.trial.runner.run_trial has checked the address and the resources already
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
+    log_ray_to_file()
     trainer = TorchTrainer(
         worker_main,
         train_loop_config={
@@ -469,3 +470,57 @@ def run_trial_on_ray(
         ) from exc
     finally:
         done.set()
+
+
+def log_ray_to_file() -> None:
+    """Ray Tune's and Ray Train's own log records on the driver (a failed sync to a store that
+    is down, a trial's traceback) go to ``warmstart-driver.log`` in Ray's log folder of the
+    session, not to the console: warmstart reports each failure in one line instead."""
+    import logging
+
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:  # a Ray Client connection: no log folder here
+        return
+    path = os.path.join(node.get_logs_dir_path(), "warmstart-driver.log")
+    for name in ("ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        if any(getattr(h, "baseFilename", None) == path for h in logger.handlers):
+            continue
+        for old in [h for h in logger.handlers if getattr(h, "warmstart", False)]:  # an earlier session's
+            logger.removeHandler(old)
+        handler = logging.FileHandler(path, delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s -- %(message)s"))
+        handler.warmstart = True
+        logger.addHandler(handler)
+        logger.propagate = False
+    _raylet_messages_to(path)
+
+
+_RAYLET_LOG: list[str] = []  # where the raylets' messages to this driver go (the session's log)
+
+
+def _raylet_messages_to(path: str) -> None:
+    """A raylet's message to the driver (a node lost: its last log lines and some 40 lines of
+    state dump, each time) becomes one console line pointing at ``path``, where it is kept
+    whole.  Ray has no setting for these (``log_to_driver`` leaves them on), so the function
+    that prints them is wrapped; without it (another Ray version), they print as before."""
+    import ray._private.worker as worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    _RAYLET_LOG[:] = [path]
+    if original is None or getattr(original, "warmstart", False):
+        return
+
+    def to_log(data, *args, **kwargs):
+        if not isinstance(data, dict) or data.get("pid") != "raylet":
+            return original(data, *args, **kwargs)
+        lines = [str(line) for line in data.get("lines", [])]
+        with open(_RAYLET_LOG[0], "a") as log:
+            log.write("\n".join(lines) + "\n")
+        first = next((line.strip() for line in lines if line.strip()), "a message")
+        print(f"(ray) {first.split('. ')[0].split(' because ')[0][:160]}; details in {_RAYLET_LOG[0]}", file=sys.stderr)
+
+    to_log.warmstart = True
+    worker.print_to_stdstream = to_log

@@ -58,6 +58,7 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
     if out is None:
         return None
     store = TrialStore(out, cfg.trial_id())
+    store.probe()  # first: an object store that does not answer is named in seconds (object_store.reach)
     try:
         saved = store.saved_config()  # a damaged one: a ConfigError naming it
     except OSError:
@@ -74,7 +75,6 @@ def open_store(cfg: Config, out: str | None, lock: bool = True, lease: str | Non
             f"{out} already holds trial {cfg.trial_id()!r} with a different config; choose another out or trial_id."
         )
     check_code(store, cfg)  # rows another version of a plugin made: refused
-    store.probe()
     if lock:
         store.lock()
     else:
