@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.errors import ConfigError
-from engine.storage.object_store import object_store_reason
+from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import META, TrialStore, filesystem
 from engine.storage.uri import is_local, normalise
 
@@ -39,6 +39,7 @@ def check_results_folder(out: str, name: str) -> str:
     is left behind.  A store that cannot be read is the probe's to word, as for a write."""
     out = normalise(out)
     try:
+        reach(out)  # a store that does not answer fails in seconds here, not after every retry of a listing
         _check_boundary(out)
     except OSError:
         TrialStore(out, name).probe()  # the store's own problem (no endpoint, no bucket, no keys), in one line
