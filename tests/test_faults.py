@@ -151,7 +151,9 @@ def test_a_row_from_another_cpu_within_the_tolerance_is_kept_with_a_note(finishe
     assert code == 0, err
     (note,) = [line for line in err.splitlines() if "computed on" in line]
     here = torch.backends.cpu.get_cpu_capability()
-    assert f"({OTHER_ISA}, torch {torch.__version__})" in note and f"({here}, torch {torch.__version__})" in note
+    threads = f"{finished[1][0]['threads']} thread(s)"  # the same threads: only the CPU capability differs
+    assert f"({OTHER_ISA}, {threads}, torch {torch.__version__})" in note
+    assert f"({here}, {threads}, torch {torch.__version__})" in note
     assert "not bit for bit" in note
     table = rows(out)
     assert [r["round"] for r in table] == [1, 2, 3]
@@ -159,6 +161,18 @@ def test_a_row_from_another_cpu_within_the_tolerance_is_kept_with_a_note(finishe
     assert table[0]["test_loss"] == nudged(finished[1][0]["test_loss"]) and table[0]["cpu_isa"] == OTHER_ISA
     assert table[2] == finished[1][2]
     assert not check(out)[0].problems
+
+
+def test_a_row_computed_with_other_threads_is_checked_as_another_machines(finished, tmp_path, capsys):
+    """Some kernels split their sums by thread: a row computed with another thread count (a
+    suite's one-CPU trial resumed by a run of its own) is checked within the tolerance."""
+    threads = finished[1][0]["threads"]
+    nudged = lambda x: math.nextafter(x, math.inf)  # noqa: E731 - one ulp up
+    code, err, out, _ = _rerun_without_round_3(finished, tmp_path, capsys, threads=threads + 1, test_loss=nudged)
+    assert code == 0, err
+    (note,) = [line for line in err.splitlines() if "computed on" in line]
+    assert f"{threads + 1} thread(s)" in note and f"{threads} thread(s)" in note
+    assert [r["round"] for r in rows(out)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(
@@ -176,7 +190,9 @@ def test_a_row_from_another_cpu_beyond_the_tolerance_stops_in_one_line(finished,
     line = one_line("\n".join(line for line in err.splitlines() if not line.startswith("note:")))
     assert "Integrity check failed: round 1" in line and f"({column} was" in line
     here = torch.backends.cpu.get_cpu_capability()
-    assert f"({OTHER_ISA}, torch" in line and f"({here}, torch" in line and "Nothing was overwritten" in line
+    threads = f"{finished[1][0]['threads']} thread(s)"
+    assert f"({OTHER_ISA}, {threads}, torch" in line and f"({here}, {threads}, torch" in line
+    assert "Nothing was overwritten" in line
     assert not os.path.exists(f"{out}/{trial}-round0003.parquet")
 
 

@@ -38,6 +38,7 @@ def test_rows_carry_their_provenance(table):
         assert row["torch_version"] == torch.__version__
         assert row["cpu_isa"] == torch.backends.cpu.get_cpu_capability()
         assert row["host"] == socket.gethostname()
+        assert row["threads"] == torch.get_num_threads() >= 1
         assert row["device_name"] == provenance._cpu_model() and row["device_name"]
     assert rows[0]["ended_at"] <= rows[1]["started_at"]  # round 2 starts after round 1's row
 

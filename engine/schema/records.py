@@ -150,7 +150,7 @@ class RoundRecord:
         "'<ensemble id>/<members>' when trained stacked with other trials; null alone", "name", "context"
     )
     # Provenance: what made the row (engine/trial/provenance.py); never compared by a resume,
-    # which reads cpu_isa and torch_version to tell another machine's row from a corrupt one.
+    # which reads device_name, cpu_isa, threads and torch_version to tell another machine's row from a corrupt one.
     started_at: datetime = _doc("UTC start of the round", "timing")
     ended_at: datetime = _doc("UTC end of the round (row made)", "timing")
     warmstart_version: str = _doc("the installed warmstart version", "context")
@@ -165,6 +165,11 @@ class RoundRecord:
     device_name: str = _doc("the GPU's name, or the CPU's model name", "context")
     cpu_isa: str = _doc(
         "ATen's CPU capability in use (torch.backends.cpu.get_cpu_capability(): DEFAULT, AVX2, AVX512, ...)",
+        "context",
+    )
+    threads: int = _doc(
+        "torch's intra-op threads when the round ran (torch.get_num_threads()): some kernels split their sums by it",
+        "count",
         "context",
     )
     host: str = _doc("the host name of the process that wrote the row", "context")

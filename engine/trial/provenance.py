@@ -4,7 +4,7 @@ columns ``warmstart_version`` … ``host``, ``started_at`` and ``ended_at``).
 The static part is computed once per process (a Ray worker computes its own: each row
 names the process that trained it); the device name once per device.  None of it is part
 of a trial's identity or compared by resume (roles ``timing`` and ``context`` in
-engine/schema/records.py), except that resume reads ``cpu_isa`` and ``torch_version`` to
+engine/schema/records.py), except that resume reads ``device_name``, ``cpu_isa``, ``threads`` and ``torch_version`` to
 tell a row computed on another machine from a corrupt one (engine/trial/resume.py)."""
 
 from __future__ import annotations
@@ -114,5 +114,6 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance_columns(device: torch.device) -> dict:
-    """Every provenance column but the round's times: the static ones and the device's name."""
-    return {**static_columns(), "device_name": device_name(device)}
+    """Every provenance column but the round's times: the static ones, the device's name and
+    the threads torch uses now (a test or a Ray trial may change them within a process)."""
+    return {**static_columns(), "device_name": device_name(device), "threads": torch.get_num_threads()}

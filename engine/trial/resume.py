@@ -33,7 +33,7 @@ from engine.trial.setup import TrialContext, TrialState, fresh_model
 FLOAT_TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
 # The columns that say which kind of machine computed a row: rows of the same kind must
 # agree bit for bit (engine/trial/provenance.py).
-MACHINE_COLUMNS = ("device_name", "cpu_isa", "torch_version")
+MACHINE_COLUMNS = ("device_name", "cpu_isa", "threads", "torch_version")
 
 
 def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
@@ -142,15 +142,16 @@ def _note_other_machines(context: TrialContext, trial_id: str, recomputed: list[
 
 def machine(row: dict) -> str:
     """The kind of machine a row (or this process's columns) says computed it."""
-    return f"{row.get('device_name')} ({row.get('cpu_isa')}, torch {row.get('torch_version')})"
+    threads = f", {row['threads']} thread(s)" if row.get("threads") is not None else ""
+    return f"{row.get('device_name')} ({row.get('cpu_isa')}{threads}, torch {row.get('torch_version')})"
 
 
 def other_machine(saved: dict, here: dict) -> bool:
     """The saved row says it was computed on another kind of machine than ``here``.  A row
-    written before these columns existed says nothing: it is taken as this machine's."""
-    if any(saved.get(c) is None for c in MACHINE_COLUMNS):
-        return False
-    return any(saved[c] != here.get(c) for c in MACHINE_COLUMNS)
+    written before these columns existed says nothing: it is taken as this machine's; a
+    column added later (``threads``) is compared only where the row has it."""
+    known = [c for c in MACHINE_COLUMNS if saved.get(c) is not None]
+    return any(saved[c] != here.get(c) for c in known)
 
 
 def _rounds(rounds: list[int]) -> str:
