@@ -128,6 +128,7 @@ def finish_round(
         test_loss=test_loss,
         precise_bn=bool(re_estimated),
         acquired=[int(i) for i in added],
+        acquired_classes=class_counts(context, state.labeled == round_),
         pretrain=state.pretrain,
         started_at=start.started_at,
         ended_at=now(),
@@ -192,6 +193,13 @@ def evaluate_model(context: TrialContext, model: Classifier, x: torch.Tensor) ->
     eval_batch = performance.inference_batch_size or cfg.eval.batch_size
     test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
     return re_estimated, test_acc, test_loss
+
+
+def class_counts(context: TrialContext, picked: np.ndarray) -> list[int]:
+    """Per class label, how many of the pool positions ``picked`` (a boolean mask) hold."""
+    positions = torch.from_numpy(np.flatnonzero(picked)).to(context.data.pool_y.device)
+    labels = context.data.pool_y[positions].cpu().numpy()
+    return np.bincount(labels, minlength=context.data.num_classes).tolist()
 
 
 def fit_columns(stats: FitStats) -> dict:
