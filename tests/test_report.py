@@ -322,7 +322,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     np.testing.assert_allclose(got["train_seconds_std"], expected["time_std"])
     markdown = (out / "summary.md").read_text()
     first = expected.loc[("warm", "margin")]
-    assert f"| warm start               | margin      |     3 |      4 |      {100 * first['acc_mean']:.2f} ± " in markdown
+    assert (
+        f"| warm start               | margin      |     3 |      4 |      {100 * first['acc_mean']:.2f} ± " in markdown
+    )
     assert "shrink_perturb(0.4, 0.1)" in markdown and "shrink-perturb" not in markdown  # one name per strategy
     steps = df.groupby(["init", "acquisition", "trial_id"], observed=True)["steps"].sum().loc[("warm", "margin")]
     assert f"{steps.mean():,.0f} ± {steps.std():,.0f}" in markdown  # optimizer steps with their ±
