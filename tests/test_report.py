@@ -490,3 +490,33 @@ def test_stacked_trials_are_marked_and_their_times_never_compared(tmp_path):
     assert "trained stacked in ensembles" in text
     warm = next(line for line in text.splitlines() if line.startswith("| digits") and "warm start" in line)
     assert "| stacked |" in warm and " – |" in warm  # marked, and no total train time
+
+
+# --- report --watch ------------------------------------------------------------------------------
+
+
+def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
+    from engine.cli import _watch_report
+
+    out = tmp_path / "results"
+    out.mkdir()
+    page = out / "_report" / "index.html"
+    seen = []
+
+    def sleep(seconds):  # stands for the wait between rewrites; rows arrive while "sleeping"
+        seen.append((seconds, page.read_text() if page.exists() else None))
+        if len(seen) == 1:  # a suite that has not written a row yet: waited for
+            write_trial(out, np.random.default_rng(6), seed=0, rounds=2)
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    _watch_report([str(out)], None, 5, sleep=sleep)
+    said = capsys.readouterr().out
+    assert [s for s, _ in seen] == [5, 5, 5] and seen[0][1] is None and "waiting: No results at" in said
+    assert '<meta http-equiv="refresh" content="5">' in seen[1][1] and "reloads itself" in seen[1][1]
+    assert 'http-equiv="refresh"' not in page.read_text()  # after Ctrl-C: a page that stays still
+    assert said.rstrip().endswith("stopped watching")
+    with pytest.raises(ConfigError, match="--every"):
+        _watch_report([str(out)], None, 0.5, sleep=sleep)
+    with pytest.raises(ConfigError, match="does not exist"):
+        _watch_report([str(tmp_path / "nowhere")], None, 5, sleep=sleep)
