@@ -56,6 +56,7 @@ def page_path(tmp_path_factory) -> Path:
                     "rounds": {"initial": 100, "per_round": 100, "max_rounds": 2},
                     "acquisition": {"name": "margin"},
                     "convergence": {"train_acc": 0.9, "max_epochs": 30},
+                    "eval": {"epochs_table": True},
                     "init": INITS[init],
                     "seed": seed,
                 }
@@ -94,6 +95,7 @@ def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, tmp
         finally:
             browser.close()
     assert errors == []
+    assert {"accuracy.png", "pareto.png", "epochs.png", "acquired_classes.png"} <= {src for src, _, _ in images}
     assert len(images) >= 4 and all(complete and natural > 0 for _, complete, natural in images), images
     assert scroll[0] <= scroll[1], f"the page scrolls sideways: {scroll[0]} px wide in a {scroll[1]} px window"
     assert claims is not None and claims["y"] >= 0 and claims["y"] + claims["height"] <= height, claims

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from matplotlib import colormaps
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
@@ -59,7 +61,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     to_markdown,
 )
 from engine.errors import ConfigError
-from engine.storage.store import filesystem
+from engine.storage.store import EPOCHS, filesystem
 from engine.suite.search import report_section  # the search's points, where each stopped, the best
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
@@ -326,6 +328,77 @@ def plot_class_histograms(table: pd.DataFrame, title: str) -> Figure:
         ax.set_title(f"{line}\n{panel}" if panel else line, fontsize=9)
         del image
     figure.suptitle(title, fontsize=11)
+    return figure
+
+
+# --- within a round: the per-epoch table (eval.epochs_table) ---------------------------------------
+
+
+def load_epochs(paths: Sequence[str]) -> pd.DataFrame:
+    """The per-epoch rows (``<results>/_epochs``, written with ``eval.epochs_table: true``) of
+    every results path; empty where none were written."""
+    frames = []
+    for path in paths:
+        fs, base = filesystem(path)
+        where = f"{base.rstrip('/')}/{EPOCHS}"
+        if fs.get_file_info(where).type == pafs.FileType.Directory:
+            frames.append(ds.dataset(where, filesystem=fs, format="parquet").to_table().to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per (panel, line, round, epoch): ``train_loss``, ``train_acc`` and ``seconds`` (since the
+    round's training began), means over the seeds that trained that epoch (``seeds``).  Only
+    the trials of ``frame``; empty without per-epoch rows."""
+    if epochs.empty:
+        return pd.DataFrame()
+    rows = epochs.merge(trial_lines(frame), on="trial_id")
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["panel", "line", "round", "epoch"]
+    table = rows.groupby(keys, sort=False).agg(
+        train_loss=("train_loss", "mean"),
+        train_acc=("train_acc", "mean"),
+        seconds=("seconds", "mean"),
+        seeds=("trial_id", "nunique"),
+        init=("init", "first"),
+    )
+    return table.reset_index()
+
+
+MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the last, evenly between
+
+
+def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
+    """Train loss (top) and train accuracy (bottom) against the epoch, a column per round, a
+    line per strategy: how each init converges within a round."""
+    rounds = sorted(table["round"].unique())
+    if len(rounds) > MAX_EPOCH_ROUNDS:
+        rounds = [rounds[round(i)] for i in np.linspace(0, len(rounds) - 1, MAX_EPOCH_ROUNDS)]
+    lines = table.drop_duplicates("line")
+    colors = _colors(list(lines["line"]), list(lines["init"]))
+    figure = Figure(figsize=(3.3 * len(rounds) + 0.6, 6.2), layout="constrained")
+    axes = figure.subplots(2, len(rounds), squeeze=False, sharey="row")
+    handles = {}
+    for column, round_ in enumerate(rounds):
+        part = table[table["round"] == round_]
+        for line in lines["line"]:
+            series = part[part["line"] == line].sort_values("epoch")
+            if series.empty:
+                continue
+            for row, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
+                (handle,) = axes[row][column].plot(series["epoch"], scale * series[metric], color=colors[line], lw=1.5)
+                handles.setdefault(line, handle)
+        axes[0][column].set_title(f"round {round_}", fontsize=10)
+        axes[1][column].set_xlabel("epoch")
+        for ax in axes[:, column]:
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("train loss")
+    axes[1][0].set_ylabel("train accuracy (%)")
+    figure.suptitle(title, fontsize=11)
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+    )
     return figure
 
 
@@ -804,6 +877,31 @@ class _Report:
         if parts:
             self.section("What acquisition did", "\n".join(parts), "acquisition")
 
+    def epochs(self, epochs: pd.DataFrame) -> None:
+        """Within-round training curves, from the per-epoch table, when it was written."""
+        table = epoch_curves(self.frame, epochs)
+        if table.empty:
+            self.notes.append(
+                "note: epochs.png skipped: no per-epoch table (run with eval.epochs_table: true to keep one)."
+            )
+            return
+        panels = list(dict.fromkeys(table["panel"]))
+        if len(panels) > 1:
+            self.notes.append(f"note: epochs.png shows the first of {len(panels)} settings ({panels[0]}).")
+            table = table[table["panel"] == panels[0]]
+        low, high = int(table["seeds"].min()), int(table["seeds"].max())
+        seeds = f"{low}" if low == high else f"{low}–{high}"
+        title = f"Within each round: training loss and accuracy per epoch (mean over {seeds} seeds)"
+        title += f"\n{panels[0]}" if panels[0] else (f"\n{self.where}" if self.where else "")
+        self.write("epochs.csv", table.to_csv(index=False))
+        self.write("epochs.png", plot_epoch_curves(table, title))
+        text = (
+            "Running training loss and accuracy after each epoch of a round, mean over the seeds that trained that "
+            "epoch (a seed that converged earlier stops adding to the mean): how fast each init converges within a "
+            'round (<a href="epochs.csv">epochs.csv</a>; the table itself: <code>_epochs/</code> beside the rows).'
+        )
+        self.section("Within a round: training curves", f"<p>{text}</p>" + self.img("epochs.png", title), "epochs")
+
     def heatmaps(self) -> None:
         grid = lambda_sigma_grid(self.frame)
         if grid.empty:
@@ -876,6 +974,7 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh
         built.curves(CURVES[:1])  # accuracy against labeled samples
         built.pareto()
         built.curves(CURVES[1:] + (STEPS_CURVE if built.stacked else []))
+        built.epochs(load_epochs(paths))
         built.acquisition()
         built.heatmaps()
         built.table1()

@@ -45,6 +45,19 @@ from engine.storage.object_store import object_store, object_store_reason
 SCHEMA = pa.schema(record_fields())
 
 META = "_warmstart"
+EPOCHS = "_epochs"  # the per-epoch table (eval.epochs_table): its own dataset, skipped by a read of the rows
+
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("round", pa.int64()),
+        ("epoch", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
 
 
 def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
@@ -350,6 +363,13 @@ class TrialStore:
 
     def row_path(self, round_: int) -> str:
         return f"{self.base}/{self.trial_id}-round{round_:04d}.parquet"
+
+    def write_epochs(self, round_: int, epochs: list[dict]) -> None:
+        """One round's per-epoch rows (``eval.epochs_table``) under ``out/_epochs/``, a dataset of
+        its own: ``pd.read_parquet(out)`` skips it, ``pd.read_parquet(f"{out}/_epochs")`` reads it."""
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(epochs, schema=EPOCH_SCHEMA), sink)
+        self._put(f"{self.base}/{EPOCHS}/{self.trial_id}-round{round_:04d}.parquet", sink.getvalue())
 
     def write_row(self, row: dict) -> None:
         table = pa.Table.from_pylist([row], schema=arrow_schema())

@@ -115,13 +115,21 @@ def verify_row(context: TrialContext, row: dict) -> None:
             )
 
 
-def save_round(store: TrialStore | None, context: TrialContext, state: TrialState, row: dict) -> None:
-    """Persist a completed round (rank 0): the row first, then the checkpoint and status.
-    A crash between the two re-runs this round on resume, which rewrites the same row
-    file instead of adding one."""
+def save_round(
+    store: TrialStore | None, context: TrialContext, state: TrialState, row: dict, epochs: list = ()
+) -> None:
+    """Persist a completed round (rank 0): its per-epoch rows (eval.epochs_table), the row,
+    then the checkpoint and status.  A crash between them re-runs this round on resume,
+    which rewrites the same files instead of adding any."""
     verify_row(context, row)  # every rank: a mismatch stops them all at the same round
     if store is None or context.comm.rank != 0:
         return
+    if epochs and context.cfg.eval.epochs_table:
+        columns = ("epoch", "train_acc", "train_loss", "seconds")
+        per_epoch = [
+            {"trial_id": row["trial_id"], "round": row["round"], **dict(zip(columns, e, strict=True))} for e in epochs
+        ]
+        store.write_epochs(row["round"], per_epoch)
     store.write_row(row)
     weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
     pretrained = {c: row[c] for c in PRETRAIN_COLUMNS}
