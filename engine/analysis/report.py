@@ -262,8 +262,19 @@ def acquired_classes(frame: pd.DataFrame) -> pd.DataFrame:
     long["class"] = long.groupby(["trial_id", "round"]).cumcount()
     long["count"] = long["acquired_classes"].astype(float)
     keys = ["panel", "line", "round", "class"]
-    table = long.groupby(keys, sort=False).agg(count=("count", "mean"), seeds=("trial_id", "nunique"))
-    return table.reset_index()
+    table = long.groupby(keys, sort=False).agg(
+        count=("count", "mean"), seeds=("trial_id", "nunique"), init=("init", "first")
+    )
+    return _reading_order(table.reset_index())
+
+
+READING_ORDER = {"random": 0, "warm": 1, "shrink_perturb": 2}  # then any other init
+
+
+def _reading_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of random init first, then warm start, shrink-perturb, the rest (stable otherwise)."""
+    rank = table["init"].map(lambda init: READING_ORDER.get(init, 3))
+    return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
 
 
 def jaccard(a, b) -> float:
@@ -309,7 +320,8 @@ def plot_class_histograms(table: pd.DataFrame, title: str) -> Figure:
     """Per strategy (and setting), a round × class grid of the mean count of picks of each
     class, annotated."""
     groups = list(dict.fromkeys(zip(table["panel"], table["line"], strict=True)))[:MAX_PANELS]
-    figure, axes = _grid(len(groups), 4.6, 0.9 + 0.42 * table["round"].nunique())
+    # One panel a row for a few strategies (legible on a phone), two for more.
+    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1 if len(groups) <= 4 else 2)
     colormap = colormaps["cividis"]
     for ax, (panel, line) in zip(axes, groups, strict=True):
         part = table[(table["panel"] == panel) & (table["line"] == line)]
@@ -363,7 +375,7 @@ def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
         seeds=("trial_id", "nunique"),
         init=("init", "first"),
     )
-    return table.reset_index()
+    return _reading_order(table.reset_index())
 
 
 MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the last, evenly between
@@ -438,8 +450,8 @@ def _colors(labels: list[str], inits: list) -> dict[str, object]:
     return colors
 
 
-def _grid(count: int, width: float, height: float) -> tuple[Figure, list]:
-    ncols = min(3, count)
+def _grid(count: int, width: float, height: float, most: int = 3) -> tuple[Figure, list]:
+    ncols = min(most, count)
     nrows = math.ceil(count / ncols)
     figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
@@ -846,7 +858,7 @@ class _Report:
             self.write("acquired_classes.csv", classes.to_csv(index=False))
             low, high = int(classes["seeds"].min()), int(classes["seeds"].max())
             seeds = f"{low}" if low == high else f"{low}–{high}"
-            title = f"Classes of the samples each round acquired (mean count over {seeds} seeds)"
+            title = f"Classes of each round's picks\n(mean count over {seeds} seeds)"
             self.write("acquired_classes.png", plot_class_histograms(classes, title))
             parts.append(
                 "<p>Per strategy and round, how many of the round's picks are of each class, mean over seeds "
