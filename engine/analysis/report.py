@@ -1072,6 +1072,7 @@ table.t th { background: #f3f3f3; }
 table.t .num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 table.provenance th { text-align: left; }
 table.claims td { white-space: nowrap; }
+@media (max-width: 600px) { table.claims td:not(.num) { white-space: normal; min-width: 11em; } }
 .verdict { display: inline-block; padding: 0.05em 0.5em; border-radius: 0.8em; font-weight: 600; white-space: nowrap; }
 .verdict.holds { background: #009E73; color: #fff; }
 .verdict.contradicted { background: #D55E00; color: #fff; }
