@@ -21,7 +21,7 @@ from engine.trial.session import start_trial
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")  # Debian's package installs /usr/bin/chromium
-SCREENS = [(1366, 768), (390, 844)]
+SCREENS = [(1366, 768, 1), (390, 844, 2)]  # CSS px, and device pixels per CSS px: a phone loads the 2x PNGs
 INITS = {
     "random": {"name": "random"},
     "warm": {"name": "warm"},
@@ -68,8 +68,8 @@ def page_path(tmp_path_factory) -> Path:
     return Path(lines[0])
 
 
-@pytest.mark.parametrize("width, height", SCREENS, ids=[f"{w}px" for w, _ in SCREENS])
-def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, tmp_path):
+@pytest.mark.parametrize("width, height, scale", SCREENS, ids=[f"{w}px" for w, _, _ in SCREENS])
+def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, scale, tmp_path):
     executable = chromium()
     try:
         from playwright import sync_api
@@ -80,7 +80,7 @@ def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, tmp
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=scale)
             page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(page_path.as_uri())
@@ -92,7 +92,7 @@ def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, tmp
             print(f"screenshots: {screenshot} {first}")
 
             images = page.eval_on_selector_all(
-                "img", "images => images.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+                "img", "images => images.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth, i.currentSrc])"
             )
             scroll = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             claims = page.locator("#claims").bounding_box()
@@ -100,8 +100,9 @@ def test_the_report_reads_on_a_desktop_and_a_phone(page_path, width, height, tmp
         finally:
             browser.close()
     assert errors == []
-    assert {"accuracy.png", "pareto.png", "epochs.png", "acquired_classes.png"} <= {src for src, _, _ in images}
-    assert len(images) >= 4 and all(complete and natural > 0 for _, complete, natural in images), images
+    assert {"accuracy.png", "pareto.png", "epochs.png", "acquired_classes.png"} <= {src for src, *_ in images}
+    assert len(images) >= 4 and all(complete and natural > 0 for _, complete, natural, _ in images), images
+    assert all(shown.endswith("@2x.png") == (scale == 2) for *_, shown in images)  # srcset picks by the screen
     assert scroll[0] <= scroll[1], f"the page scrolls sideways: {scroll[0]} px wide in a {scroll[1]} px window"
     assert claims is not None and claims["y"] >= 0 and claims["y"] + claims["height"] <= height, claims
     assert f"warmstart {__version__}" in lead and " UTC" in lead and "ran 20" in lead
