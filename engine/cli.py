@@ -141,6 +141,14 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--out", metavar="DIR", help="where to write the report (default: DIR_OR_URI/_report; needed for several)"
     )
+    report.add_argument(
+        "--watch",
+        action="store_true",
+        help="rewrite the report every --every seconds while a suite runs (the page reloads itself); Ctrl-C ends it",
+    )
+    report.add_argument(
+        "--every", metavar="N", type=float, default=30.0, help="with --watch: seconds between rewrites (default 30)"
+    )
 
     checker = sub.add_parser("check", help="verify that a results folder's rows, status and checkpoints are intact")
     checker.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI")
@@ -252,14 +260,40 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(results: str, out: str | None = None) -> None:
+def _write_report(results: str, out: str | None = None, refresh: int | None = None, notes: bool = True) -> None:
     from engine.analysis.report import write_report
 
-    lines = write_report(results, out)
-    print(f"report: {lines[0]}")
-    for line in lines[1:]:
+    lines = write_report(results, out, refresh=refresh)
+    print(f"report: {lines[0]}", flush=True)
+    for line in lines[1:] if notes else []:
         if line.startswith("note: "):
             print(f"  {line}")
+
+
+def _watch_report(results: list[str], out: str | None, every: float, sleep=time.sleep) -> None:
+    """``report --watch``: the report rewritten every ``every`` seconds, its page reloading
+    itself as often, until Ctrl-C, which writes it once more as a page that stays still.
+    Results without rows yet (a suite just started) are waited for."""
+    if not every >= 1:
+        raise ConfigError(f"--every must be at least 1 second, not {every:g}.")
+    refresh, waiting, written = max(1, round(every)), None, False
+    print(f"watching {', '.join(results)}: the report is rewritten every {refresh} s; Ctrl-C ends it", flush=True)
+    try:
+        while True:
+            try:
+                _write_report(results, out, refresh=refresh, notes=not written)
+                written, waiting = True, None
+            except ConfigError as exc:
+                if "no warmstart rows" not in str(exc):  # rows not written yet: wait; anything else: an error
+                    raise
+                if str(exc) != waiting:
+                    print(f"waiting: {exc}", flush=True)
+                    waiting = str(exc)
+            sleep(refresh)
+    except KeyboardInterrupt:
+        if written:
+            _write_report(results, out, notes=False)  # the last page: no reloading once nobody rewrites it
+        print("stopped watching", flush=True)
 
 
 def _suite_header(name: str) -> tuple[str, str]:
@@ -283,7 +317,10 @@ def _suite_header(name: str) -> tuple[str, str]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _write_report(args.results, args.out)
+    if args.watch:
+        _watch_report(args.results, args.out, args.every)
+    else:
+        _write_report(args.results, args.out)
     return 0
 
 

@@ -122,7 +122,7 @@ def test_two_worker_trial_matches_in_process_and_inits_identically(ray_address, 
     plugin = _plugin(tmp_path)
     args = ["run", "--plugin", plugin, "--set", "init.name=fingerprinted_shrink_perturb", *QUICK]
     assert main([*args, "--out", str(tmp_path / "local")]) == 0
-    assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2", "--set", "eval.epochs_table=true"]) == 0
 
     # Every rank's init result was identical, round by round (rounds 2 and 3).
     record = tmp_path / "record"
@@ -147,6 +147,11 @@ def test_two_worker_trial_matches_in_process_and_inits_identically(ray_address, 
     assert ray_rows["n_labeled"].tolist() == local["n_labeled"].tolist() == [100, 200, 300]
     # Random acquisition depends on the seed only: identical picks.
     assert [list(a) for a in ray_rows["acquired"]] == [list(a) for a in local["acquired"]]
+    assert [list(c) for c in ray_rows["acquired_classes"]] == [list(c) for c in local["acquired_classes"]]
+    # Rank 0 alone wrote the per-epoch table: one row per epoch of each round.
+    epochs = pd.read_parquet(tmp_path / "ray" / "_epochs")
+    assert epochs.groupby("round")["epoch"].max().tolist() == ray_rows["epochs"].tolist()
+    assert len(epochs) == ray_rows["epochs"].sum() and not (tmp_path / "local" / "_epochs").exists()
     # Same optimisation up to float summation order.
     assert (ray_rows["test_acc"] - local["test_acc"]).abs().max() <= 0.03
     assert (ray_rows["epochs"] - local["epochs"]).abs().max() <= 3

@@ -179,6 +179,15 @@ def test_acquired_lists_are_disjoint_and_add_up(base):
     assert seen == pool  # the pool is exhausted
 
 
+def test_acquired_classes_count_the_labels_of_the_picks(base):
+    cfg, table = base
+    data = load_data(cfg, CPU)
+    label = dict(zip(data.pool_index.tolist(), data.pool_y.cpu().tolist(), strict=True))
+    for _, row in table.iterrows():
+        expected = np.bincount([label[int(i)] for i in row["acquired"]], minlength=data.num_classes)
+        assert list(row["acquired_classes"]) == expected.tolist() and len(expected) == 10
+
+
 def test_row_values(base):
     cfg, table = base
     assert table["trial_id"].tolist() == [cfg.trial_id()] * 3

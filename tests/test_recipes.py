@@ -34,6 +34,7 @@ def config(init: str, seed: int):
             "device": "cpu",
             "rounds": {"initial": 100, "per_round": 100, "max_rounds": ROUNDS},
             "convergence": {"train_acc": 0.9, "max_epochs": 50},
+            "eval": {"epochs_table": True},  # the per-epoch table beside the rows, _epochs/
             "init": INITS[init],
             "seed": seed,
         }
@@ -141,3 +142,23 @@ def test_the_report_header_says_when_what_and_where_the_configs_are(folder, tmp_
     assert facts["warmstart"] == f"{__version__}; 1 older rows: not recorded"
     assert facts["rounds ran"].endswith("UTC; 1 older rows: not recorded")
     assert dict(report.provenance(df.drop(columns=["warmstart_version"])))["torch"] == "not recorded"
+
+
+def test_the_epochs_table_is_its_own_dataset_and_agrees_with_the_rows(folder):
+    """Alone and stacked (warm start's ensemble): one per-epoch row per epoch each round trained,
+    the last one the round's own train_acc and train_loss; pd.read_parquet(out) never reads it."""
+    rows = pd.read_parquet(folder)
+    assert "epoch" not in rows.columns and len(rows) == 6 * ROUNDS
+    epochs = pd.read_parquet(Path(folder, "_epochs"))
+    assert list(epochs.columns) == ["trial_id", "round", "epoch", "train_loss", "train_acc", "seconds"]
+    for row in rows.itertuples(index=False):
+        mine = epochs[(epochs["trial_id"] == row.trial_id) & (epochs["round"] == row.round)].sort_values("epoch")
+        assert mine["epoch"].tolist() == list(range(1, row.epochs + 1)), (row.trial_id, row.round)
+        assert mine["train_acc"].iloc[-1] == row.train_acc and mine["train_loss"].iloc[-1] == row.train_loss
+        assert mine["seconds"].is_monotonic_increasing and (mine["seconds"] > 0).all()
+    page = Path(folder, "_report", "index.html").read_text()
+    assert '<section id="epochs">' in page and Path(folder, "_report", "epochs.png").is_file()
+    curves = report.epoch_curves(results.load(folder), epochs)
+    warm = curves[(curves["line"] == "warm start") & (curves["round"] == 2) & (curves["epoch"] == 1)]
+    expected = epochs[epochs["trial_id"].str.contains("-warm-") & (epochs["round"] == 2) & (epochs["epoch"] == 1)]
+    assert warm["train_loss"].item() == pytest.approx(expected["train_loss"].mean()) and warm["seeds"].item() == 2

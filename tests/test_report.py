@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_curves_plot_the_seed_means_per_strategy(online, figure, metric):
     assert set(table["panel"]) == {""}  # one setting: one panel
     assert set(table["line"]) == {
         f"{init} · {acquisition} acquisition"
-        for init in ("random init", "warm start", "shrink-perturb λ=0.4, σ=0.1")
+        for init in ("random init", "warm start", "shrink_perturb(0.4, 0.1)")
         for acquisition in ("random", "margin")
     }
 
@@ -294,8 +295,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert paths[0] == str(out / "index.html")
     assert {Path(p).name for p in paths} == {
         "index.html", "summary.csv", "summary.md", "gap_to_random.csv", "accuracy.png", "train_time.png",
-        "claims.csv", "claims.md", "pareto.png",
+        "claims.csv", "claims.md", "pareto.png", "acquire_time.png", "acquisition_overlap.csv",
     }  # fmt: skip
+    assert all((out / report.hidpi(Path(p).name)).stat().st_size > 0 for p in paths if p.endswith(".png"))
     assert all(Path(p).stat().st_size > 0 for p in paths)
     assert any("λ×σ heatmaps skipped" in n for n in notes) and any("Table 1 skipped" in n for n in notes)
     page = (out / "index.html").read_text()
@@ -320,9 +322,61 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     np.testing.assert_allclose(got["train_seconds_std"], expected["time_std"])
     markdown = (out / "summary.md").read_text()
     first = expected.loc[("warm", "margin")]
-    assert f"| warm start                  | margin      |     3 |      4 | {first['acc_mean']:.4f} ± " in markdown
+    assert (
+        f"| warm start               | margin      |     3 |      4 |      {100 * first['acc_mean']:.2f} ± " in markdown
+    )
+    assert "shrink_perturb(0.4, 0.1)" in markdown and "shrink-perturb" not in markdown  # one name per strategy
+    steps = df.groupby(["init", "acquisition", "trial_id"], observed=True)["steps"].sum().loc[("warm", "margin")]
+    assert f"{steps.mean():,.0f} ± {steps.std():,.0f}" in markdown  # optimizer steps with their ±
     assert markdown == report.summary_text(df)  # what warmstart suite prints at its end
-    assert '<img src="pareto.png"' in page and "claims, checked" in page
+    assert '<img src="pareto.png" srcset="pareto.png 1x, pareto@2x.png 2x"' in page and "claims, checked" in page
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert 'http-equiv="refresh"' not in page  # only while watching
+    # Results first: the claims, the summary, the figures; what could not be shown at the end.
+    order = [page.index(f'<section id="{name}">') for name in ("claims", "summary", "accuracy-against-compute")]
+    assert order == sorted(order) and page.index('<section id="notes">') > page.index('<section id="about">')
+    assert page.index('<section id="notes">') > max(order) and "Table 1 skipped" in page[page.index('id="notes"') :]
+    results_part = page[: page.index('<section id="about">')]  # (the trial ids of the links hold hyphens)
+    assert '<span class="verdict ' in page and "\u2212" in results_part
+    assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
+
+
+def test_acquisition_panels_on_known_picks(tmp_path):
+    """Two strategies, two seeds, two rounds: the picks' classes and their overlap, by hand."""
+    rng = np.random.default_rng(5)
+    picks = {  # (init, seed) -> per round (acquired, acquired_classes)
+        ("random", 0): [([1, 2, 3, 4], [2, 2]), ([5, 6], [0, 2])],
+        ("warm", 0): [([1, 2, 3, 4], [2, 2]), ([6, 7], [1, 1])],
+        ("random", 1): [([1, 2, 8, 9], [4, 0]), ([10, 11], [2, 0])],
+        ("warm", 1): [([1, 2, 8, 9], [4, 0]), ([12, 13], [0, 2])],
+    }
+    for (init, seed), rounds in picks.items():
+        trial = write_trial(tmp_path, rng, seed=seed, rounds=2, **(RANDOM if init == "random" else WARM))
+        store = TrialStore(str(tmp_path), trial)
+        for row, (acquired, classes) in zip(store.rows(), rounds, strict=True):
+            store.write_row({**row, "acquired": acquired, "acquired_classes": classes})
+    df = results.load(str(tmp_path))
+    classes = report.acquired_classes(df).set_index(["line", "round", "class"])["count"]
+    assert classes[("random init", 2, 0)] == pytest.approx(1.0) and classes[("random init", 2, 1)] == pytest.approx(1.0)
+    assert classes[("warm start", 2, 0)] == pytest.approx(0.5) and classes[("warm start", 2, 1)] == pytest.approx(1.5)
+    overlap = report.acquisition_overlap(df).set_index("round")
+    assert list(overlap["a"]) == ["random init"] * 2 and list(overlap["b"]) == ["warm start"] * 2
+    assert overlap.loc[1, "jaccard"] == 1.0 and overlap.loc[1, "seeds"] == 2  # round 1: the seed's initial set
+    assert overlap.loc[2, "jaccard"] == pytest.approx((1 / 3 + 0) / 2)  # {5,6} vs {6,7}; {10,11} vs {12,13}
+    lines = report.write_report(str(tmp_path))
+    assert {"acquired_classes.png", "acquired_classes.csv", "acquisition_overlap.csv"} <= {Path(p).name for p in lines}
+    page = (tmp_path / "_report" / "index.html").read_text()
+    assert "random init ↔ warm start" in page and '<section id="acquisition">' in page
+
+
+def test_strategy_colours_are_far_apart_and_shrink_perturb_settings_share_a_hue():
+    labels = ["random init", "warm start", "shrink_perturb(0.2, 0.1)", "shrink_perturb(0.6, 0.01)", "mine"]
+    inits = ["random", "warm", "shrink_perturb", "shrink_perturb", "mine"]
+    colors = report._colors(labels, inits)
+    assert colors["random init"] == report.OKABE_ITO["orange"] and colors["warm start"] == report.OKABE_ITO["blue"]
+    greens = [colors[label] for label in labels[2:4]]
+    assert len(set(greens)) == 2 and all(int(c[3:5], 16) > int(c[1:3], 16) for c in greens)  # green over red
+    assert colors["mine"] not in set(greens) | {colors["random init"], colors["warm start"]}
 
 
 def test_report_with_heatmaps_and_table1(grid, two_phase, tmp_path):
@@ -436,3 +490,33 @@ def test_stacked_trials_are_marked_and_their_times_never_compared(tmp_path):
     assert "trained stacked in ensembles" in text
     warm = next(line for line in text.splitlines() if line.startswith("| digits") and "warm start" in line)
     assert "| stacked |" in warm and " – |" in warm  # marked, and no total train time
+
+
+# --- report --watch ------------------------------------------------------------------------------
+
+
+def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
+    from engine.cli import _watch_report
+
+    out = tmp_path / "results"
+    out.mkdir()
+    page = out / "_report" / "index.html"
+    seen = []
+
+    def sleep(seconds):  # stands for the wait between rewrites; rows arrive while "sleeping"
+        seen.append((seconds, page.read_text() if page.exists() else None))
+        if len(seen) == 1:  # a suite that has not written a row yet: waited for
+            write_trial(out, np.random.default_rng(6), seed=0, rounds=2)
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    _watch_report([str(out)], None, 5, sleep=sleep)
+    said = capsys.readouterr().out
+    assert [s for s, _ in seen] == [5, 5, 5] and seen[0][1] is None and "waiting: No results at" in said
+    assert '<meta http-equiv="refresh" content="5">' in seen[1][1] and "reloads itself" in seen[1][1]
+    assert 'http-equiv="refresh"' not in page.read_text()  # after Ctrl-C: a page that stays still
+    assert said.rstrip().endswith("stopped watching")
+    with pytest.raises(ConfigError, match="--every"):
+        _watch_report([str(out)], None, 0.5, sleep=sleep)
+    with pytest.raises(ConfigError, match="does not exist"):
+        _watch_report([str(tmp_path / "nowhere")], None, 5, sleep=sleep)

@@ -332,3 +332,41 @@ def test_a_point_on_ray_train_reports_its_seeds_rounds_from_rank_0(ray_address, 
     assert point["round"] == 2 and point["seeds"] == [0, 1]
     assert point["steps"] == table["steps"].sum()
     assert point["test_acc"] == pytest.approx(table[table["round"] == 2]["test_acc"].mean())
+
+
+def test_the_console_counts_and_names_an_ensembles_trials_and_never_averages_across_points(tmp_path):
+    """An ensemble of 4 trials (2 grid points × 2 seeds) is one Tune trial: the console counts 4
+    trials, names their points and seeds, and ends with a final accuracy per grid point."""
+    import io
+    from types import SimpleNamespace
+
+    from engine.storage.store import SCHEMA
+    from engine.suite.search import SearchSpec
+    from engine.suite.tune import SuiteProgress
+
+    finals = {("random", 0): 0.5, ("random", 1): 0.7, ("warm", 0): 0.2, ("warm", 1): 0.4}
+    for (init, seed), acc in finals.items():
+        row = {name: None for name in SCHEMA.names}
+        row.update(trial_id=f"{init}-s{seed}", round=2, test_acc=acc, seed=seed, init=init, n_labeled=200)
+        TrialStore(str(tmp_path), row["trial_id"]).write_row(row)
+    stream = io.StringIO()
+    progress = SuiteProgress(6, 0, str(tmp_path), SearchSpec(), None, stream, every=0)
+    ids = [f"{init}-s{seed}" for init, seed in finals]
+    progress.units["e1"] = {
+        "point": {}, "ensemble": "e1/4", "trial_ids": ids, "seeds": [0, 1, 0, 1], "n": 4,
+        "members": [{"init": "random"}, {"init": "random"}, {"init": "warm"}, {"init": "warm"}],
+    }  # fmt: skip
+    trial = SimpleNamespace(trial_id="tune-1", custom_trial_name="e1")  # what the callback reads of Tune's Trial
+    progress.running["tune-1"] = trial
+    progress.last["tune-1"] = {"round": 1, "rounds": 2, "test_acc": 0.45, "seeds": 4}  # a mean over both points
+    progress.block(force=True)
+    progress.complete(trial)
+    printed = stream.getvalue()
+    assert printed.splitlines()[0].startswith("-- 0 done, 4 running, 2 pending (")
+    assert printed.splitlines()[1:3] == [
+        "   init=random (seeds 0, 1): round 2",
+        "   init=warm (seeds 0, 1): round 2",
+    ]
+    assert "[2/6 done] init=random: 2 rounds, final test_acc 0.6000 (mean of 2 seeds)" in printed
+    assert "[4/6 done] init=warm: 2 rounds, final test_acc 0.3000 (mean of 2 seeds)" in printed
+    assert "0.45" not in printed and "e1" not in printed

@@ -27,8 +27,12 @@ import os
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from matplotlib import colormaps
+from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
 from engine.analysis import results
@@ -36,6 +40,7 @@ from engine.analysis.results import CFG, grid_columns, is_strategy
 from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes: this module's API before engine.analysis.tables)
     CLAIMS_RULE,
     INTERVAL_NOTE,
+    NUMBER,
     SUMMARY_INTRO,
     _setting_label,
     _shown_keys,
@@ -47,14 +52,16 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     format_summary,
     init_label,
     label_keys,
+    minus,
     point_notes,
     provenance,
+    strategy_name,
     summary_parts,
     summary_text,
     to_markdown,
 )
 from engine.errors import ConfigError
-from engine.storage.store import filesystem
+from engine.storage.store import EPOCHS, filesystem
 from engine.storage.uri import normalise
 from engine.suite.search import report_section  # the search's points, where each stopped, the best
 
@@ -193,8 +200,8 @@ PARETO_AXES = [  # (accuracy, cost) pairs of the Pareto figure, as results.summa
     ("mean_test_acc", "train_seconds"),
 ]
 AXIS_LABELS = {
-    "final_test_acc": "final test accuracy",
-    "mean_test_acc": "mean test accuracy over rounds",
+    "final_test_acc": "final test accuracy (%)",
+    "mean_test_acc": "mean test accuracy over rounds (%)",
     "steps": "optimizer steps (total)",
     "train_seconds": "train seconds (total)",
 }
@@ -222,30 +229,230 @@ def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+# --- what acquisition did ---------------------------------------------------------------------
+
+
+def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: ``trial_id``, ``seed``, ``init``, and the ``panel`` and ``line`` (the
+    strategy, as the curves' legends say it) it is drawn in."""
+    varying = grid_columns(frame)
+    trials = frame.drop_duplicates("trial_id")
+    panels = [c for c in varying if not is_strategy(c)]
+    by_acquisition = "acquisition" in varying or "acquisition_params" in varying
+    seed = results.seed_column(trials)
+    lines = pd.DataFrame({"trial_id": trials["trial_id"].to_numpy()})
+    lines["seed"] = trials[seed].to_numpy() if seed else None
+    lines["init"] = trials["init"].astype(object).to_numpy() if "init" in trials else None
+    lines["panel"] = [_setting_label(row, panels) for _, row in trials.iterrows()]
+    lines["line"] = [
+        init_label(row, varying) + (f" · {acquisition_label(row, varying)}" if by_acquisition else "")
+        for _, row in trials.iterrows()
+    ]
+    return lines
+
+
+def acquired_classes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (panel, line, round, class): ``count``, the mean over seeds of how many of the
+    round's picks are of that class (the rows' ``acquired_classes``), and ``seeds``.  Empty
+    when no row records its picks' classes (rows written before that column)."""
+    if "acquired_classes" not in frame or frame["acquired_classes"].isna().all():
+        return pd.DataFrame()
+    rows = frame[frame["acquired_classes"].notna()][["trial_id", "round", "acquired_classes"]]
+    rows = rows.merge(trial_lines(frame), on="trial_id")
+    long = rows.explode("acquired_classes")
+    long["class"] = long.groupby(["trial_id", "round"]).cumcount()
+    long["count"] = long["acquired_classes"].astype(float)
+    keys = ["panel", "line", "round", "class"]
+    table = long.groupby(keys, sort=False).agg(
+        count=("count", "mean"), seeds=("trial_id", "nunique"), init=("init", "first")
+    )
+    return _reading_order(table.reset_index())
+
+
+READING_ORDER = {"random": 0, "warm": 1, "shrink_perturb": 2}  # then any other init
+
+
+def _reading_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of random init first, then warm start, shrink-perturb, the rest (stable otherwise)."""
+    rank = table["init"].map(lambda init: READING_ORDER.get(init, 3))
+    return table.assign(_rank=rank).sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def jaccard(a, b) -> float:
+    """|a ∩ b| / |a ∪ b| of two collections of indices (1 for two empty ones)."""
+    a, b = set(map(int, a)), set(map(int, b))
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def acquisition_overlap(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per panel, pair of strategies (``a``, ``b``) and round: the Jaccard overlap of the two
+    strategies' picks (``acquired``) at the same seed, ``jaccard`` the mean over the seeds
+    both ran, and ``seeds``.  Round 1 draws the initial set from the seed alone, so two
+    strategies of one seed share it (overlap 1)."""
+    if "acquired" not in frame or frame["acquired"].isna().all():
+        return pd.DataFrame()
+    lines = trial_lines(frame)
+    if lines["seed"].isna().all():
+        return pd.DataFrame()
+    rows = frame[["trial_id", "round", "acquired"]].merge(lines, on="trial_id")
+    rows = rows[rows["acquired"].notna() & rows["seed"].notna()]
+    found: dict[tuple, list[float]] = {}
+    for panel, part in rows.groupby("panel", sort=False):
+        names = list(dict.fromkeys(part["line"]))[:MAX_OVERLAP_LINES]
+        for (_, round_), same in part.groupby(["seed", "round"], sort=True):
+            picked = {line: acquired for line, acquired in zip(same["line"], same["acquired"], strict=True)}
+            for i, a in enumerate(names):
+                for b in names[i + 1 :]:
+                    if a in picked and b in picked:
+                        found.setdefault((panel, a, b, round_), []).append(jaccard(picked[a], picked[b]))
+    table = pd.DataFrame(
+        [
+            {"panel": p, "a": a, "b": b, "round": r, "jaccard": float(np.mean(v)), "seeds": len(v)}
+            for (p, a, b, r), v in found.items()
+        ]
+    )
+    return table.sort_values(["round"], kind="stable").reset_index(drop=True) if not table.empty else table
+
+
+MAX_OVERLAP_LINES = 8  # strategies per setting whose picks are compared pairwise
+
+
+def plot_class_histograms(table: pd.DataFrame, title: str) -> Figure:
+    """Per strategy (and setting), a round × class grid of the mean count of picks of each
+    class, annotated."""
+    groups = list(dict.fromkeys(zip(table["panel"], table["line"], strict=True)))[:MAX_PANELS]
+    # One panel a row for a few strategies (legible on a phone), two for more.
+    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1 if len(groups) <= 4 else 2)
+    colormap = colormaps["cividis"]
+    for ax, (panel, line) in zip(axes, groups, strict=True):
+        part = table[(table["panel"] == panel) & (table["line"] == line)]
+        matrix = part.pivot(index="round", columns="class", values="count").sort_index()
+        values = matrix.to_numpy(dtype=float)
+        image = ax.imshow(values, aspect="auto", cmap=colormap, vmin=0)
+        ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], fontsize=8)
+        ax.set_yticks(range(matrix.shape[0]), [str(r) for r in matrix.index], fontsize=8)
+        ax.set_xlabel("class")
+        ax.set_ylabel("round")
+        high = np.nanmax(values) if values.size else 0
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                dark = value < 0.5 * high
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+        ax.set_title(f"{line}\n{panel}" if panel else line, fontsize=9)
+        del image
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
+# --- within a round: the per-epoch table (eval.epochs_table) ---------------------------------------
+
+
+def load_epochs(paths: Sequence[str]) -> pd.DataFrame:
+    """The per-epoch rows (``<results>/_epochs``, written with ``eval.epochs_table: true``) of
+    every results path; empty where none were written."""
+    frames = []
+    for path in paths:
+        fs, base = filesystem(path)
+        where = f"{base.rstrip('/')}/{EPOCHS}"
+        if fs.get_file_info(where).type == pafs.FileType.Directory:
+            frames.append(ds.dataset(where, filesystem=fs, format="parquet").to_table().to_pandas())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per (panel, line, round, epoch): ``train_loss``, ``train_acc`` and ``seconds`` (since the
+    round's training began), means over the seeds that trained that epoch (``seeds``).  Only
+    the trials of ``frame``; empty without per-epoch rows."""
+    if epochs.empty:
+        return pd.DataFrame()
+    rows = epochs.merge(trial_lines(frame), on="trial_id")
+    if rows.empty:
+        return pd.DataFrame()
+    keys = ["panel", "line", "round", "epoch"]
+    table = rows.groupby(keys, sort=False).agg(
+        train_loss=("train_loss", "mean"),
+        train_acc=("train_acc", "mean"),
+        seconds=("seconds", "mean"),
+        seeds=("trial_id", "nunique"),
+        init=("init", "first"),
+    )
+    return _reading_order(table.reset_index())
+
+
+MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the last, evenly between
+
+
+def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
+    """Train loss (top) and train accuracy (bottom) against the epoch, a column per round, a
+    line per strategy: how each init converges within a round."""
+    rounds = sorted(table["round"].unique())
+    if len(rounds) > MAX_EPOCH_ROUNDS:
+        rounds = [rounds[round(i)] for i in np.linspace(0, len(rounds) - 1, MAX_EPOCH_ROUNDS)]
+    lines = table.drop_duplicates("line")
+    colors = _colors(list(lines["line"]), list(lines["init"]))
+    figure = Figure(figsize=(3.3 * len(rounds) + 0.6, 6.2), layout="constrained")
+    axes = figure.subplots(2, len(rounds), squeeze=False, sharey="row")
+    handles = {}
+    for column, round_ in enumerate(rounds):
+        part = table[table["round"] == round_]
+        for line in lines["line"]:
+            series = part[part["line"] == line].sort_values("epoch")
+            if series.empty:
+                continue
+            for row, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
+                (handle,) = axes[row][column].plot(series["epoch"], scale * series[metric], color=colors[line], lw=1.5)
+                handles.setdefault(line, handle)
+        axes[0][column].set_title(f"round {round_}", fontsize=10)
+        axes[1][column].set_xlabel("epoch")
+        for ax in axes[:, column]:
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("train loss")
+    axes[1][0].set_ylabel("train accuracy (%)")
+    figure.suptitle(title, fontsize=11)
+    figure.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+    )
+    return figure
+
+
 # --- drawing --------------------------------------------------------------------------------
 
 
+OKABE_ITO = {  # Okabe & Ito's colour-blind safe palette
+    "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73", "yellow": "#F0E442",
+    "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7", "black": "#000000",
+}  # fmt: skip
+INIT_COLORS = {"random": OKABE_ITO["orange"], "warm": OKABE_ITO["blue"], "shrink_perturb": OKABE_ITO["bluish green"]}
+OTHER_COLORS = [OKABE_ITO[c] for c in ("vermillion", "reddish purple", "sky blue", "black", "yellow")]
+
+
+def shades(color: str, count: int) -> list[str]:
+    """``count`` shades of one hue, light to dark (one alone: the colour itself)."""
+    if count == 1:
+        return [color]
+    rgb = np.array(to_rgb(color))
+    out = []
+    for t in np.linspace(-0.55, 0.55, count):  # < 0: towards white, > 0: towards black
+        mixed = rgb + (1 - rgb) * -t if t < 0 else rgb * (1 - t)
+        out.append(to_hex(np.clip(mixed, 0, 1)))
+    return out
+
+
 def _colors(labels: list[str], inits: list) -> dict[str, object]:
-    """random black, warm red, shrink-perturb settings along viridis, anything else tab10."""
+    """Random init orange, warm start blue, shrink-perturb bluish green (its λ/σ settings as
+    shades of that green, light to dark in label order), anything else the rest of the
+    Okabe–Ito palette: far apart, and told apart with any colour vision."""
     mixes = [label for label, init in zip(labels, inits, strict=True) if init == "shrink_perturb"]
-    others = iter(["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"] * 4)
-    ramp = colormaps["viridis"]
+    ramp = dict(zip(mixes, shades(INIT_COLORS["shrink_perturb"], len(mixes)), strict=True))
+    others = iter(OTHER_COLORS * 8)
     colors = {}
     for label, init in zip(labels, inits, strict=True):
-        if init == "random":
-            colors[label] = "black"
-        elif init == "warm":
-            colors[label] = "tab:red"
-        elif init == "shrink_perturb":
-            i = mixes.index(label)
-            colors[label] = ramp(0.85 * i / max(1, len(mixes) - 1))
-        else:
-            colors[label] = next(others)
+        colors[label] = ramp[label] if label in ramp else INIT_COLORS.get(init) or next(others)
     return colors
 
 
-def _grid(count: int, width: float, height: float) -> tuple[Figure, list]:
-    ncols = min(3, count)
+def _grid(count: int, width: float, height: float, most: int = 3) -> tuple[Figure, list]:
+    ncols = min(most, count)
     nrows = math.ceil(count / ncols)
     figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = figure.subplots(nrows, ncols, squeeze=False).ravel().tolist()
@@ -254,9 +461,10 @@ def _grid(count: int, width: float, height: float) -> tuple[Figure, list]:
     return figure, axes[:count]
 
 
-def plot_curves(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
-    """One panel per setting, one line per strategy: mean with a ±1 std band over seeds.
-    Colour says the init strategy, line style the acquisition strategy."""
+def plot_curves(table: pd.DataFrame, title: str, ylabel: str, scale: float = 1.0) -> Figure:
+    """One panel per setting, one line per strategy: mean with a ±1 std band over seeds
+    (times ``scale``: 100 for accuracy in %).  Colour says the init strategy, line style the
+    acquisition strategy."""
     panels = list(dict.fromkeys(table["panel"]))[:MAX_PANELS]
     lines = list(dict.fromkeys(table["line"]))
     inits = table.drop_duplicates("init_label")
@@ -271,7 +479,7 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str) -> Figure:
             series = part[part["line"] == line].sort_values("n_labeled")
             if series.empty:
                 continue
-            x, mean, std = series["n_labeled"], series["mean"], series["std"].fillna(0.0)
+            x, mean, std = series["n_labeled"], scale * series["mean"], scale * series["std"].fillna(0.0)
             color = colors[series["init_label"].iloc[0]]
             style = styles[series["acquisition_label"].iloc[0]]
             (handle,) = ax.plot(x, mean, color=color, linestyle=style, marker="o" if len(x) <= 15 else None, ms=3)
@@ -320,24 +528,31 @@ def plot_heatmaps(matrices: dict[str, pd.DataFrame], title: str, unit: str, digi
 
 
 def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: str) -> Figure:
-    """A row per setting, a column per (accuracy, cost): one point per grid point with ±1 std
-    bars over seeds on both axes; the non-dominated front ringed and joined by a step line."""
+    """Per setting, a panel per (accuracy, cost), two panels a row (narrow enough to read on a
+    phone): one point per grid point with ±1 std bars over seeds, accuracy in %; the
+    non-dominated front ringed and joined by a step line."""
     panels = list(dict.fromkeys(table["panel"]))[:MAX_PARETO_PANELS]
     inits = table.drop_duplicates("init_label")
     colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
     markers = dict(zip(dict.fromkeys(table["acquisition_label"]), "osD^v<>", strict=False))
-    figure = Figure(figsize=(4.4 * len(axes_pairs), 3.8 * len(panels) + 0.8), layout="constrained")
-    grid = figure.subplots(len(panels), len(axes_pairs), squeeze=False)
+    ncols = min(2, len(axes_pairs))
+    per_panel = math.ceil(len(axes_pairs) / ncols)
+    figure = Figure(figsize=(4.6 * ncols, 3.6 * per_panel * len(panels) + 1.0), layout="constrained")
+    grid = figure.subplots(per_panel * len(panels), ncols, squeeze=False)
     handles = {}
-    for row, panel in zip(grid, panels, strict=True):
+    for p, panel in enumerate(panels):
         part = table[table["panel"] == panel]
-        for ax, (accuracy, cost) in zip(row, axes_pairs, strict=True):
+        axes = grid[p * per_panel : (p + 1) * per_panel].ravel().tolist()
+        for ax in axes[len(axes_pairs) :]:
+            ax.set_visible(False)
+        for ax, (accuracy, cost) in zip(axes, axes_pairs, strict=False):
             for point in part.itertuples(index=False):
                 values = point._asdict()
-                x, y = values[f"{cost}_mean"], values[f"{accuracy}_mean"]
+                x, y = values[f"{cost}_mean"], 100 * values[f"{accuracy}_mean"]
                 if pd.isna(x) or pd.isna(y):
                     continue
-                xerr, yerr = (0.0 if pd.isna(values[f"{c}_std"]) else values[f"{c}_std"] for c in (cost, accuracy))
+                xerr = 0.0 if pd.isna(values[f"{cost}_std"]) else values[f"{cost}_std"]
+                yerr = 0.0 if pd.isna(values[f"{accuracy}_std"]) else 100 * values[f"{accuracy}_std"]
                 color = colors[values["init_label"]]
                 drawn = ax.errorbar(
                     x, y, xerr=xerr, yerr=yerr, fmt=markers.get(values["acquisition_label"], "o"), color=color,
@@ -345,8 +560,9 @@ def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: s
                 )  # fmt: skip
                 handles.setdefault(values["label"], drawn)
             front = part[part[f"front_{accuracy}_{cost}"]].sort_values(f"{cost}_mean")
-            ax.plot(front[f"{cost}_mean"], front[f"{accuracy}_mean"], "--", color="0.4", lw=1, drawstyle="steps-post")
-            ax.scatter(front[f"{cost}_mean"], front[f"{accuracy}_mean"], s=160, facecolors="none", edgecolors="0.2")
+            fx, fy = front[f"{cost}_mean"], 100 * front[f"{accuracy}_mean"]
+            ax.plot(fx, fy, "--", color="0.4", lw=1, drawstyle="steps-post")
+            ax.scatter(fx, fy, s=160, facecolors="none", edgecolors="0.2")
             ax.set_xlabel(AXIS_LABELS[cost])
             ax.set_ylabel(AXIS_LABELS[accuracy])
             ax.grid(alpha=0.3)
@@ -354,9 +570,9 @@ def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: s
                 ax.set_title(panel, fontsize=10)
     low, high = table["seeds"].min(), table["seeds"].max()
     seeds = f"n={low}" if low == high else f"n={low}–{high}"
-    figure.suptitle(f"{title}\nmean ± 1 std over seeds ({seeds}); ringed: the non-dominated front", fontsize=12)
+    figure.suptitle(f"{title}\nmean ± 1 std over seeds ({seeds}); ringed: the non-dominated front", fontsize=11)
     figure.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), fontsize=9
     )
     return figure
 
@@ -366,10 +582,10 @@ def _seconds(value: float) -> str:
 
 
 def _accuracy(value: float) -> str:
-    return f"{value:.3f}"
+    return f"{value:.1f}"  # in %
 
 
-def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt) -> dict[str, str]:
+def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt, scale: float = 1.0) -> dict[str, str]:
     """Per heatmap panel, random init's value for the same settings, when there is one."""
     gaps = results.gap_to_random(frame, label_keys(frame))
     if gaps.empty or f"random_{metric}" not in gaps:
@@ -382,8 +598,8 @@ def _random_refs(frame: pd.DataFrame, grid: pd.DataFrame, metric: str, fmt) -> d
         match = gaps.merge(part[panels].drop_duplicates(), on=panels) if panels else gaps
         values = match[f"random_{metric}"].dropna().unique()
         if len(values) == 1:
-            unit = " s" if metric == "train_seconds" else ""
-            refs[panel] = f"random init: {fmt(values[0])}{unit}"
+            unit = " s" if metric == "train_seconds" else " %"
+            refs[panel] = f"random init: {fmt(scale * values[0])}{unit}"
     return refs
 
 
@@ -398,6 +614,7 @@ class _Out:
         self.uri = "://" in out_dir
         self.out_dir = out_dir.rstrip("/")
         self.fs.create_dir(self.base, recursive=True)
+        self.sizes: dict[str, tuple[int, int]] = {}  # a figure's size in CSS pixels (its 1x PNG)
 
     def write(self, name: str, payload: bytes | str) -> str:
         with self.fs.open_output_stream(f"{self.base}/{name}") as f:
@@ -405,9 +622,22 @@ class _Out:
         return f"{self.out_dir}/{name}" if self.uri else os.path.join(self.out_dir, name)
 
     def figure(self, name: str, figure: Figure) -> str:
+        """``name`` at 100 dpi, and ``name@2x`` at 200 dpi for sharp figures on dense screens (srcset)."""
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)
-        return self.write(name, buffer.getvalue())
+        width, height = figure.get_size_inches() * 100
+        self.sizes[name] = (round(width), round(height))
+        path = self.write(name, buffer.getvalue())
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=200)
+        self.write(hidpi(name), buffer.getvalue())
+        return path
+
+
+def hidpi(name: str) -> str:
+    """The 2x PNG of a figure: ``accuracy@2x.png`` beside ``accuracy.png``."""
+    stem, _, ext = name.rpartition(".")
+    return f"{stem}@2x.{ext}"
 
 
 def default_out(path_or_uri: str) -> str:
@@ -430,29 +660,74 @@ def _check_out(path_or_uri: str, out_dir: str) -> None:
         )
 
 
-def _html_table(table: pd.DataFrame) -> str:
-    return table.to_html(index=False, na_rep="–", border=0, classes="t")
+VERDICT_MARKS = {"holds": "✓", "contradicted": "✗", "inconclusive": "?", "not enough seeds": "–"}
 
 
-def _img(name: str, alt: str) -> str:
-    return f'<p><img src="{html.escape(name)}" alt="{html.escape(alt)}"></p>'
+def verdict_badge(verdict: str) -> str:
+    """A verdict in colour and in words (a mark and the word, for readers who do not see the colour)."""
+    css = str(verdict).replace(" ", "-")
+    return f'<span class="verdict {css}">{VERDICT_MARKS.get(verdict, "")} {html.escape(str(verdict))}</span>'
 
 
-HEATMAPS = [  # file, summary column, what, colour bar label, cell format, colour map
-    ("lambda_sigma_accuracy.png", "final_test_acc", "final test accuracy", "final test accuracy", _accuracy, "viridis"),
-    ("lambda_sigma_train_time.png", "train_seconds", "total train time", "total train time (s)", _seconds, "magma_r"),
-]
-CURVES = [  # file, metric, title, y label
-    ("accuracy.png", "test_acc", "Test accuracy vs labeled samples", "test accuracy"),
-    ("train_time.png", "train_seconds", "Train time per round vs labeled samples", "train time per round (s)"),
+def _html_table(table: pd.DataFrame, badges: str | None = None, css: str = "t") -> str:
+    """A table in its own horizontally scrolling box: text columns left-aligned, columns of
+    numbers right-aligned and never wrapped (tables.NUMBER decides, as in the Markdown);
+    ``badges``: the column of claim verdicts, drawn as verdict_badge."""
+    cells = [
+        [_value(v) if not (isinstance(v, float) and math.isnan(v)) else "–" for v in row]
+        for row in table.itertuples(index=False)
+    ]
+    numeric = [bool(cells) and all(NUMBER.match(row[i]) for row in cells) for i in range(len(table.columns))]
+
+    def cell(tag: str, text: str, i: int, column) -> str:
+        body = verdict_badge(text) if tag == "td" and column == badges else html.escape(text)
+        return f'<{tag} class="num">{body}</{tag}>' if numeric[i] else f"<{tag}>{body}</{tag}>"
+
+    head = "".join(cell("th", str(c), i, c) for i, c in enumerate(table.columns))
+    rows = "".join(
+        "<tr>"
+        + "".join(cell("td", text, i, c) for i, (text, c) in enumerate(zip(row, table.columns, strict=True)))
+        + "</tr>"
+        for row in cells
+    )
+    return f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _img(name: str, alt: str, size: tuple[int, int] | None = None) -> str:
+    """A figure that scales with the page (CSS max-width), sharp on dense screens (srcset)."""
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    source = html.escape(name)
+    return (
+        f'<p class="figure"><img src="{source}" srcset="{source} 1x, {html.escape(hidpi(name))} 2x"'
+        f' alt="{html.escape(alt)}"{dims}></p>'
+    )
+
+
+HEATMAPS = [  # file, summary column, what, colour bar label, cell format, colour map, scale
+    ("lambda_sigma_accuracy.png", "final_test_acc", "final test accuracy", "final test accuracy (%)", _accuracy,
+     "viridis", 100.0),
+    ("lambda_sigma_train_time.png", "train_seconds", "total train time", "total train time (s)", _seconds, "magma_r",
+     1.0),
+]  # fmt: skip
+CURVES = [  # file, metric, title, y label, scale
+    ("accuracy.png", "test_acc", "Test accuracy vs labeled samples", "test accuracy (%)", 100.0),
+    ("train_time.png", "train_seconds", "Train time per round vs labeled samples", "train time per round (s)", 1.0),
 ]
 # Drawn when some trials trained stacked: their compute, compared by optimizer steps.
-STEPS_CURVE = [("steps.png", "steps", "Optimizer steps per round vs labeled samples", "optimizer steps per round")]
+STEPS_CURVE = [("steps.png", "steps", "Optimizer steps per round vs labeled samples", "optimizer steps per round", 1.0)]
+ACQUIRE_CURVE = (
+    "acquire_time.png", "acquire_seconds", "Acquisition time per round vs labeled samples",
+    "acquisition time per round (s)", 1.0,
+)  # fmt: skip
 STACKED_TIMES = (
     "Train times are compared only between grid points whose every trial trained alone: the others trained "
     "stacked in ensembles, and their train_seconds is a share of the ensemble's time by optimizer steps "
     "(train_timing = stacked_share), so their compute is compared by optimizer steps."
 )
+
+
+def _slug(title: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in title.lower()).split())
 
 
 class _Report:
@@ -465,38 +740,56 @@ class _Report:
         self.written: list[str] = []
         self.notes = point_notes(frame)
         self.sections: list[str] = []
+        self.outcome = ""  # the outcome in words (HTML), shown above the summary table
         self.stacked = results.any_stacked(frame)  # some train_seconds are shares of a stacked ensemble's time
 
-    def section(self, title: str, body: str) -> None:
-        self.sections.append(f"<h2>{html.escape(title)}</h2>\n{body}\n")
+    def section(self, title: str, body: str, anchor: str | None = None) -> None:
+        anchor = anchor or _slug(title)
+        self.sections.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>\n{body}\n</section>\n')
 
     def write(self, name: str, payload) -> None:
         self.written.append(
             self.out.figure(name, payload) if isinstance(payload, Figure) else self.out.write(name, payload)
         )
 
+    def img(self, name: str, alt: str) -> str:
+        return _img(name, alt, self.out.sizes.get(name))
+
     def summary(self) -> None:
+        """The claims and the outcome first, then the summary per grid point."""
         parts = summary_parts(self.frame)
+        self.claims(parts.claims, parts.outcome)
         self.write("summary.csv", parts.table.to_csv(index=False))
         self.write("summary.md", summary_text(self.frame))
-        body = f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(parts.shown)
-        if parts.outcome:
-            items = "".join(f"<li>{html.escape(line)}</li>" for line in parts.outcome)
-            body += f"<p>Against random init with otherwise the same settings ({INTERVAL_NOTE}):</p><ul>{items}</ul>"
-        self.section("Summary per grid point", body)
-        self.claims(parts.claims)
+        body = self.outcome
+        body += f'<p>{SUMMARY_INTRO} (<a href="summary.csv">summary.csv</a>).</p>' + _html_table(parts.shown)
+        self.section("Summary per grid point", body, "summary")
 
-    def claims(self, tested: pd.DataFrame) -> None:
+    def claims(self, tested: pd.DataFrame, outcome: list[str]) -> None:
         untested = results.untested_claims(tested)
         if untested:
             self.notes.append(f"note: claims not testable on this table (it lacks the trials): {'; '.join(untested)}.")
-        if tested.empty:
-            return
-        shown = format_claims(tested)
-        self.write("claims.csv", tested.to_csv(index=False))
-        self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
-        body = f'<p>{html.escape(CLAIMS_RULE)} (<a href="claims.csv">claims.csv</a>)</p>' + _html_table(shown)
-        self.section("The paper's claims, checked", body)
+        body = ""
+        if not tested.empty:
+            shown = format_claims(tested)
+            self.write("claims.csv", tested.to_csv(index=False))
+            self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
+            brief = shown[["verdict", "claim", "setting", "effect", "95% interval", "seeds"]]
+            if (brief["setting"] == "all").all():
+                brief = brief.drop(columns="setting")
+            body += _html_table(brief, badges="verdict", css="t claims")
+            body += (
+                f"<details><summary>Effect: treatment − control over seeds, with its 95% interval; how each claim is "
+                f'tested (<a href="claims.csv">claims.csv</a>)</summary>'
+                f"<p>{html.escape(CLAIMS_RULE)}</p>{_html_table(shown, badges='verdict')}</details>"
+            )
+        if outcome:
+            items = "".join(f"<li>{html.escape(line)}</li>" for line in outcome)
+            self.outcome = (
+                f"<p>Against random init with otherwise the same settings ({INTERVAL_NOTE}):</p><ul>{items}</ul>"
+            )
+        if body:
+            self.section("The paper's claims, checked", body, "claims")
 
     def pareto(self) -> None:
         table = pareto_points(self.frame)
@@ -514,7 +807,7 @@ class _Report:
         )
         if self.stacked:
             text += f" {STACKED_TIMES}"
-        self.section("Accuracy against compute", f"<p>{text}</p>" + _img("pareto.png", "accuracy against compute"))
+        self.section("Accuracy against compute", f"<p>{text}</p>" + self.img("pareto.png", "accuracy against compute"))
 
     def gaps(self) -> None:
         gaps = results.gap_to_random(self.frame, label_keys(self.frame))
@@ -525,16 +818,18 @@ class _Report:
             return
         self.write("gap_to_random.csv", results.gap_to_random(self.frame).to_csv(index=False))
         intro = (
-            "Each strategy against random init with otherwise the same settings: the accuracy difference "
-            "(positive: better than random init) and train time as a multiple of random init's"
+            "Each strategy against random init with otherwise the same settings: the final test accuracy "
+            "difference in percentage points (positive: better than random init) and train time as a multiple "
+            "of random init's"
         )
         if self.stacked:
             intro += f" ({STACKED_TIMES} Steps / random compares every grid point.)"
         link = '(<a href="gap_to_random.csv">gap_to_random.csv</a>)'
         self.section("Gap to random init", f"<p>{intro} {link}.</p>" + _html_table(format_gaps(gaps, self.varying)))
 
-    def curves(self) -> None:
-        for name, metric, title, ylabel in CURVES + (STEPS_CURVE if self.stacked else []):
+    def curves(self, which=None) -> None:
+        which = which if which is not None else CURVES + (STEPS_CURVE if self.stacked else [])
+        for name, metric, title, ylabel, scale in which:
             missing = [c for c in (metric, "n_labeled") if c not in self.frame or self.frame[c].isna().all()]
             if missing:
                 self.notes.append(f"note: {name} skipped: the table has no {missing[0]} values.")
@@ -546,9 +841,79 @@ class _Report:
                 continue
             if table["panel"].nunique() > MAX_PANELS:
                 self.notes.append(f"note: {name} shows the first {MAX_PANELS} of {table['panel'].nunique()} settings.")
-            self.write(name, plot_curves(table, f"{title}\n{self.where}" if self.where else title, ylabel))
+            self.write(name, plot_curves(table, f"{title}\n{self.where}" if self.where else title, ylabel, scale))
             said = f"<p>{STACKED_TIMES}</p>" if self.stacked and metric == "train_seconds" else ""
-            self.section(title, said + _img(name, title))
+            self.section(title, said + self.img(name, title))
+
+    def acquisition(self) -> None:
+        """What acquisition did: the classes of the picks, the overlap of picks between
+        strategies, and the time it took."""
+        parts = []
+        classes = acquired_classes(self.frame)
+        if classes.empty:
+            self.notes.append(
+                "note: acquired_classes.png skipped: the rows do not record their picks' classes (written before "
+                "the acquired_classes column)."
+            )
+        else:
+            self.write("acquired_classes.csv", classes.to_csv(index=False))
+            low, high = int(classes["seeds"].min()), int(classes["seeds"].max())
+            seeds = f"{low}" if low == high else f"{low}–{high}"
+            title = f"Classes of each round's picks\n(mean count over {seeds} seeds)"
+            self.write("acquired_classes.png", plot_class_histograms(classes, title))
+            parts.append(
+                "<p>Per strategy and round, how many of the round's picks are of each class, mean over seeds "
+                '(round 1: the initial set, drawn at random; <a href="acquired_classes.csv">acquired_classes.csv</a>).'
+                "</p>" + self.img("acquired_classes.png", "classes of the acquired samples per strategy and round")
+            )
+        overlap = acquisition_overlap(self.frame)
+        if not overlap.empty:
+            self.write("acquisition_overlap.csv", overlap.to_csv(index=False))
+            wide = overlap.pivot_table(
+                index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
+            )
+            wide.columns = [f"round {r}" for r in wide.columns]
+            wide = wide.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
+            wide["pair"] = wide["a"] + " ↔ " + wide["b"]
+            wide = wide[["panel", "pair"] + [c for c in wide.columns if c.startswith("round ")]]
+            if (wide["panel"] == "").all():
+                wide = wide.drop(columns="panel")
+            parts.append(
+                "<p>Overlap of the picks of two strategies at the same seed and round: |A ∩ B| / |A ∪ B| (Jaccard), "
+                "mean over the seeds both ran; 1: the same samples, 0: none in common "
+                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).</p>' + _html_table(wide)
+            )
+        before = len(self.sections)
+        self.curves([ACQUIRE_CURVE])
+        if len(self.sections) > before:
+            parts.append(self.sections.pop().split("</h2>", 1)[1].removesuffix("\n</section>\n"))
+        if parts:
+            self.section("What acquisition did", "\n".join(parts), "acquisition")
+
+    def epochs(self, epochs: pd.DataFrame) -> None:
+        """Within-round training curves, from the per-epoch table, when it was written."""
+        table = epoch_curves(self.frame, epochs)
+        if table.empty:
+            self.notes.append(
+                "note: epochs.png skipped: no per-epoch table (run with eval.epochs_table: true to keep one)."
+            )
+            return
+        panels = list(dict.fromkeys(table["panel"]))
+        if len(panels) > 1:
+            self.notes.append(f"note: epochs.png shows the first of {len(panels)} settings ({panels[0]}).")
+            table = table[table["panel"] == panels[0]]
+        low, high = int(table["seeds"].min()), int(table["seeds"].max())
+        seeds = f"{low}" if low == high else f"{low}–{high}"
+        title = f"Within each round: training loss and accuracy per epoch (mean over {seeds} seeds)"
+        title += f"\n{panels[0]}" if panels[0] else (f"\n{self.where}" if self.where else "")
+        self.write("epochs.csv", table.to_csv(index=False))
+        self.write("epochs.png", plot_epoch_curves(table, title))
+        text = (
+            "Running training loss and accuracy after each epoch of a round, mean over the seeds that trained that "
+            "epoch (a seed that converged earlier stops adding to the mean): how fast each init converges within a "
+            'round (<a href="epochs.csv">epochs.csv</a>; the table itself: <code>_epochs/</code> beside the rows).'
+        )
+        self.section("Within a round: training curves", f"<p>{text}</p>" + self.img("epochs.png", title), "epochs")
 
     def heatmaps(self) -> None:
         grid = lambda_sigma_grid(self.frame)
@@ -560,7 +925,7 @@ class _Report:
         low, high = int(grid["seeds"].min()), int(grid["seeds"].max())
         seeds = f"{low}" if low == high else f"{low}–{high}"
         images = []
-        for name, value, title, unit, digits, cmap in HEATMAPS:
+        for name, value, title, unit, digits, cmap, scale in HEATMAPS:
             if grid[f"{value}_mean"].isna().all():
                 why = f"the table has no {value} values"
                 if self.stacked and value == "train_seconds":
@@ -569,9 +934,10 @@ class _Report:
                 continue
             heading = f"Shrink-perturb λ×σ grid: {title} (mean over {seeds} seeds)"
             heading += f"\n{self.where}" if self.where else ""
-            refs = _random_refs(self.frame, grid, value, digits)
-            self.write(name, plot_heatmaps(lambda_sigma_matrices(self.frame, value), heading, unit, digits, cmap, refs))
-            images.append(_img(name, title))
+            refs = _random_refs(self.frame, grid, value, digits, scale)
+            matrices = {k: scale * v for k, v in lambda_sigma_matrices(self.frame, value).items()}
+            self.write(name, plot_heatmaps(matrices, heading, unit, digits, cmap, refs))
+            images.append(self.img(name, title))
         self.section("Shrink-perturb λ×σ grid", "\n".join(images))
 
     def table1(self) -> None:
@@ -595,10 +961,12 @@ class _Report:
         self.section("Table 1: two-phase training", body)
 
 
-def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list[str]:
+def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh: int | None = None) -> list[str]:
     """Write the figures, tables and ``index.html`` for the results under ``paths`` (one path or
     URI, or several read as one table: results.load) into ``out_dir`` (a local path or a
     pyarrow URI; default ``<results>/_report``, which needs a single results path).
+    ``refresh``: seconds after which the page reloads itself (``warmstart report --watch``);
+    None: a page that stays as it is.
 
     Returns the paths written, ``index.html`` first, then one line per figure or table the
     results could not support, each starting with ``note:``.  A path without warmstart rows
@@ -615,15 +983,19 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None) -> list
     built = _Report(frame, _Out(out_dir))
     with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
         warnings.simplefilter("ignore", results.SeedCollision)
-        built.summary()  # and the claims
-        built.gaps()
+        built.summary()  # the claims, then the summary per grid point
+        built.curves(CURVES[:1])  # accuracy against labeled samples
         built.pareto()
-        built.curves()
+        built.curves(CURVES[1:] + (STEPS_CURVE if built.stacked else []))
+        built.epochs(load_epochs(paths))
+        built.acquisition()
         built.heatmaps()
         built.table1()
+        built.gaps()
     for path in paths:
         report_section(path, built)
-    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections, _header(frame, paths, out_dir))
+    header = _header(frame, paths, out_dir)
+    page = _page(", ".join(paths), frame, built.where, built.notes, built.sections, header, refresh)
     return [built.out.write("index.html", page), *built.written, *built.notes]
 
 
@@ -658,8 +1030,7 @@ CONFIG_NOTE = (
 
 
 def _header(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) -> str:
-    """The page's head: what made the rows (dates, versions, machines) and where each grid
-    point's full config is."""
+    """What made the rows (dates, versions, machines) and where each grid point's full config is."""
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in provenance(frame))
     points = config_locations(frame, paths, out_dir)
     varying = results.grid_columns(frame)
@@ -675,35 +1046,80 @@ def _header(frame: pd.DataFrame, paths: Sequence[str], out_dir: str) -> str:
         if not all(href for _, _, href in point["configs"]):  # not linkable: the first path, the others alike
             where = f"<code>{html.escape(point['configs'][0][1])}</code>"
             where += " (the other seeds: their trial ids)" if point["seeds"] > 1 else ""
-        lines.append(f"<tr>{cells}<td>{point['seeds']}</td><td>{where}</td></tr>")
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns) + "<th>seeds</th><th>config.yaml</th>"
-    table = f'<table class="t"><tr>{head}</tr>{"".join(lines)}</table>'
+        lines.append(f'<tr>{cells}<td class="num">{point["seeds"]}</td><td>{where}</td></tr>')
+    head = (
+        "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+        + '<th class="num">seeds</th><th>config.yaml</th>'
+    )
+    table = f'<div class="scroll"><table class="t"><tr>{head}</tr>{"".join(lines)}</table></div>'
     return (
-        f'<table class="t provenance">{facts}</table>\n'
+        f'<div class="scroll"><table class="t provenance">{facts}</table></div>\n'
         f"<details><summary>{html.escape(CONFIG_NOTE)}</summary>{table}</details>\n"
     )
 
 
+STYLE = """
+*, *::before, *::after { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1em; max-width: 1400px; line-height: 1.4; color: #1a1a1a; }
+h1 { font-size: 1.5em; margin: 0.2em 0; }
+h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+p, li { overflow-wrap: anywhere; }
+code { overflow-wrap: anywhere; }
+.lead { color: #444; margin-top: 0; }
+.scroll { overflow-x: auto; max-width: 100%; margin-bottom: 1em; }
+table.t { border-collapse: collapse; font-size: 0.9em; }
+table.t th, table.t td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
+table.t th { background: #f3f3f3; }
+table.t .num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.provenance th { text-align: left; }
+table.claims td { white-space: nowrap; }
+@media (max-width: 600px) { table.claims td:not(.num) { white-space: normal; min-width: 11em; } }
+.verdict { display: inline-block; padding: 0.05em 0.5em; border-radius: 0.8em; font-weight: 600; white-space: nowrap; }
+.verdict.holds { background: #009E73; color: #fff; }
+.verdict.contradicted { background: #D55E00; color: #fff; }
+.verdict.inconclusive { background: #e6e6e6; color: #222; border: 1px solid #999; }
+.verdict.not-enough-seeds { background: #fff; color: #444; border: 1px dashed #888; }
+img { max-width: 100%; height: auto; }
+.notes { color: #555; }
+details summary { cursor: pointer; color: #333; }
+"""
+
+
 def _page(
-    path_or_uri: str, frame: pd.DataFrame, where: str, notes: list[str], sections: list[str], header: str = ""
+    path_or_uri: str,
+    frame: pd.DataFrame,
+    where: str,
+    notes: list[str],
+    sections: list[str],
+    header: str = "",
+    refresh: int | None = None,
 ) -> str:
     suites = ", ".join(sorted({str(s) for s in frame["suite"].dropna()})) if "suite" in frame else ""
     trials = frame["trial_id"].nunique()
-    facts = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
+    facts = dict(provenance(frame))
+    lead = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
+    lead += f" · ran {html.escape(facts['rounds ran'])} · warmstart {html.escape(facts['warmstart'])}"
     noted = "".join(f"<li>{html.escape(n.removeprefix('note: '))}</li>" for n in notes)
+    title = f"warmstart report{': ' + html.escape(suites) if suites else ''}"
+    reload = f'<meta http-equiv="refresh" content="{int(refresh)}">\n' if refresh else ""
+    watching = (
+        f'<p class="lead">Rewritten every {int(refresh)} s while <code>warmstart report --watch</code> runs; '
+        "this page reloads itself.</p>\n"
+        if refresh
+        else ""
+    )
+    about = f'<section id="about"><h2>What made these results</h2>\n{header}</section>\n' if header else ""
+    untested = (
+        f'<section id="notes"><h2>Not shown, or not testable on this table</h2><ul class="notes">{noted}</ul></section>\n'
+        if noted
+        else ""
+    )
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>warmstart report{": " + html.escape(suites) if suites else ""}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; }}
-table.t {{ border-collapse: collapse; font-size: 0.9em; margin-bottom: 1em; }}
-table.t th, table.t td {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }}
-table.t th {{ background: #f3f3f3; }}
-img {{ max-width: 100%; }}
-.notes {{ color: #555; }}
-</style></head><body>
-<h1>warmstart report{": " + html.escape(suites) if suites else ""}</h1>
-<p>Results: <code>{html.escape(path_or_uri)}</code> · {facts}</p>
-{header}{f'<ul class="notes">{noted}</ul>' if noted else ""}
-{"".join(sections)}
-</body></html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+{reload}<title>{title}</title>
+<style>{STYLE}</style></head><body>
+<h1>{title}</h1>
+<p class="lead">Results: <code>{html.escape(path_or_uri)}</code> · {lead}</p>
+{watching}{"".join(sections)}{about}{untested}</body></html>
 """

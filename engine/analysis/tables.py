@@ -43,22 +43,26 @@ def _name(column: str) -> str:
     return column.removeprefix(CFG)
 
 
+STRATEGY_NAMES = {"random": "random init", "warm": "warm start"}  # the rest: results.strategy_label as it is
+
+
+def strategy_name(label: str) -> str:
+    """A results.strategy_label as every table, legend and console line says it: "random init",
+    "warm start", "shrink_perturb(0.6, 0.01)"."""
+    return STRATEGY_NAMES.get(str(label), str(label))
+
+
 def init_label(row: pd.Series, varying: list[str] = ()) -> str:
-    """How a strategy's rounds start, as a legend says it: "warm start", "shrink-perturb λ=0.4, σ=0.1"."""
-    init = row.get("init", row.get(f"{CFG}init.name"))
-    if init == "random":
-        text = "random init"
-    elif init == "warm":
-        text = "warm start"
-    elif init == "shrink_perturb" and "shrink" in row and "perturb" in row:
-        text = f"shrink-perturb λ={_value(row['shrink'])}, σ={_value(row['perturb'])}"
-        if "bn_stats" in varying:
-            text += f", BN {_value(row.get('bn_stats'))}"
-    else:
-        text = _value(init)
-        if "init_params" in varying and row.get("init_params") not in (None, "{}"):
-            text += f" {row['init_params']}"
-    return text
+    """How a strategy's rounds start, as a legend says it: "warm start", "shrink_perturb(0.4, 0.1)"
+    (λ, σ), with any other varying init column, e.g. "shrink_perturb(0.4, 0.1, bn_stats=keep)".
+    The one name of a strategy: the report's tables, figures and the console all use it."""
+    keys = [c for c in varying if c not in ("init_params",)]
+    return strategy_name(results.strategy_label(row, keys))
+
+
+def minus(text: str) -> str:
+    """Numbers in text with the minus sign (U+2212), as every table of the report writes them."""
+    return text.replace("-", "\u2212")
 
 
 def acquisition_label(row: pd.Series, varying: list[str] = ()) -> str:
@@ -93,9 +97,11 @@ def label_keys(frame: pd.DataFrame) -> list[str]:
 # --- tables as text -------------------------------------------------------------------------
 
 
-def _pm(mean: pd.Series, std: pd.Series, digits: int) -> list[str]:
+def _pm(mean: pd.Series, std: pd.Series, digits: int, scale: float = 1.0) -> list[str]:
     return [
-        "–" if pd.isna(m) else f"{m:.{digits}f}" if pd.isna(s) else f"{m:.{digits}f} ± {s:.{digits}f}"
+        "–"
+        if pd.isna(m)
+        else minus(f"{scale * m:,.{digits}f}" if pd.isna(s) else f"{scale * m:,.{digits}f} ± {scale * s:,.{digits}f}")
         for m, s in zip(mean, std, strict=True)
     ]
 
@@ -115,15 +121,15 @@ def format_summary(table: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     shown = _shown_keys(table, varying)
     shown["seeds"] = table["seeds"]
     shown["rounds"] = table["rounds"]
-    for name, label, digits in [
-        ("final_test_acc", "final test acc", 4),
-        ("mean_test_acc", "mean test acc over rounds", 4),
-        ("train_seconds", "total train time (s)", 1),
+    for name, label, digits, scale in [
+        ("final_test_acc", "final test acc (%)", 2, 100.0),
+        ("mean_test_acc", "mean test acc over rounds (%)", 2, 100.0),
+        ("train_seconds", "total train time (s)", 1, 1.0),
+        ("steps", "optimizer steps", 0, 1.0),
     ]:
         if f"{name}_mean" in table:
-            shown[label] = _pm(table[f"{name}_mean"], table[f"{name}_std"], digits)
-    if "steps_mean" in table:
-        shown["optimizer steps"] = table["steps_mean"].round().astype("Int64")
+            std = table[f"{name}_std"] if f"{name}_std" in table else pd.Series(np.nan, index=table.index)
+            shown[label] = _pm(table[f"{name}_mean"], std, digits, scale)
     if "train_timing" in table and (table["train_timing"] != results.ALONE).any():
         shown["trained"] = table["train_timing"].map(TRAINED).fillna(table["train_timing"])
     for flag, label in [("pareto_steps", "front (steps)"), ("pareto_seconds", "front (time)")]:
@@ -139,16 +145,16 @@ def format_gaps(gaps: pd.DataFrame, varying: list[str]) -> pd.DataFrame:
     """results.gap_to_random as text columns; ``varying``: its grid columns."""
     shown = _shown_keys(gaps, varying)
     shown["seeds"] = gaps["seeds"]
-    for column, label, fmt in [
-        ("final_test_acc", "final test acc", "{:.4f}"),
-        ("random_final_test_acc", "random init", "{:.4f}"),
-        ("final_acc_gap", "gap", "{:+.4f}"),
-        ("mean_acc_gap", "gap, mean over rounds", "{:+.4f}"),
-        ("train_time_ratio", "train time / random", "{:.2f}×"),
-        ("steps_ratio", "steps / random", "{:.2f}×"),
+    for column, label, fmt, scale in [
+        ("final_test_acc", "final test acc (%)", "{:.2f}", 100.0),
+        ("random_final_test_acc", "random init (%)", "{:.2f}", 100.0),
+        ("final_acc_gap", "gap (pts)", "{:+.2f}", 100.0),
+        ("mean_acc_gap", "gap, mean over rounds (pts)", "{:+.2f}", 100.0),
+        ("train_time_ratio", "train time / random", "{:.2f}×", 1.0),
+        ("steps_ratio", "steps / random", "{:.2f}×", 1.0),
     ]:
         if column in gaps:
-            shown[label] = [("–" if pd.isna(v) else fmt.format(v)) for v in gaps[column]]
+            shown[label] = [("–" if pd.isna(v) else minus(fmt.format(scale * v))) for v in gaps[column]]
     return shown
 
 
@@ -220,11 +226,7 @@ CLAIMS_SHORT = (
 
 
 def _points(value: float) -> str:
-    return "–" if pd.isna(value) else f"{100 * value:+.1f}".replace("-", "−")
-
-
-def _strategy(name: str) -> str:
-    return {"warm": "warm start", "random": "random init"}.get(name, name)
+    return "–" if pd.isna(value) else minus(f"{100 * value:+.1f}")
 
 
 def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
@@ -245,7 +247,7 @@ def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[st
         phrases = []
         for i, row in enumerate(part.itertuples(index=False)):
             half = (row.acc_high - row.acc_low) / 2
-            label = _strategy(row.treatment) + (f" (best of {row.of})" if row.of > 1 else "")
+            label = strategy_name(row.treatment) + (f" (best of {row.of})" if row.of > 1 else "")
             text = f"{label}: {_points(row.acc_effect)}"
             if pd.isna(half):
                 text += f" points ({row.n_treatment} vs {row.n_control} seeds: no interval)"
@@ -270,11 +272,12 @@ def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
     def amount(measure: str, value: float) -> str:
         if pd.isna(value):
             return "–"
-        text = f"{100 * value:+.2f}" if "acc" in measure else f"{value:+,.0f}"
-        return text.replace("-", "−")  # the minus sign, as in the outcome lines
+        return minus(f"{100 * value:+.2f}" if "acc" in measure else f"{value:+,.0f}")
 
     shown = pd.DataFrame({"claim": claims["claim"], "setting": claims["setting"]})
-    shown["compared"] = [f"{t} − {c}" for t, c in zip(claims["treatment"], claims["control"], strict=True)]
+    shown["compared"] = [
+        f"{strategy_name(t)} − {strategy_name(c)}" for t, c in zip(claims["treatment"], claims["control"], strict=True)
+    ]
     rows = list(claims.itertuples(index=False))
     shown["effect"] = [amount(r.measure, r.effect) + (" pts" if "acc" in r.measure else " steps") for r in rows]
     shown["95% interval"] = [
@@ -292,7 +295,7 @@ def format_claims(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 SUMMARY_INTRO = (
-    "Final and mean-over-rounds test accuracy, total train time and optimizer steps, mean ± std over seeds; "
+    "Final and mean-over-rounds test accuracy (%), total train time (s) and optimizer steps, mean ± std over seeds; "
     "front: on the Pareto front of final test accuracy against optimizer steps (steps) or train time (time) "
     "among the strategies of one setting. Train time is shown, and compared, only for grid points whose "
     "every trial trained alone (trained: stacked marks shares of an ensemble's time)."

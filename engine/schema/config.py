@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     # then the trial stops there ("stop") or goes on to the next round ("continue").
     "convergence": {"train_acc": 0.99, "patience": None, "min_delta": 0.0, "max_epochs": 1000, "on_diverge": "stop"},
     "pretrain": None,  # null: none; a mapping of PRETRAIN_DEFAULTS' keys: train a source model first
-    "eval": {"precise_bn": True, "batch_size": 1024},
+    "eval": {"precise_bn": True, "batch_size": 1024, "epochs_table": False},
     # resource_timeout: seconds a joined cluster may take to offer what a trial asks for
     # (an autoscaler adding nodes); the local instance is checked at once.
     "scaling": {
@@ -220,6 +220,7 @@ ALLOWED: dict[str, Any] = {
     "convergence.on_diverge": OneOf("stop", "continue"),
     "eval.precise_bn": Type(bool),
     "eval.batch_size": Interval(1, integer=True),
+    "eval.epochs_table": Type(bool),
     "scaling.workers": Nullable(Interval(1, integer=True)),
     "scaling.gpus_per_worker": Interval(0),
     "scaling.max_failures": Interval(0, integer=True),
@@ -258,6 +259,7 @@ NOT_IDENTITY = (
     "scaling.resource_timeout",
     "performance",
     "convergence.on_diverge",  # how far a trial goes after a divergence, not what a round computes
+    "eval.epochs_table",  # what is written beside the rows, not what a round computes
 )
 
 # Keys that say how far a trial runs, not what its rounds compute: its identity holds them

@@ -123,6 +123,10 @@ class RoundRecord:
         "context",
     )
     acquired: list[int] = _doc("dataset indices (training split) added this round; round 1: the initial set")
+    acquired_classes: list[int] = _doc(
+        "how many of this round's acquired samples are of each class (index: the class label), for the "
+        "report's class histograms without reloading the dataset"
+    )
     eval_split: str = _doc("holdout | test", config="data")
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")
     bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise", "name", config="init")

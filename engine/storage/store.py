@@ -54,6 +54,20 @@ CONFIG_REMEDY = (
     "restore it from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit"
 )
 
+EPOCHS = "_epochs"  # the per-epoch table (eval.epochs_table): its own dataset, skipped by a read of the rows
+
+
+EPOCH_SCHEMA = pa.schema(
+    [
+        ("trial_id", pa.string()),
+        ("round", pa.int64()),
+        ("epoch", pa.int64()),
+        ("train_loss", pa.float64()),
+        ("train_acc", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
 
 def put(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see all of it or nothing; on any failure
@@ -394,6 +408,13 @@ class TrialStore:
 
     def row_path(self, round_: int) -> str:
         return f"{self.base}/{self.trial_id}-round{round_:04d}.parquet"
+
+    def write_epochs(self, round_: int, epochs: list[dict]) -> None:
+        """One round's per-epoch rows (``eval.epochs_table``) under ``out/_epochs/``, a dataset of
+        its own: ``pd.read_parquet(out)`` skips it, ``pd.read_parquet(f"{out}/_epochs")`` reads it."""
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(epochs, schema=EPOCH_SCHEMA), sink)
+        self._put(f"{self.base}/{EPOCHS}/{self.trial_id}-round{round_:04d}.parquet", sink.getvalue())
 
     def write_row(self, row: dict) -> None:
         table = pa.Table.from_pylist([row], schema=arrow_schema())

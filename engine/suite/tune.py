@@ -199,6 +199,15 @@ def _where(unit: dict) -> str:
     return describe_point({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in point.items()})
 
 
+def _member_groups(unit: dict) -> dict[str, list[tuple[str, Any]]]:
+    """An ensemble's members by grid point: {the point as the console says it: [(trial id, seed)]}."""
+    groups: dict[str, list[tuple[str, Any]]] = {}
+    for point, trial_id, seed in zip(unit["members"], unit["trial_ids"], unit["seeds"], strict=True):
+        where = _where({"point": point}) or trial_id
+        groups.setdefault(where, []).append((trial_id, seed))
+    return groups
+
+
 class SuiteProgress:
     """The suite's console progress, from Tune's reports (a Tune callback on the driver):
     a line per finished trial, and every ``every`` seconds a block of the running ones.
@@ -277,6 +286,9 @@ class SuiteProgress:
             write_record(self.out, self.record)
         if trial.custom_trial_name in self.replays:
             return
+        if unit.get("ensemble"):  # members of any grid points: a line per grid point, never a mean across them
+            self.complete_members(unit)
+            return
         self.done += last["seeds"]
         where = _where(unit) or trial.custom_trial_name
         if stopped:
@@ -285,31 +297,55 @@ class SuiteProgress:
             )
         else:
             text = f"{last['rounds']} rounds, final test_acc {last['test_acc']:.4f}"
-        members = "trials" if unit.get("ensemble") else "seeds"  # an ensemble's members: any grid points
-        mean = f" (mean of {last['seeds']} {members})" if last["seeds"] > 1 else ""
+        mean = f" (mean of {last['seeds']} seeds)" if last["seeds"] > 1 else ""
         print(f"[{self.done}/{self.total} done] {where}: {text}{mean}", file=self.stream, flush=True)
+
+    def complete_members(self, unit: dict) -> None:
+        """An ensemble's end: per grid point among its members, the final test accuracy over
+        that point's seeds, read from the members' own rows (Tune's report is a mean over
+        every member, whatever its grid point)."""
+        for where, members in _member_groups(unit).items():
+            finals = []
+            for trial_id, _ in members:
+                try:
+                    rows = TrialStore(self.out, trial_id).rows()
+                except OSError:
+                    rows = []
+                if rows:
+                    finals.append(max(rows, key=lambda r: r["round"]))
+            self.done += len(members)
+            if not finals:
+                text = "no rounds"
+            else:
+                acc = sum(float(r["test_acc"]) for r in finals) / len(finals)
+                rounds = max(int(r["round"]) for r in finals)
+                text = f"{rounds} rounds, final test_acc {acc:.4f}"
+                text += f" (mean of {len(finals)} seeds)" if len(finals) > 1 else f" (seed {members[0][1]})"
+            print(f"[{self.done}/{self.total} done] {where}: {text}", file=self.stream, flush=True)
 
     def block(self, force: bool = False) -> None:
         now = time.time()
         if not self.running or not (force or now - self._last_block >= self.every):
             return
         self._last_block = now
-        running = len(self.running)
-        pending = max(
-            self.total
-            - self.done
-            - sum(self.units.get(t.custom_trial_name, {}).get("n", 1) for t in self.running.values()),
-            0,
-        )
+        units = [self.units.get(t.custom_trial_name) or {} for t in self.running.values()]
+        running = sum(unit.get("n", 1) for unit in units)  # trials, not Tune trials: an ensemble of 9 is 9
+        pending = max(self.total - self.done - running, 0)
         print(
             f"-- {self.done} done, {running} running, {pending} pending ({now - self.started:.0f}s)", file=self.stream
         )
-        for tid, trial in self.running.items():
+        for (tid, trial), unit in zip(self.running.items(), units, strict=True):
             last = self.last.get(tid)
-            unit = self.units.get(trial.custom_trial_name) or {}
+            round_ = last["round"] + 1 if last else 1
+            if unit.get("ensemble"):  # its report is a mean over grid points: the trials, and their round
+                for where, members in _member_groups(unit).items():
+                    seeds = ", ".join(str(seed) for _, seed in members)
+                    print(
+                        f"   {where} (seed{'s' if len(members) > 1 else ''} {seeds}): round {round_}", file=self.stream
+                    )
+                continue
             where = _where(unit) or trial.custom_trial_name
             acc = f"{last['test_acc']:.4f}" if last else "-"
-            round_ = last["round"] + 1 if last else 1
             print(f"   {where}: round {round_}, last test_acc {acc}", file=self.stream)
         self.stream.flush()
 
@@ -407,8 +443,11 @@ def plan_units(
     ]
     for u, unit in enumerate(units):
         info = _unit_info(suite, unit)
-        # An ensemble's members are any grid points: the console names it by its id.
-        progress.units[names[u]] = {**info, "point": {}, "ensemble": labels[u]} if labels[u] else info
+        # An ensemble's members are any grid points: the console names them by their points and seeds.
+        members = [_point_of(suite.trials[i]) for i in unit]
+        progress.units[names[u]] = (
+            {**info, "point": {}, "ensemble": labels[u], "members": members} if labels[u] else info
+        )
     progress.replays = {names[u] for u in replay}
     if replay:
         also = "; replaying their rounds to the scheduler" if spec.scheduler != "none" else "; skipping them"

@@ -108,7 +108,7 @@ class Ensemble:
         members = [i for i in members if i not in self.failed]
         for i, result in zip(members, results, strict=True):
             session = self.sessions[i]
-            result.row = save_round(session.store, session.context, session.state, result.row)
+            result.row = save_round(session.store, session.context, session.state, result.row, result.epochs)
             session.context.reporter.round_done(result.row)
             session.rows.append(result.row)
         return list(zip(members, results, strict=True))
@@ -236,10 +236,13 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
     cfg = first.cfg
     spec = OptimizerSpec(cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
 
+    began = time.perf_counter()
+
     def on_epoch(member: int, epoch: int, acc: float, loss: float) -> None:
+        if sessions[member].context.cfg.eval.epochs_table:  # seconds: the stacked training's, shared by all
+            starts[member].epochs.append((epoch, acc, loss, time.perf_counter() - began))
         sessions[member].context.reporter.epoch(starts[member].round, epoch, acc, loss)
 
-    began = time.perf_counter()
     stats = fit_stacked(
         [start.model for start in starts],
         _member_batches(sessions, starts),

@@ -63,6 +63,7 @@ class RoundResult:
     picked: np.ndarray
     outputs: PoolOutputs | None
     model: Classifier
+    epochs: list[tuple[int, float, float, float]] = field(default_factory=list)  # RoundStart.epochs
 
 
 @dataclass
@@ -75,6 +76,8 @@ class RoundStart:
     outputs: PoolOutputs | None  # what the acquisition scored (None in round 1)
     seconds: dict[str, float]  # acquire_seconds, then train_seconds and eval_seconds
     started_at: datetime = field(default_factory=now)  # UTC; an ensemble sets its stacked round's start
+    # (epoch, train_acc, train_loss, seconds since training began) per epoch, with eval.epochs_table
+    epochs: list[tuple[int, float, float, float]] = field(default_factory=list)
     train_timing: str = "alone"  # how train_seconds is measured: alone | stacked_share (engine/trial/ensemble.py)
 
 
@@ -83,7 +86,7 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
     start = start_round(context, state)
     x, y = context.data.pool_x[start.positions], context.data.pool_y[start.positions]
     with stopwatch(start.seconds, "train_seconds"):
-        stats = train(context, start.model, x, y, start.round)
+        stats = train(context, start.model, x, y, start.round, start.epochs if context.cfg.eval.epochs_table else None)
     with stopwatch(start.seconds, "eval_seconds"):
         evaluation = evaluate_model(context, start.model, x)
     del x, y  # the labeled copy: not held while the next round scores the pool
@@ -128,6 +131,7 @@ def finish_round(
         test_loss=test_loss,
         precise_bn=bool(re_estimated),
         acquired=[int(i) for i in added],
+        acquired_classes=class_counts(context, state.labeled == round_),
         pretrain=state.pretrain,
         started_at=start.started_at,
         ended_at=now(),
@@ -135,13 +139,13 @@ def finish_round(
     state.round, state.model = round_, start.model
     if stats.stop_reason == "diverged" and context.cfg.convergence.on_diverge == "stop":
         state.stopped = "diverged"
-    return RoundResult(record.to_row(), added, start.outputs, start.model)
+    return RoundResult(record.to_row(), added, start.outputs, start.model, start.epochs)
 
 
 def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
     """The next round, run and saved, then reported."""
     result = run_round(context, state)
-    result.row = save_round(store, context, state, result.row)  # a reproduced saved row is kept
+    result.row = save_round(store, context, state, result.row, result.epochs)  # a reproduced saved row is kept
     context.reporter.round_done(result.row)
     return result
 
@@ -177,12 +181,30 @@ def initial_model(context: TrialContext, state: TrialState, round_: int) -> Clas
     return model
 
 
-def train(context: TrialContext, model: Classifier, x: torch.Tensor, y: torch.Tensor, round_: int) -> FitStats:
+def train(
+    context: TrialContext, model: Classifier, x: torch.Tensor, y: torch.Tensor, round_: int, log: list | None = None
+) -> FitStats:
     """``fit`` on the labeled set to convergence.  No optimizer is passed: the trial's runner
-    owns one, reset in place, as new every round."""
+    owns one, reset in place, as new every round.  ``log``: a list that gets (epoch,
+    train_acc, train_loss, seconds since training began) per epoch, from the values ``fit``
+    already reads once per epoch (eval.epochs_table); None: nothing kept."""
     cfg, on_epoch = context.cfg, functools.partial(context.reporter.epoch, round_)
+    if log is not None:
+        on_epoch = epoch_logger(log, on_epoch)
     seed = seed_for(cfg.seed, round_, "train")
     return fit(model, x, y, None, cfg.batch_size, cfg.convergence, seed, context.comm, on_epoch, runner=context.runner)
+
+
+def epoch_logger(log: list, report, began: float | None = None):
+    """An ``on_epoch`` that appends (epoch, acc, loss, seconds since ``began``, default now) to
+    ``log``, then calls ``report(epoch, acc, loss)``."""
+    began = time.perf_counter() if began is None else began
+
+    def on_epoch(epoch: int, acc: float, loss: float) -> None:
+        log.append((epoch, acc, loss, time.perf_counter() - began))
+        report(epoch, acc, loss)
+
+    return on_epoch
 
 
 def evaluate_model(context: TrialContext, model: Classifier, x: torch.Tensor) -> tuple[bool, float, float]:
@@ -192,6 +214,13 @@ def evaluate_model(context: TrialContext, model: Classifier, x: torch.Tensor) ->
     eval_batch = performance.inference_batch_size or cfg.eval.batch_size
     test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
     return re_estimated, test_acc, test_loss
+
+
+def class_counts(context: TrialContext, picked: np.ndarray) -> list[int]:
+    """Per class label, how many of the pool positions ``picked`` (a boolean mask) hold."""
+    positions = torch.from_numpy(np.flatnonzero(picked)).to(context.data.pool_y.device)
+    labels = context.data.pool_y[positions].cpu().numpy()
+    return np.bincount(labels, minlength=context.data.num_classes).tolist()
 
 
 def fit_columns(stats: FitStats) -> dict:

@@ -203,15 +203,25 @@ def first_difference(row: dict, saved: dict, tolerant: bool = False) -> str | No
     return None
 
 
-def save_round(store: TrialStore | None, context: TrialContext, state: TrialState, row: dict) -> dict:
-    """Persist a completed round (rank 0): the row first, then the checkpoint and status;
-    returns the round's row as stored.  A crash between the two re-runs this round on
-    resume; its row, saved and now reproduced, is kept as it is, not written again (an
-    object written once, with the times of the run that made it)."""
+def save_round(
+    store: TrialStore | None, context: TrialContext, state: TrialState, row: dict, epochs: list = ()
+) -> dict:
+    """Persist a completed round (rank 0): its per-epoch rows (eval.epochs_table), the row,
+    then the checkpoint and status; returns the round's row as stored.  A crash between them
+    re-runs this round on resume; its row, saved and now reproduced, is kept as it is, not
+    written again (an object written once, with the times of the run that made it), and so
+    are its per-epoch rows, written before it."""
     saved = verify_row(context, row)  # every rank: a mismatch stops them all at the same round
     if store is None or context.comm.rank != 0:
         return saved or row
     if saved is None:
+        if epochs and context.cfg.eval.epochs_table:
+            columns = ("epoch", "train_acc", "train_loss", "seconds")
+            per_epoch = [
+                {"trial_id": row["trial_id"], "round": row["round"], **dict(zip(columns, e, strict=True))}
+                for e in epochs
+            ]
+            store.write_epochs(row["round"], per_epoch)
         store.write_row(row)
     weights = {k: v.detach().cpu() for k, v in state.model.state_dict().items()}
     pretrained = {c: row[c] for c in PRETRAIN_COLUMNS}
