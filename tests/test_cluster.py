@@ -470,6 +470,7 @@ def test_a_profile_on_the_driver_reaches_the_workers_on_other_nodes(cluster, s3,
     code = textwrap.dedent("""
         import os, ray
         from engine.storage.object_store import object_store
+        from engine.trial.distributed import init_ray
 
         fs = object_store("s3://warmstart/profile")  # what every trial of a suite or run is handed
 
@@ -479,7 +480,7 @@ def test_a_profile_on_the_driver_reaches_the_workers_on_other_nodes(cluster, s3,
                 f.write(os.environ["AWS_ACCESS_KEY_ID"].encode())  # the node's own key, for the record
             return ray.get_runtime_context().get_node_id()
 
-        ray.init(address=os.environ["ADDRESS"], logging_level="ERROR", log_to_driver=False)
+        init_ray(os.environ["ADDRESS"])  # the cluster's token and loopback address, as every driver joins
         print(ray.get(write.remote(fs)))
     """)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
