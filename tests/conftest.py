@@ -54,3 +54,16 @@ def count_host_reads(monkeypatch):
         return reads
 
     return start
+
+
+@pytest.fixture
+def aws(s3, monkeypatch):
+    """This process reads the bucket of the module's ``s3`` server as a user would: through
+    the AWS_* variables, with no filesystem cached from another test."""
+    from engine.storage import object_store
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setattr(object_store, "_OBJECT_STORES", {})
+    return s3

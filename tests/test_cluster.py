@@ -27,7 +27,6 @@ import pytest
 
 from benchmarks.local_cluster import SUITE, LocalCluster, s3_server
 from engine.cli import main
-from engine.storage import object_store as object_store_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What the nodes' processes see: an endpoint where nothing listens, keys that are not the server's.
@@ -68,16 +67,6 @@ def cluster(s3):
     cluster = LocalCluster(worker_nodes=2, cpus_per_node=1, node_env=WRONG_ENV)
     yield cluster
     cluster.shutdown()
-
-
-@pytest.fixture
-def aws(s3, monkeypatch):
-    """This process reads the bucket as a user would: through the AWS_* variables."""
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(object_store_module, "_OBJECT_STORES", {})
-    return s3
 
 
 def _boto_keys(server) -> dict:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from cli_support import cli, one_line, plain
 
 import warmstart as ws
 from engine.cli import main
@@ -40,24 +41,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = ["--set", "device=cpu", "--set", "rounds.max_rounds=3", "--set", "convergence.max_epochs=6", "--quiet"]
 TIMINGS = set(columns_with("timing"))  # times, and the rounds' UTC start and end
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip("\n").splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def plain(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return "nan" if isinstance(value, float) and value != value else value
 
 
 def rows(out) -> list[dict]:

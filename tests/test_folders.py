@@ -20,12 +20,12 @@ import textwrap
 
 import pandas as pd
 import pytest
+from cli_support import cli, one_line, plain
 
 import warmstart as ws
 from engine.cli import main
 from engine.errors import ConfigError
 from engine.schema.records import columns_with
-from engine.storage import object_store as object_store_module
 from engine.storage.check import check
 from engine.storage.store import TrialStore, read_manifest, write_manifest
 
@@ -35,24 +35,6 @@ SETS = ["device=cpu", "rounds.max_rounds=3", "convergence.max_epochs=6"]
 FAST = [arg for s in SETS for arg in ("--set", s)] + ["--quiet"]
 TINY = {"device": "cpu", "rounds": {"max_rounds": 3}, "convergence": {"max_epochs": 6}}
 TIMINGS = tuple(columns_with("timing"))  # times differ from run to run (started_at, ended_at too)
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip("\n").splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def plain(value):
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return "nan" if isinstance(value, float) and value != value else value
 
 
 def table(out) -> list[dict]:
@@ -333,15 +315,6 @@ def s3():
 
     with s3_server("folders") as server:
         yield server
-
-
-@pytest.fixture
-def aws(s3, monkeypatch):
-    for key, value in s3.env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setattr(object_store_module, "_OBJECT_STORES", {})
-    return s3
 
 
 def s3_store(uri: str, trial: str):
