@@ -461,6 +461,32 @@ def test_two_plugin_files_with_the_same_name_do_not_clash(tmp_path):
 
 
 @pytest.mark.usefixtures("clean_registries")
+def test_a_plugin_file_of_the_same_name_from_another_folder_replaces_its_names(tmp_path):
+    """A plugin file is known by its name (as in the plugins column): the same file copied to
+    another folder (a test's or a user's temporary folder) registers its names again instead
+    of clashing with itself; silently when identical, with a warning when its code changed."""
+    name = unique("moved")
+    text = f'from strategies.acquisition import register\n@register("{name}")\ndef moved(outputs, k, rng):\n'
+    for folder, body in (("a", "    return list(range(k))\n"), ("b", "    return list(range(k))\n")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mine.py").write_text(text + body)
+    plugins.load_plugins([str(tmp_path / "a" / "mine.py")])
+    first = ACQUISITION_STRATEGIES.get(name).origin
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugins.load_plugins([str(tmp_path / "b" / "mine.py")])  # the same code from another folder: silent
+    assert ACQUISITION_STRATEGIES.get(name).origin == first == Origin("mine.py", first.digest)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "mine.py").write_text(text + "    return list(range(1, k + 1))\n")
+    with pytest.warns(PluginChanged, match=f"{first.digest} -> "):
+        plugins.load_plugins([str(tmp_path / "c" / "mine.py")])
+    assert run_acquisition(name, PoolOutputs(10), 2).tolist() == [1, 2]
+    (tmp_path / "other.py").write_text(text + "    return list(range(k))\n")
+    with pytest.raises(ConfigError, match=f"'{name}' is already registered by mine.py"):
+        plugins.load_plugins([str(tmp_path / "other.py")])  # another plugin's name: refused
+
+
+@pytest.mark.usefixtures("clean_registries")
 def test_load_plugin_by_module_name(tmp_path, monkeypatch):
     module = unique("ws_test_plugin")
     acq, ini = unique("last_k"), unique("copy_prev")

@@ -364,7 +364,12 @@ class Registry:
         self._load_builtins()  # a plugin's override must find the built-in it replaces
         origin = origin_of(fn)
         existing = self._entries.get(name)
-        again = existing is not None and _module_of(existing.fn) == _module_of(fn)
+        # The same module again, or the same plugin by its key (a --plugin file's name, which
+        # the rows' plugins column uses too: the same file loaded from another folder).
+        again = existing is not None and (
+            _module_of(existing.fn) == _module_of(fn)
+            or (existing.origin is not None and origin is not None and existing.origin.key == origin.key)
+        )
         if existing is not None and not override and not again:
             taken = f"a built-in ({_module_of(existing.fn)})" if existing.origin is None else existing.origin.key
             raise ConfigError(
