@@ -72,8 +72,16 @@ def _add_suite_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as every other bad input: one line, exit 2 (from ``main``),
+    naming where the options are listed, instead of the usage text and a second line."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (`{self.prog} --help` lists the options)")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="warmstart",
         description="Rounds of online and active learning: random init, warm start, shrink and perturb.",
     )
@@ -354,7 +362,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except ConfigError as exc:  # an unknown option, a missing value: one line, as any bad input
+        _explain(exc, debug=False)
+        return EXIT_USAGE
     debug = args.debug or os.environ.get("WARMSTART_DEBUG", "") not in ("", "0")
     main_thread = threading.current_thread() is threading.main_thread()
     # SIGTERM (a scheduler, `kill`) ends a run like Ctrl-C: completed rounds saved, locks

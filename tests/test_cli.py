@@ -382,3 +382,22 @@ def test_a_plugin_file_edited_between_two_runs_stops_the_resume_with_one_line(tm
         "new one into another out or under another trial_id."
     ]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files  # the write probe leaves none
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["run", "--set", "-=0"], "argument --set: expected one argument (`warmstart run --help` lists the options)"),
+        ([], "the following arguments are required: COMMAND (`warmstart --help` lists the options)"),
+        (["run", "--bogus"], "unrecognized arguments: --bogus (`warmstart --help` lists the options)"),
+        (["run", "--workers", "two"], "argument --workers: invalid int value: 'two' (`warmstart run --help`"),
+    ],
+)
+def test_a_malformed_command_line_is_one_line_and_exit_2(argv, said, capsys, tmp_path, monkeypatch):
+    """argparse's own errors read as every other bad input: one line, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"warmstart: error: {said}")
+    assert len(captured.err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
