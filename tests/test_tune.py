@@ -63,7 +63,8 @@ def test_suite_writes_one_table_with_every_trial_round_once(ray_address, tmp_pat
     first.write_bytes(first.with_name(first.name.replace("-round0001", "-round0002")).read_bytes())
     assert main(["suite", path, "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
-    assert "of 4 trials already complete" in printed and "4 of 4" not in printed  # its unit runs (an ensemble: 2)
+    # its unit runs (an ensemble: 2 trials), so 2 of 4 are complete
+    assert "2 of 4 trials already complete" in printed and "4 of 4 trials already complete" not in printed
     assert pd.read_parquet(first)[reference.columns].equals(reference)
     assert not any(trial.problems for trial in check(str(out)))  # every round of it again, status included
 
