@@ -34,6 +34,8 @@ FLOAT_TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
 # The columns that say which kind of machine computed a row: rows of the same kind must
 # agree bit for bit (engine/trial/provenance.py).
 MACHINE_COLUMNS = ("device_name", "cpu_isa", "threads", "torch_version")
+# How a recomputed row must reproduce its saved one, as the notes say it (verify_row).
+_AS = " (bit for bit when made on this kind of machine; floats within the tolerance from another or an ensemble)"
 
 
 def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
@@ -103,14 +105,14 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
     if lost:
         context.notes.append(
             f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
-            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce bit for bit"
+            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce{_AS}"
         )
         return None
     if state is None:
         if rows:
             context.notes.append(
                 f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
-                f"{len(rows)} saved row(s) must reproduce bit for bit"
+                f"{len(rows)} saved row(s) must reproduce{_AS}"
             )
         return None
     status, damaged = store.read_status()
@@ -122,7 +124,7 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
         why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
         context.notes.append(
             f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "
-            "saved row(s) must reproduce bit for bit"
+            f"saved row(s) must reproduce{_AS}"
         )
         return None
     return state
