@@ -70,3 +70,22 @@ def test_a_checkout_above_the_package_is_not_its_checkout(tmp_path, monkeypatch)
 
 def test_now_is_utc():
     assert provenance.now().tzinfo is UTC
+
+
+def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path):
+    """What pip installs (the packages' files, no .git) into a virtualenv that lies inside a
+    project's own git repository: its rows name no commit, neither the project's nor any other."""
+    import shutil
+    import sys
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    site = tmp_path / ".venv" / "site-packages"
+    for package in ("engine", "strategies", "warmstart"):
+        shutil.copytree(provenance.PACKAGE_ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = "from engine.trial import provenance as p; print(p.PACKAGE_ROOT); c = p.static_columns(); print(c['git_commit'], c['git_dirty'])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == [str(site), "None None"]
