@@ -110,6 +110,18 @@ def test_the_report_compares_stacked_trials_by_steps_only(folder):
     assert Path(folder, "_report", "steps.png").is_file()
 
 
+@pytest.mark.parametrize("metric", ["train_seconds", "acquire_seconds", "eval_seconds"])
+def test_no_per_round_time_of_a_stacked_row_is_compared(folder, metric):
+    """A stacked row's acquisition and evaluation seconds are shares of the stack's passes too:
+    the per-round curves (acquire_time.png) show a time only where every seed trained alone."""
+    df = results.load(folder)
+    assert df.loc[df["init"] == "warm", metric].notna().all()  # the rows hold the shares
+    rounds = results.by_round(df, metrics=(metric,))
+    shown = rounds.groupby("init", observed=True)[f"{metric}_mean"].agg(lambda s: bool(s.notna().all()))
+    assert shown.to_dict() == {"random": True, "warm": False, "shrink_perturb": True}
+    assert set(report.curves(df, metric).dropna(subset=["mean"])["init"]) == {"random", "shrink_perturb"}
+
+
 def test_the_report_header_says_when_what_and_where_the_configs_are(folder, tmp_path):
     import shutil
 
