@@ -300,7 +300,7 @@ def _own_code(target: Any) -> tuple[bytes, bool]:
         return inspect.getsource(target).encode(), True
     except (OSError, TypeError):
         if inspect.isclass(target):
-            methods = sorted((k, _unwrap(v)) for k, v in vars(target).items() if inspect.isfunction(_unwrap(v)))
+            methods = sorted((k, _method(v)) for k, v in vars(target).items() if _method(v) is not None)
             parts = [(k, *_own_code(v)) for k, v in methods]
             text = b"".join(b"\0%s\0%s" % (k.encode(), code) for k, code, _ in parts)
             return b"class " + target.__qualname__.encode() + text, all(exact for *_, exact in parts)
@@ -308,11 +308,17 @@ def _own_code(target: Any) -> tuple[bytes, bool]:
         return (_code_bytes(code) if code is not None else target.__qualname__.encode()), False
 
 
+def _method(value: Any) -> Callable | None:
+    """The function behind a class attribute (a method, a static or class method), else None."""
+    value = getattr(value, "__func__", value)
+    return value if inspect.isfunction(value) else None
+
+
 def _names(target: Any) -> set[str]:
     """The global names a function's code (its nested functions' too), or a class's methods', may read."""
     codes = [getattr(target, "__code__", None)]
     if inspect.isclass(target):
-        codes = [getattr(_unwrap(v), "__code__", None) for v in vars(target).values()]
+        codes = [getattr(_method(v), "__code__", None) for v in vars(target).values()]
     names: set[str] = set()
     while codes:
         code = codes.pop()
