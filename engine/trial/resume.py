@@ -80,6 +80,24 @@ def check_code(store: TrialStore, cfg: Config) -> None:
         )
 
 
+def check_code_unchanged(context: TrialContext, next_round: int) -> None:
+    """Refuse (ConfigError) to run the next round of a trial whose plugin code changed in this
+    process since the trial started (a notebook cell edited and run again between two rounds
+    of a ``ws.Trial``): the builders are looked up each round, so that round would run the new
+    code under the old hash in its row."""
+    recorded = context.columns["plugins"]
+    then = json.loads(recorded) if recorded else {}
+    now = context.cfg.plugin_code()
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) != now.get(key):
+            raise ConfigError(
+                f"Plugin {key} changed while trial {context.columns['trial_id']} ran, before its round {next_round}: "
+                f"sha256 {then.get(key, '(not used)')} then, {now.get(key, '(not used)')} now, and one trial must "
+                "not mix two versions of its code; restore that code to go on, or run the new one into another out "
+                "or under another trial_id."
+            )
+
+
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
     """Resume trusts the rows and the status, not only the checkpoint: when a completed
     round's row is missing, unreadable or holds another (trial, round) than its name says, or
