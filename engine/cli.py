@@ -41,7 +41,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         "--plugin",
         "MODULE_OR_FILE.py",
         "plugins",
-        "import a module or file that registers strategies (repeatable)",
+        "import a module or file that registers strategies, datasets or models (repeatable)",
     )
 
 
@@ -118,7 +118,7 @@ def parser() -> argparse.ArgumentParser:
         "--plugin",
         "MODULE_OR_FILE.py",
         "plugins",
-        "import a module or file that registers strategies (repeatable)",
+        "import a module or file that registers strategies, datasets or models (repeatable)",
     )
     _add_repeated(
         suite,

@@ -3,6 +3,7 @@ carries the whole config as typed ``cfg.*`` columns."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -208,6 +209,8 @@ def test_an_installed_entry_point_plugin_loads_without_being_named():
     df = ws.run_trial({**FAST, "acquisition": "ep_first", "rounds": {**FAST["rounds"], "max_rounds": 2}})
     assert df["acquisition"].tolist() == ["ep_first", "ep_first"]
     assert "ep_first" in {s["name"] for s in ws.list_strategies()["acquisition"]}
+    source = open(sys.modules["ws_ep_demo"].__file__, "rb").read()  # the entry point's module: its code's hash
+    assert set(df["plugins"]) == {f'{{"ws_ep_demo": "{hashlib.sha256(source).hexdigest()[:12]}"}}'}
 
 
 def test_the_cli_starts_without_torch_and_prints_its_version():

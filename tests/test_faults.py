@@ -487,6 +487,78 @@ def test_a_notebook_cell_edited_between_runs_stops_the_resume_in_one_line(tmp_pa
 
 
 @pytest.mark.usefixtures("isolated")
+def test_a_notebook_helper_edited_between_runs_stops_the_resume_too(tmp_path):
+    """The strategy's cell unchanged, the helper it calls (another cell) edited and run again:
+    the strategy now runs other code, so the trial does not continue (the hash covers the
+    functions of __main__ a builder names, as they are when the trial starts)."""
+    namespace = {"__name__": "__main__", "register": acquisition.register}
+
+    def run_cell(text: str) -> bytes:
+        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        exec(compile(text, name, "exec"), namespace)
+        return text.encode()
+
+    helper = "def nb_first(k):\n    return list(range({start}, {start} + k))\n"
+    cell = run_cell('@register("nb_helped")\ndef nb_helped(outputs, k, rng):\n    return nb_first(k)\n')
+
+    def digest(helper_text: bytes) -> str:
+        return hashlib.sha256(cell + b"\0nb_first\0" + helper_text).hexdigest()[:12]
+
+    old = digest(run_cell(helper.format(start=0)))
+    config = {"device": "cpu", "acquisition": {"name": "nb_helped"}, "convergence": {"max_epochs": 4}}
+    out = str(tmp_path / "out")
+    two = ws.run_trial({**config, "rounds": {"max_rounds": 2}}, out)
+    assert two["plugins"].tolist() == [f'{{"__main__.nb_helped": "{old}"}}'] * 2
+    new = digest(run_cell(helper.format(start=5)))  # no warning: no registration ran again
+    with pytest.raises(ConfigError) as info:
+        ws.run_trial({**config, "rounds": {"max_rounds": 3}}, out)
+    assert str(info.value).startswith(
+        f"Plugin __main__.nb_helped changed since trial {two['trial_id'][0]} ran round 1 in {out}: "
+        f"sha256 {old} then, {new} now"
+    )
+    run_cell(helper.format(start=0))  # the helper restored: the trial goes on
+    three = ws.run_trial({**config, "rounds": {"max_rounds": 3}}, out)
+    assert three["round"].tolist() == [1, 2, 3] and set(three["plugins"]) == {f'{{"__main__.nb_helped": "{old}"}}'}
+
+
+@pytest.mark.usefixtures("isolated")
+def test_a_strategy_redefined_between_two_rounds_of_a_live_trial_stops_it_in_one_line(tmp_path):
+    """ws.Trial, round 1, then the strategy's cell edited and run again: the next round would
+    run the new code under the old hash, so it is refused and nothing is written; the code
+    restored, the same Trial goes on."""
+    cell = '@register("nb_live")\ndef nb_live(outputs, k, rng):\n    return list(range({start}, {start} + k))\n'
+    namespace = {"__name__": "__main__", "register": acquisition.register}
+
+    def run_cell(text: str) -> str:
+        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
+        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+        exec(compile(text, name, "exec"), namespace)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    old = run_cell(cell.format(start=0))
+    out = str(tmp_path / "out")
+    config = {"device": "cpu", "acquisition": {"name": "nb_live"}, "convergence": {"max_epochs": 4}}
+    trial = ws.Trial({**config, "rounds": {"max_rounds": 3}}, out)
+    assert next(trial).round == 1
+    with pytest.warns(PluginChanged):
+        new = run_cell(cell.format(start=7))
+    files = sorted(os.listdir(out))
+    with pytest.raises(ConfigError) as info:
+        next(trial)
+    assert str(info.value) == (
+        f"Plugin __main__.nb_live changed while trial {trial.trial_id} ran, before its round 2: sha256 {old} then, "
+        f"{new} now, and one trial must not mix two versions of its code; restore that code to go on, or run the "
+        "new one into another out or under another trial_id."
+    )
+    assert sorted(os.listdir(out)) == files  # round 2 not written
+    with pytest.warns(PluginChanged):
+        run_cell(cell.format(start=0))
+    assert [r.round for r in trial] == [2, 3]
+    assert set(pd.read_parquet(out)["plugins"]) == {f'{{"__main__.nb_live": "{old}"}}'}
+
+
+@pytest.mark.usefixtures("isolated")
 def test_rows_from_before_the_plugins_column_are_not_checked_and_still_reproduce(tmp_path, capsys):
     """Rows an older warmstart wrote hold no ``plugins``: resume says so in a note and goes
     on; a lost row's recompute checks every other column of them bit for bit, and a row that

@@ -6,6 +6,7 @@ repository's docs/ under the same relative path, so the data files land there.""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import sys
@@ -114,6 +115,9 @@ def test_the_plugin_commands_run(capsys):
     table = pd.read_parquet("results/blobs")
     assert set(table["dataset"]) == {"blobs"} and set(table["model"]) == {"tabular_mlp"}
     assert len(table) == 2
+    # A dataset's and a model's code identify the trial's code as a strategy's do: the file's hash.
+    digest = hashlib.sha256((ROOT / PLUGIN).read_bytes()).hexdigest()[:12]
+    assert set(table["plugins"]) == {f'{{"my_dataset_and_model.py": "{digest}"}}'}
 
 
 @pytest.mark.usefixtures("scratch")

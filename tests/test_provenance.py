@@ -70,3 +70,51 @@ def test_a_checkout_above_the_package_is_not_its_checkout(tmp_path, monkeypatch)
 
 def test_now_is_utc():
     assert provenance.now().tzinfo is UTC
+
+
+def test_an_installed_copy_inside_another_repository_records_no_commit(tmp_path):
+    """What pip installs (the packages' files, no .git) into a virtualenv that lies inside a
+    project's own git repository: its rows name no commit, neither the project's nor any other."""
+    import shutil
+    import sys
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    site = tmp_path / ".venv" / "site-packages"
+    for package in ("engine", "strategies", "warmstart"):
+        shutil.copytree(provenance.PACKAGE_ROOT / package, site / package, ignore=shutil.ignore_patterns("__pycache__"))
+    probe = "from engine.trial import provenance as p; print(p.PACKAGE_ROOT); c = p.static_columns(); print(c['git_commit'], c['git_dirty'])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == [str(site), "None None"]
+
+
+def test_dirty_means_changed_tracked_files_or_new_files_in_the_packages(tmp_path, monkeypatch):
+    """A new module under strategies/ that git does not track yet is code the commit lacks:
+    dirty; a stray file beside the packages (notes, a results folder) is not."""
+
+    def git(*args):
+        env = {
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True, text=True, env=env)
+
+    git("init", "-q")
+    (tmp_path / "strategies").mkdir()
+    (tmp_path / "strategies" / "init.py").write_text("A = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    commit = git("rev-parse", "HEAD").stdout.strip()
+    monkeypatch.setattr(provenance, "PACKAGE_ROOT", tmp_path)
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert provenance.git_state() == (commit, False)
+    (tmp_path / "strategies" / "mine.py").write_text("B = 2\n")
+    assert provenance.git_state() == (commit, True)
+    (tmp_path / "strategies" / "mine.py").unlink()
+    (tmp_path / "strategies" / "init.py").write_text("A = 2\n")
+    assert provenance.git_state() == (commit, True)

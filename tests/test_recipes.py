@@ -110,6 +110,18 @@ def test_the_report_compares_stacked_trials_by_steps_only(folder):
     assert Path(folder, "_report", "steps.png").is_file()
 
 
+@pytest.mark.parametrize("metric", ["train_seconds", "acquire_seconds", "eval_seconds"])
+def test_no_per_round_time_of_a_stacked_row_is_compared(folder, metric):
+    """A stacked row's acquisition and evaluation seconds are shares of the stack's passes too:
+    the per-round curves (acquire_time.png) show a time only where every seed trained alone."""
+    df = results.load(folder)
+    assert df.loc[df["init"] == "warm", metric].notna().all()  # the rows hold the shares
+    rounds = results.by_round(df, metrics=(metric,))
+    shown = rounds.groupby("init", observed=True)[f"{metric}_mean"].agg(lambda s: bool(s.notna().all()))
+    assert shown.to_dict() == {"random": True, "warm": False, "shrink_perturb": True}
+    assert set(report.curves(df, metric).dropna(subset=["mean"])["init"]) == {"random", "shrink_perturb"}
+
+
 def test_the_report_header_says_when_what_and_where_the_configs_are(folder, tmp_path):
     import shutil
 
@@ -162,3 +174,21 @@ def test_the_epochs_table_is_its_own_dataset_and_agrees_with_the_rows(folder):
     warm = curves[(curves["line"] == "warm start") & (curves["round"] == 2) & (curves["epoch"] == 1)]
     expected = epochs[epochs["trial_id"].str.contains("-warm-") & (epochs["round"] == 2) & (epochs["epoch"] == 1)]
     assert warm["train_loss"].item() == pytest.approx(expected["train_loss"].mean()) and warm["seeds"].item() == 2
+
+
+def test_nullable_integers_and_counts_read_as_docs_say(folder):
+    """docs/results.md: an int column with nulls is int64 in the files (float64 in plain pandas,
+    Int64 with numpy_nullable), and a count given as rounds.initial is round 1's n_labeled."""
+    import pyarrow.dataset as ds
+
+    schema = ds.dataset(folder, format="parquet").schema
+    assert str(schema.field("cfg.convergence.patience").type) == "int64"
+    assert str(schema.field("cfg.rounds.initial").type) == "double"
+    assert pd.read_parquet(folder)["cfg.convergence.patience"].dtype == "float64"
+    nullable = pd.read_parquet(folder, dtype_backend="numpy_nullable")
+    assert str(nullable["cfg.convergence.patience"].dtype) == "Int64"
+    assert str(nullable["cfg.performance.autocast"].dtype) == "boolean"
+    df = results.load(folder)
+    first = df[df["round"] == 1]
+    assert (first["cfg.rounds.initial"] >= 1).all()  # counts, not fractions
+    assert first["n_labeled"].tolist() == first["cfg.rounds.initial"].astype(int).tolist() == [100] * 6

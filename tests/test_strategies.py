@@ -19,7 +19,7 @@ from engine.compute.models import build_model
 from engine.compute.scoring import pool_outputs
 from engine.errors import ConfigError, StrategyError
 from engine.schema import plugins
-from engine.schema.registry import Origin, PluginChanged, PluginWarning, Registry, origin_of
+from engine.schema.registry import Origin, PluginChanged, PluginWarning, Registry, current_origin, origin_of
 from strategies import acquisition, init
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, check_positions
 from strategies.init import INIT_STRATEGIES, effective_mix
@@ -578,6 +578,38 @@ def test_the_same_module_registering_a_name_again_replaces_it_warning_only_when_
         notebook_cell(second, namespace, 3)
     assert ACQUISITION_STRATEGIES.get(name).origin.digest == digest
     assert run_acquisition(name, PoolOutputs(10), 2).tolist() == [3, 4]  # the new body runs
+
+
+@pytest.mark.usefixtures("clean_registries")
+def test_a_notebook_builders_identity_covers_the_main_functions_and_classes_it_calls():
+    """Helpers of __main__ it names, directly or through each other (sorted by name), join its
+    hash as they are now; functions of other modules (top_k) and unused ones do not."""
+    name = unique("nb_helped")
+    namespace = {"__name__": "__main__", "register": acquisition.register, "top_k": acquisition.top_k, "torch": torch}
+    cell = f'@register("{name}")\ndef pick(outputs, k, rng):\n    return top_k(Scorer().scores(outputs.n), k)\n'
+    scorer = "class Scorer:\n    def scores(self, n):\n        return weights(n)\n"
+    weights = "def weights(n):\n    return torch.arange(n) * {sign}\n"
+    unused = "def unused():\n    return 0\n"
+    for number, text in enumerate([scorer, weights.format(sign=1), unused, cell]):
+        notebook_cell(text, namespace, number)  # one namespace, as a notebook's cells share
+    entry = ACQUISITION_STRATEGIES.get(name)
+
+    # A class of a cell has no source before Python 3.13: its methods' stand for it.
+    method = b"\0scores\0    def scores(self, n):\n        return weights(n)\n"
+    scorer_code = scorer.encode() if sys.version_info >= (3, 13) else b"class Scorer" + method
+
+    def expected(weights_text: str) -> str:
+        helpers = b"\0Scorer\0" + scorer_code + b"\0weights\0" + weights_text.encode()
+        return hashlib.sha256(cell.encode() + helpers).hexdigest()[:12]
+
+    assert entry.origin == Origin("__main__.pick", expected(weights.format(sign=1)))
+    assert run_acquisition(name, PoolOutputs(5), 2).tolist() == [4, 3]
+    notebook_cell(weights.format(sign=-1), namespace, 20)  # the helper's cell edited and run again
+    now = current_origin(entry.fn, entry.origin)
+    assert now == Origin("__main__.pick", expected(weights.format(sign=-1))) != entry.origin
+    assert run_acquisition(name, PoolOutputs(5), 2).tolist() == [0, 1]  # what runs now is the new helper
+    notebook_cell(weights.format(sign=1), namespace, 21)
+    assert current_origin(entry.fn, entry.origin) == entry.origin
 
 
 @pytest.mark.usefixtures("clean_registries")

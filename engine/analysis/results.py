@@ -320,6 +320,9 @@ def sort_points(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # the others by optimizer steps, which do not depend on how a trial ran.
 
 ALONE, STACKED = "alone", "stacked_share"
+# The times a stacked row holds as shares of its ensemble's (engine/trial/ensemble.py): training by
+# optimizer steps, scoring and evaluation's stacked passes equally.
+SHARED_SECONDS = ("train_seconds", "acquire_seconds", "eval_seconds")
 TIMING_NOTE = (
     "their train_seconds is a share, by optimizer steps, of the ensemble's time (train_timing = "
     "stacked_share), not a measurement of their own. Train times are compared only between trials "
@@ -396,9 +399,12 @@ def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_M
     """Per grid point and round: ``<metric>_mean`` and ``<metric>_std`` over seeds, and
     ``seeds``, the number of trials that reached the round.  ``keys`` are the grid
     columns (default ``grid_columns(frame)``); ``n_labeled`` sits beside ``round``.
-    ``train_seconds`` is NaN for a round unless every seed trained it alone (train_timing)."""
-    if "train_seconds" in metrics and "train_seconds" in frame:  # shares of a stack's time: not compared
-        frame = frame.assign(train_seconds=frame["train_seconds"].where(measured_alone(frame)))
+    A time (``train_seconds``, ``acquire_seconds``, ``eval_seconds``) is NaN for a round unless
+    every seed trained it alone (train_timing): a stacked row's times are shares of the stack's."""
+    timed = [m for m in metrics if m in SHARED_SECONDS and m in frame]
+    if timed:  # shares of a stack's time: not compared
+        alone = measured_alone(frame)
+        frame = frame.assign(**{m: frame[m].where(alone) for m in timed})
     frame, keys = _point_keys(frame, keys)
     metrics = [m for m in metrics if m in frame]
     by = keys + ["round"] + (["n_labeled"] if "n_labeled" in frame else [])
@@ -406,12 +412,12 @@ def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_M
     for m in metrics:
         aggregates[f"{m}_mean"] = (m, "mean")
         aggregates[f"{m}_std"] = (m, "std")
-    if "train_seconds" in metrics:
-        aggregates["_timed"] = ("train_seconds", "count")
+    for m in timed:
+        aggregates[f"_timed_{m}"] = (m, "count")
     table = _plain(_group(frame, by).agg(**aggregates).reset_index())
-    if "_timed" in table:  # a round's time only where every seed's was measured alone
-        table.loc[table["_timed"] < table["seeds"], ["train_seconds_mean", "train_seconds_std"]] = float("nan")
-        table = table.drop(columns="_timed")
+    for m in timed:  # a round's time only where every seed's was measured alone
+        table.loc[table[f"_timed_{m}"] < table["seeds"], [f"{m}_mean", f"{m}_std"]] = float("nan")
+        table = table.drop(columns=f"_timed_{m}")
     return sort_points(table, keys + ["round"])
 
 

@@ -26,7 +26,17 @@ import yaml
 from engine.errors import ConfigError
 from engine.schema.catalogue import DATASETS, REGISTRIES, model_spec
 from engine.schema.plugins import load_plugins
-from engine.schema.registry import Interval, Nullable, OneOf, PathName, Registry, Type, check_value, value_kind
+from engine.schema.registry import (
+    Interval,
+    Nullable,
+    OneOf,
+    PathName,
+    Registry,
+    Type,
+    check_value,
+    current_origin,
+    value_kind,
+)
 
 DEFAULTS: dict[str, Any] = {
     "suite": None,  # set by `warmstart suite`; a plain run has none
@@ -349,11 +359,12 @@ class Config(Section):
         digests: dict[str, set[str]] = {}
         for section, name in self.builders():
             entry = component_registry(section).get(name)
-            if entry.origin is None:
+            origin = current_origin(entry.fn, entry.origin)  # a notebook's helpers as they are now
+            if origin is None:
                 continue
-            digests.setdefault(entry.origin.key, set()).add(entry.origin.digest)
+            digests.setdefault(origin.key, set()).add(origin.digest)
             if entry.overriding and section in COMPONENTS:
-                overrides[section] = f"{name}={entry.origin.key}"
+                overrides[section] = f"{name}={origin.key}"
         # Two files of one name (a/strategies.py, b/strategies.py): both digests, sorted.
         return overrides, {key: "+".join(sorted(found)) for key, found in sorted(digests.items())}
 

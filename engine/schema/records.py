@@ -162,7 +162,9 @@ class RoundRecord:
         "the checkout's commit when running from a git checkout of warmstart, else null", "context"
     )
     git_dirty: bool | None = _doc(
-        "the checkout has uncommitted changes to tracked files (null outside a checkout)", "context"
+        "the checkout has uncommitted changes to tracked files, or untracked files in engine/, strategies/ or "
+        "warmstart/ (null outside a checkout)",
+        "context",
     )
     torch_version: str = _doc("torch.__version__ (the build, e.g. 2.14.1+cu128)", "context")
     ray_version: str | None = _doc("ray.__version__ where installed, else null", "context")

@@ -212,11 +212,14 @@ class Origin:
     on every machine (a ``--plugin`` file's name, a module's dotted name, or
     ``__main__.<function>`` for a function defined in a script or a notebook), and ``digest``
     is a SHA-256 prefix of that code: the module's source file, or the function's own source
-    (its bytecode, ``exact=False``, where Python has no source for it)."""
+    (its bytecode, ``exact=False``, where Python has no source for it) with the functions and
+    classes of ``__main__`` it calls (``own``: the function's own code, kept to recompute the
+    digest when those helpers are redefined: ``current_origin``)."""
 
     key: str
     digest: str
     exact: bool = True
+    own: bytes = field(default=b"", compare=False, repr=False)
 
 
 def _unwrap(fn: Callable) -> Callable:
@@ -252,7 +255,9 @@ def origin_of(fn: Callable) -> Origin | None:
     defines may change what the builder does.  One defined in ``__main__`` (a script run
     as ``python script.py``, a notebook cell) by its own source, as ``inspect.getsource``
     finds it (IPython keeps every cell's); where there is none (code given to ``exec``),
-    by its bytecode, which is exact within one Python version only."""
+    by its bytecode, which is exact within one Python version only; with the code of the
+    ``__main__`` functions and classes it names (its helpers in other cells:
+    ``current_origin`` recomputes them when a trial uses it)."""
     fn = _unwrap(fn)
     module = _module_of(fn)
     if module.split(".")[0] in BUILT_IN_PACKAGES:
@@ -271,11 +276,79 @@ def origin_of(fn: Callable) -> Origin | None:
         return Origin(key, _digest(content))
     target = fn if inspect.isfunction(fn) or inspect.isclass(fn) else type(fn)  # a callable object: its class
     key = f"{module}.{getattr(target, '__qualname__', '?')}"
+    own, exact = _own_code(target)
+    return Origin(key, _digest(own + _helpers_code(target)), exact, own)
+
+
+def current_origin(fn: Callable, origin: Origin | None) -> Origin | None:
+    """``origin`` as it stands now: a builder defined in ``__main__`` runs whatever its helpers
+    (the functions and classes of ``__main__`` it names) are when it is called, so a helper
+    redefined since its registration (a notebook cell edited and run again) changes its digest.
+    A module's builder keeps the digest of the file it was imported from."""
+    if origin is None or not origin.own:
+        return origin
+    fn = _unwrap(fn)
+    digest = _digest(origin.own + _helpers_code(fn if inspect.isfunction(fn) or inspect.isclass(fn) else type(fn)))
+    return origin if digest == origin.digest else Origin(origin.key, digest, origin.exact, origin.own)
+
+
+def _own_code(target: Any) -> tuple[bytes, bool]:
+    """A function's (or class's) own source, or its bytecode where Python has none (not exact).
+    A class defined in a notebook cell has no source Python can find (before 3.13): its
+    methods' code, by name, stands for it."""
     try:
-        return Origin(key, _digest(inspect.getsource(target).encode()))
+        return inspect.getsource(target).encode(), True
     except (OSError, TypeError):
+        if inspect.isclass(target):
+            methods = sorted((k, _method(v)) for k, v in vars(target).items() if _method(v) is not None)
+            parts = [(k, *_own_code(v)) for k, v in methods]
+            text = b"".join(b"\0%s\0%s" % (k.encode(), code) for k, code, _ in parts)
+            return b"class " + target.__qualname__.encode() + text, all(exact for *_, exact in parts)
         code = getattr(target, "__code__", None)
-        return Origin(key, _digest(_code_bytes(code) if code is not None else key.encode()), exact=False)
+        return (_code_bytes(code) if code is not None else target.__qualname__.encode()), False
+
+
+def _method(value: Any) -> Callable | None:
+    """The function behind a class attribute (a method, a static or class method), else None."""
+    value = getattr(value, "__func__", value)
+    return value if inspect.isfunction(value) else None
+
+
+def _names(target: Any) -> set[str]:
+    """The global names a function's code (its nested functions' too), or a class's methods', may read."""
+    codes = [getattr(target, "__code__", None)]
+    if inspect.isclass(target):
+        codes = [getattr(_method(v), "__code__", None) for v in vars(target).values()]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        if code is not None:
+            names.update(code.co_names)
+            codes.extend(k for k in code.co_consts if isinstance(k, types.CodeType))
+    return names
+
+
+def _helpers_code(target: Any) -> bytes:
+    """The code of every function and class defined in ``__main__`` that ``target`` names,
+    directly or through another such helper, sorted by name: empty when it names none (so a
+    builder that calls no helper of its own keeps the digest of its source alone)."""
+    scope = getattr(target, "__globals__", None)
+    if scope is None and inspect.isclass(target):
+        scope = vars(sys.modules.get(target.__module__, types.ModuleType("_")))
+    if not scope:
+        return b""
+    found: dict[str, bytes] = {}
+    todo = [target]
+    while todo:
+        for name in sorted(_names(todo.pop())):
+            value = scope.get(name)
+            if name in found or value is target or not (inspect.isfunction(value) or inspect.isclass(value)):
+                continue
+            if getattr(value, "__module__", None) != "__main__":
+                continue
+            found[name] = _own_code(value)[0]
+            todo.append(value)
+    return b"".join(b"\0%s\0%s" % (name.encode(), found[name]) for name in sorted(found))
 
 
 def _user_stacklevel() -> int:

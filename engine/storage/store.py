@@ -51,7 +51,8 @@ SCHEMA = pa.schema(record_fields())
 
 META = "_warmstart"
 CONFIG_REMEDY = (
-    "restore it from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit"
+    "restore it from a copy, or delete it: the next run writes it again and its rows must reproduce "
+    "(docs/guarantees.md#determinism)"
 )
 
 EPOCHS = "_epochs"  # the per-epoch table (eval.epochs_table): its own dataset, skipped by a read of the rows

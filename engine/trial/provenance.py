@@ -57,16 +57,25 @@ def _git(*args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# The packages whose code a run imports from the checkout: a file in them that git does not
+# track yet (a new strategies module) is code the commit does not hold.
+PACKAGES = ("engine", "strategies", "warmstart")
+
+
 def git_state() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the checkout the engine runs from; (None, None) when it is not
     the top of a git checkout (an installed package inside some other repository is not
-    its checkout).  Dirty: tracked files with uncommitted changes."""
+    its checkout).  Dirty: tracked files with uncommitted changes, or files of the packages
+    (PACKAGES) that git does not track and does not ignore."""
     top = _git("rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() != PACKAGE_ROOT:
         return None, None
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return commit, (None if commit is None or status is None else status != "")
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", *PACKAGES)
+    if commit is None or status is None or untracked is None:
+        return commit, None
+    return commit, status != "" or untracked != ""
 
 
 def _ray_version() -> str | None:

@@ -34,6 +34,8 @@ FLOAT_TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
 # The columns that say which kind of machine computed a row: rows of the same kind must
 # agree bit for bit (engine/trial/provenance.py).
 MACHINE_COLUMNS = ("device_name", "cpu_isa", "threads", "torch_version")
+# How a recomputed row must reproduce its saved one, as the notes say it (verify_row).
+_AS = " (bit for bit when made on this kind of machine; floats within the tolerance from another or an ensemble)"
 
 
 def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | None:
@@ -78,6 +80,24 @@ def check_code(store: TrialStore, cfg: Config) -> None:
         )
 
 
+def check_code_unchanged(context: TrialContext, next_round: int) -> None:
+    """Refuse (ConfigError) to run the next round of a trial whose plugin code changed in this
+    process since the trial started (a notebook cell edited and run again between two rounds
+    of a ``ws.Trial``): the builders are looked up each round, so that round would run the new
+    code under the old hash in its row."""
+    recorded = context.columns["plugins"]
+    then = json.loads(recorded) if recorded else {}
+    now = context.cfg.plugin_code()
+    for key in sorted(set(then) | set(now)):
+        if then.get(key) != now.get(key):
+            raise ConfigError(
+                f"Plugin {key} changed while trial {context.columns['trial_id']} ran, before its round {next_round}: "
+                f"sha256 {then.get(key, '(not used)')} then, {now.get(key, '(not used)')} now, and one trial must "
+                "not mix two versions of its code; restore that code to go on, or run the new one into another out "
+                "or under another trial_id."
+            )
+
+
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
     """Resume trusts the rows and the status, not only the checkpoint: when a completed
     round's row is missing, unreadable or holds another (trial, round) than its name says, or
@@ -103,14 +123,14 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
     if lost:
         context.notes.append(
             f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
-            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce bit for bit"
+            f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce{_AS}"
         )
         return None
     if state is None:
         if rows:
             context.notes.append(
                 f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
-                f"{len(rows)} saved row(s) must reproduce bit for bit"
+                f"{len(rows)} saved row(s) must reproduce{_AS}"
             )
         return None
     status, damaged = store.read_status()
@@ -122,7 +142,7 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
         why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
         context.notes.append(
             f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "
-            "saved row(s) must reproduce bit for bit"
+            f"saved row(s) must reproduce{_AS}"
         )
         return None
     return state

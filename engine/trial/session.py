@@ -20,7 +20,7 @@ from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import CONFIG_REMEDY, TrialStore
 from engine.trial.loop import RoundResult, advance
-from engine.trial.resume import check_code, check_rows, load_state
+from engine.trial.resume import check_code, check_code_unchanged, check_rows, load_state
 from engine.trial.setup import (
     Reporter,
     TrialContext,
@@ -133,6 +133,7 @@ class TrialSession:
         """Run and save the next round."""
         if self.done:
             raise StopIteration(f"trial {self.context.columns['trial_id']} is complete")
+        check_code_unchanged(self.context, self.state.round + 1)  # a plugin redefined since the trial started
         result = advance(self.context, self.state, self.store)
         self.rows.append(result.row)
         return result
