@@ -520,3 +520,39 @@ def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
         _watch_report([str(out)], None, 0.5, sleep=sleep)
     with pytest.raises(ConfigError, match="does not exist"):
         _watch_report([str(tmp_path / "nowhere")], None, 5, sleep=sleep)
+
+
+def _epochs_for(frame: pd.DataFrame, epochs: int = 3) -> pd.DataFrame:
+    """Per-epoch rows (the _epochs dataset's columns) for every round of ``frame``."""
+    rounds = frame[["trial_id", "round"]].drop_duplicates()
+    rows = [
+        {"trial_id": t, "round": r, "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.3 * e, "seconds": 0.1 * e}
+        for t, r in rounds.itertuples(index=False)
+        for e in range(1, epochs + 1)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_within_round_curves_look_as_in_every_other_figure(online):
+    """A strategy has one colour (its init) and one line style (its acquisition) in the curves
+    and in the within-round figure; two acquisitions of one init are told apart by style, not
+    drawn as shades of one hue as if they were λ/σ settings; the legend fits in the figure."""
+    df = load(online)
+    table = report.epoch_curves(df, _epochs_for(df))
+    assert {"init_label", "acquisition_label"} <= set(table.columns)
+    figure = report.plot_epoch_curves(table, "within")
+    drawn = {
+        text.get_text(): (line.get_color(), line.get_linestyle())
+        for line, text in zip(figure.legends[0].get_lines(), figure.legends[0].get_texts(), strict=True)
+    }
+    across = report.plot_curves(report.accuracy_curves(df), "across", "accuracy", 100.0)
+    expected = {
+        text.get_text(): (line.get_color(), line.get_linestyle())
+        for line, text in zip(across.legends[0].get_lines(), across.legends[0].get_texts(), strict=True)
+    }
+    assert len(drawn) == 6 and drawn == expected
+    assert drawn["shrink_perturb(0.4, 0.1) · margin acquisition"][0] == report.INIT_COLORS["shrink_perturb"]
+    assert drawn["random init · margin acquisition"][1] != drawn["random init · random acquisition"][1]
+    figure.canvas.draw()
+    box, legend = figure.bbox, figure.legends[0].get_window_extent()
+    assert box.x0 <= legend.x0 and legend.x1 <= box.x1, (box, legend)  # not clipped at either side

@@ -234,7 +234,8 @@ def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: ``trial_id``, ``seed``, ``init``, and the ``panel`` and ``line`` (the
-    strategy, as the curves' legends say it) it is drawn in."""
+    strategy, as the curves' legends say it) it is drawn in, with the line's ``init_label``
+    (its colour in every figure) and ``acquisition_label`` (its line style)."""
     varying = grid_columns(frame)
     trials = frame.drop_duplicates("trial_id")
     panels = [c for c in varying if not is_strategy(c)]
@@ -244,10 +245,9 @@ def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
     lines["seed"] = trials[seed].to_numpy() if seed else None
     lines["init"] = trials["init"].astype(object).to_numpy() if "init" in trials else None
     lines["panel"] = [_setting_label(row, panels) for _, row in trials.iterrows()]
-    lines["line"] = [
-        init_label(row, varying) + (f" · {acquisition_label(row, varying)}" if by_acquisition else "")
-        for _, row in trials.iterrows()
-    ]
+    lines["init_label"] = [init_label(row, varying) for _, row in trials.iterrows()]
+    lines["acquisition_label"] = [acquisition_label(row, varying) for _, row in trials.iterrows()]
+    lines["line"] = lines["init_label"] + (" · " + lines["acquisition_label"] if by_acquisition else "")
     return lines
 
 
@@ -375,6 +375,8 @@ def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
         seconds=("seconds", "mean"),
         seeds=("trial_id", "nunique"),
         init=("init", "first"),
+        init_label=("init_label", "first"),
+        acquisition_label=("acquisition_label", "first"),
     )
     return _reading_order(table.reset_index())
 
@@ -389,8 +391,18 @@ def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
     if len(rounds) > MAX_EPOCH_ROUNDS:
         rounds = [rounds[round(i)] for i in np.linspace(0, len(rounds) - 1, MAX_EPOCH_ROUNDS)]
     lines = table.drop_duplicates("line")
-    colors = _colors(list(lines["line"]), list(lines["init"]))
-    figure = Figure(figsize=(3.3 * len(rounds) + 0.6, 6.2), layout="constrained")
+    # As in every other figure: colour by init (λ/σ settings shades of one green), style by acquisition.
+    inits = table.drop_duplicates("init_label")
+    colors = _colors(list(inits["init_label"]), list(inits["init"]))
+    styles = _styles(table["acquisition_label"])
+    look = {
+        line: (colors[init], styles[acquisition])
+        for line, init, acquisition in zip(lines["line"], lines["init_label"], lines["acquisition_label"], strict=True)
+    }
+    # Wide enough for two legend columns of the longest name (the legend is clipped where wider).
+    longest = max(len(str(line)) for line in lines["line"])
+    width = max(3.3 * len(rounds) + 0.6, min(2, len(lines)) * (0.075 * longest + 0.6))
+    figure = Figure(figsize=(width, 6.2), layout="constrained")
     axes = figure.subplots(2, len(rounds), squeeze=False, sharey="row")
     handles = {}
     for column, round_ in enumerate(rounds):
@@ -400,7 +412,10 @@ def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
             if series.empty:
                 continue
             for row, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
-                (handle,) = axes[row][column].plot(series["epoch"], scale * series[metric], color=colors[line], lw=1.5)
+                color, style = look[line]
+                (handle,) = axes[row][column].plot(
+                    series["epoch"], scale * series[metric], color=color, linestyle=style, lw=1.5
+                )
                 handles.setdefault(line, handle)
         axes[0][column].set_title(f"round {round_}", fontsize=10)
         axes[1][column].set_xlabel("epoch")
@@ -410,7 +425,7 @@ def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
     axes[1][0].set_ylabel("train accuracy (%)")
     figure.suptitle(title, fontsize=11)
     figure.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), fontsize=9
     )
     return figure
 
@@ -451,6 +466,13 @@ def _colors(labels: list[str], inits: list) -> dict[str, object]:
     return colors
 
 
+def _styles(acquisitions, looks=("-", "--", ":", "-.")) -> dict[str, str]:
+    """A line style (or marker) per acquisition label, the same in every figure of a report
+    whatever order its table lists them in: random acquisition first (solid), the rest by name."""
+    names = sorted(set(acquisitions), key=lambda name: (not str(name).startswith("random acquisition"), str(name)))
+    return dict(zip(names, list(looks) * 8, strict=False))
+
+
 def _grid(count: int, width: float, height: float, most: int = 3) -> tuple[Figure, list]:
     ncols = min(most, count)
     nrows = math.ceil(count / ncols)
@@ -469,7 +491,7 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str, scale: float = 1.0
     lines = list(dict.fromkeys(table["line"]))
     inits = table.drop_duplicates("init_label")
     colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
-    styles = dict(zip(dict.fromkeys(table["acquisition_label"]), ["-", "--", ":", "-."] * 4, strict=False))
+    styles = _styles(table["acquisition_label"])
     single = len(panels) == 1
     figure, axes = _grid(len(panels), 7.5 if single else 5.2, 5.0 if single else 3.8)
     handles = {}
@@ -534,7 +556,7 @@ def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: s
     panels = list(dict.fromkeys(table["panel"]))[:MAX_PARETO_PANELS]
     inits = table.drop_duplicates("init_label")
     colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
-    markers = dict(zip(dict.fromkeys(table["acquisition_label"]), "osD^v<>", strict=False))
+    markers = _styles(table["acquisition_label"], "osD^v<>")
     ncols = min(2, len(axes_pairs))
     per_panel = math.ceil(len(axes_pairs) / ncols)
     figure = Figure(figsize=(4.6 * ncols, 3.6 * per_panel * len(panels) + 1.0), layout="constrained")
