@@ -556,3 +556,26 @@ def test_within_round_curves_look_as_in_every_other_figure(online):
     figure.canvas.draw()
     box, legend = figure.bbox, figure.legends[0].get_window_extent()
     assert box.x0 <= legend.x0 and legend.x1 <= box.x1, (box, legend)  # not clipped at either side
+
+
+def test_what_acquisition_panels_cannot_show_is_said_at_the_end(tmp_path):
+    """One strategy alone: no overlap to compute, said in a note; rows without picks (older
+    rows, a hand-made table): every acquisition panel is skipped with its reason."""
+    rng = np.random.default_rng(7)
+    for seed in (0, 1):
+        write_trial(tmp_path / "one", rng, seed=seed, rounds=2, **WARM)
+    lines = report.write_report(str(tmp_path / "one"))
+    assert "note: overlap of picks between strategies skipped: no two strategies ran the same seed." in lines
+    page = (tmp_path / "one" / "_report" / "index.html").read_text()
+    assert "no two strategies ran the same seed" in page[page.index('<section id="notes">') :]
+    rows = pd.read_parquet(tmp_path / "one").drop(columns=["acquired", "acquired_classes", "acquire_seconds"])
+    (tmp_path / "old").mkdir()
+    rows.to_parquet(tmp_path / "old" / "rows.parquet")
+    lines = report.write_report(str(tmp_path / "old"))
+    assert (
+        "note: overlap of picks between strategies skipped: the rows do not record their picks (the acquired column)."
+        in lines
+    )
+    assert any(line.startswith("note: acquired_classes.png skipped") for line in lines)
+    assert "note: acquire_time.png skipped: the table has no acquire_seconds values." in lines
+    assert '<section id="acquisition">' not in (tmp_path / "old" / "_report" / "index.html").read_text()

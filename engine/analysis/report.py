@@ -889,7 +889,15 @@ class _Report:
                 "</p>" + self.img("acquired_classes.png", "classes of the acquired samples per strategy and round")
             )
         overlap = acquisition_overlap(self.frame)
-        if not overlap.empty:
+        if overlap.empty:
+            recorded = "acquired" in self.frame and self.frame["acquired"].notna().any()
+            why = (
+                "no two strategies ran the same seed"
+                if recorded
+                else "the rows do not record their picks (the acquired column)"
+            )
+            self.notes.append(f"note: overlap of picks between strategies skipped: {why}.")
+        else:
             self.write("acquisition_overlap.csv", overlap.to_csv(index=False))
             wide = overlap.pivot_table(
                 index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
