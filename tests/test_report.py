@@ -579,3 +579,33 @@ def test_what_acquisition_panels_cannot_show_is_said_at_the_end(tmp_path):
     assert any(line.startswith("note: acquired_classes.png skipped") for line in lines)
     assert "note: acquire_time.png skipped: the table has no acquire_seconds values." in lines
     assert '<section id="acquisition">' not in (tmp_path / "old" / "_report" / "index.html").read_text()
+
+
+def test_a_search_reads_in_the_pages_units_and_scrolls_in_its_own_box(tmp_path):
+    """A search's points: sampled values to 4 digits (not 17), accuracy in % as in every other
+    table, the table in its own scrolling box (the page never scrolls sideways on a phone)."""
+    from engine.suite.search import parse_search, write_record
+
+    rng = np.random.default_rng(9)
+    ids = [write_trial(tmp_path, rng, seed=s, rounds=2, **mix(0.6095693498571635, 0.01)) for s in (0, 1)]
+    record = {
+        "search": parse_search({"scheduler": "asha"}).to_dict(),
+        "points": {
+            "p-a": {"point": {"init.shrink": 0.6095693498571635}, "trial_ids": ids, "seeds": [0, 1], "round": 2,
+                    "rounds": 2, "stopped_by": None, "metric": 0.5715080690038953, "steps": 1240, "seconds": 1.1},
+            "p-b": {"point": {"init.shrink": 0.13277881914895576}, "trial_ids": ["b0", "b1"], "seeds": [0, 1],
+                    "round": 1, "rounds": 2, "stopped_by": "asha", "metric": 0.3614357262103505, "steps": 120,
+                    "seconds": 0.2},
+        },
+    }  # fmt: skip
+    write_record(str(tmp_path), record)
+    lines = report.write_report(str(tmp_path))
+    assert {"search.csv", "search.md"} <= {Path(line).name for line in lines}
+    page = (tmp_path / "_report" / "index.html").read_text()
+    search = page[page.index('<section id="search">') :]
+    search = search[: search.index("</section>")]
+    assert '<div class="scroll"><table' in search and "0.6095693498571635" not in search
+    assert '<td class="num">0.6096</td>' in search and '<td class="num">57.15</td>' in search
+    assert "<th>stopped by</th>" in search and "<td>asha</td>" in search  # text: left-aligned
+    assert "best point: init.shrink=0.6096: mean test acc over rounds 57.15 % (2 seeds, 1,240 steps, 1.1 s)" in search
+    assert pd.read_csv(tmp_path / "_report" / "search.csv")["mean_test_acc"].iloc[0] == 0.5715080690038953

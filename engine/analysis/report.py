@@ -63,7 +63,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
 from engine.errors import ConfigError
 from engine.storage.store import EPOCHS, filesystem
 from engine.storage.uri import normalise
-from engine.suite.search import report_section  # the search's points, where each stopped, the best
+from engine.suite.search import best_point, format_search, read_record, search_table  # a search's points
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
 MAX_PANELS = 24
@@ -381,6 +381,7 @@ def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     return _reading_order(table.reset_index())
 
 
+SEARCH_METRICS = {"test_acc": "final test acc (%)", "mean_test_acc": "mean test acc over rounds (%)"}
 MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the last, evenly between
 
 
@@ -970,6 +971,44 @@ class _Report:
             images.append(self.img(name, title))
         self.section("Shrink-perturb λ×σ grid", "\n".join(images))
 
+    def search(self, path: str) -> None:
+        """A search's points (the search record of ``path``: engine.suite.search), where each
+        stopped and the best, in the page's units: accuracy in %, sampled values to 4 digits;
+        ``search.csv`` and ``search.md`` keep them unrounded."""
+        record = read_record(path)
+        if not record or not record.get("points"):
+            return
+        table = search_table(record)
+        self.write("search.csv", table.to_csv(index=False))
+        text = format_search(record)
+        self.write("search.md", "# Search\n\n```\n" + text + "\n```\n")
+        metric = record["search"]["metric"]
+        name = SEARCH_METRICS.get(metric, metric)
+
+        def value(v) -> str:  # the metric: accuracy in %, a loss as it is
+            return "–" if pd.isna(v) else f"{100 * v:.2f}" if metric in SEARCH_METRICS else minus(f"{v:.4f}")
+
+        def sampled(v) -> str:
+            return minus(f"{v:.4g}") if isinstance(v, float) else str(v)
+
+        keys = list(next(iter(record["points"].values()))["point"])
+        shown = table.drop(columns="point_id").rename(columns={"stopped_by": "stopped by", metric: name})
+        for key in keys:
+            shown[key] = shown[key].map(sampled)
+        shown[name] = shown[name].map(value)
+        shown["steps"] = shown["steps"].map(lambda v: f"{int(v):,}")
+        body = f'<p>{html.escape(text.splitlines()[0])} (<a href="search.csv">search.csv</a>).</p>'
+        body += _html_table(shown)
+        best = best_point(record)
+        if best is not None:
+            where = " ".join(f"{k}={sampled(best[k])}" for k in keys)
+            unit = " %" if metric in SEARCH_METRICS else ""
+            seeds = f"{best['seeds']} seed" + ("s" if best["seeds"] != 1 else "")
+            said = f"best point: {where}: {name.removesuffix(' (%)')} {value(best[metric])}{unit} "
+            said += f"({seeds}, {int(best['steps']):,} steps, {best['seconds']:.1f} s)"
+            body += f"<p>{html.escape(said)}</p>"
+        self.section("Search", body)
+
     def table1(self) -> None:
         accuracy = table1(self.frame, "test_acc")
         if accuracy.empty:
@@ -1023,7 +1062,7 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh
         built.table1()
         built.gaps()
     for path in paths:
-        report_section(path, built)
+        built.search(path)
     header = _header(frame, paths, out_dir)
     page = _page(", ".join(paths), frame, built.where, built.notes, built.sections, header, refresh)
     return [built.out.write("index.html", page), *built.written, *built.notes]
