@@ -609,3 +609,14 @@ def test_a_search_reads_in_the_pages_units_and_scrolls_in_its_own_box(tmp_path):
     assert "<th>stopped by</th>" in search and "<td>asha</td>" in search  # text: left-aligned
     assert "best point: init.shrink=0.6096: mean test acc over rounds 57.15 % (2 seeds, 1,240 steps, 1.1 s)" in search
     assert pd.read_csv(tmp_path / "_report" / "search.csv")["mean_test_acc"].iloc[0] == 0.5715080690038953
+
+
+def test_within_round_curves_keep_two_panels_a_row_for_a_phone(online):
+    """Four rounds: a row per round (loss, accuracy), not four columns that shrink to a few
+    pixels a letter on a 390 px screen."""
+    df = load(online)
+    figure = report.plot_epoch_curves(report.epoch_curves(df, _epochs_for(df)), "within")
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(shown) == 8 and {ax.get_subplotspec().colspan.start for ax in shown} == {0, 1}
+    assert [ax.get_ylabel() for ax in shown[::2]] == [f"round {r}\ntrain loss" for r in (1, 2, 3, 4)]
+    assert figure.get_size_inches()[0] <= 8.5  # scaled to 358 px, a 9 pt legend stays ≥ 4 px a letter

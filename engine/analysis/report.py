@@ -386,8 +386,9 @@ MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the 
 
 
 def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
-    """Train loss (top) and train accuracy (bottom) against the epoch, a column per round, a
-    line per strategy: how each init converges within a round."""
+    """A row per round, train loss (left) and train accuracy (right) against the epoch, a
+    line per strategy: how each init converges within a round.  Two panels a row, whatever
+    the number of rounds, so the figure stays legible scaled to a phone's width."""
     rounds = sorted(table["round"].unique())
     if len(rounds) > MAX_EPOCH_ROUNDS:
         rounds = [rounds[round(i)] for i in np.linspace(0, len(rounds) - 1, MAX_EPOCH_ROUNDS)]
@@ -402,28 +403,29 @@ def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
     }
     # Wide enough for two legend columns of the longest name (the legend is clipped where wider).
     longest = max(len(str(line)) for line in lines["line"])
-    width = max(3.3 * len(rounds) + 0.6, min(2, len(lines)) * (0.075 * longest + 0.6))
-    figure = Figure(figsize=(width, 6.2), layout="constrained")
-    axes = figure.subplots(2, len(rounds), squeeze=False, sharey="row")
+    width = max(7.2, min(2, len(lines)) * (0.075 * longest + 0.6))
+    legend_rows = math.ceil(len(lines) / 2)
+    figure = Figure(figsize=(width, 2.3 * len(rounds) + 0.9 + 0.22 * legend_rows), layout="constrained")
+    axes = figure.subplots(len(rounds), 2, squeeze=False, sharex="row")
     handles = {}
-    for column, round_ in enumerate(rounds):
+    for row, round_ in enumerate(rounds):
         part = table[table["round"] == round_]
         for line in lines["line"]:
             series = part[part["line"] == line].sort_values("epoch")
             if series.empty:
                 continue
-            for row, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
-                color, style = look[line]
+            color, style = look[line]
+            for column, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
                 (handle,) = axes[row][column].plot(
                     series["epoch"], scale * series[metric], color=color, linestyle=style, lw=1.5
                 )
                 handles.setdefault(line, handle)
-        axes[0][column].set_title(f"round {round_}", fontsize=10)
-        axes[1][column].set_xlabel("epoch")
-        for ax in axes[:, column]:
+        axes[row][0].set_ylabel(f"round {round_}\ntrain loss")
+        axes[row][1].set_ylabel("train accuracy (%)")
+        for ax in axes[row]:
             ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("train loss")
-    axes[1][0].set_ylabel("train accuracy (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     figure.suptitle(title, fontsize=11)
     figure.legend(
         list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), fontsize=9
