@@ -620,3 +620,30 @@ def test_within_round_curves_keep_two_panels_a_row_for_a_phone(online):
     assert len(shown) == 8 and {ax.get_subplotspec().colspan.start for ax in shown} == {0, 1}
     assert [ax.get_ylabel() for ax in shown[::2]] == [f"round {r}\ntrain loss" for r in (1, 2, 3, 4)]
     assert figure.get_size_inches()[0] <= 8.5  # scaled to 358 px, a 9 pt legend stays ≥ 4 px a letter
+
+
+def test_overlap_compares_strategies_that_differ_in_one_thing_in_reading_order(online):
+    """Three inits × two acquisitions: the inits compared at each acquisition (3 + 3 pairs)
+    and the acquisitions at each init (3), not the 6 pairs that differ in both; random init
+    first.  A 15-row table of every pair was a wall of wrapped names on a phone."""
+    df = load(online)
+    pairs = report.acquisition_overlap(df).drop_duplicates(["a", "b"])
+    assert len(pairs) == 9
+    for a, b in zip(pairs["a"], pairs["b"], strict=True):
+        (init_a, acq_a), (init_b, acq_b) = a.split(" · "), b.split(" · ")
+        assert (init_a == init_b) != (acq_a == acq_b), (a, b)
+    assert pairs["a"].iloc[0].startswith("random init") and pairs["b"].iloc[-1].startswith("shrink_perturb")
+
+
+def test_class_histograms_one_panel_a_row_for_six_strategies():
+    table = pd.DataFrame(
+        [
+            {"panel": "", "line": f"s{s}", "round": r, "class": c, "count": 1.0, "seeds": 1, "init": "warm"}
+            for s in range(6)
+            for r in (1, 2)
+            for c in range(3)
+        ]
+    )
+    figure = report.plot_class_histograms(table, "classes")
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.get_title()]
+    assert len(shown) == 6 and {ax.get_subplotspec().colspan.start for ax in shown} == {0}

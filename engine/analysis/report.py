@@ -287,8 +287,9 @@ def jaccard(a, b) -> float:
 def acquisition_overlap(frame: pd.DataFrame) -> pd.DataFrame:
     """Per panel, pair of strategies (``a``, ``b``) and round: the Jaccard overlap of the two
     strategies' picks (``acquired``) at the same seed, ``jaccard`` the mean over the seeds
-    both ran, and ``seeds``.  Round 1 draws the initial set from the seed alone, so two
-    strategies of one seed share it (overlap 1)."""
+    both ran, and ``seeds``.  Only pairs that differ in one thing, the init or the
+    acquisition, in reading order (random init, warm start, shrink-perturb).  Round 1 draws
+    the initial set from the seed alone, so two strategies of one seed share it (overlap 1)."""
     if "acquired" not in frame or frame["acquired"].isna().all():
         return pd.DataFrame()
     lines = trial_lines(frame)
@@ -296,15 +297,23 @@ def acquisition_overlap(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = frame[["trial_id", "round", "acquired"]].merge(lines, on="trial_id")
     rows = rows[rows["acquired"].notna() & rows["seed"].notna()]
+    rows = _reading_order(rows)
     found: dict[tuple, list[float]] = {}
     for panel, part in rows.groupby("panel", sort=False):
         names = list(dict.fromkeys(part["line"]))[:MAX_OVERLAP_LINES]
+        kinds = dict(zip(part["line"], zip(part["init_label"], part["acquisition_label"], strict=True), strict=False))
+        # Pairs that differ in one thing, the init or the acquisition: a pair differing in both mixes two effects.
+        pairs = [
+            (a, b)
+            for i, a in enumerate(names)
+            for b in names[i + 1 :]
+            if kinds[a][0] == kinds[b][0] or kinds[a][1] == kinds[b][1]
+        ]
         for (_, round_), same in part.groupby(["seed", "round"], sort=True):
             picked = {line: acquired for line, acquired in zip(same["line"], same["acquired"], strict=True)}
-            for i, a in enumerate(names):
-                for b in names[i + 1 :]:
-                    if a in picked and b in picked:
-                        found.setdefault((panel, a, b, round_), []).append(jaccard(picked[a], picked[b]))
+            for a, b in pairs:
+                if a in picked and b in picked:
+                    found.setdefault((panel, a, b, round_), []).append(jaccard(picked[a], picked[b]))
     table = pd.DataFrame(
         [
             {"panel": p, "a": a, "b": b, "round": r, "jaccard": float(np.mean(v)), "seeds": len(v)}
@@ -321,8 +330,8 @@ def plot_class_histograms(table: pd.DataFrame, title: str) -> Figure:
     """Per strategy (and setting), a round × class grid of the mean count of picks of each
     class, annotated."""
     groups = list(dict.fromkeys(zip(table["panel"], table["line"], strict=True)))[:MAX_PANELS]
-    # One panel a row for a few strategies (legible on a phone), two for more.
-    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1 if len(groups) <= 4 else 2)
+    # One panel a row, whatever their number: two a row drew a phone's numbers a few pixels high.
+    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1)
     colormap = colormaps["cividis"]
     for ax, (panel, line) in zip(axes, groups, strict=True):
         part = table[(table["panel"] == panel) & (table["line"] == line)]
