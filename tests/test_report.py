@@ -518,8 +518,29 @@ def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
     assert said.rstrip().endswith("stopped watching")
     with pytest.raises(ConfigError, match="--every"):
         _watch_report([str(out)], None, 0.5, sleep=sleep)
-    with pytest.raises(ConfigError, match="does not exist"):
-        _watch_report([str(tmp_path / "nowhere")], None, 5, sleep=sleep)
+    with pytest.raises(ConfigError, match="does not exist"):  # a mistyped parent folder: no waiting
+        _watch_report([str(tmp_path / "nowhere" / "results")], None, 5, sleep=sleep)
+
+
+def test_watch_started_before_the_suite_waits_for_its_folder(tmp_path, capsys):
+    """``warmstart report DIR --watch`` and ``warmstart suite ... --out DIR`` started together:
+    DIR does not exist for the first seconds; the watch waits instead of exiting."""
+    from engine.cli import _watch_report
+
+    out = tmp_path / "results"
+    seen = []
+
+    def sleep(seconds):
+        seen.append((out / "_report" / "index.html").exists())
+        if len(seen) == 2:
+            write_trial(out, np.random.default_rng(8), seed=0, rounds=2)  # the suite's first rows
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    _watch_report([str(out)], None, 2, sleep=sleep)
+    said = capsys.readouterr().out
+    assert seen == [False, False, True] and said.count("the path does not exist") == 1
+    assert 'http-equiv="refresh"' not in (out / "_report" / "index.html").read_text()
 
 
 def _epochs_for(frame: pd.DataFrame, epochs: int = 3) -> pd.DataFrame:
