@@ -668,3 +668,16 @@ def test_class_histograms_one_panel_a_row_for_six_strategies():
     figure = report.plot_class_histograms(table, "classes")
     shown = [ax for ax in figure.axes if ax.get_visible() and ax.get_title()]
     assert len(shown) == 6 and {ax.get_subplotspec().colspan.start for ax in shown} == {0}
+
+
+def test_the_headers_dates_never_break_at_their_hyphens(tmp_path):
+    rng = np.random.default_rng(10)
+    when = {"started_at": pd.Timestamp("2026-12-06 07:16:20"), "ended_at": pd.Timestamp("2026-12-06 07:17:38")}
+    write_trial(tmp_path, rng, seed=0, rounds=2, warmstart_version="9.9", **when)
+    report.write_report(str(tmp_path))
+    page = (tmp_path / "_report" / "index.html").read_text()
+    lead = page[page.index('<p class="lead">') :]
+    lead = lead[: lead.index("</p>")]
+    expected = '<span class="nw">2026-12-06 07:16:20</span> – <span class="nw">2026-12-06 07:17:38</span> UTC'
+    assert f"ran {expected}" in lead and "warmstart 9.9" in lead
+    assert ".nw { white-space: nowrap; }" in page

@@ -24,6 +24,7 @@ import html
 import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -1161,8 +1162,12 @@ table.claims td { white-space: nowrap; }
 .verdict.not-enough-seeds { background: #fff; color: #444; border: 1px dashed #888; }
 img { max-width: 100%; height: auto; }
 .notes { color: #555; }
+.nw { white-space: nowrap; }
 details summary { cursor: pointer; color: #333; }
 """
+
+
+DATE_TIME = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 
 
 def _page(
@@ -1178,7 +1183,8 @@ def _page(
     trials = frame["trial_id"].nunique()
     facts = dict(provenance(frame))
     lead = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
-    lead += f" · ran {html.escape(facts['rounds ran'])} · warmstart {html.escape(facts['warmstart'])}"
+    ran = re.sub(DATE_TIME, r'<span class="nw">\g<0></span>', html.escape(facts["rounds ran"]))  # never "2026-⏎12-06"
+    lead += f" · ran {ran} · warmstart {html.escape(facts['warmstart'])}"
     noted = "".join(f"<li>{html.escape(n.removeprefix('note: '))}</li>" for n in notes)
     title = f"warmstart report{': ' + html.escape(suites) if suites else ''}"
     reload = f'<meta http-equiv="refresh" content="{int(refresh)}">\n' if refresh else ""
