@@ -338,6 +338,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert page.index('<section id="notes">') > max(order) and "Table 1 skipped" in page[page.index('id="notes"') :]
     results_part = page[: page.index('<section id="about">')]  # (the trial ids of the links hold hyphens)
     assert '<span class="verdict ' in page and "\u2212" in results_part
+    claims = page[page.index('<section id="claims">') :]
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", claims[: claims.index("</thead>")])
+    assert heads == ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]  # the effect beside the claim
     assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
 
 

@@ -809,7 +809,9 @@ class _Report:
             shown = format_claims(tested)
             self.write("claims.csv", tested.to_csv(index=False))
             self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
-            brief = shown[["verdict", "claim", "setting", "effect", "95% interval", "seeds"]]
+            brief = shown[
+                ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]
+            ]  # the effect within a phone's first screen
             if (brief["setting"] == "all").all():
                 brief = brief.drop(columns="setting")
             body += _html_table(brief, badges="verdict", css="t claims")
