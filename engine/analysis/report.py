@@ -704,6 +704,12 @@ def verdict_badge(verdict: str) -> str:
     return f'<span class="verdict {css}">{VERDICT_MARKS.get(verdict, "")} {html.escape(str(verdict))}</span>'
 
 
+def _unbroken(text: str) -> str:
+    """What is in parentheses kept on one line: "shrink_perturb(0.6,\u00a00.01)" never wraps
+    between its λ and σ."""
+    return re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(" ", "\u00a0"), text)
+
+
 def _html_table(table: pd.DataFrame, badges: str | None = None, css: str = "t") -> str:
     """A table in its own horizontally scrolling box: text columns left-aligned, columns of
     numbers right-aligned and never wrapped (tables.NUMBER decides, as in the Markdown);
@@ -715,7 +721,7 @@ def _html_table(table: pd.DataFrame, badges: str | None = None, css: str = "t") 
     numeric = [bool(cells) and all(NUMBER.match(row[i]) for row in cells) for i in range(len(table.columns))]
 
     def cell(tag: str, text: str, i: int, column) -> str:
-        body = verdict_badge(text) if tag == "td" and column == badges else html.escape(text)
+        body = verdict_badge(text) if tag == "td" and column == badges else html.escape(_unbroken(text))
         return f'<{tag} class="num">{body}</{tag}>' if numeric[i] else f"<{tag}>{body}</{tag}>"
 
     head = "".join(cell("th", str(c), i, c) for i, c in enumerate(table.columns))
@@ -1154,6 +1160,7 @@ table.t { border-collapse: collapse; font-size: 0.9em; }
 table.t th, table.t td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
 table.t th { background: #f3f3f3; }
 table.t .num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.t th.num { white-space: normal; min-width: 4.5em; }
 table.provenance th { text-align: left; }
 table.claims td { white-space: nowrap; }
 @media (max-width: 600px) { table.claims td:not(.num) { white-space: normal; min-width: 11em; } }
