@@ -372,6 +372,10 @@ def test_acquisition_panels_on_known_picks(tmp_path):
     assert {"acquired_classes.png", "acquired_classes.csv", "acquisition_overlap.csv"} <= {Path(p).name for p in lines}
     page = (tmp_path / "_report" / "index.html").read_text()
     assert "random init ↔ warm start" in page and '<section id="acquisition">' in page
+    assert "Not shown: round 1, where every pair picked the same samples (overlap 1)." in page
+    table = page[page.index("<th>pair</th>") :]
+    table = table[: table.index("</table>")]
+    assert "round 1" not in table and '<td class="num">0.17</td>' in table  # round 2: (1/3 + 0) / 2
 
 
 def test_strategy_colours_are_far_apart_and_shrink_perturb_settings_share_a_hue():

@@ -923,6 +923,13 @@ class _Report:
             wide = overlap.pivot_table(
                 index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
             )
+            # Rounds where every pair picked the same samples (round 1: the seed's initial set) are
+            # said in words, not as a column of 1.00 that pushes the rounds where strategies part off a phone.
+            same = [r for r in wide.columns if (wide[r] == 1.0).all()]
+            if 0 < len(same) < len(wide.columns):
+                wide = wide.drop(columns=same)
+            else:
+                same = []
             wide.columns = [f"round {r}" for r in wide.columns]
             wide = wide.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
             wide["pair"] = wide["a"] + " ↔ " + wide["b"]
@@ -932,7 +939,15 @@ class _Report:
             parts.append(
                 "<p>Overlap of the picks of two strategies at the same seed and round: |A ∩ B| / |A ∪ B| (Jaccard), "
                 "mean over the seeds both ran; 1: the same samples, 0: none in common "
-                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).</p>' + _html_table(wide)
+                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).'
+                + (
+                    f" Not shown: round{'s' if len(same) > 1 else ''} {', '.join(str(r) for r in same)}, where every "
+                    "pair picked the same samples (overlap 1)."
+                    if same
+                    else ""
+                )
+                + "</p>"
+                + _html_table(wide)
             )
         before = len(self.sections)
         self.curves([ACQUIRE_CURVE])
