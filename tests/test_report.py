@@ -341,6 +341,8 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     claims = page[page.index('<section id="claims">') :]
     heads = re.findall(r"<th[^>]*>([^<]*)</th>", claims[: claims.index("</thead>")])
     assert heads == ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]  # the effect beside the claim
+    assert "final test accuracy: warm start &lt; random init" in claims  # the strategies' one name, not "warm < random"
+    assert "warm &lt; random" not in page
     assert "<td>shrink_perturb(0.4,\u00a00.1)</td>" in page  # a strategy's name never wraps inside its λ, σ
     assert "table.t th.num { white-space: normal;" in page  # headers of number columns wrap, their numbers never
     assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
