@@ -278,10 +278,21 @@ def _write_report(results: str, out: str | None = None, refresh: int | None = No
             print(f"  {line}")
 
 
+def _not_yet(error: str, results: list[str]) -> bool:
+    """Whether ``report --watch`` waits on this error: no rows yet, or a results folder a suite
+    started beside it has not created yet (its parent folder exists: a mistyped parent fails)."""
+    if "no warmstart rows" in error:
+        return True
+    return "the path does not exist" in error and all(
+        "://" in path or os.path.isdir(os.path.dirname(os.path.abspath(path))) for path in results
+    )
+
+
 def _watch_report(results: list[str], out: str | None, every: float, sleep=time.sleep) -> None:
     """``report --watch``: the report rewritten every ``every`` seconds, its page reloading
     itself as often, until Ctrl-C, which writes it once more as a page that stays still.
-    Results without rows yet (a suite just started) are waited for."""
+    Results without rows yet (a suite just started), or a folder the suite has not created
+    yet, are waited for."""
     if not every >= 1:
         raise ConfigError(f"--every must be at least 1 second, not {every:g}.")
     refresh, waiting, written = max(1, round(every)), None, False
@@ -292,7 +303,7 @@ def _watch_report(results: list[str], out: str | None, every: float, sleep=time.
                 _write_report(results, out, refresh=refresh, notes=not written)
                 written, waiting = True, None
             except ConfigError as exc:
-                if "no warmstart rows" not in str(exc):  # rows not written yet: wait; anything else: an error
+                if not _not_yet(str(exc), results):  # rows not written yet: wait; anything else: an error
                     raise
                 if str(exc) != waiting:
                     print(f"waiting: {exc}", flush=True)

@@ -338,6 +338,13 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert page.index('<section id="notes">') > max(order) and "Table 1 skipped" in page[page.index('id="notes"') :]
     results_part = page[: page.index('<section id="about">')]  # (the trial ids of the links hold hyphens)
     assert '<span class="verdict ' in page and "\u2212" in results_part
+    claims = page[page.index('<section id="claims">') :]
+    heads = re.findall(r"<th[^>]*>([^<]*)</th>", claims[: claims.index("</thead>")])
+    assert heads == ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]  # the effect beside the claim
+    assert "final test accuracy: warm start &lt; random init" in claims  # the strategies' one name, not "warm < random"
+    assert "warm &lt; random" not in page
+    assert "<td>shrink_perturb(0.4,\u00a00.1)</td>" in page  # a strategy's name never wraps inside its λ, σ
+    assert "table.t th.num { white-space: normal;" in page  # headers of number columns wrap, their numbers never
     assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
 
 
@@ -367,6 +374,10 @@ def test_acquisition_panels_on_known_picks(tmp_path):
     assert {"acquired_classes.png", "acquired_classes.csv", "acquisition_overlap.csv"} <= {Path(p).name for p in lines}
     page = (tmp_path / "_report" / "index.html").read_text()
     assert "random init ↔ warm start" in page and '<section id="acquisition">' in page
+    assert "Not shown: round 1, where every pair picked the same samples (overlap 1)." in page
+    table = page[page.index("<th>pair</th>") :]
+    table = table[: table.index("</table>")]
+    assert "round 1" not in table and '<td class="num">0.17</td>' in table  # round 2: (1/3 + 0) / 2
 
 
 def test_strategy_colours_are_far_apart_and_shrink_perturb_settings_share_a_hue():
@@ -518,5 +529,166 @@ def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
     assert said.rstrip().endswith("stopped watching")
     with pytest.raises(ConfigError, match="--every"):
         _watch_report([str(out)], None, 0.5, sleep=sleep)
-    with pytest.raises(ConfigError, match="does not exist"):
-        _watch_report([str(tmp_path / "nowhere")], None, 5, sleep=sleep)
+    with pytest.raises(ConfigError, match="does not exist"):  # a mistyped parent folder: no waiting
+        _watch_report([str(tmp_path / "nowhere" / "results")], None, 5, sleep=sleep)
+
+
+def test_watch_started_before_the_suite_waits_for_its_folder(tmp_path, capsys):
+    """``warmstart report DIR --watch`` and ``warmstart suite ... --out DIR`` started together:
+    DIR does not exist for the first seconds; the watch waits instead of exiting."""
+    from engine.cli import _watch_report
+
+    out = tmp_path / "results"
+    seen = []
+
+    def sleep(seconds):
+        seen.append((out / "_report" / "index.html").exists())
+        if len(seen) == 2:
+            write_trial(out, np.random.default_rng(8), seed=0, rounds=2)  # the suite's first rows
+        elif len(seen) == 3:
+            raise KeyboardInterrupt
+
+    _watch_report([str(out)], None, 2, sleep=sleep)
+    said = capsys.readouterr().out
+    assert seen == [False, False, True] and said.count("the path does not exist") == 1
+    assert 'http-equiv="refresh"' not in (out / "_report" / "index.html").read_text()
+
+
+def _epochs_for(frame: pd.DataFrame, epochs: int = 3) -> pd.DataFrame:
+    """Per-epoch rows (the _epochs dataset's columns) for every round of ``frame``."""
+    rounds = frame[["trial_id", "round"]].drop_duplicates()
+    rows = [
+        {"trial_id": t, "round": r, "epoch": e, "train_loss": 1.0 / e, "train_acc": 0.3 * e, "seconds": 0.1 * e}
+        for t, r in rounds.itertuples(index=False)
+        for e in range(1, epochs + 1)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_within_round_curves_look_as_in_every_other_figure(online):
+    """A strategy has one colour (its init) and one line style (its acquisition) in the curves
+    and in the within-round figure; two acquisitions of one init are told apart by style, not
+    drawn as shades of one hue as if they were λ/σ settings; the legend fits in the figure."""
+    df = load(online)
+    table = report.epoch_curves(df, _epochs_for(df))
+    assert {"init_label", "acquisition_label"} <= set(table.columns)
+    figure = report.plot_epoch_curves(table, "within")
+    drawn = {
+        text.get_text(): (line.get_color(), line.get_linestyle())
+        for line, text in zip(figure.legends[0].get_lines(), figure.legends[0].get_texts(), strict=True)
+    }
+    across = report.plot_curves(report.accuracy_curves(df), "across", "accuracy", 100.0)
+    expected = {
+        text.get_text(): (line.get_color(), line.get_linestyle())
+        for line, text in zip(across.legends[0].get_lines(), across.legends[0].get_texts(), strict=True)
+    }
+    assert len(drawn) == 6 and drawn == expected
+    assert drawn["shrink_perturb(0.4, 0.1) · margin acquisition"][0] == report.INIT_COLORS["shrink_perturb"]
+    assert drawn["random init · margin acquisition"][1] != drawn["random init · random acquisition"][1]
+    figure.canvas.draw()
+    box, legend = figure.bbox, figure.legends[0].get_window_extent()
+    assert box.x0 <= legend.x0 and legend.x1 <= box.x1, (box, legend)  # not clipped at either side
+
+
+def test_what_acquisition_panels_cannot_show_is_said_at_the_end(tmp_path):
+    """One strategy alone: no overlap to compute, said in a note; rows without picks (older
+    rows, a hand-made table): every acquisition panel is skipped with its reason."""
+    rng = np.random.default_rng(7)
+    for seed in (0, 1):
+        write_trial(tmp_path / "one", rng, seed=seed, rounds=2, **WARM)
+    lines = report.write_report(str(tmp_path / "one"))
+    assert "note: overlap of picks between strategies skipped: no two strategies ran the same seed." in lines
+    page = (tmp_path / "one" / "_report" / "index.html").read_text()
+    assert "no two strategies ran the same seed" in page[page.index('<section id="notes">') :]
+    rows = pd.read_parquet(tmp_path / "one").drop(columns=["acquired", "acquired_classes", "acquire_seconds"])
+    (tmp_path / "old").mkdir()
+    rows.to_parquet(tmp_path / "old" / "rows.parquet")
+    lines = report.write_report(str(tmp_path / "old"))
+    assert (
+        "note: overlap of picks between strategies skipped: the rows do not record their picks (the acquired column)."
+        in lines
+    )
+    assert any(line.startswith("note: acquired_classes.png skipped") for line in lines)
+    assert "note: acquire_time.png skipped: the table has no acquire_seconds values." in lines
+    assert '<section id="acquisition">' not in (tmp_path / "old" / "_report" / "index.html").read_text()
+
+
+def test_a_search_reads_in_the_pages_units_and_scrolls_in_its_own_box(tmp_path):
+    """A search's points: sampled values to 4 digits (not 17), accuracy in % as in every other
+    table, the table in its own scrolling box (the page never scrolls sideways on a phone)."""
+    from engine.suite.search import parse_search, write_record
+
+    rng = np.random.default_rng(9)
+    ids = [write_trial(tmp_path, rng, seed=s, rounds=2, **mix(0.6095693498571635, 0.01)) for s in (0, 1)]
+    record = {
+        "search": parse_search({"scheduler": "asha"}).to_dict(),
+        "points": {
+            "p-a": {"point": {"init.shrink": 0.6095693498571635}, "trial_ids": ids, "seeds": [0, 1], "round": 2,
+                    "rounds": 2, "stopped_by": None, "metric": 0.5715080690038953, "steps": 1240, "seconds": 1.1},
+            "p-b": {"point": {"init.shrink": 0.13277881914895576}, "trial_ids": ["b0", "b1"], "seeds": [0, 1],
+                    "round": 1, "rounds": 2, "stopped_by": "asha", "metric": 0.3614357262103505, "steps": 120,
+                    "seconds": 0.2},
+        },
+    }  # fmt: skip
+    write_record(str(tmp_path), record)
+    lines = report.write_report(str(tmp_path))
+    assert {"search.csv", "search.md"} <= {Path(line).name for line in lines}
+    page = (tmp_path / "_report" / "index.html").read_text()
+    search = page[page.index('<section id="search">') :]
+    search = search[: search.index("</section>")]
+    assert '<div class="scroll"><table' in search and "0.6095693498571635" not in search
+    assert '<td class="num">0.6096</td>' in search and '<td class="num">57.15</td>' in search
+    assert "<th>stopped by</th>" in search and "<td>asha</td>" in search  # text: left-aligned
+    assert "best point: init.shrink=0.6096: mean test acc over rounds 57.15 % (2 seeds, 1,240 steps, 1.1 s)" in search
+    assert pd.read_csv(tmp_path / "_report" / "search.csv")["mean_test_acc"].iloc[0] == 0.5715080690038953
+
+
+def test_within_round_curves_keep_two_panels_a_row_for_a_phone(online):
+    """Four rounds: a row per round (loss, accuracy), not four columns that shrink to a few
+    pixels a letter on a 390 px screen."""
+    df = load(online)
+    figure = report.plot_epoch_curves(report.epoch_curves(df, _epochs_for(df)), "within")
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(shown) == 8 and {ax.get_subplotspec().colspan.start for ax in shown} == {0, 1}
+    assert [ax.get_ylabel() for ax in shown[::2]] == [f"round {r}\ntrain loss" for r in (1, 2, 3, 4)]
+    assert figure.get_size_inches()[0] <= 8.5  # scaled to 358 px, a 9 pt legend stays ≥ 4 px a letter
+
+
+def test_overlap_compares_strategies_that_differ_in_one_thing_in_reading_order(online):
+    """Three inits × two acquisitions: the inits compared at each acquisition (3 + 3 pairs)
+    and the acquisitions at each init (3), not the 6 pairs that differ in both; random init
+    first.  A 15-row table of every pair was a wall of wrapped names on a phone."""
+    df = load(online)
+    pairs = report.acquisition_overlap(df).drop_duplicates(["a", "b"])
+    assert len(pairs) == 9
+    for a, b in zip(pairs["a"], pairs["b"], strict=True):
+        (init_a, acq_a), (init_b, acq_b) = a.split(" · "), b.split(" · ")
+        assert (init_a == init_b) != (acq_a == acq_b), (a, b)
+    assert pairs["a"].iloc[0].startswith("random init") and pairs["b"].iloc[-1].startswith("shrink_perturb")
+
+
+def test_class_histograms_one_panel_a_row_for_six_strategies():
+    table = pd.DataFrame(
+        [
+            {"panel": "", "line": f"s{s}", "round": r, "class": c, "count": 1.0, "seeds": 1, "init": "warm"}
+            for s in range(6)
+            for r in (1, 2)
+            for c in range(3)
+        ]
+    )
+    figure = report.plot_class_histograms(table, "classes")
+    shown = [ax for ax in figure.axes if ax.get_visible() and ax.get_title()]
+    assert len(shown) == 6 and {ax.get_subplotspec().colspan.start for ax in shown} == {0}
+
+
+def test_the_headers_dates_never_break_at_their_hyphens(tmp_path):
+    rng = np.random.default_rng(10)
+    when = {"started_at": pd.Timestamp("2026-12-06 07:16:20"), "ended_at": pd.Timestamp("2026-12-06 07:17:38")}
+    write_trial(tmp_path, rng, seed=0, rounds=2, warmstart_version="9.9", **when)
+    report.write_report(str(tmp_path))
+    page = (tmp_path / "_report" / "index.html").read_text()
+    lead = page[page.index('<p class="lead">') :]
+    lead = lead[: lead.index("</p>")]
+    expected = '<span class="nw">2026-12-06 07:16:20</span> – <span class="nw">2026-12-06 07:17:38</span> UTC'
+    assert f"ran {expected}" in lead and "warmstart 9.9" in lead
+    assert ".nw { white-space: nowrap; }" in page

@@ -268,15 +268,15 @@ def test_claims_hold_on_a_table_that_shows_the_paper():
         steps=PAPER_STEPS,
     )
     assert _verdicts(rows) == {
-        "final test accuracy: warm < random": "holds",
-        "final test accuracy: shrink_perturb ≥ warm": "holds",
-        "optimizer steps: warm < random": "holds",
-        "optimizer steps: warm < shrink_perturb": "holds",
-        "optimizer steps: shrink_perturb < random": "holds",
+        "final test accuracy: warm start < random init": "holds",
+        "final test accuracy: shrink_perturb ≥ warm start": "holds",
+        "optimizer steps: warm start < random init": "holds",
+        "optimizer steps: warm start < shrink_perturb": "holds",
+        "optimizer steps: shrink_perturb < random init": "holds",
     }
     assert results.untested_claims(results.claims(rows)) == [results.HEATMAP_CLAIM]
     text = tables.summary_text(rows)  # the verdicts end the suite's summary
-    assert "- final test accuracy: warm < random: holds (−3.33 pts, 95% [" in text
+    assert "- final test accuracy: warm start < random init: holds (−3.33 pts, 95% [" in text
 
 
 def test_claims_are_contradicted_where_warm_start_wins():
@@ -285,19 +285,19 @@ def test_claims_are_contradicted_where_warm_start_wins():
         steps={"random": [300, 320, 340], "warm": [900, 1000, 1100], "shrink_perturb": [600, 650, 640]},
     )
     assert _verdicts(rows) == {
-        "final test accuracy: warm < random": "contradicted",
-        "final test accuracy: shrink_perturb ≥ warm": "contradicted",
-        "optimizer steps: warm < random": "contradicted",
-        "optimizer steps: warm < shrink_perturb": "contradicted",
-        "optimizer steps: shrink_perturb < random": "contradicted",
+        "final test accuracy: warm start < random init": "contradicted",
+        "final test accuracy: shrink_perturb ≥ warm start": "contradicted",
+        "optimizer steps: warm start < random init": "contradicted",
+        "optimizer steps: warm start < shrink_perturb": "contradicted",
+        "optimizer steps: shrink_perturb < random init": "contradicted",
     }
 
 
 def test_claims_with_noise_or_too_few_seeds():
     noisy = comparison({"random": [0.60, 0.70, 0.55], "warm": [0.62, 0.58, 0.60]}, steps=PAPER_STEPS)
     verdicts = _verdicts(noisy)
-    assert verdicts["final test accuracy: warm < random"] == "inconclusive"
-    assert verdicts["optimizer steps: warm < random"] == "holds"
+    assert verdicts["final test accuracy: warm start < random init"] == "inconclusive"
+    assert verdicts["optimizer steps: warm start < random init"] == "holds"
     single = comparison({"random": [0.9], "warm": [0.5]})
     checked = results.claims(single)
     assert set(checked["verdict"]) == {"not enough seeds"}
@@ -330,7 +330,7 @@ def test_heatmap_claim_finds_the_best_region_both_ways():
     assert outside["control"] == "best outside: λ=1, σ=0"
     # six shrink-perturb points against warm start: one line with the tally
     text = tables.summary_text(grid(best=(0.6, 0.01)))
-    assert "- final test accuracy: shrink_perturb ≥ warm: holds 6 (of 6 comparisons)" in text
+    assert "- final test accuracy: shrink_perturb ≥ warm start: holds 6 (of 6 comparisons)" in text
     one_seed = results.claims(grid(best=(0.6, 0.01), seeds=1)).set_index("claim").loc[results.HEATMAP_CLAIM]
     assert one_seed["verdict"] == "not enough seeds"
 

@@ -24,6 +24,7 @@ import html
 import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -63,7 +64,7 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
 from engine.errors import ConfigError
 from engine.storage.store import EPOCHS, filesystem
 from engine.storage.uri import normalise
-from engine.suite.search import report_section  # the search's points, where each stopped, the best
+from engine.suite.search import best_point, format_search, read_record, search_table  # a search's points
 
 REPORT_DIR = "_report"  # pyarrow skips names starting with "_": the report never reads as results
 MAX_PANELS = 24
@@ -234,7 +235,8 @@ def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: ``trial_id``, ``seed``, ``init``, and the ``panel`` and ``line`` (the
-    strategy, as the curves' legends say it) it is drawn in."""
+    strategy, as the curves' legends say it) it is drawn in, with the line's ``init_label``
+    (its colour in every figure) and ``acquisition_label`` (its line style)."""
     varying = grid_columns(frame)
     trials = frame.drop_duplicates("trial_id")
     panels = [c for c in varying if not is_strategy(c)]
@@ -244,10 +246,9 @@ def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
     lines["seed"] = trials[seed].to_numpy() if seed else None
     lines["init"] = trials["init"].astype(object).to_numpy() if "init" in trials else None
     lines["panel"] = [_setting_label(row, panels) for _, row in trials.iterrows()]
-    lines["line"] = [
-        init_label(row, varying) + (f" · {acquisition_label(row, varying)}" if by_acquisition else "")
-        for _, row in trials.iterrows()
-    ]
+    lines["init_label"] = [init_label(row, varying) for _, row in trials.iterrows()]
+    lines["acquisition_label"] = [acquisition_label(row, varying) for _, row in trials.iterrows()]
+    lines["line"] = lines["init_label"] + (" · " + lines["acquisition_label"] if by_acquisition else "")
     return lines
 
 
@@ -287,8 +288,9 @@ def jaccard(a, b) -> float:
 def acquisition_overlap(frame: pd.DataFrame) -> pd.DataFrame:
     """Per panel, pair of strategies (``a``, ``b``) and round: the Jaccard overlap of the two
     strategies' picks (``acquired``) at the same seed, ``jaccard`` the mean over the seeds
-    both ran, and ``seeds``.  Round 1 draws the initial set from the seed alone, so two
-    strategies of one seed share it (overlap 1)."""
+    both ran, and ``seeds``.  Only pairs that differ in one thing, the init or the
+    acquisition, in reading order (random init, warm start, shrink-perturb).  Round 1 draws
+    the initial set from the seed alone, so two strategies of one seed share it (overlap 1)."""
     if "acquired" not in frame or frame["acquired"].isna().all():
         return pd.DataFrame()
     lines = trial_lines(frame)
@@ -296,15 +298,23 @@ def acquisition_overlap(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = frame[["trial_id", "round", "acquired"]].merge(lines, on="trial_id")
     rows = rows[rows["acquired"].notna() & rows["seed"].notna()]
+    rows = _reading_order(rows)
     found: dict[tuple, list[float]] = {}
     for panel, part in rows.groupby("panel", sort=False):
         names = list(dict.fromkeys(part["line"]))[:MAX_OVERLAP_LINES]
+        kinds = dict(zip(part["line"], zip(part["init_label"], part["acquisition_label"], strict=True), strict=False))
+        # Pairs that differ in one thing, the init or the acquisition: a pair differing in both mixes two effects.
+        pairs = [
+            (a, b)
+            for i, a in enumerate(names)
+            for b in names[i + 1 :]
+            if kinds[a][0] == kinds[b][0] or kinds[a][1] == kinds[b][1]
+        ]
         for (_, round_), same in part.groupby(["seed", "round"], sort=True):
             picked = {line: acquired for line, acquired in zip(same["line"], same["acquired"], strict=True)}
-            for i, a in enumerate(names):
-                for b in names[i + 1 :]:
-                    if a in picked and b in picked:
-                        found.setdefault((panel, a, b, round_), []).append(jaccard(picked[a], picked[b]))
+            for a, b in pairs:
+                if a in picked and b in picked:
+                    found.setdefault((panel, a, b, round_), []).append(jaccard(picked[a], picked[b]))
     table = pd.DataFrame(
         [
             {"panel": p, "a": a, "b": b, "round": r, "jaccard": float(np.mean(v)), "seeds": len(v)}
@@ -321,8 +331,8 @@ def plot_class_histograms(table: pd.DataFrame, title: str) -> Figure:
     """Per strategy (and setting), a round × class grid of the mean count of picks of each
     class, annotated."""
     groups = list(dict.fromkeys(zip(table["panel"], table["line"], strict=True)))[:MAX_PANELS]
-    # One panel a row for a few strategies (legible on a phone), two for more.
-    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1 if len(groups) <= 4 else 2)
+    # One panel a row, whatever their number: two a row drew a phone's numbers a few pixels high.
+    figure, axes = _grid(len(groups), 5.2, 1.3 + 0.42 * table["round"].nunique(), 1)
     colormap = colormaps["cividis"]
     for ax, (panel, line) in zip(axes, groups, strict=True):
         part = table[(table["panel"] == panel) & (table["line"] == line)]
@@ -375,42 +385,60 @@ def epoch_curves(frame: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
         seconds=("seconds", "mean"),
         seeds=("trial_id", "nunique"),
         init=("init", "first"),
+        init_label=("init_label", "first"),
+        acquisition_label=("acquisition_label", "first"),
     )
     return _reading_order(table.reset_index())
 
 
+SEARCH_METRICS = {"test_acc": "final test acc (%)", "mean_test_acc": "mean test acc over rounds (%)"}
 MAX_EPOCH_ROUNDS = 4  # rounds drawn in the within-round figure: the first, the last, evenly between
 
 
 def plot_epoch_curves(table: pd.DataFrame, title: str) -> Figure:
-    """Train loss (top) and train accuracy (bottom) against the epoch, a column per round, a
-    line per strategy: how each init converges within a round."""
+    """A row per round, train loss (left) and train accuracy (right) against the epoch, a
+    line per strategy: how each init converges within a round.  Two panels a row, whatever
+    the number of rounds, so the figure stays legible scaled to a phone's width."""
     rounds = sorted(table["round"].unique())
     if len(rounds) > MAX_EPOCH_ROUNDS:
         rounds = [rounds[round(i)] for i in np.linspace(0, len(rounds) - 1, MAX_EPOCH_ROUNDS)]
     lines = table.drop_duplicates("line")
-    colors = _colors(list(lines["line"]), list(lines["init"]))
-    figure = Figure(figsize=(3.3 * len(rounds) + 0.6, 6.2), layout="constrained")
-    axes = figure.subplots(2, len(rounds), squeeze=False, sharey="row")
+    # As in every other figure: colour by init (λ/σ settings shades of one green), style by acquisition.
+    inits = table.drop_duplicates("init_label")
+    colors = _colors(list(inits["init_label"]), list(inits["init"]))
+    styles = _styles(table["acquisition_label"])
+    look = {
+        line: (colors[init], styles[acquisition])
+        for line, init, acquisition in zip(lines["line"], lines["init_label"], lines["acquisition_label"], strict=True)
+    }
+    # Wide enough for two legend columns of the longest name (the legend is clipped where wider).
+    longest = max(len(str(line)) for line in lines["line"])
+    width = max(7.2, min(2, len(lines)) * (0.075 * longest + 0.6))
+    legend_rows = math.ceil(len(lines) / 2)
+    figure = Figure(figsize=(width, 2.3 * len(rounds) + 0.9 + 0.22 * legend_rows), layout="constrained")
+    axes = figure.subplots(len(rounds), 2, squeeze=False, sharex="row")
     handles = {}
-    for column, round_ in enumerate(rounds):
+    for row, round_ in enumerate(rounds):
         part = table[table["round"] == round_]
         for line in lines["line"]:
             series = part[part["line"] == line].sort_values("epoch")
             if series.empty:
                 continue
-            for row, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
-                (handle,) = axes[row][column].plot(series["epoch"], scale * series[metric], color=colors[line], lw=1.5)
+            color, style = look[line]
+            for column, (metric, scale) in enumerate((("train_loss", 1.0), ("train_acc", 100.0))):
+                (handle,) = axes[row][column].plot(
+                    series["epoch"], scale * series[metric], color=color, linestyle=style, lw=1.5
+                )
                 handles.setdefault(line, handle)
-        axes[0][column].set_title(f"round {round_}", fontsize=10)
-        axes[1][column].set_xlabel("epoch")
-        for ax in axes[:, column]:
+        axes[row][0].set_ylabel(f"round {round_}\ntrain loss")
+        axes[row][1].set_ylabel("train accuracy (%)")
+        for ax in axes[row]:
             ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("train loss")
-    axes[1][0].set_ylabel("train accuracy (%)")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
     figure.suptitle(title, fontsize=11)
     figure.legend(
-        list(handles.values()), list(handles), loc="outside lower center", ncols=min(3, len(handles)), fontsize=9
+        list(handles.values()), list(handles), loc="outside lower center", ncols=min(2, len(handles)), fontsize=9
     )
     return figure
 
@@ -451,6 +479,13 @@ def _colors(labels: list[str], inits: list) -> dict[str, object]:
     return colors
 
 
+def _styles(acquisitions, looks=("-", "--", ":", "-.")) -> dict[str, str]:
+    """A line style (or marker) per acquisition label, the same in every figure of a report
+    whatever order its table lists them in: random acquisition first (solid), the rest by name."""
+    names = sorted(set(acquisitions), key=lambda name: (not str(name).startswith("random acquisition"), str(name)))
+    return dict(zip(names, list(looks) * 8, strict=False))
+
+
 def _grid(count: int, width: float, height: float, most: int = 3) -> tuple[Figure, list]:
     ncols = min(most, count)
     nrows = math.ceil(count / ncols)
@@ -469,7 +504,7 @@ def plot_curves(table: pd.DataFrame, title: str, ylabel: str, scale: float = 1.0
     lines = list(dict.fromkeys(table["line"]))
     inits = table.drop_duplicates("init_label")
     colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
-    styles = dict(zip(dict.fromkeys(table["acquisition_label"]), ["-", "--", ":", "-."] * 4, strict=False))
+    styles = _styles(table["acquisition_label"])
     single = len(panels) == 1
     figure, axes = _grid(len(panels), 7.5 if single else 5.2, 5.0 if single else 3.8)
     handles = {}
@@ -534,7 +569,7 @@ def plot_pareto(table: pd.DataFrame, axes_pairs: list[tuple[str, str]], title: s
     panels = list(dict.fromkeys(table["panel"]))[:MAX_PARETO_PANELS]
     inits = table.drop_duplicates("init_label")
     colors = _colors(list(inits["init_label"]), list(inits["init"]) if "init" in inits else [None] * len(inits))
-    markers = dict(zip(dict.fromkeys(table["acquisition_label"]), "osD^v<>", strict=False))
+    markers = _styles(table["acquisition_label"], "osD^v<>")
     ncols = min(2, len(axes_pairs))
     per_panel = math.ceil(len(axes_pairs) / ncols)
     figure = Figure(figsize=(4.6 * ncols, 3.6 * per_panel * len(panels) + 1.0), layout="constrained")
@@ -669,6 +704,12 @@ def verdict_badge(verdict: str) -> str:
     return f'<span class="verdict {css}">{VERDICT_MARKS.get(verdict, "")} {html.escape(str(verdict))}</span>'
 
 
+def _unbroken(text: str) -> str:
+    """What is in parentheses kept on one line: "shrink_perturb(0.6,\u00a00.01)" never wraps
+    between its λ and σ."""
+    return re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(" ", "\u00a0"), text)
+
+
 def _html_table(table: pd.DataFrame, badges: str | None = None, css: str = "t") -> str:
     """A table in its own horizontally scrolling box: text columns left-aligned, columns of
     numbers right-aligned and never wrapped (tables.NUMBER decides, as in the Markdown);
@@ -680,7 +721,7 @@ def _html_table(table: pd.DataFrame, badges: str | None = None, css: str = "t") 
     numeric = [bool(cells) and all(NUMBER.match(row[i]) for row in cells) for i in range(len(table.columns))]
 
     def cell(tag: str, text: str, i: int, column) -> str:
-        body = verdict_badge(text) if tag == "td" and column == badges else html.escape(text)
+        body = verdict_badge(text) if tag == "td" and column == badges else html.escape(_unbroken(text))
         return f'<{tag} class="num">{body}</{tag}>' if numeric[i] else f"<{tag}>{body}</{tag}>"
 
     head = "".join(cell("th", str(c), i, c) for i, c in enumerate(table.columns))
@@ -774,7 +815,9 @@ class _Report:
             shown = format_claims(tested)
             self.write("claims.csv", tested.to_csv(index=False))
             self.write("claims.md", f"# The paper's claims, checked\n\n{CLAIMS_RULE}\n\n{to_markdown(shown)}")
-            brief = shown[["verdict", "claim", "setting", "effect", "95% interval", "seeds"]]
+            brief = shown[
+                ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]
+            ]  # the effect within a phone's first screen
             if (brief["setting"] == "all").all():
                 brief = brief.drop(columns="setting")
             body += _html_table(brief, badges="verdict", css="t claims")
@@ -867,11 +910,26 @@ class _Report:
                 "</p>" + self.img("acquired_classes.png", "classes of the acquired samples per strategy and round")
             )
         overlap = acquisition_overlap(self.frame)
-        if not overlap.empty:
+        if overlap.empty:
+            recorded = "acquired" in self.frame and self.frame["acquired"].notna().any()
+            why = (
+                "no two strategies ran the same seed"
+                if recorded
+                else "the rows do not record their picks (the acquired column)"
+            )
+            self.notes.append(f"note: overlap of picks between strategies skipped: {why}.")
+        else:
             self.write("acquisition_overlap.csv", overlap.to_csv(index=False))
             wide = overlap.pivot_table(
                 index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
             )
+            # Rounds where every pair picked the same samples (round 1: the seed's initial set) are
+            # said in words, not as a column of 1.00 that pushes the rounds where strategies part off a phone.
+            same = [r for r in wide.columns if (wide[r] == 1.0).all()]
+            if 0 < len(same) < len(wide.columns):
+                wide = wide.drop(columns=same)
+            else:
+                same = []
             wide.columns = [f"round {r}" for r in wide.columns]
             wide = wide.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
             wide["pair"] = wide["a"] + " ↔ " + wide["b"]
@@ -881,7 +939,15 @@ class _Report:
             parts.append(
                 "<p>Overlap of the picks of two strategies at the same seed and round: |A ∩ B| / |A ∪ B| (Jaccard), "
                 "mean over the seeds both ran; 1: the same samples, 0: none in common "
-                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).</p>' + _html_table(wide)
+                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).'
+                + (
+                    f" Not shown: round{'s' if len(same) > 1 else ''} {', '.join(str(r) for r in same)}, where every "
+                    "pair picked the same samples (overlap 1)."
+                    if same
+                    else ""
+                )
+                + "</p>"
+                + _html_table(wide)
             )
         before = len(self.sections)
         self.curves([ACQUIRE_CURVE])
@@ -940,6 +1006,44 @@ class _Report:
             images.append(self.img(name, title))
         self.section("Shrink-perturb λ×σ grid", "\n".join(images))
 
+    def search(self, path: str) -> None:
+        """A search's points (the search record of ``path``: engine.suite.search), where each
+        stopped and the best, in the page's units: accuracy in %, sampled values to 4 digits;
+        ``search.csv`` and ``search.md`` keep them unrounded."""
+        record = read_record(path)
+        if not record or not record.get("points"):
+            return
+        table = search_table(record)
+        self.write("search.csv", table.to_csv(index=False))
+        text = format_search(record)
+        self.write("search.md", "# Search\n\n```\n" + text + "\n```\n")
+        metric = record["search"]["metric"]
+        name = SEARCH_METRICS.get(metric, metric)
+
+        def value(v) -> str:  # the metric: accuracy in %, a loss as it is
+            return "–" if pd.isna(v) else f"{100 * v:.2f}" if metric in SEARCH_METRICS else minus(f"{v:.4f}")
+
+        def sampled(v) -> str:
+            return minus(f"{v:.4g}") if isinstance(v, float) else str(v)
+
+        keys = list(next(iter(record["points"].values()))["point"])
+        shown = table.drop(columns="point_id").rename(columns={"stopped_by": "stopped by", metric: name})
+        for key in keys:
+            shown[key] = shown[key].map(sampled)
+        shown[name] = shown[name].map(value)
+        shown["steps"] = shown["steps"].map(lambda v: f"{int(v):,}")
+        body = f'<p>{html.escape(text.splitlines()[0])} (<a href="search.csv">search.csv</a>).</p>'
+        body += _html_table(shown)
+        best = best_point(record)
+        if best is not None:
+            where = " ".join(f"{k}={sampled(best[k])}" for k in keys)
+            unit = " %" if metric in SEARCH_METRICS else ""
+            seeds = f"{best['seeds']} seed" + ("s" if best["seeds"] != 1 else "")
+            said = f"best point: {where}: {name.removesuffix(' (%)')} {value(best[metric])}{unit} "
+            said += f"({seeds}, {int(best['steps']):,} steps, {best['seconds']:.1f} s)"
+            body += f"<p>{html.escape(said)}</p>"
+        self.section("Search", body)
+
     def table1(self) -> None:
         accuracy = table1(self.frame, "test_acc")
         if accuracy.empty:
@@ -993,7 +1097,7 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh
         built.table1()
         built.gaps()
     for path in paths:
-        report_section(path, built)
+        built.search(path)
     header = _header(frame, paths, out_dir)
     page = _page(", ".join(paths), frame, built.where, built.notes, built.sections, header, refresh)
     return [built.out.write("index.html", page), *built.written, *built.notes]
@@ -1071,6 +1175,7 @@ table.t { border-collapse: collapse; font-size: 0.9em; }
 table.t th, table.t td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
 table.t th { background: #f3f3f3; }
 table.t .num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+table.t th.num { white-space: normal; min-width: 4.5em; }
 table.provenance th { text-align: left; }
 table.claims td { white-space: nowrap; }
 @media (max-width: 600px) { table.claims td:not(.num) { white-space: normal; min-width: 11em; } }
@@ -1081,8 +1186,12 @@ table.claims td { white-space: nowrap; }
 .verdict.not-enough-seeds { background: #fff; color: #444; border: 1px dashed #888; }
 img { max-width: 100%; height: auto; }
 .notes { color: #555; }
+.nw { white-space: nowrap; }
 details summary { cursor: pointer; color: #333; }
 """
+
+
+DATE_TIME = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}"
 
 
 def _page(
@@ -1098,7 +1207,8 @@ def _page(
     trials = frame["trial_id"].nunique()
     facts = dict(provenance(frame))
     lead = f"{trials} trials, {len(frame)} rounds" + (f" · {html.escape(where)}" if where else "")
-    lead += f" · ran {html.escape(facts['rounds ran'])} · warmstart {html.escape(facts['warmstart'])}"
+    ran = re.sub(DATE_TIME, r'<span class="nw">\g<0></span>', html.escape(facts["rounds ran"]))  # never "2026-⏎12-06"
+    lead += f" · ran {ran} · warmstart {html.escape(facts['warmstart'])}"
     noted = "".join(f"<li>{html.escape(n.removeprefix('note: '))}</li>" for n in notes)
     title = f"warmstart report{': ' + html.escape(suites) if suites else ''}"
     reload = f'<meta http-equiv="refresh" content="{int(refresh)}">\n' if refresh else ""

@@ -701,11 +701,11 @@ def _init_rank(name: str) -> str:
 # The paper's orderings: (claim, measure, treatment, control, direction, strict).  A claim
 # says that treatment − control is below zero (direction −1) or above it (+1).
 ORDERINGS = [
-    ("final test accuracy: warm < random", "final_test_acc", "warm", "random", -1, True),
-    ("final test accuracy: shrink_perturb ≥ warm", "final_test_acc", "shrink_perturb", "warm", 1, False),
-    ("optimizer steps: warm < random", "total_steps", "warm", "random", -1, True),
-    ("optimizer steps: warm < shrink_perturb", "total_steps", "warm", "shrink_perturb", -1, True),
-    ("optimizer steps: shrink_perturb < random", "total_steps", "shrink_perturb", "random", -1, True),
+    ("final test accuracy: warm start < random init", "final_test_acc", "warm", "random", -1, True),
+    ("final test accuracy: shrink_perturb ≥ warm start", "final_test_acc", "shrink_perturb", "warm", 1, False),
+    ("optimizer steps: warm start < random init", "total_steps", "warm", "random", -1, True),
+    ("optimizer steps: warm start < shrink_perturb", "total_steps", "warm", "shrink_perturb", -1, True),
+    ("optimizer steps: shrink_perturb < random init", "total_steps", "shrink_perturb", "random", -1, True),
 ]
 HEATMAP_CLAIM = "λ×σ grid: best final test accuracy at λ < 1 with σ > 0"
 

@@ -34,7 +34,6 @@ where each point stopped to ``_warmstart/search.json``.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -346,19 +345,3 @@ def format_search(record: dict) -> str:
             f"({best['seeds']} seed(s), {int(best['steps'])} steps, {best['seconds']:.1f} s)"
         )
     return "\n".join(lines)
-
-
-def report_section(results: str, report) -> None:
-    """``warmstart report``'s search part: ``search.csv``, ``search.md`` and a page section,
-    when ``results`` holds a search record (``report``: engine.analysis.report's collector)."""
-    record = read_record(results) if isinstance(results, str) else None
-    if not record or not record.get("points"):
-        return
-    table = search_table(record)
-    report.write("search.csv", table.to_csv(index=False))
-    text = format_search(record)
-    report.write("search.md", "# Search\n\n```\n" + text + "\n```\n")
-    lines = text.splitlines()
-    best = f"<p>{html.escape(lines[-1])}</p>" if lines[-1].startswith("best point") else ""
-    body = table.drop(columns="point_id").to_html(index=False, na_rep="–", border=0, classes="t")
-    report.section("Search", f"<p>{html.escape(lines[0])}</p>\n{body}\n{best}")
