@@ -64,15 +64,14 @@ def check_code(store: TrialStore, cfg: Config) -> None:
     for round_, row in sorted(rows.items()):
         if round_ in unchecked:
             continue
-        then = json.loads(row["plugins"]) if row["plugins"] else {}
-        for key in sorted(set(then) | set(now)):
-            if then.get(key) != now.get(key):
-                raise ConfigError(
-                    f"Plugin {key} changed since trial {store.trial_id} ran round {round_} in {store.out}: "
-                    f"sha256 {then.get(key, '(not used)')} then, {now.get(key, '(not used)')} now, and one trial "
-                    "must not mix two versions of its code; restore that code, or run the new one into another out "
-                    "or under another trial_id."
-                )
+        changed = _changed_plugin(row["plugins"], now)
+        if changed is not None:
+            key, before, after = changed
+            raise ConfigError(
+                f"Plugin {key} changed since trial {store.trial_id} ran round {round_} in {store.out}: "
+                f"sha256 {before} then, {after} now, {ONE_VERSION}; restore that code, or run the new one into "
+                "another out or under another trial_id."
+            )
     if unchecked and now:
         store.notes.append(
             f"note: the rows of round(s) {_rounds(unchecked)} of trial {store.trial_id} do not record their plugins' "
@@ -85,17 +84,27 @@ def check_code_unchanged(context: TrialContext, next_round: int) -> None:
     process since the trial started (a notebook cell edited and run again between two rounds
     of a ``ws.Trial``): the builders are looked up each round, so that round would run the new
     code under the old hash in its row."""
-    recorded = context.columns["plugins"]
+    changed = _changed_plugin(context.columns["plugins"], context.cfg.plugin_code())
+    if changed is not None:
+        key, before, after = changed
+        raise ConfigError(
+            f"Plugin {key} changed while trial {context.columns['trial_id']} ran, before its round {next_round}: "
+            f"sha256 {before} then, {after} now, {ONE_VERSION}; restore that code to go on, or run the new one into "
+            "another out or under another trial_id."
+        )
+
+
+ONE_VERSION = "and one trial must not mix two versions of its code"
+
+
+def _changed_plugin(recorded: str | None, now: dict) -> tuple[str, str, str] | None:
+    """(plugin, hash then, hash now) of the first plugin whose code differs between a row's
+    ``plugins`` JSON and ``now`` ('(not used)' where one side lacks it); None when none does."""
     then = json.loads(recorded) if recorded else {}
-    now = context.cfg.plugin_code()
     for key in sorted(set(then) | set(now)):
         if then.get(key) != now.get(key):
-            raise ConfigError(
-                f"Plugin {key} changed while trial {context.columns['trial_id']} ran, before its round {next_round}: "
-                f"sha256 {then.get(key, '(not used)')} then, {now.get(key, '(not used)')} now, and one trial must "
-                "not mix two versions of its code; restore that code to go on, or run the new one into another out "
-                "or under another trial_id."
-            )
+            return key, then.get(key, "(not used)"), now.get(key, "(not used)")
+    return None
 
 
 def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
