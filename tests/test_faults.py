@@ -436,6 +436,15 @@ def test_a_plugin_cannot_silently_replace_a_built_in_and_an_override_changes_the
     assert set(theirs["plugins"]) == {f'{{"loud.py": "{digest}"}}'}
 
 
+def notebook_cell(namespace: dict, text: str) -> bytes:
+    """Run ``text`` as IPython runs a cell: compiled under a cell's name whose source
+    ``linecache`` (so ``inspect.getsource``) finds; returns the cell's bytes."""
+    name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
+    linecache.cache[name] = (len(text), None, text.splitlines(True), name)
+    exec(compile(text, name, "exec"), namespace)
+    return text.encode()
+
+
 @pytest.mark.usefixtures("isolated")
 def test_a_notebook_cell_edited_between_runs_stops_the_resume_in_one_line(tmp_path):
     """A notebook registers a strategy, runs 2 rounds, edits the cell, runs again into the
@@ -445,10 +454,7 @@ def test_a_notebook_cell_edited_between_runs_stops_the_resume_in_one_line(tmp_pa
     namespace = {"__name__": "__main__", "register": acquisition.register}
 
     def run_cell(text: str) -> str:
-        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-        exec(compile(text, name, "exec"), namespace)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]  # what inspect.getsource finds: the cell
+        return hashlib.sha256(notebook_cell(namespace, text)).hexdigest()[:12]  # what getsource finds: the cell
 
     old = run_cell(cell.format(start=0))
     config = {"device": "cpu", "acquisition": {"name": "nb_lowest"}, "convergence": {"max_epochs": 4}}
@@ -494,10 +500,7 @@ def test_a_notebook_helper_edited_between_runs_stops_the_resume_too(tmp_path):
     namespace = {"__name__": "__main__", "register": acquisition.register}
 
     def run_cell(text: str) -> bytes:
-        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-        exec(compile(text, name, "exec"), namespace)
-        return text.encode()
+        return notebook_cell(namespace, text)
 
     helper = "def nb_first(k):\n    return list(range({start}, {start} + k))\n"
     cell = run_cell('@register("nb_helped")\ndef nb_helped(outputs, k, rng):\n    return nb_first(k)\n')
@@ -531,10 +534,7 @@ def test_a_strategy_redefined_between_two_rounds_of_a_live_trial_stops_it_in_one
     namespace = {"__name__": "__main__", "register": acquisition.register}
 
     def run_cell(text: str) -> str:
-        name = f"<ipython-input-{uuid.uuid4().hex[:12]}>"
-        linecache.cache[name] = (len(text), None, text.splitlines(True), name)
-        exec(compile(text, name, "exec"), namespace)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return hashlib.sha256(notebook_cell(namespace, text)).hexdigest()[:12]
 
     old = run_cell(cell.format(start=0))
     out = str(tmp_path / "out")
