@@ -9,7 +9,10 @@ find its own rows.  A URI is therefore refused, in one line, when its key has a 
 segment or an empty one (``s3://b//d``), when its bucket is missing (``s3://``, ``s3:///x``),
 when its scheme is unknown (``s3a://``) or not in lower case (``S3://``), or when it has a query
 or fragment (the endpoint and credentials come from the environment, never from the URI).
-Trailing slashes are dropped: ``s3://b/x/`` is ``s3://b/x``.
+A bucket that is not a bucket's name (``s3://host:9000/x``, ``s3://user@b/x``) and a control
+character (a pasted newline) are refused too.  A store's scheme with one slash or none
+(``s3:/b/x``, ``file:x``) is refused rather than taken for a local folder named ``s3:``;
+``file:/PATH`` is the path.  Trailing slashes are dropped: ``s3://b/x/`` is ``s3://b/x``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from engine.errors import ConfigError
 OBJECT_SCHEMES = ("s3", "gs")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _LOOKALIKES = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}  # other tools' names for the same stores
+# Schemes of other stores (fsspec's and Hadoop's names): written with one slash or none
+# (``s3:/b/x``), a location would otherwise be a local folder named ``s3:`` in the working
+# directory, and a run would write there without a word.  One letter is a Windows drive.
+_OTHER_SCHEMES = ("az", "abfs", "abfss", "adl", "wasb", "wasbs", "hdfs", "webhdfs", "http", "https", "ftp", "sftp")
+_SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(.*)", re.DOTALL)
+# A bucket's name: S3's rules allow lower-case letters, digits, '.' and '-' (older buckets
+# also upper case and '_'); a ':' or '@' is an endpoint or credentials written into the URI.
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def normalise(location: str, what: str = "--out") -> str:
@@ -33,12 +44,13 @@ def normalise(location: str, what: str = "--out") -> str:
         raise ConfigError(f"The {what} must be a folder or a URI (a string). Got {location!r}.")
     if not location.strip():
         raise ConfigError(f"The {what} is empty; give a folder or a URI such as s3://BUCKET/PREFIX.")
-    if "://" not in location:
-        return location  # a local path: the operating system resolves it
-    scheme, _, rest = location.partition("://")
 
     def refuse(why: str) -> ConfigError:
         return ConfigError(f"The {what} {location!r} is not a results location: {why}.")
+
+    if "://" not in location:
+        return _local_path(location, refuse)
+    scheme, _, rest = location.partition("://")
 
     if not _SCHEME.fullmatch(scheme):
         raise refuse("what precedes '://' is not a URI scheme; give a local folder or s3://BUCKET/PREFIX")
@@ -56,10 +68,19 @@ def normalise(location: str, what: str = "--out") -> str:
             "a query or fragment is not read (the endpoint and credentials come from the AWS_* variables); "
             "drop what follows '?' or '#'"
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in rest):
+        raise refuse("a control character (a newline, a tab) in the URI; an object store would keep it in the key")
     rest = rest.rstrip("/")
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise refuse(f"no bucket; write {scheme}://BUCKET/PREFIX")
+    if not _BUCKET.fullmatch(bucket):
+        where = (
+            " (the endpoint comes from AWS_ENDPOINT_URL_S3, the credentials from the AWS_* variables, never from the URI)"
+            if ":" in bucket or "@" in bucket
+            else ""
+        )
+        raise refuse(f"{bucket!r} is not a bucket name: letters, digits, '.', '-' and '_'{where}")
     segments = key.split("/") if key else []
     if "" in segments:
         raise refuse("an empty segment ('//') in the key; an object store keeps it, a folder would not")
@@ -77,6 +98,30 @@ def normalise(location: str, what: str = "--out") -> str:
 def is_local(location: str) -> bool:
     """Whether a normalised location is a path on this machine's file system."""
     return "://" not in location
+
+
+def _local_path(location: str, refuse) -> str:
+    """A location without ``://``: a local path as given (the operating system resolves it),
+    ``file:/PATH`` (a file URI without an authority) as its path; a store's scheme followed by
+    ``:`` and fewer than two slashes is refused, never taken for a folder named ``s3:``."""
+    match = _SCHEME_PREFIX.fullmatch(location)
+    if match is None:
+        return location
+    scheme, rest = match[1], match[2]
+    if scheme == "file" and rest.startswith("/"):
+        return _file_path(rest, refuse)  # file:/PATH, RFC 8089's form without an authority
+    known = (*OBJECT_SCHEMES, "file", *_LOOKALIKES, *_OTHER_SCHEMES)
+    if scheme.lower() not in known:
+        return location
+    store = _LOOKALIKES.get(scheme.lower(), scheme.lower())
+    if store in _OTHER_SCHEMES:
+        meant = "a local folder, file:///PATH, " + ", ".join(f"{s}://BUCKET/PREFIX" for s in OBJECT_SCHEMES)
+    else:
+        meant = "file:///PATH" if store == "file" else f"{store}://{rest.lstrip('/')}"
+    raise refuse(
+        f"{scheme + ':'!r} without '//' would be a local folder named {scheme + ':'!r}; write {meant} "
+        f"(or ./{location} for such a local folder)"
+    )
 
 
 def _file_path(rest: str, refuse) -> str:
