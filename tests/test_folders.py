@@ -156,6 +156,12 @@ MALFORMED = [
     ("S3://b/x", "write the scheme in lower case (s3://b/x)"),
     ("s3://b/x?endpoint_override=y", "a query or fragment is not read"),
     ("file://elsewhere/x", "a file:// URI names an absolute path on this machine"),
+    ("s3:/b/x", "'s3:' without '//' would be a local folder named 's3:'; write s3://b/x (or ./s3:/b/x"),
+    ("s3a:b/x", "'s3a:' without '//' would be a local folder named 's3a:'; write s3://b/x (or ./s3a:b/x"),
+    ("file:x", "'file:' without '//' would be a local folder named 'file:'; write file:///PATH"),
+    ("s3://bkt:9000/x", "'bkt:9000' is not a bucket name: letters, digits, '.', '-' and '_' (the endpoint comes"),
+    ("s3://user@bkt/x", "'user@bkt' is not a bucket name"),
+    ("s3://bkt/x\n", "a control character (a newline, a tab) in the URI"),
 ]
 
 
@@ -177,6 +183,22 @@ def test_a_file_uri_is_its_local_folder(tmp_path, capsys):
     code, _, err = cli(capsys, "run", "--out", f"file://{out}/", *FAST, "--set", "rounds.max_rounds=1")
     assert code == 0, err
     assert len(ws.load(str(out))) == 1 and len(ws.load(f"file://{out}")) == 1
+    assert len(ws.load(f"file:{out}")) == 1  # file:/PATH, a file URI without an authority: the same folder
+
+
+def test_a_store_scheme_without_its_slashes_writes_no_local_folder_and_relative_paths_work(
+    tmp_path, monkeypatch, capsys
+):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for out in ("s3:/bucket/x", "gs:bucket", "file:rel"):
+        code, _, err = cli(capsys, "run", "--out", out, *FAST, "--set", "rounds.max_rounds=1")
+        assert code == 2 and "without '//' would be a local folder named" in one_line(err)
+    assert os.listdir(cwd) == []  # no folder named 's3:', 'gs:' or 'file:' here
+    code, _, err = cli(capsys, "run", "--out", "../rel/out", *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err  # a relative path with '..' is a local folder as the user means it
+    assert ws.load("../rel/out")["round"].tolist() == [1] and (tmp_path / "rel" / "out" / "_warmstart").is_dir()
 
 
 # --- trial ids every reader reads -----------------------------------------------------------------
@@ -241,7 +263,7 @@ def test_a_suite_trial_recomputed_from_round_1_runs_every_round_again(finished, 
     assert not check(str(out))[0].problems
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted", "behind"])
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "behind", "far ahead", "not a number"])
 def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, tmp_path, capsys):
     out = copy_to(finished, tmp_path / "out")
     status = out / "_warmstart" / finished[1] / "status.json"
@@ -249,8 +271,12 @@ def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, 
         status.write_bytes(status.read_bytes()[:10])
     elif damage == "deleted":
         status.unlink()
-    else:  # the process died between the last checkpoint and its status
+    elif damage == "behind":  # the process died between the last checkpoint and its status
         status.write_text(json.dumps({**json.loads(status.read_text()), "round": 2}))
+    elif damage == "far ahead":  # valid JSON, but more than the one round a passed-over checkpoint explains
+        status.write_text(json.dumps({**json.loads(status.read_text()), "round": 9}))
+    else:  # valid JSON of the wrong type (true is an int to Python)
+        status.write_text(json.dumps({**json.loads(status.read_text()), "round": True}))
     assert check(str(out))[0].problems
     code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
     assert code == 0, err
