@@ -92,6 +92,22 @@ def test_an_out_inside_another_results_folder_is_refused_naming_it(finished, tmp
     assert not inner.exists()  # nothing written
 
 
+def test_a_symbolic_link_hides_no_results_folder_either_way(finished, tmp_path, capsys):
+    results = copy_to(finished, tmp_path / "results")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (results / "link").symlink_to(elsewhere)  # a link out of a results folder: pandas follows it
+    (tmp_path / "into").symlink_to(results)  # a link into one
+    for out in (results / "link" / "x", tmp_path / "into" / "x"):
+        code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
+        assert code == 2
+        assert one_line(err) == (
+            f"warmstart: error: The results folder {out} would lie inside the results folder {results}, whose "
+            "readers (pandas.read_parquet reads folders recursively) would mix the two; choose an --out outside it."
+        )
+    assert os.listdir(elsewhere) == []
+
+
 def test_an_out_that_holds_another_results_folder_is_refused_naming_it(finished, tmp_path, capsys):
     outer = tmp_path / "outer"
     inner = copy_to(finished, outer / "a" / "inner")

@@ -61,10 +61,14 @@ def check_boundary(out: str) -> None:
 def _check_boundary(out: str) -> None:
     fs, base = filesystem(out)
     local = is_local(out)
+    above = _ancestors(base, local)
     if local:
-        base = os.path.realpath(base)  # a symbolic link does not hide the folder it points into
+        # A symbolic link hides neither the folder it points into (the real path's ancestors)
+        # nor the results folder it sits in (the path's own: pandas.read_parquet follows links).
+        base = os.path.realpath(base)
+        above = list(dict.fromkeys([*_ancestors(base, local), *above]))
     scheme = "" if local else out.split("://")[0] + "://"
-    outer = next((a for a in _ancestors(base, local) if _is_results_folder(fs, a)), None)
+    outer = next((a for a in above if _is_results_folder(fs, a)), None)
     if outer is not None:
         raise ConfigError(
             f"The results folder {out} would lie inside the results folder {scheme}{outer}, whose readers "
