@@ -444,3 +444,16 @@ def test_on_a_bucket_a_damaged_config_is_one_line_naming_its_uri(aws, capsys):
     assert one_line(err).startswith(
         f"warmstart: error: The saved config {uri}/_warmstart/{trial}/config.yaml is damaged"
     )
+
+
+def test_a_report_is_refused_inside_another_results_folder_under_a_name_readers_read(finished, tmp_path, capsys):
+    results, other = copy_to(finished, tmp_path / "results"), copy_to(finished, tmp_path / "other")
+    for report in (other / "figs", other):  # pandas.read_parquet(other) would read its PNGs as Parquet
+        code, _, err = cli(capsys, "report", str(results), "--out", str(report))
+        assert code == 2
+        assert one_line(err) == (
+            f"warmstart: error: The report directory {report} is inside the results {other} under a name that "
+            f"pyarrow reads as results; use one starting with '_' (the default: {other}/_report)."
+        )
+    assert not (other / "figs").exists() and not (other / "index.html").exists()
+    assert len(pd.read_parquet(other)) == 3

@@ -647,12 +647,25 @@ def default_out(path_or_uri: str) -> str:
 
 def _check_out(path_or_uri: str, out_dir: str) -> None:
     """A report inside the results directory must sit under a name pyarrow skips, or the
-    next pandas.read_parquet of the results would try to read its PNGs as Parquet."""
+    next pandas.read_parquet of the results would try to read its PNGs as Parquet; the same
+    holds inside any other results folder (folders.enclosing_results_folder)."""
+    from engine.storage.folders import enclosing_results_folder
+
+    other = enclosing_results_folder(out_dir)
+    if other is not None:
+        _check_out_of(other, out_dir)
+    _check_out_of(path_or_uri, out_dir)
+
+
+def _check_out_of(path_or_uri: str, out_dir: str) -> None:
     fs, base = filesystem(path_or_uri)
     out_fs, out = filesystem(out_dir)
-    if type(fs) is not type(out_fs) or not out.startswith(base.rstrip("/") + "/"):
+    if isinstance(fs, pafs.LocalFileSystem):  # a symbolic link does not hide where the report goes
+        base, out = os.path.realpath(base), os.path.realpath(out)
+    base = base.rstrip("/")
+    if type(fs) is not type(out_fs) or not (out == base or out.startswith(base + "/")):
         return
-    first = out[len(base.rstrip("/")) + 1 :].split("/")[0]
+    first = out[len(base) + 1 :].split("/")[0]
     if not first.startswith(("_", ".")):
         raise ConfigError(
             f"The report directory {out_dir} is inside the results {path_or_uri} under a name that "

@@ -92,6 +92,23 @@ def _check_boundary(out: str) -> None:
 _TOO_MANY = "too many"
 
 
+def enclosing_results_folder(location: str) -> str | None:
+    """The results folder that ``location`` is, or lies inside (nearest first), as a location
+    (``s3://…`` or a local path); None when there is none.  What a folder of other files (a
+    report) must not be written into, unless under a name readers skip."""
+    location = normalise(location)
+    fs, base = filesystem(location)
+    local = is_local(location)
+    candidates = [base, *_ancestors(base, local)]
+    if local:
+        real = os.path.realpath(base)
+        candidates = list(dict.fromkeys([real, *_ancestors(real, local), *candidates]))
+    found = next((c for c in candidates if _is_results_folder(fs, c)), None)
+    if found is None or local:
+        return found
+    return location.split("://")[0] + "://" + found
+
+
 def _ancestors(base: str, local: bool) -> list[str]:
     """The folders above ``base``, nearest first (an object store's: up to its bucket)."""
     parts = base.rstrip("/").split("/")
