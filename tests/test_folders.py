@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import textwrap
 
 import pandas as pd
@@ -457,3 +458,30 @@ def test_a_report_is_refused_inside_another_results_folder_under_a_name_readers_
         )
     assert not (other / "figs").exists() and not (other / "index.html").exists()
     assert len(pd.read_parquet(other)) == 3
+
+
+def test_on_a_bucket_a_report_into_other_results_is_refused_and_a_silent_store_named(
+    finished, aws, monkeypatch, capsys
+):
+    from engine.storage import object_store
+
+    other = aws.uri("reported-other")
+    ws.run_trial({**TINY, "rounds": {"max_rounds": 1}}, other)
+    code, _, err = cli(capsys, "report", str(finished[0]), "--out", other + "/figs")
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: The report directory {other}/figs is inside the results {other} under a name that "
+        f"pyarrow reads as results; use one starting with '_' (the default: {other}/_report)."
+    )
+    assert len(ws.load(other)) == 1
+    with socket.socket() as closed:  # a port where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("WARMSTART_S3_TIMEOUT", "0.5")
+    monkeypatch.setattr(object_store, "_OBJECT_STORES", {})
+    code, _, err = cli(capsys, "report", str(finished[0]), "--out", aws.uri("report"))
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: Cannot write the report to {aws.uri('report')}: the endpoint {endpoint} does not answer."
+    )

@@ -650,8 +650,13 @@ def _check_out(path_or_uri: str, out_dir: str) -> None:
     next pandas.read_parquet of the results would try to read its PNGs as Parquet; the same
     holds inside any other results folder (folders.enclosing_results_folder)."""
     from engine.storage.folders import enclosing_results_folder
+    from engine.storage.object_store import object_store_reason, reach
 
-    other = enclosing_results_folder(out_dir)
+    try:
+        reach(out_dir)  # its first request, retried once: a store that does not answer is named in seconds
+        other = enclosing_results_folder(out_dir)
+    except OSError as exc:
+        raise ConfigError(f"Cannot write the report to {out_dir}: {object_store_reason(exc, out_dir)}.") from None
     if other is not None:
         _check_out_of(other, out_dir)
     _check_out_of(path_or_uri, out_dir)
@@ -990,9 +995,9 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh
         if len(paths) != 1:
             raise ConfigError(f"A report of {len(paths)} results paths needs its own directory: pass --out.")
         out_dir = default_out(paths[0])
+    frame = results.load(*paths)  # first: a store that does not answer is named reading, in seconds
     for path in paths:
         _check_out(path, out_dir)
-    frame = results.load(*paths)
     built = _Report(frame, _Out(out_dir))
     with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
         warnings.simplefilter("ignore", results.SeedCollision)
