@@ -485,3 +485,22 @@ def test_on_a_bucket_a_report_into_other_results_is_refused_and_a_silent_store_n
     assert one_line(err) == (
         f"warmstart: error: Cannot write the report to {aws.uri('report')}: the endpoint {endpoint} does not answer."
     )
+
+
+def test_a_trial_not_of_a_suite_is_refused_in_its_folder_and_one_of_its_trials_runs(tmp_path, capsys):
+    from engine.suite.plan import load_suite
+    from engine.suite.tune import prepare_out
+
+    out = tmp_path / "suite"
+    prepare_out(load_suite(suite_file(tmp_path)), str(out), resume=False)  # what a suite records first
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "seed=7")
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"warmstart: error: {out} holds suite 'boundary', and trial 'digits-") and (
+        "-s7-" in line and "is not one of its trials (its summary and report would count it" in line
+    )
+    with pytest.raises(ConfigError, match="is not one of its trials"):
+        ws.Trial({**TINY, "seed": 7}, out=str(out))
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "seed=1", "--set", "rounds.max_rounds=3")
+    assert code == 0, err  # one of the suite's own trials, run by hand
+    assert ws.load(str(out))["trial_id"].unique().tolist() == read_manifest(str(out))["trials"][1:]

@@ -26,17 +26,20 @@ import pyarrow.parquet as pq
 
 from engine.errors import ConfigError
 from engine.storage.object_store import object_store_reason, reach
-from engine.storage.store import META, TrialStore, filesystem
+from engine.storage.store import META, TrialStore, filesystem, read_manifest
 from engine.storage.uri import is_local, normalise
 
 MAX_FOLDERS = 200  # subfolders a new results folder's walk may list before it gives up
 
 
-def check_results_folder(out: str, name: str) -> str:
+def check_results_folder(out: str, name: str, trial: bool = False) -> str:
     """Everything to check of an ``--out`` before anything starts: its form (``uri.normalise``:
     the normalised location is returned), its boundary (``check_boundary``, which only reads)
     and that it can be written (``TrialStore.probe``, for the trial or suite ``name``).  Nothing
-    is left behind.  A store that cannot be read is the probe's to word, as for a write."""
+    is left behind.  A store that cannot be read is the probe's to word, as for a write.
+    ``trial``: ``name`` is a trial id, refused in a suite's folder unless one of its trials
+    (the suite's summary and report would count it with its own, as a suite refuses a folder
+    that holds results not its own)."""
     out = normalise(out)
     try:
         reach(out)  # a store that does not answer fails in seconds here, not after every retry of a listing
@@ -45,6 +48,12 @@ def check_results_folder(out: str, name: str) -> str:
         TrialStore(out, name).probe()  # the store's own problem (no endpoint, no bucket, no keys), in one line
         check_boundary(out)  # the probe got through: ask again
     TrialStore(out, name).probe()
+    manifest = read_manifest(out) if trial else None
+    if manifest is not None and name not in manifest["trials"]:
+        raise ConfigError(
+            f"{out} holds suite {manifest['name']!r}, and trial {name!r} is not one of its trials (its summary and "
+            "report would count it with the suite's); choose another --out."
+        )
     return out
 
 
