@@ -179,6 +179,9 @@ MALFORMED = [
     ("s3://bkt:9000/x", "'bkt:9000' is not a bucket name: letters, digits, '.', '-' and '_' (the endpoint comes"),
     ("s3://user@bkt/x", "'user@bkt' is not a bucket name"),
     ("s3://bkt/x\n", "a control character (a newline, a tab) in the URI"),
+    ("s3://bkt/p%20q", "'%' in the key: pyarrow's URIs, and so pandas.read_parquet, read '%XX' as an escape"),
+    ("s3://bkt/a b", "' ' in the key: pyarrow's URIs"),
+    ("s3://bkt/résumé", "'é' in the key: pyarrow's URIs"),
 ]
 
 

@@ -10,7 +10,8 @@ segment or an empty one (``s3://b//d``), when its bucket is missing (``s3://``, 
 when its scheme is unknown (``s3a://``) or not in lower case (``S3://``), or when it has a query
 or fragment (the endpoint and credentials come from the environment, never from the URI).
 A bucket that is not a bucket's name (``s3://host:9000/x``, ``s3://user@b/x``) and a control
-character (a pasted newline) are refused too.  A store's scheme with one slash or none
+character (a pasted newline) are refused too, and so is a key character that pyarrow's URIs
+(``pandas.read_parquet("s3://…")``) read otherwise or not at all: ``%``, a space, non-ASCII.  A store's scheme with one slash or none
 (``s3:/b/x``, ``file:x``) is refused rather than taken for a local folder named ``s3:``;
 ``file:/PATH`` is the path.  Trailing slashes are dropped: ``s3://b/x/`` is ``s3://b/x``.
 """
@@ -34,6 +35,10 @@ _SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(.*)", re.DOTALL)
 # A bucket's name: S3's rules allow lower-case letters, digits, '.' and '-' (older buckets
 # also upper case and '_'); a ':' or '@' is an endpoint or credentials written into the URI.
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# What a URI's path carries as written (RFC 3986's pchar, less '%'): pyarrow's URIs, and so
+# pandas.read_parquet("s3://…"), decode '%20' to a space and cannot parse a space, 'é' or
+# '[', while the rows are written under the key as given: readers would look elsewhere.
+_KEY_CHAR = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]")
 
 
 def normalise(location: str, what: str = "--out") -> str:
@@ -81,6 +86,13 @@ def normalise(location: str, what: str = "--out") -> str:
             else ""
         )
         raise refuse(f"{bucket!r} is not a bucket name: letters, digits, '.', '-' and '_'{where}")
+    odd = next((c for c in key if not _KEY_CHAR.fullmatch(c)), None)
+    if odd is not None:
+        raise refuse(
+            f"{odd!r} in the key: pyarrow's URIs, and so pandas.read_parquet, read '%XX' as an escape and cannot "
+            "parse a space or a character outside ASCII's letters, digits and -._~!$&'()*+,;=:@, so readers "
+            "would not find the rows; use those"
+        )
     segments = key.split("/") if key else []
     if "" in segments:
         raise refuse("an empty segment ('//') in the key; an object store keeps it, a folder would not")
