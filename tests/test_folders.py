@@ -507,3 +507,12 @@ def test_a_trial_not_of_a_suite_is_refused_in_its_folder_and_one_of_its_trials_r
     code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "seed=1", "--set", "rounds.max_rounds=3")
     assert code == 0, err  # one of the suite's own trials, run by hand
     assert ws.load(str(out))["trial_id"].unique().tolist() == read_manifest(str(out))["trials"][1:]
+
+
+def test_a_pathlib_path_is_a_local_folder_in_the_api(finished, tmp_path):
+    out = tmp_path / "as-path"  # a pathlib.Path, not a str
+    assert ws.run_trial({**TINY, "rounds": {"max_rounds": 1}}, out)["round"].tolist() == [1]
+    assert ws.load(out)["round"].tolist() == [1]
+    assert len(ws.load(finished[0])) == 3 and [t.trial_id for t in check(finished[0])] == [finished[1]]
+    with pytest.raises(ConfigError, match=r"must be a folder or a URI \(a string\). Got b'/tmp'"):
+        ws.load(b"/tmp")

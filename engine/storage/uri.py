@@ -18,6 +18,7 @@ character (a pasted newline) are refused too, and so is a key character that pya
 
 from __future__ import annotations
 
+import os
 import re
 from urllib.parse import unquote
 
@@ -45,6 +46,8 @@ def normalise(location: str, what: str = "--out") -> str:
     """``location`` in its one normal form: a local path as given (``file://`` URIs become
     their path), or ``SCHEME://BUCKET[/KEY]`` with no trailing slash.  A ConfigError (one
     line naming ``what`` and the fix) for anything else."""
+    if isinstance(location, os.PathLike):  # a pathlib.Path in the Python API: a local path
+        location = os.fspath(location)
     if not isinstance(location, str):
         raise ConfigError(f"The {what} must be a folder or a URI (a string). Got {location!r}.")
     if not location.strip():
