@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
-from engine.storage.object_store import adopt_filesystem, object_store
+from engine.storage.object_store import adopt_filesystem, object_store, outage, reach
 from engine.storage.store import TrialStore, filesystem, ray_storage
 from engine.storage.uri import is_local, normalise
 from engine.trial.progress import ProgressWriter, follow
@@ -508,12 +508,28 @@ def run_trial_on_ray(
     try:
         trainer.fit()
     except TrainingFailedError as exc:
+        down = _store_down(location)
+        if down is not None:  # the workers' last failure names the probe, not the store: ask it here
+            raise outage(down, location) from exc
         raise TrialFailed(
             f"trial {cfg.trial_id()} failed on Ray Train after {cfg.scaling.max_failures} restart(s): "
             f"{error_line(exc)} (completed rounds are saved; re-run the same command to resume)"
         ) from exc
     finally:
         done.set()
+
+
+def _store_down(location: str) -> OSError | None:
+    """The error of an object store at ``location`` that does not answer now (its first-contact
+    bound), else None: a Ray Train trial that failed for that reason ends as an outage, in one
+    line with the resume command, as a suite's trial does."""
+    if "://" not in location:
+        return None
+    try:
+        reach(location)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def log_ray_to_file() -> None:
