@@ -516,3 +516,23 @@ def test_a_pathlib_path_is_a_local_folder_in_the_api(finished, tmp_path):
     assert len(ws.load(finished[0])) == 3 and [t.trial_id for t in check(finished[0])] == [finished[1]]
     with pytest.raises(ConfigError, match=r"must be a folder or a URI \(a string\). Got b'/tmp'"):
         ws.load(b"/tmp")
+
+
+def test_check_flags_a_saved_config_that_a_resume_refuses(finished, tmp_path, capsys):
+    out = copy_to(finished, tmp_path / "out")
+    saved = out / "_warmstart" / finished[1] / "config.yaml"
+    whole = saved.read_bytes()
+    saved.write_bytes(whole[:-40])  # truncated: its checksum does not match
+    (report,) = check(str(out))
+    assert report.problems == [
+        f"The saved config {saved} is damaged (truncated or altered: its checksum does not match); restore it "
+        "from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit."
+    ]
+    other = copy_to(finished, tmp_path / "other")  # another trial's config, sealed and whole
+    ws.run_trial({**TINY, "seed": 5, "rounds": {"max_rounds": 1}}, str(tmp_path / "seed5"))
+    (seed5,) = os.listdir(tmp_path / "seed5" / "_warmstart")
+    shutil.copy(tmp_path / "seed5" / "_warmstart" / seed5 / "config.yaml", other / "_warmstart" / finished[1])
+    (report,) = check(str(other))
+    assert report.problems == [f"its config.yaml is the config of trial {seed5!r}: a resume refuses it"]
+    code, printed, err = cli(capsys, "check", str(other))
+    assert code == 1 and f"its config.yaml is the config of trial {seed5!r}" in printed + err
