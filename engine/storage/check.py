@@ -77,10 +77,15 @@ def _config_problems(store: TrialStore) -> list[str]:
     if saved is None:
         return []
     try:
-        derived = Config(saved).trial_id()
+        cfg = Config(saved)
+        derived = cfg.trial_id()
+        # A derived id's readable part only: its digest also holds the overrides registered in
+        # the process that ran it, which this one may not have loaded.
+        readable = f"{cfg.dataset.name}-{cfg.model.name}-{cfg.init.name}-{cfg.acquisition.name}-s{cfg.seed}-"
     except (KeyError, TypeError, AttributeError) as exc:
         return [f"its config.yaml is not a warmstart config ({type(exc).__name__} {exc}): a resume refuses it"]
-    if derived != store.trial_id:
+    ours = store.trial_id == derived if saved.get("trial_id") else store.trial_id.startswith(readable)
+    if not ours:
         return [f"its config.yaml is the config of trial {derived!r}: a resume refuses it"]
     return []
 
