@@ -169,7 +169,7 @@ class Trial:
                 "A Trial runs in this process; 'scaling.workers' needs Ray Train: use run_trial(config, workers=N)."
             )
         if out is not None:  # its form, that it can be written, and its boundary: before anything starts
-            out = check_results_folder(out, cfg.trial_id())
+            out = check_results_folder(out, cfg.trial_id(), trial=True)
         self._session = start_trial(cfg, out)
         self.out = out
 

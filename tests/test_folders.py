@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import textwrap
 
 import pandas as pd
@@ -92,6 +93,22 @@ def test_an_out_inside_another_results_folder_is_refused_naming_it(finished, tmp
     assert not inner.exists()  # nothing written
 
 
+def test_a_symbolic_link_hides_no_results_folder_either_way(finished, tmp_path, capsys):
+    results = copy_to(finished, tmp_path / "results")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (results / "link").symlink_to(elsewhere)  # a link out of a results folder: pandas follows it
+    (tmp_path / "into").symlink_to(results)  # a link into one
+    for out in (results / "link" / "x", tmp_path / "into" / "x"):
+        code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
+        assert code == 2
+        assert one_line(err) == (
+            f"warmstart: error: The results folder {out} would lie inside the results folder {results}, whose "
+            "readers (pandas.read_parquet reads folders recursively) would mix the two; choose an --out outside it."
+        )
+    assert os.listdir(elsewhere) == []
+
+
 def test_an_out_that_holds_another_results_folder_is_refused_naming_it(finished, tmp_path, capsys):
     outer = tmp_path / "outer"
     inner = copy_to(finished, outer / "a" / "inner")
@@ -156,6 +173,15 @@ MALFORMED = [
     ("S3://b/x", "write the scheme in lower case (s3://b/x)"),
     ("s3://b/x?endpoint_override=y", "a query or fragment is not read"),
     ("file://elsewhere/x", "a file:// URI names an absolute path on this machine"),
+    ("s3:/b/x", "'s3:' without '//' would be a local folder named 's3:'; write s3://b/x (or ./s3:/b/x"),
+    ("s3a:b/x", "'s3a:' without '//' would be a local folder named 's3a:'; write s3://b/x (or ./s3a:b/x"),
+    ("file:x", "'file:' without '//' would be a local folder named 'file:'; write file:///PATH"),
+    ("s3://bkt:9000/x", "'bkt:9000' is not a bucket name: letters, digits, '.', '-' and '_' (the endpoint comes"),
+    ("s3://user@bkt/x", "'user@bkt' is not a bucket name"),
+    ("s3://bkt/x\n", "a control character (a newline, a tab) in the URI"),
+    ("s3://bkt/p%20q", "'%' in the key: pyarrow's URIs, and so pandas.read_parquet, read '%XX' as an escape"),
+    ("s3://bkt/a b", "' ' in the key: pyarrow's URIs"),
+    ("s3://bkt/résumé", "'é' in the key: pyarrow's URIs"),
 ]
 
 
@@ -177,6 +203,22 @@ def test_a_file_uri_is_its_local_folder(tmp_path, capsys):
     code, _, err = cli(capsys, "run", "--out", f"file://{out}/", *FAST, "--set", "rounds.max_rounds=1")
     assert code == 0, err
     assert len(ws.load(str(out))) == 1 and len(ws.load(f"file://{out}")) == 1
+    assert len(ws.load(f"file:{out}")) == 1  # file:/PATH, a file URI without an authority: the same folder
+
+
+def test_a_store_scheme_without_its_slashes_writes_no_local_folder_and_relative_paths_work(
+    tmp_path, monkeypatch, capsys
+):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for out in ("s3:/bucket/x", "gs:bucket", "file:rel"):
+        code, _, err = cli(capsys, "run", "--out", out, *FAST, "--set", "rounds.max_rounds=1")
+        assert code == 2 and "without '//' would be a local folder named" in one_line(err)
+    assert os.listdir(cwd) == []  # no folder named 's3:', 'gs:' or 'file:' here
+    code, _, err = cli(capsys, "run", "--out", "../rel/out", *FAST, "--set", "rounds.max_rounds=1")
+    assert code == 0, err  # a relative path with '..' is a local folder as the user means it
+    assert ws.load("../rel/out")["round"].tolist() == [1] and (tmp_path / "rel" / "out" / "_warmstart").is_dir()
 
 
 # --- trial ids every reader reads -----------------------------------------------------------------
@@ -241,7 +283,7 @@ def test_a_suite_trial_recomputed_from_round_1_runs_every_round_again(finished, 
     assert not check(str(out))[0].problems
 
 
-@pytest.mark.parametrize("damage", ["truncated", "deleted", "behind"])
+@pytest.mark.parametrize("damage", ["truncated", "deleted", "behind", "far ahead", "not a number"])
 def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, tmp_path, capsys):
     out = copy_to(finished, tmp_path / "out")
     status = out / "_warmstart" / finished[1] / "status.json"
@@ -249,8 +291,12 @@ def test_a_status_check_would_flag_is_recomputed_and_repaired(damage, finished, 
         status.write_bytes(status.read_bytes()[:10])
     elif damage == "deleted":
         status.unlink()
-    else:  # the process died between the last checkpoint and its status
+    elif damage == "behind":  # the process died between the last checkpoint and its status
         status.write_text(json.dumps({**json.loads(status.read_text()), "round": 2}))
+    elif damage == "far ahead":  # valid JSON, but more than the one round a passed-over checkpoint explains
+        status.write_text(json.dumps({**json.loads(status.read_text()), "round": 9}))
+    else:  # valid JSON of the wrong type (true is an int to Python)
+        status.write_text(json.dumps({**json.loads(status.read_text()), "round": True}))
     assert check(str(out))[0].problems
     code, _, err = cli(capsys, "run", "--out", str(out), *FAST)
     assert code == 0, err
@@ -402,3 +448,91 @@ def test_on_a_bucket_a_damaged_config_is_one_line_naming_its_uri(aws, capsys):
     assert one_line(err).startswith(
         f"warmstart: error: The saved config {uri}/_warmstart/{trial}/config.yaml is damaged"
     )
+
+
+def test_a_report_is_refused_inside_another_results_folder_under_a_name_readers_read(finished, tmp_path, capsys):
+    results, other = copy_to(finished, tmp_path / "results"), copy_to(finished, tmp_path / "other")
+    for report in (other / "figs", other):  # pandas.read_parquet(other) would read its PNGs as Parquet
+        code, _, err = cli(capsys, "report", str(results), "--out", str(report))
+        assert code == 2
+        assert one_line(err) == (
+            f"warmstart: error: The report directory {report} is inside the results {other} under a name that "
+            f"pyarrow reads as results; use one starting with '_' (the default: {other}/_report)."
+        )
+    assert not (other / "figs").exists() and not (other / "index.html").exists()
+    assert len(pd.read_parquet(other)) == 3
+
+
+def test_on_a_bucket_a_report_into_other_results_is_refused_and_a_silent_store_named(
+    finished, aws, monkeypatch, capsys
+):
+    from engine.storage import object_store
+
+    other = aws.uri("reported-other")
+    ws.run_trial({**TINY, "rounds": {"max_rounds": 1}}, other)
+    code, _, err = cli(capsys, "report", str(finished[0]), "--out", other + "/figs")
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: The report directory {other}/figs is inside the results {other} under a name that "
+        f"pyarrow reads as results; use one starting with '_' (the default: {other}/_report)."
+    )
+    assert len(ws.load(other)) == 1
+    with socket.socket() as closed:  # a port where nothing listens
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    monkeypatch.setenv("WARMSTART_S3_TIMEOUT", "0.5")
+    monkeypatch.setattr(object_store, "_OBJECT_STORES", {})
+    code, _, err = cli(capsys, "report", str(finished[0]), "--out", aws.uri("report"))
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: Cannot write the report to {aws.uri('report')}: the endpoint {endpoint} does not answer."
+    )
+
+
+def test_a_trial_not_of_a_suite_is_refused_in_its_folder_and_one_of_its_trials_runs(tmp_path, capsys):
+    from engine.suite.plan import load_suite
+    from engine.suite.tune import prepare_out
+
+    out = tmp_path / "suite"
+    prepare_out(load_suite(suite_file(tmp_path)), str(out), resume=False)  # what a suite records first
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "seed=7")
+    assert code == 2
+    line = one_line(err)
+    assert line.startswith(f"warmstart: error: {out} holds suite 'boundary', and trial 'digits-") and (
+        "-s7-" in line and "is not one of its trials (its summary and report would count it" in line
+    )
+    with pytest.raises(ConfigError, match="is not one of its trials"):
+        ws.Trial({**TINY, "seed": 7}, out=str(out))
+    code, _, err = cli(capsys, "run", "--out", str(out), *FAST, "--set", "seed=1", "--set", "rounds.max_rounds=3")
+    assert code == 0, err  # one of the suite's own trials, run by hand
+    assert ws.load(str(out))["trial_id"].unique().tolist() == read_manifest(str(out))["trials"][1:]
+
+
+def test_a_pathlib_path_is_a_local_folder_in_the_api(finished, tmp_path):
+    out = tmp_path / "as-path"  # a pathlib.Path, not a str
+    assert ws.run_trial({**TINY, "rounds": {"max_rounds": 1}}, out)["round"].tolist() == [1]
+    assert ws.load(out)["round"].tolist() == [1]
+    assert len(ws.load(finished[0])) == 3 and [t.trial_id for t in check(finished[0])] == [finished[1]]
+    with pytest.raises(ConfigError, match=r"must be a folder or a URI \(a string\). Got b'/tmp'"):
+        ws.load(b"/tmp")
+
+
+def test_check_flags_a_saved_config_that_a_resume_refuses(finished, tmp_path, capsys):
+    out = copy_to(finished, tmp_path / "out")
+    saved = out / "_warmstart" / finished[1] / "config.yaml"
+    whole = saved.read_bytes()
+    saved.write_bytes(whole[:-40])  # truncated: its checksum does not match
+    (report,) = check(str(out))
+    assert report.problems == [
+        f"The saved config {saved} is damaged (truncated or altered: its checksum does not match); restore it "
+        "from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit."
+    ]
+    other = copy_to(finished, tmp_path / "other")  # another trial's config, sealed and whole
+    ws.run_trial({**TINY, "seed": 5, "rounds": {"max_rounds": 1}}, str(tmp_path / "seed5"))
+    (seed5,) = os.listdir(tmp_path / "seed5" / "_warmstart")
+    shutil.copy(tmp_path / "seed5" / "_warmstart" / seed5 / "config.yaml", other / "_warmstart" / finished[1])
+    (report,) = check(str(other))
+    assert report.problems == [f"its config.yaml is the config of trial {seed5!r}: a resume refuses it"]
+    code, printed, err = cli(capsys, "check", str(other))
+    assert code == 1 and f"its config.yaml is the config of trial {seed5!r}" in printed + err

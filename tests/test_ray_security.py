@@ -205,3 +205,47 @@ def test_joining_with_the_clusters_token_works(secured_head, tmp_path):
     joined = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert joined.returncode == 0, joined.stderr[-2000:]
     assert joined.stdout.strip().splitlines()[-1] == "42"
+
+
+# --- an --address where something else listens -------------------------------------------------
+
+
+@pytest.fixture
+def not_a_head():
+    """Two listeners that are not a Ray head: a web server (what the dashboard's port 8265 is)
+    and a socket that accepts connections and never answers; yields their HOST:PORTs."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the server's own log is not the command's stderr
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    yield {"web": f"127.0.0.1:{web.server_port}", "silent": f"127.0.0.1:{silent.getsockname()[1]}"}
+    web.shutdown()
+    web.server_close()
+    silent.close()
+
+
+@pytest.mark.parametrize(
+    "kind, why",
+    [("web", "it answers HTTP/1, as a web server or Ray's dashboard does"),
+     ("silent", "it accepted the connection but did not answer within 5s")],
+)  # fmt: skip
+def test_an_address_where_no_ray_head_listens_is_one_line(not_a_head, kind, why, tmp_path, capsys):
+    from cli_support import cli, one_line
+
+    address = not_a_head[kind]
+    code, _, err = cli(capsys, *RUN, "--set", "device=cpu", "--out", str(tmp_path / "out"), "--address", address)
+    assert code == 2
+    assert one_line(err) == (
+        f"warmstart: error: Cannot join a Ray cluster at {address!r}: what listens there is not a Ray head's GCS "
+        f"port ({why}); give the head's GCS port (6379 unless `ray start --head --port` chose another; not the "
+        "dashboard's 8265)."
+    )
+    assert not (tmp_path / "out").exists()

@@ -194,6 +194,38 @@ def test_an_outage_past_the_retries_ends_the_suite_in_one_line_and_resume_comple
     assert set(versions.values()) == {1}  # every round written once, the ones before the outage too
 
 
+def test_an_outage_ends_a_ray_train_run_in_one_line_with_the_resume_command(moto_server, tmp_path):
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW_PLUGIN)
+    args = ["run", "--plugin", str(plugin), "--set", "init.name=slow_warm", "--set", "rounds.max_rounds=5"]
+    args += ["--set", "device=cpu", "--out", "s3://warmstart/train-outage", "--workers", "1"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "engine", *args],
+        env=_env(moto_server.endpoint, **FAST),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        while not _row_keys(moto_server, "train-outage"):
+            assert driver.poll() is None, driver.communicate()
+            time.sleep(0.2)
+        moto_server.stop()
+        out, err = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+        moto_server.start()
+    assert driver.returncode == 1, out + err
+    # No traceback from the thread that follows the rows, and the outage named (the workers' last
+    # failure was their probe's one line, which named no store error): the resume command.
+    assert err.strip().splitlines() == [
+        f"warmstart: error: The object store {moto_server.endpoint} stopped answering while the run wrote "
+        f"s3://warmstart/train-outage (the endpoint {moto_server.endpoint} does not answer); completed rounds are "
+        f"saved; when it answers again, resume with: warmstart {' '.join(args)}"
+    ]
+
+
 def _row_keys(server, prefix: str) -> dict[str, int]:
     """Row objects under ``prefix`` and how many versions each has."""
     counts: dict[str, int] = {}

@@ -682,12 +682,30 @@ def default_out(path_or_uri: str) -> str:
 
 def _check_out(path_or_uri: str, out_dir: str) -> None:
     """A report inside the results directory must sit under a name pyarrow skips, or the
-    next pandas.read_parquet of the results would try to read its PNGs as Parquet."""
+    next pandas.read_parquet of the results would try to read its PNGs as Parquet; the same
+    holds inside any other results folder (folders.enclosing_results_folder)."""
+    from engine.storage.folders import enclosing_results_folder
+    from engine.storage.object_store import object_store_reason, reach
+
+    try:
+        reach(out_dir)  # its first request, retried once: a store that does not answer is named in seconds
+        other = enclosing_results_folder(out_dir)
+    except OSError as exc:
+        raise ConfigError(f"Cannot write the report to {out_dir}: {object_store_reason(exc, out_dir)}.") from None
+    if other is not None:
+        _check_out_of(other, out_dir)
+    _check_out_of(path_or_uri, out_dir)
+
+
+def _check_out_of(path_or_uri: str, out_dir: str) -> None:
     fs, base = filesystem(path_or_uri)
     out_fs, out = filesystem(out_dir)
-    if type(fs) is not type(out_fs) or not out.startswith(base.rstrip("/") + "/"):
+    if isinstance(fs, pafs.LocalFileSystem):  # a symbolic link does not hide where the report goes
+        base, out = os.path.realpath(base), os.path.realpath(out)
+    base = base.rstrip("/")
+    if type(fs) is not type(out_fs) or not (out == base or out.startswith(base + "/")):
         return
-    first = out[len(base.rstrip("/")) + 1 :].split("/")[0]
+    first = out[len(base) + 1 :].split("/")[0]
     if not first.startswith(("_", ".")):
         raise ConfigError(
             f"The report directory {out_dir} is inside the results {path_or_uri} under a name that "
@@ -1081,9 +1099,9 @@ def write_report(paths: str | Sequence[str], out_dir: str | None = None, refresh
         if len(paths) != 1:
             raise ConfigError(f"A report of {len(paths)} results paths needs its own directory: pass --out.")
         out_dir = default_out(paths[0])
+    frame = results.load(*paths)  # first: a store that does not answer is named reading, in seconds
     for path in paths:
         _check_out(path, out_dir)
-    frame = results.load(*paths)
     built = _Report(frame, _Out(out_dir))
     with warnings.catch_warnings():  # a seed collision is a note on the page, not a warning per figure
         warnings.simplefilter("ignore", results.SeedCollision)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow.fs as pafs
 
 from engine.errors import ConfigError
-from engine.schema.config import RESERVED_TRIAL_IDS, TrialId
+from engine.schema.config import RESERVED_TRIAL_IDS, Config, TrialId
 from engine.storage.folders import row_files, row_key
 from engine.storage.object_store import object_store_reason, reach
 from engine.storage.store import META, TrialStore, filesystem
@@ -67,6 +67,29 @@ def trial_ids(out: str) -> list[str]:
     return sorted(i for i in ids if i.lower() not in RESERVED_TRIAL_IDS)  # Tune's and Ray Train's own folders
 
 
+def _config_problems(store: TrialStore) -> list[str]:
+    """What a resume would refuse in the trial's saved config: damaged (the resume's own line),
+    not a warmstart config, or the config of another trial."""
+    try:
+        saved = store.saved_config()
+    except ConfigError as exc:
+        return [str(exc)]
+    if saved is None:
+        return []
+    try:
+        cfg = Config(saved)
+        derived = cfg.trial_id()
+        # A derived id's readable part only: its digest also holds the overrides registered in
+        # the process that ran it, which this one may not have loaded.
+        readable = f"{cfg.dataset.name}-{cfg.model.name}-{cfg.init.name}-{cfg.acquisition.name}-s{cfg.seed}-"
+    except (KeyError, TypeError, AttributeError) as exc:
+        return [f"its config.yaml is not a warmstart config ({type(exc).__name__} {exc}): a resume refuses it"]
+    ours = store.trial_id == derived if saved.get("trial_id") else store.trial_id.startswith(readable)
+    if not ours:
+        return [f"its config.yaml is the config of trial {derived!r}: a resume refuses it"]
+    return []
+
+
 def check_trial(out: str, trial_id: str) -> TrialCheck:
     store = TrialStore(out, trial_id)
     result = TrialCheck(trial_id)
@@ -75,6 +98,7 @@ def check_trial(out: str, trial_id: str) -> TrialCheck:
             "its id is not a valid trial id (a leading '_' or '.', or a reserved name): load, report and "
             "pandas skip its rows"
         )
+    result.problems += _config_problems(store)
     rows, unreadable = store.read_rows()
     result.rounds = len(rows)
     for round_, why in unreadable.items():

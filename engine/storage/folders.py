@@ -26,17 +26,20 @@ import pyarrow.parquet as pq
 
 from engine.errors import ConfigError
 from engine.storage.object_store import object_store_reason, reach
-from engine.storage.store import META, TrialStore, filesystem
+from engine.storage.store import META, TrialStore, filesystem, read_manifest
 from engine.storage.uri import is_local, normalise
 
 MAX_FOLDERS = 200  # subfolders a new results folder's walk may list before it gives up
 
 
-def check_results_folder(out: str, name: str) -> str:
+def check_results_folder(out: str, name: str, trial: bool = False) -> str:
     """Everything to check of an ``--out`` before anything starts: its form (``uri.normalise``:
     the normalised location is returned), its boundary (``check_boundary``, which only reads)
     and that it can be written (``TrialStore.probe``, for the trial or suite ``name``).  Nothing
-    is left behind.  A store that cannot be read is the probe's to word, as for a write."""
+    is left behind.  A store that cannot be read is the probe's to word, as for a write.
+    ``trial``: ``name`` is a trial id, refused in a suite's folder unless one of its trials
+    (the suite's summary and report would count it with its own, as a suite refuses a folder
+    that holds results not its own)."""
     out = normalise(out)
     try:
         reach(out)  # a store that does not answer fails in seconds here, not after every retry of a listing
@@ -45,6 +48,12 @@ def check_results_folder(out: str, name: str) -> str:
         TrialStore(out, name).probe()  # the store's own problem (no endpoint, no bucket, no keys), in one line
         check_boundary(out)  # the probe got through: ask again
     TrialStore(out, name).probe()
+    manifest = read_manifest(out) if trial else None
+    if manifest is not None and name not in manifest["trials"]:
+        raise ConfigError(
+            f"{out} holds suite {manifest['name']!r}, and trial {name!r} is not one of its trials (its summary and "
+            "report would count it with the suite's); choose another --out."
+        )
     return out
 
 
@@ -61,10 +70,14 @@ def check_boundary(out: str) -> None:
 def _check_boundary(out: str) -> None:
     fs, base = filesystem(out)
     local = is_local(out)
+    above = _ancestors(base, local)
     if local:
-        base = os.path.realpath(base)  # a symbolic link does not hide the folder it points into
+        # A symbolic link hides neither the folder it points into (the real path's ancestors)
+        # nor the results folder it sits in (the path's own: pandas.read_parquet follows links).
+        base = os.path.realpath(base)
+        above = list(dict.fromkeys([*_ancestors(base, local), *above]))
     scheme = "" if local else out.split("://")[0] + "://"
-    outer = next((a for a in _ancestors(base, local) if _is_results_folder(fs, a)), None)
+    outer = next((a for a in above if _is_results_folder(fs, a)), None)
     if outer is not None:
         raise ConfigError(
             f"The results folder {out} would lie inside the results folder {scheme}{outer}, whose readers "
@@ -86,6 +99,23 @@ def _check_boundary(out: str) -> None:
 
 
 _TOO_MANY = "too many"
+
+
+def enclosing_results_folder(location: str) -> str | None:
+    """The results folder that ``location`` is, or lies inside (nearest first), as a location
+    (``s3://…`` or a local path); None when there is none.  What a folder of other files (a
+    report) must not be written into, unless under a name readers skip."""
+    location = normalise(location)
+    fs, base = filesystem(location)
+    local = is_local(location)
+    candidates = [base, *_ancestors(base, local)]
+    if local:
+        real = os.path.realpath(base)
+        candidates = list(dict.fromkeys([real, *_ancestors(real, local), *candidates]))
+    found = next((c for c in candidates if _is_results_folder(fs, c)), None)
+    if found is None or local:
+        return found
+    return location.split("://")[0] + "://" + found
 
 
 def _ancestors(base: str, local: bool) -> list[str]:

@@ -389,7 +389,8 @@ class TrialStore:
             status = json.loads(raw)
         except ValueError:
             return None, "is not JSON (truncated or damaged)"
-        if not isinstance(status, dict) or not isinstance(status.get("round"), int):
+        said = status.get("round") if isinstance(status, dict) else None
+        if type(said) is not int or said < 0:  # bool is an int to isinstance
             return None, "holds no round number"
         return status, None
 

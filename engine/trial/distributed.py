@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
-from engine.storage.object_store import adopt_filesystem, object_store
+from engine.storage.object_store import adopt_filesystem, object_store, outage, reach
 from engine.storage.store import TrialStore, filesystem, ray_storage
 from engine.storage.uri import is_local, normalise
 from engine.trial.progress import ProgressWriter, follow
@@ -295,8 +295,10 @@ def check_auth(address: str, timeout: float = 5.0) -> None:
         if "InvalidAuthToken" in str(exc):
             raise ConfigError(auth_refusal(address)) from None
         _ADMITTED.add(address)  # the token passed; the made-up cluster id did not
-    except Exception:  # noqa: BLE001 - anything else (not a Ray GCS, a timeout) is ray.init's to report
-        pass
+    except Exception as exc:  # noqa: BLE001 - a timeout is ray.init's to report
+        # Another gRPC server (a raylet's port, a proxy) answers at once, with an error of its own.
+        if type(exc).__name__ == "RpcError" and "Timed out" not in str(exc):
+            raise ConfigError(not_a_head(address, f"it answered: {error_line(exc)}")) from None
     else:
         _ADMITTED.add(address)
 
@@ -379,13 +381,55 @@ def check_address(address: str, timeout: float = 5.0) -> None:
             f"The --address must be 'auto' or HOST:PORT (a Ray head's GCS port, e.g. 6379). Got {address!r}."
         )
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        answer = _grpc_answer(host, int(port), timeout)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(
             f"Cannot reach a Ray cluster at {address!r}: {reason} (is a head node running there?)."
         ) from None
+    if answer is not None:
+        raise ConfigError(not_a_head(address, answer))
     check_auth(address, timeout)
+
+
+def not_a_head(address: str, why: str) -> str:
+    return (
+        f"Cannot join a Ray cluster at {address!r}: what listens there is not a Ray head's GCS port ({why}); give "
+        "the head's GCS port (6379 unless `ray start --head --port` chose another; not the dashboard's 8265)."
+    )
+
+
+# The client preface of HTTP/2 and an empty SETTINGS frame: a gRPC server (a Ray head's GCS)
+# answers with its own SETTINGS frame (frame type 4, the fourth byte of its 9-byte header).
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _grpc_answer(host: str, port: int, timeout: float) -> str | None:
+    """None when HOST:PORT answers as a gRPC server (a Ray GCS does), else why not: an HTTP/1
+    server (the dashboard, say) or a listener that never answers would keep ``ray.init``
+    waiting for minutes, printing warnings.  OSError when nothing listens.  With Ray's TLS on
+    (RAY_USE_TLS) the cleartext preface is not asked: Ray tells."""
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return None
+        conn.settimeout(timeout)
+        try:
+            conn.sendall(H2_PREFACE)
+            reply = b""
+            while len(reply) < 9:
+                chunk = conn.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except TimeoutError:
+            return f"it accepted the connection but did not answer within {timeout:g}s"
+        except OSError as exc:
+            return f"it dropped the connection ({exc.strerror or type(exc).__name__})"
+    if len(reply) == 9 and reply[3] == 4:
+        return None
+    if reply.startswith(b"HTTP/") or reply.lstrip()[:1] == b"<":
+        return "it answers HTTP/1, as a web server or Ray's dashboard does"
+    return "it closed the connection" if not reply else "it does not answer as a gRPC server"
 
 
 def check_resources(
@@ -464,12 +508,28 @@ def run_trial_on_ray(
     try:
         trainer.fit()
     except TrainingFailedError as exc:
+        down = _store_down(location)
+        if down is not None:  # the workers' last failure names the probe, not the store: ask it here
+            raise outage(down, location) from exc
         raise TrialFailed(
             f"trial {cfg.trial_id()} failed on Ray Train after {cfg.scaling.max_failures} restart(s): "
             f"{error_line(exc)} (completed rounds are saved; re-run the same command to resume)"
         ) from exc
     finally:
         done.set()
+
+
+def _store_down(location: str) -> OSError | None:
+    """The error of an object store at ``location`` that does not answer now (its first-contact
+    bound), else None: a Ray Train trial that failed for that reason ends as an outage, in one
+    line with the resume command, as a suite's trial does."""
+    if "://" not in location:
+        return None
+    try:
+        reach(location)
+    except OSError as exc:
+        return exc
+    return None
 
 
 def log_ray_to_file() -> None:

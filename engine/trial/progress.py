@@ -6,6 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from engine.errors import TrialError
+
 HEADER = f"{'round':>9} {'labeled':>8} {'epochs':>6} {'stop':>10} {'train_acc':>9} {'test_acc':>8} {'seconds':>8}"
 
 
@@ -120,16 +122,27 @@ class ProgressWriter:
 
 def follow(store, reporter: ConsoleReporter, rounds: int, done, every: float = 1.0) -> None:
     """Print a trial's rounds as their rows land in ``store``, until ``done`` (an Event) is set."""
-    seen = {row["round"] for row in store.rows()}
+    # A store that does not answer (past its retries) is the run's to report, in one line:
+    # the follower skips that look, never prints a traceback.
+    try:
+        seen = {row["round"] for row in store.rows()}
+    except (OSError, TrialError):
+        seen = set()
     epoch_seen = None
     reporter.rounds = rounds
     while True:
         finished = done.wait(every)
-        for row in sorted(store.rows(), key=lambda r: r["round"]):
+        try:
+            rows = sorted(store.rows(), key=lambda r: r["round"])
+            progress = store.load_progress()
+        except (OSError, TrialError):
+            if finished:
+                return
+            continue
+        for row in rows:
             if row["round"] not in seen:
                 seen.add(row["round"])
                 reporter.round_done(row)
-        progress = store.load_progress()
         if progress and progress["epoch"] and progress["round"] not in seen:
             key = (progress["round"], progress["epoch"])
             if key != epoch_seen:

@@ -144,10 +144,11 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
         return None
     status, damaged = store.read_status()
     said = status["round"] if status is not None else 0
-    # A status ahead of the checkpoint is a corrupt newest checkpoint passed over (noted above):
-    # the rounds after the older one run again and are checked.  Behind it, or damaged, the
-    # status was not written as the commit order writes it: nothing after round 1 is trusted.
-    if damaged or said < state.round:
+    # A status one round ahead of the checkpoint is a corrupt newest checkpoint passed over
+    # (noted above; two generations are kept): that round runs again and is checked.  Behind
+    # it, further ahead (what `warmstart check` flags), or damaged, the status was not written
+    # as the commit order writes it: nothing after round 1 is trusted.
+    if damaged or not state.round <= said <= state.round + 1:
         why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
         context.notes.append(
             f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "

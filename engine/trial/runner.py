@@ -51,7 +51,7 @@ def run_trial(
         sets.append("scaling.workers=1")  # joining a cluster means running there
     cfg = build(config, sets, plugins)
     if out is not None:  # its form, that it can be written, and its boundary: before anything starts
-        out = check_results_folder(out, cfg.trial_id())
+        out = check_results_folder(out, cfg.trial_id(), trial=True)
     reporter = reporter or Silent()
     if cfg.scaling.workers is None:
         with start_trial(cfg, out, reporter=reporter) as session:
