@@ -28,7 +28,7 @@ from engine.cli import main
 from engine.errors import ConfigError
 from engine.schema.records import columns_with
 from engine.storage.check import check
-from engine.storage.store import TrialStore, read_manifest, write_manifest
+from engine.storage.store import CONFIG_REMEDY, TrialStore, read_manifest, write_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -525,8 +525,7 @@ def test_check_flags_a_saved_config_that_a_resume_refuses(finished, tmp_path, ca
     saved.write_bytes(whole[:-40])  # truncated: its checksum does not match
     (report,) = check(str(out))
     assert report.problems == [
-        f"The saved config {saved} is damaged (truncated or altered: its checksum does not match); restore it "
-        "from a copy, or delete it: the next run writes it again and its rows must reproduce bit for bit."
+        f"The saved config {saved} is damaged (truncated or altered: its checksum does not match); {CONFIG_REMEDY}."
     ]
     other = copy_to(finished, tmp_path / "other")  # another trial's config, sealed and whole
     ws.run_trial({**TINY, "seed": 5, "rounds": {"max_rounds": 1}}, str(tmp_path / "seed5"))
