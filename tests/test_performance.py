@@ -382,3 +382,26 @@ def test_rows_record_the_effective_options(tmp_path):
         assert fast_row["acquired"] == plain_row["acquired"]
         assert fast_row["test_acc"] == pytest.approx(plain_row["test_acc"], abs=1e-9)
         assert fast_row["train_loss"] == pytest.approx(plain_row["train_loss"], rel=1e-4)
+
+
+def test_each_cpu_capability_compiles_into_an_inductor_cache_of_its_own(monkeypatch):
+    """torch's compile cache does not tell AVX-512 kernels from AVX2 ones: a run under
+    ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU loaded the native run's code and trained to NaN
+    (the test above, run after a native run).  A folder per capability, unless the user set one."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from engine.compute.train import inductor_cache_per_isa
+
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    for before in (None, default_cache_dir()):  # unset, or the default inductor wrote there on first use
+        if before is None:
+            monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", before)
+        inductor_cache_per_isa()
+        assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == os.path.join(default_cache_dir(), f"warmstart-{isa}")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/the/users/own")
+    inductor_cache_per_isa()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/the/users/own"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -65,6 +66,21 @@ def batches(n: int, size: int, min_last: int = 2) -> Iterator[slice]:
     for i, start in enumerate(starts):
         stop = starts[i + 1] if i + 1 < len(starts) else n
         yield slice(start, stop)
+
+
+def inductor_cache_per_isa() -> None:
+    """One inductor cache folder per ATen CPU capability, unless the user chose one
+    (``TORCHINDUCTOR_CACHE_DIR``).  torch 2.14's compile cache does not tell a kernel built
+    for AVX-512 from one for AVX2: on an AVX-512 CPU, a run under ``ATEN_CPU_CAPABILITY=avx2``
+    loaded the native run's cached code and trained to NaN (tests/test_performance.py)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = os.path.abspath(default_cache_dir())
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor writes its default here when it first runs
+    if chosen is not None and os.path.abspath(chosen) != default and os.path.dirname(chosen) != default:
+        return  # the user's own folder
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(default, f"warmstart-{isa}")
 
 
 @dataclass
@@ -253,6 +269,8 @@ class StepRunner:
         # Compiled for one batch shape only: full batches go through ``compiled``, the epoch's
         # last partial batch through ``net`` eagerly (the same parameters), so a training set
         # that grows every round never recompiles.
+        if self.performance.compile:
+            inductor_cache_per_isa()
         self.compiled = torch.compile(self.net, dynamic=False) if self.performance.compile else self.net
 
     # --- a round's state in and out -------------------------------------------------------
