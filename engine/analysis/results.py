@@ -116,19 +116,18 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         # pyarrow takes the first file's schema for the whole folder; rows written by an older
         # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
         schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
+        retype = False  # rows whose cfg.* columns were typed before issue 23: converted one by one
         if len(schemas) > 1:
             try:
                 unified = pa.unify_schemas(list(schemas), promote_options="permissive")
-            except (pa.ArrowTypeError, pa.ArrowInvalid):  # cfg.* columns typed before issue 23: as typed now
-                unified = None
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                retype = True
             else:
                 dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
-        if len(schemas) > 1 and unified is None:
-            parts = [
-                (fragment.path, upgrade_config_columns(fragment.to_table())) for fragment in dataset.get_fragments()
-            ]
-        else:
-            parts = [(fragment.path, fragment.to_table(schema=dataset.schema)) for fragment in dataset.get_fragments()]
+        parts = [
+            (f.path, upgrade_config_columns(f.to_table()) if retype else f.to_table(schema=dataset.schema))
+            for f in dataset.get_fragments()
+        ]
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
     except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
