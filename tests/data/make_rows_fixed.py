@@ -68,8 +68,8 @@ def main() -> None:
     from engine.config import build
     from engine.session import start_trial
 
-    with start_trial(build(sets=trial()), None) as session:
-        rows = session.run()
+    with Driver([start_trial(build(sets=trial()), None)]) as driver:
+        rows = driver.run()
     golden = json.loads(GOLDEN.read_text())
     here = machine_here()
     if any(all(s["made_by"].get(k) == v for k, v in here.items()) for s in golden["sets"]):
