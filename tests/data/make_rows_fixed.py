@@ -65,8 +65,9 @@ def main() -> None:
     old = Path(os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or ".").resolve()
     if not (old / "engine" / "session.py").exists():
         sys.exit(f"PYTHONPATH must start with a checkout of {COMMIT} (the flat engine/), not {old}")
-    from engine.config import build
-    from engine.session import start_trial
+    from engine.schema.config import build
+    from engine.trial.driver import Driver
+    from engine.trial.session import start_trial
 
     with Driver([start_trial(build(sets=trial()), None)]) as driver:
         rows = driver.run()
