@@ -2,7 +2,7 @@
 round and reported to Tune after each round.
 
     run_point(params, ...)                    # the Tune trainable
-      for rows in point_rounds(cfgs, out, rounds):  # the round driver's lockstep
+      for rows in point_rounds(cfgs, out):    # the round driver's lockstep
           tune.report(means.report(rows))     # this (the trainable's) thread reports
 
 The unit's trials advance through the round driver (engine/trial/driver.py): in this
@@ -52,25 +52,24 @@ def run_point(
     stop_after = min((stopped[c.trial_id()] for c in cfgs if c.trial_id() in stopped), default=None)
     rounds = params["rounds"]
     means = RoundMeans(rounds, len(cfgs))
-    for rows in point_rounds(cfgs, out, rounds, stop_after, params.get("ensemble")):
+    for rows in point_rounds(cfgs, out, stop_after, params.get("ensemble")):
         tune.report(means.report(rows))
 
 
-def point_rounds(cfgs: list, out: str, rounds: int, stop_after: int | None = None, ensemble: str | None = None):
-    """Yield, round by round up to ``rounds`` (the unit's most), the rows of every seed's
-    trial (one row each): the round
+def point_rounds(cfgs: list, out: str, stop_after: int | None = None, ensemble: str | None = None):
+    """Yield, round by round, the rows of every seed's trial (one row each): the round
     driver's ``lockstep`` (engine/trial/driver.py) over the unit's trials, on the unit's
     backend: stacked as one ensemble of label ``ensemble`` (engine/suite/stacking.py),
     each alone in this process, or each on its own Ray Train worker group."""
     if cfgs[0].scaling.workers is not None:
-        yield from lockstep(RayTrainGroups(cfgs, out, start=stop_after is None), rounds, stop_after)
+        yield from lockstep(RayTrainGroups(cfgs, out, start=stop_after is None), None, stop_after)
         return
     if ensemble is not None:
         driver = Driver(start_members(cfgs, out, ensemble), STACKED)
     else:
         driver = Driver(start_all(cfgs, out))
     with driver:  # a reused Tune actor must not keep the trials' locks
-        yield from lockstep(driver, rounds, stop_after)
+        yield from lockstep(driver, max(s.context.plan.rounds for s in driver.sessions), stop_after)
 
 
 def start_all(cfgs: list, out: str) -> list:

@@ -26,6 +26,7 @@ rows ``lockstep`` yields into ``tune.report`` calls (engine/suite/points.py).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -174,20 +175,25 @@ class Trials(Protocol):
     def finish(self) -> None: ...  # the others to their end, then a failure's error
 
 
-def lockstep(trials: Trials, rounds: int, stop_after: int | None = None) -> Iterator[list[dict]]:
+def lockstep(trials: Trials, rounds: int | None = None, stop_after: int | None = None) -> Iterator[list[dict]]:
     """Yield, round by round, every trial's row of that round: first the rounds already
     saved (a resumed trial reports its history again, so a scheduler sees it whole), then
-    new ones, round r of every trial before round r + 1, up to ``stop_after`` (default
-    ``rounds``).  A trial that stopped early (a divergence) carries its last row forward.
-    A failed trial ends the yielding at the first round it lacks; the others then finish
-    and its error is raised."""
+    new ones, round r of every trial before round r + 1, up to ``stop_after`` or ``rounds``
+    (None: until every trial has ended).  A trial that stopped early (a divergence) carries
+    its last row forward.  A failed trial ends the yielding at the first round it lacks;
+    the others then finish and its error is raised."""
     rows = trials.completed()
-    for round_ in range(1, (stop_after or rounds) + 1):
+    last = stop_after or rounds
+    for round_ in itertools.count(1):
+        if last is not None and round_ > last:
+            break
         while any(round_ not in done and trials.running(i) for i, done in enumerate(rows)):
             for i, row in trials.advance():
                 rows[i][row["round"]] = row
         if any(round_ not in rows[i] for i in trials.failed) or not all(rows):
             break
+        if not any(round_ in done for done in rows):
+            break  # every trial ended before this round
         for done in rows:
             if round_ not in done:  # stopped early: its last round carries forward
                 done[round_] = done[max(done)]

@@ -65,12 +65,11 @@ def main() -> None:
     old = Path(os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] or ".").resolve()
     if not (old / "engine" / "session.py").exists():
         sys.exit(f"PYTHONPATH must start with a checkout of {COMMIT} (the flat engine/), not {old}")
-    from engine.schema.config import build
-    from engine.trial.driver import Driver
-    from engine.trial.session import start_trial
+    from engine.config import build
+    from engine.session import start_trial
 
-    with Driver([start_trial(build(sets=trial()), None)]) as driver:
-        rows = driver.run()
+    with start_trial(build(sets=trial()), None) as session:
+        rows = session.run()
     golden = json.loads(GOLDEN.read_text())
     here = machine_here()
     if any(all(s["made_by"].get(k) == v for k, v in here.items()) for s in golden["sets"]):
