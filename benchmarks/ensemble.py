@@ -51,7 +51,7 @@ def suite_arm(ensemble: bool, seeds: list[int], rounds: int, out: str) -> dict:
     """One run of the cut sweep; wall seconds and member steps."""
     import pandas as pd
 
-    from engine.suite.plan import load_suite
+    from engine.suite.suite_file import load_suite
     from engine.suite.tune import run_suite
 
     sets = [f"performance.ensemble={str(ensemble).lower()}", f"rounds.max_rounds={rounds}"]

@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from benchmarks.ray_overhead import machine
-from engine.suite.plan import load_suite
+from engine.suite.suite_file import load_suite
 from engine.trial.session import start_trial
 
 

@@ -15,7 +15,7 @@ from engine.analysis.results import claims, summary
 from engine.cli import main
 from engine.schema.config import build
 from engine.suite.ensembles import ensemble_units
-from engine.suite.plan import load_suite
+from engine.suite.suite_file import load_suite
 from engine.trial.ensemble import Ensemble
 from engine.trial.session import start_trial
 

@@ -9,8 +9,8 @@ import pytest
 
 from engine.cli import main
 from engine.errors import ConfigError
-from engine.suite.plan import load_suite, sampled_point
 from engine.suite.search import RoundMeans, format_search, parse_search, search_table, stopped_rounds, write_record
+from engine.suite.suite_file import load_suite, sampled_point
 from engine.suite.tracking import mlflow_uri, parse_tracking
 from engine.suite.tune import grid_units, prepare_out
 

@@ -10,7 +10,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.schema.registry import PluginChanged
 from engine.storage.store import read_manifest
-from engine.suite.plan import check_pools, load_suite, locate
+from engine.suite.suite_file import check_pools, load_suite, locate
 from engine.suite.tune import describe_point, prepare_out
 
 

@@ -24,8 +24,8 @@ from engine.schema.config import validate
 from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem
 from engine.storage.store import TrialStore
-from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
+from engine.suite.suite_file import sampled_point
 from engine.trial.runner import run_trial
 from engine.trial.session import start_trial
 

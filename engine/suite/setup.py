@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from engine.errors import ConfigError
 from engine.storage.uri import normalise
 from engine.suite.packing import resolve_trials_per_gpu
-from engine.suite.plan import Suite, check_pools, load_suite
+from engine.suite.suite_file import Suite, check_pools, load_suite
 from engine.suite.tune import check_out
 from engine.trial.distributed import check_shared_out
 

@@ -34,7 +34,6 @@ from engine.storage.object_store import object_store, outage, store_failure
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
 from engine.suite.ensembles import Grouping, ensemble_units
 from engine.suite.packing import trial_bundle
-from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.points import run_point
 from engine.suite.search import (
     Range,
@@ -46,6 +45,7 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
+from engine.suite.suite_file import Suite, TrialSpec, check_pools, sampled_point
 from engine.suite.tracking import callbacks as trackers
 from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray, log_ray_to_file
 
@@ -184,7 +184,7 @@ def grid_units(suite: Suite) -> list[list[int]]:
     return list(points.values())
 
 
-def _point_of(trial: Trial) -> dict[str, Any]:
+def _point_of(trial: TrialSpec) -> dict[str, Any]:
     """A trial's grid values without the seed, as JSON-able labels."""
     return {
         k: (v if isinstance(v, (int, float, str, bool)) or v is None else _label(v))
@@ -555,7 +555,7 @@ def _todo(suite: Suite, out: str, units: list[list[int]], rounds: dict[str, int]
                 last[trial.trial_id] = status["round"]
     intact = trial_rows_intact(out, last) if last else {}
 
-    def finished(trial: Trial) -> bool:
+    def finished(trial: TrialSpec) -> bool:
         return trial.trial_id in stopped or intact.get(trial.trial_id, False)
 
     complete = [u for u, unit in enumerate(units) if all(finished(suite.trials[i]) for i in unit)]
