@@ -31,10 +31,11 @@ def sequential(suite, out: str) -> float:
 
 
 def on_tune(suite, out: str) -> tuple[float, list]:
+    from engine.suite.options import SuiteOptions, check_suite
     from engine.suite.tune import run_suite
 
     began = time.perf_counter()
-    failed = run_suite(suite, out, stream=io.StringIO())
+    failed = run_suite(check_suite(suite, SuiteOptions.build(suite.name, out)), stream=io.StringIO())
     return time.perf_counter() - began, failed
 
 

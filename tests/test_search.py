@@ -80,7 +80,7 @@ def test_ranges_need_a_sampling_searcher_and_loguniform_a_positive_low(tmp_path)
 
 def test_a_sampled_suite_keeps_seeds_inside_each_point(tmp_path):
     suite = load_suite(write(tmp_path, SEARCH.replace("RANGE", "{uniform: [0, 1]}")))
-    assert suite.trials == [] and suite.seeds == [0, 1]
+    assert suite.trials == () and suite.seeds == (0, 1)
     assert suite.search.per_point and suite.search.sampled
     assert [(r.kind, r.low, r.high) for r in suite.space.values()] == [
         ("uniform", 0.0, 1.0),
