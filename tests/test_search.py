@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import textwrap
 
 import pytest
@@ -91,6 +93,22 @@ def test_a_sampled_suite_keeps_seeds_inside_each_point(tmp_path):
     point = sampled_point(suite.name, suite.base, suite.seeds, {"init.shrink": 0.25, "init.perturb": 0.01})
     assert [t.config.seed for t in point] == [0, 1]
     assert {(t.config.init.shrink, t.config.init.perturb, t.config.suite) for t in point} == {(0.25, 0.01, "lam")}
+
+
+def test_naming_a_sampled_point_keeps_its_trials_beside_the_suite_which_stays_as_loaded(tmp_path):
+    from engine.suite.tune import SuiteProgress, Units, _sampled_name
+
+    suite = load_suite(write(tmp_path, SEARCH.replace("RANGE", "{uniform: [0, 1]}")))
+    progress = SuiteProgress(8, 0, str(tmp_path), suite.search, None, io.StringIO(), 30.0)
+    units = Units({}, progress, [], {}, 4)
+    config = {"cfg": {"init.shrink": 0.25, "init.perturb": 0.01}}
+    name = _sampled_name(suite, config, units)
+    assert _sampled_name(suite, config, units) == name  # Tune names a trial twice (its name, its folder)
+    assert [(t.config.seed, t.config.init.shrink) for t in units.proposed] == [(0, 0.25), (1, 0.25)]
+    assert progress.units[name]["trial_ids"] == [t.trial_id for t in units.proposed]
+    assert suite.trials == ()  # the suite is as loaded
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        suite.trials = tuple(units.proposed)
 
 
 def test_a_scheduler_groups_a_grid_points_seeds_into_one_unit(tmp_path):
