@@ -38,13 +38,13 @@ from engine.compute.ensemble import (
 )
 from engine.compute.train import OptimizerSpec, precise_bn, seed_for
 from engine.errors import TrialError
+from engine.schema.catalogue import ACQUISITION_STRATEGIES
 from engine.schema.config import Config
 from engine.trial.loop import RoundResult, RoundStart, evaluate_model, finish_round, start_round
 from engine.trial.provenance import now
 from engine.trial.resume import save_round
 from engine.trial.session import TrialSession, start_trial
 from engine.trial.setup import load_data, resolve_device
-from strategies.acquisition import ACQUISITION_STRATEGIES
 
 
 def data_key(cfg: Config, device: torch.device) -> str:

@@ -44,14 +44,14 @@ from engine.compute.pretrain import with_target_head
 from engine.compute.scoring import pool_outputs
 from engine.compute.train import PLAIN, FitStats, Performance, evaluate, fit, precise_bn, seed_for
 from engine.errors import ConfigError, StrategyError, TrialError
+from engine.schema.catalogue import ACQUISITION_STRATEGIES, INIT_STRATEGIES
 from engine.schema.config import Config
 from engine.schema.records import RoundRecord
 from engine.storage.store import TrialStore
 from engine.trial.provenance import now
 from engine.trial.resume import save_round
 from engine.trial.setup import TrialContext, TrialState, fresh_model
-from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
-from strategies.init import INIT_STRATEGIES
+from strategies.acquisition import PoolOutputs, pick
 
 
 @dataclass
