@@ -15,7 +15,7 @@ import torch
 
 from engine.compute.data import Data
 from engine.compute.pretrain import pretrain
-from engine.compute.train import LOCAL
+from engine.compute.train import LOCAL, Comm
 from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import CONFIG_REMEDY, TrialStore
@@ -87,7 +87,7 @@ def open_trial(
     data: Data,
     store: TrialStore | None,
     device: torch.device,
-    comm=LOCAL,
+    comm: Comm = LOCAL,
     reporter: Reporter | None = None,
 ) -> tuple[TrialContext, TrialState]:
     """The trial's context, and its state: from the store's checkpoint after the last
@@ -165,7 +165,7 @@ def start_trial(
     cfg: Config,
     out: str | None,
     *,
-    comm=LOCAL,
+    comm: Comm = LOCAL,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
     lock: bool = True,

@@ -17,7 +17,7 @@ import torch
 
 from engine.compute.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
 from engine.compute.models import Classifier, build_model
-from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
+from engine.compute.train import LOCAL, Comm, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
 from engine.errors import ConfigError
 from engine.schema.config import Config, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
@@ -165,7 +165,7 @@ class TrialContext:
     data: Data
     plan: Plan
     device: torch.device
-    comm: object
+    comm: Comm
     performance: Performance
     columns: dict  # trial_columns(): the RoundRecord fields every round shares
     reporter: Reporter
@@ -177,7 +177,7 @@ class TrialContext:
 
 
 def trial_context(
-    cfg: Config, data: Data, device: torch.device, comm=LOCAL, reporter: Reporter | None = None
+    cfg: Config, data: Data, device: torch.device, comm: Comm = LOCAL, reporter: Reporter | None = None
 ) -> TrialContext:
     """The trial's fixed context: round counts, performance options, shared columns, and
     the one model-and-optimizer runner every round trains with."""
