@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+import engine.compute.builtins  # noqa: F401  (every registry loads its built-ins on first use)
 from engine.errors import ConfigError
 from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+import engine.compute.builtins  # noqa: F401  (the cfg.* columns of older rows name every registered builder)
 from engine.analysis import stats
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, NOT_IDENTITY

@@ -436,11 +436,11 @@ def column_table() -> str:
         elif f.name != "config":
             kind = _type_name(_arrow_of_hint(hints[f.name]), type(None) in typing.get_args(hints[f.name]))
             lines.append(row(f.name, kind, f.metadata["doc"]))
-    config_types = dict(config_fields())
     for key, default in {**DEFAULTS, "pretrain": PRETRAIN_DEFAULTS}.items():
         column = CONFIG_PREFIX + key
-        if not isinstance(default, dict):
-            lines.append(row(column, _type_name(config_types[column], default is None), f"config key `{key}`"))
+        if not isinstance(default, dict):  # typed as _sections types it; sections: per key, so no registry is read
+            arrow = _arrow_of_kind(kind_of(ALLOWED.get(key), default))
+            lines.append(row(column, _type_name(arrow, default is None), f"config key `{key}`"))
             continue
         keys = ", ".join(f"`{k}`" for k in default)
         if key in (*COMPONENTS, "dataset"):

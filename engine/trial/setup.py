@@ -12,23 +12,20 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from engine.compute.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
 from engine.compute.models import Classifier, build_model
-from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
+from engine.compute.train import LOCAL, Comm, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
 from engine.errors import ConfigError
 from engine.schema.config import Config, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
 from engine.trial.provenance import provenance_columns
 from strategies.acquisition import PoolOutputs
 from strategies.init import effective_mix
-
-if TYPE_CHECKING:
-    from engine.compute.train import Comm  # the collectives a trial's ranks share
 
 
 class Reporter(Protocol):
