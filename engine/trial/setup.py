@@ -122,7 +122,7 @@ def node_name() -> str:
 
 
 def trial_columns(
-    cfg: Config, plan: RoundPlan, data: Data, device: torch.device, comm, performance: Performance
+    cfg: Config, plan: RoundPlan, data: Data, device: torch.device, comm: Comm, performance: Performance
 ) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
