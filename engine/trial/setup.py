@@ -15,11 +15,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from engine.compute.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
+from engine.compute.data import Data, load_raw, pool_fraction, split_and_place
 from engine.compute.models import Classifier, build_model
 from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
 from engine.errors import ConfigError
-from engine.schema.config import Config, resolve_count
+from engine.schema.config import Config, dataset_params, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
 from engine.trial.provenance import provenance_columns
 from strategies.init import effective_mix
