@@ -45,6 +45,17 @@ TRIAL = [
 ]
 THREADS = 1
 
+# What changed on purpose since the golden rows were made, each with the issue that changed it
+# (CHANGELOG.md); everything else is compared as the old code wrote it.
+# Issue 24: `pretrain: null` and `model.dropout: 0.0` joined the trial's identity (no key is
+# left out for holding a "neutral" value), so the trial id is another.
+TRIAL_ID = "digits-mlp-shrink_perturb-margin-s3-f7f69b97b4"
+
+
+def as_now(golden: dict) -> dict:
+    """A golden row with the changes made on purpose since (above) applied."""
+    return {**golden, "trial_id": TRIAL_ID, "cfg.trial_id": TRIAL_ID}
+
 
 def machine_here() -> dict:
     """What decides the last bits of a CPU run (docs/guarantees.md#determinism)."""
@@ -138,7 +149,7 @@ def here():
 def test_fixed_trial_reproduces_the_golden_rows(rows, here, golden):
     """Bit for bit where the set was made on this kind of machine, within the tolerance between machines elsewhere."""
     exact = same_machine(golden["made_by"], here)
-    saved = [{k: decode(v) for k, v in row.items()} for row in golden["rows"]]
+    saved = [as_now({k: decode(v) for k, v in row.items()}) for row in golden["rows"]]
     assert [r["round"] for r in rows] == [1, 2, 3]
     found = differences(rows, saved, tolerant=not exact)
     how = "bit for bit" if exact else f"within {FLOAT_TOLERANCE} (made on {golden['made_by']}, this is {here})"

@@ -21,7 +21,7 @@ from engine.compute import data as data_module
 from engine.compute.data import RawDataset, RawSplit, load_digits
 from engine.compute.pretrain import pretrain
 from engine.errors import ConfigError
-from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
+from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, build, merge, validate
 from engine.schema.records import columns_with
 from engine.trial.session import start_trial
 from engine.trial.setup import fresh_model, load_data
@@ -129,12 +129,14 @@ def test_bad_pretrain_values_are_refused_in_one_line(sets, expected):
         assert part in message, message
 
 
-def test_new_keys_at_their_neutral_values_keep_earlier_trial_ids():
-    """A config saved before `pretrain` and `model.dropout` existed has the same identity."""
+def test_pretrain_and_dropout_are_part_of_the_identity_like_every_key():
+    """No key is left out of the identity for holding a "neutral" value (issue 24): a config
+    without `pretrain` or `model.dropout` is validated to their defaults, and so to the
+    same trial; any other value is another trial."""
     cfg = build(sets=["seed=5"])
     old = cfg.to_dict()
     del old["pretrain"], old["model"]["dropout"]
-    assert Config(old).trial_id() == cfg.trial_id()
+    assert "pretrain" in cfg.identity() and cfg.identity()["model"]["dropout"] == 0.0
     assert validate(old).trial_id() == cfg.trial_id()
     assert build(sets=["seed=5", "pretrain=digits"]).trial_id() != cfg.trial_id()
     assert build(sets=["seed=5", "model.dropout=0.1"]).trial_id() != cfg.trial_id()

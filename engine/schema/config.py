@@ -277,11 +277,6 @@ NOT_IDENTITY = (
 # `rounds.max_rounds` continues the same trial instead of starting a new one.
 HOW_FAR = ("rounds.max_rounds",)
 
-# Keys added after results existed, left out of the identity while they hold the value
-# that means "as before": configs written before them keep their trial ids (and so
-# resume into their own rows).
-NEUTRAL_IN_IDENTITY = {"pretrain": None, "model.dropout": 0.0}
-
 
 class Section:
     """Read-only attribute access to one level of the config."""
@@ -332,10 +327,6 @@ class Config(Section):
         for dotted in HOW_FAR:
             node, leaf = parent(dotted)
             node[leaf] = None
-        for dotted, neutral in NEUTRAL_IN_IDENTITY.items():
-            node, leaf = parent(dotted)
-            if leaf in node and node[leaf] == neutral and type(node[leaf]) is type(neutral):
-                del node[leaf]
         overrides = self.overrides()
         if overrides:  # a replaced built-in computes something else: another trial
             identity["overrides"] = overrides
