@@ -231,7 +231,7 @@ def test_curves_plot_the_seed_means_per_strategy(online, figure, metric):
     assert set(table["panel"]) == {""}  # one setting: one panel
     assert set(table["line"]) == {
         f"{init} · {acquisition} acquisition"
-        for init in ("random init", "warm start", "shrink_perturb(0.4, 0.1)")
+        for init in ("random init", "warm start", "shrink_perturb(shrink=0.4, perturb=0.1)")
         for acquisition in ("random", "margin")
     }
 
@@ -325,7 +325,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert (
         f"| warm start               | margin      |     3 |      4 |      {100 * first['acc_mean']:.2f} ± " in markdown
     )
-    assert "shrink_perturb(0.4, 0.1)" in markdown and "shrink-perturb" not in markdown  # one name per strategy
+    assert (
+        "shrink_perturb(shrink=0.4, perturb=0.1)" in markdown and "shrink-perturb" not in markdown
+    )  # one name per strategy
     steps = df.groupby(["init", "acquisition", "trial_id"], observed=True)["steps"].sum().loc[("warm", "margin")]
     assert f"{steps.mean():,.0f} ± {steps.std():,.0f}" in markdown  # optimizer steps with their ±
     assert markdown == report.summary_text(df)  # what warmstart suite prints at its end
@@ -343,7 +345,9 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert heads == ["verdict", "claim", "effect", "95% interval", "setting", "seeds"]  # the effect beside the claim
     assert "final test accuracy: warm start &lt; random init" in claims  # the strategies' one name, not "warm < random"
     assert "warm &lt; random" not in page
-    assert "<td>shrink_perturb(0.4,\u00a00.1)</td>" in page  # a strategy's name never wraps inside its λ, σ
+    assert (
+        "<td>shrink_perturb(shrink=0.4,\u00a0perturb=0.1)</td>" in page
+    )  # a strategy's name never wraps inside its λ, σ
     assert "table.t th.num { white-space: normal;" in page  # headers of number columns wrap, their numbers never
     assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
 
@@ -381,7 +385,13 @@ def test_acquisition_panels_on_known_picks(tmp_path):
 
 
 def test_strategy_colours_are_far_apart_and_shrink_perturb_settings_share_a_hue():
-    labels = ["random init", "warm start", "shrink_perturb(0.2, 0.1)", "shrink_perturb(0.6, 0.01)", "mine"]
+    labels = [
+        "random init",
+        "warm start",
+        "shrink_perturb(shrink=0.2, perturb=0.1)",
+        "shrink_perturb(shrink=0.6, perturb=0.01)",
+        "mine",
+    ]
     inits = ["random", "warm", "shrink_perturb", "shrink_perturb", "mine"]
     colors = report._colors(labels, inits)
     assert colors["random init"] == report.OKABE_ITO["orange"] and colors["warm start"] == report.OKABE_ITO["blue"]
@@ -583,7 +593,9 @@ def test_within_round_curves_look_as_in_every_other_figure(online):
         for line, text in zip(across.legends[0].get_lines(), across.legends[0].get_texts(), strict=True)
     }
     assert len(drawn) == 6 and drawn == expected
-    assert drawn["shrink_perturb(0.4, 0.1) · margin acquisition"][0] == report.INIT_COLORS["shrink_perturb"]
+    assert (
+        drawn["shrink_perturb(shrink=0.4, perturb=0.1) · margin acquisition"][0] == report.INIT_COLORS["shrink_perturb"]
+    )
     assert drawn["random init · margin acquisition"][1] != drawn["random init · random acquisition"][1]
     figure.canvas.draw()
     box, legend = figure.bbox, figure.legends[0].get_window_extent()

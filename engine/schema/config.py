@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -276,6 +277,22 @@ NOT_IDENTITY = (
 # as null (the default, so trial ids written before this rule are unchanged), and raising
 # `rounds.max_rounds` continues the same trial instead of starting a new one.
 HOW_FAR = ("rounds.max_rounds",)
+
+
+def strategy_label(name: str, params: dict[str, Any] | None = None) -> str:
+    """A strategy (or any component) with its parameters, the one way the engine writes one:
+    ``warm``, ``shrink_perturb(shrink=0.6, perturb=0.01)``.  Suite records and console lines,
+    the summary tables and the report's legends all call this."""
+    shown = ", ".join(f"{key}={_value_text(value)}" for key, value in (params or {}).items())
+    return f"{name}({shown})" if shown else str(name)
+
+
+def _value_text(value: Any) -> str:
+    """A parameter's value as text: a float (numpy's too) as Python writes it, the shortest
+    text that reads back as the same number; anything else as ``str``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return repr(float(value))
+    return str(value)
 
 
 class Section:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine.errors import ConfigError
-from engine.schema.config import HOW_FAR, flatten
+from engine.schema.config import HOW_FAR, flatten, strategy_label
 from engine.storage.folders import check_results_folder, trial_rows_intact
 from engine.storage.object_store import object_store, outage, store_failure
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
@@ -634,7 +634,7 @@ def _label(value) -> str:
     if isinstance(value, dict):
         params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
         if "name" in value:
-            return f"{value['name']}({params})" if params else value["name"]
+            return strategy_label(value["name"], {k: v for k, v in value.items() if k != "name"})
         return params
     return str(value)
 
