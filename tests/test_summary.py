@@ -88,7 +88,7 @@ def table(*trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison(finals: dict[str, list[float]], steps: dict[str, list[int]] | None = None, **cfg) -> pd.DataFrame:
-    """random / warm / shrink_perturb(shrink=0.6, perturb=0.01), one trial per seed with the given finals."""
+    """random / warm / shrink_perturb(0.6, 0.01), one trial per seed with the given finals."""
     parts = []
     for init, values in finals.items():
         for seed, final in enumerate(values):
@@ -242,7 +242,7 @@ def test_outcome_in_words_is_computed():
     # every seed loses exactly 3 points: no spread, so the interval is the point itself
     assert line == (
         "warm start: −3.0 ± 0.0 points final test accuracy vs random init, 47% fewer steps; "
-        "shrink_perturb(shrink=0.6, perturb=0.01): +0.5 ± 0.0 points, 31% fewer steps"
+        "shrink_perturb(0.6, 0.01): +0.5 ± 0.0 points, 31% fewer steps"
     )
     noisy = comparison({"random": [0.6, 0.7], "warm": [0.62, 0.6]}, acquisition="margin")
     (line,) = tables.outcome_lines(noisy)
@@ -340,9 +340,7 @@ def test_outcome_says_a_grid_once_at_its_best():
     )
     (line,) = tables.outcome_lines(rows)
     assert line.startswith("warm start: −5.0 ± 0.0 points final test accuracy vs random init, about as many steps; ")
-    assert line.endswith(
-        "; shrink_perturb(shrink=0.6, perturb=0.01) (best of 6): +5.0 ± 0.0 points, about as many steps"
-    )
+    assert line.endswith("; shrink_perturb(0.6, 0.01) (best of 6): +5.0 ± 0.0 points, about as many steps")
 
 
 def test_verdict_rule_at_the_edges():

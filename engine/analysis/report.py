@@ -723,7 +723,7 @@ def verdict_badge(verdict: str) -> str:
 
 
 def _unbroken(text: str) -> str:
-    """What is in parentheses kept on one line: "shrink_perturb(shrink=0.6,\u00a0perturb=0.01)" never wraps
+    """What is in parentheses kept on one line: "shrink_perturb(0.6,\u00a00.01)" never wraps
     between its λ and σ."""
     return re.sub(r"\([^()]*\)", lambda m: m.group(0).replace(" ", "\u00a0"), text)
 

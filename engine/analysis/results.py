@@ -553,8 +553,8 @@ def _init_column(frame: pd.DataFrame) -> str | None:
 
 def strategy_label(point: pd.Series | dict, keys: list[str] = ()) -> str:
     """A grid point's init strategy (``engine.schema.config.strategy_label``): ``warm``,
-    ``shrink_perturb(shrink=0.6, perturb=0.01)`` (λ, σ), with any other init column of ``keys``,
-    e.g. ``shrink_perturb(shrink=0.6, perturb=0.01, bn_stats=keep)``."""
+    ``shrink_perturb(0.6, 0.01)`` (λ, σ), with any other init column of ``keys``, e.g.
+    ``shrink_perturb(0.6, 0.01, bn_stats=keep)``."""
     init, shrink, perturb = point["init"], point.get("shrink"), point.get("perturb")
     mix = init == "shrink_perturb" and _number(shrink) and _number(perturb)
     params = {"shrink": shrink, "perturb": perturb} if mix else {}

@@ -281,10 +281,15 @@ HOW_FAR = ("rounds.max_rounds",)
 
 def strategy_label(name: str, params: dict[str, Any] | None = None) -> str:
     """A strategy (or any component) with its parameters, the one way the engine writes one:
-    ``warm``, ``shrink_perturb(shrink=0.6, perturb=0.01)``.  Suite records and console lines,
-    the summary tables and the report's legends all call this."""
-    shown = ", ".join(f"{key}={_value_text(value)}" for key, value in (params or {}).items())
-    return f"{name}({shown})" if shown else str(name)
+    ``warm``, ``shrink_perturb(0.6, 0.01)``, ``shrink_perturb(0.6, 0.01, bn_stats=keep)``,
+    ``badge(embedding=penultimate)``.  λ and σ (``shrink``, ``perturb``), what every init
+    strategy is compared on, come first and by position, as the paper writes them; any other
+    parameter by name.  Suite records and console lines, the summary tables and the report's
+    legends all call this."""
+    rest = dict(params or {})
+    shown = [_value_text(rest.pop(key)) for key in ("shrink", "perturb")] if {"shrink", "perturb"} <= set(rest) else []
+    shown += [f"{key}={_value_text(value)}" for key, value in rest.items()]
+    return f"{name}({', '.join(shown)})" if shown else str(name)
 
 
 def _value_text(value: Any) -> str:

@@ -630,7 +630,7 @@ def _sampled_name(suite: Suite, config: dict, progress: SuiteProgress) -> str:
 
 
 def _label(value) -> str:
-    """A grid value as text: a component mapping as ``shrink_perturb(shrink=0.4, perturb=0.1)``."""
+    """A grid value as text: a component mapping as ``shrink_perturb(0.4, 0.1)`` (schema.config.strategy_label)."""
     if isinstance(value, dict):
         params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
         if "name" in value:
