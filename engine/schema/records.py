@@ -99,7 +99,7 @@ class RoundRecord:
     stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)", "name")
     train_acc: float = _doc("running accuracy over the last training epoch")
     train_loss: float = _doc("running loss over the last training epoch")
-    test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
+    test_acc: float = _doc("accuracy on the evaluation split (cfg.dataset.eval)")
     test_loss: float = _doc("loss on the evaluation split")
     train_seconds: float = _doc("wall seconds of training (see train_timing)", "timing")
     train_timing: str = _doc(
