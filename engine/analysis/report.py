@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from engine.analysis import results
 from engine.analysis.results import CFG, grid_columns, is_strategy
-from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes: this module's API before engine.analysis.tables)
+from engine.analysis.tables import (
     CLAIMS_RULE,
     INTERVAL_NOTE,
     NUMBER,
@@ -50,13 +50,11 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     context,
     format_claims,
     format_gaps,
-    format_summary,
     init_label,
     label_keys,
     minus,
     point_notes,
     provenance,
-    strategy_name,
     summary_parts,
     summary_text,
     to_markdown,

@@ -483,7 +483,7 @@ def collision_note(collisions: pd.DataFrame) -> str | None:
     return (
         f"{len(collisions)} (grid point, seed) pair(s) hold more than one trial (e.g. {example}: "
         f"{first['trials']} trials); they are pooled as extra seeds. The table does not record what tells "
-        "them apart (results written before the cfg.* columns, e.g. runs with other rounds or convergence)."
+        "them apart (e.g. one config run under two trial_id values)."
     )
 
 
