@@ -110,7 +110,7 @@ def lambda_sigma_grid(frame: pd.DataFrame) -> pd.DataFrame:
     mixed = frame[frame["init"] == "shrink_perturb"]
     if mixed.empty or mixed["shrink"].nunique() < 2 or mixed["perturb"].nunique() < 2:
         return pd.DataFrame()
-    axes = {"init", "shrink", "perturb", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    axes = {"init", "shrink", "perturb", f"{CFG}init.shrink", f"{CFG}init.perturb"}
     panels = [c for c in grid_columns(mixed) if c not in axes]
     table = results.summary(mixed, panels + ["shrink", "perturb"])
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]

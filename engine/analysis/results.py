@@ -558,7 +558,7 @@ def strategy_label(point: pd.Series | dict, keys: list[str] = ()) -> str:
     init, shrink, perturb = point["init"], point.get("shrink"), point.get("perturb")
     mix = init == "shrink_perturb" and _number(shrink) and _number(perturb)
     params = {"shrink": shrink, "perturb": perturb} if mix else {}
-    shown = {"init", "shrink", "perturb", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    shown = {"init", "shrink", "perturb", f"{CFG}init.shrink", f"{CFG}init.perturb"}
     params |= {k.removeprefix(CFG + "init."): point.get(k) for k in keys if is_init(k) and k not in shown}
     return config_label(init, params)
 
