@@ -1,6 +1,6 @@
 """The `dataset` config section: the fixed keys plus the named dataset's parameters
 (`dataset.<param>`), validated against its loader's signature; a new name drops the old
-dataset's parameters; existing configs keep their trial ids; suites grid over dataset
+dataset's parameters; trial ids are pinned; suites grid over dataset
 parameters; `pretrain.dataset` names any registered dataset."""
 
 from __future__ import annotations

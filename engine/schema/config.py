@@ -274,8 +274,8 @@ NOT_IDENTITY = (
 )
 
 # Keys that say how far a trial runs, not what its rounds compute: its identity holds them
-# as null (the default, so trial ids written before this rule are unchanged), and raising
-# `rounds.max_rounds` continues the same trial instead of starting a new one.
+# as null (their default), and raising `rounds.max_rounds` continues the same trial instead
+# of starting a new one.
 HOW_FAR = ("rounds.max_rounds",)
 
 
