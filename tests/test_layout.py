@@ -1,21 +1,15 @@
 """The layout's promises (docs/architecture.md): imports only point down the layers, at
 import time and at run time alike (an import inside a function, a module named by a string
-to ``importlib``, what importing a module and consulting the registries pull in), and the
-flat module paths of earlier releases still import, with a DeprecationWarning."""
+to ``importlib``, what importing a module and consulting the registries pull in), and
+nothing answers for the flat module paths of the unreleased 0.1.0."""
 
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
-
-import pytest
-
-import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,45 +282,22 @@ def test_the_run_time_check_sees_an_import_by_a_computed_name_and_one_on_first_u
     ]
 
 
-@pytest.mark.parametrize("old", sorted(engine.MOVED))
-def test_an_old_flat_path_imports_the_moved_module_with_a_warning(old):
-    new = importlib.import_module(f"engine.{engine.MOVED[old]}")
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        assert getattr(engine, old) is new  # from engine import results
-    assert [str(w.message) for w in seen if w.category is DeprecationWarning] == [
-        f"engine.{old} moved to engine.{engine.MOVED[old]}; import it from there"
-    ]
-
-
-def test_old_import_statements_still_work_in_a_fresh_process():
-    """``import engine.models`` and ``from engine.data import register`` (what plugins wrote)
-    load the moved modules themselves; the module keeps its real name and spec."""
+def test_the_flat_module_paths_of_the_unreleased_0_1_0_are_gone():
+    """No import hook, no alias module: ``engine.models`` and ``strategies.registry`` do not
+    import (CHANGELOG.md lists their new places), in a fresh process."""
     code = (
-        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-        "try:\n"
-        "    import engine.models\n"
-        "except DeprecationWarning as e:\n"
-        "    print('warned:', e)\n"
-        "warnings.simplefilter('ignore')\n"
-        "import engine.models, engine.compute.models\n"
-        "from engine.data import register\n"
-        "from engine.compute.data import register as new_register\n"
-        "import strategies.registry\n"
-        "print(engine.models is engine.compute.models, register is new_register,\n"
-        "      engine.compute.models.__spec__.name, engine.compute.models.__name__)\n"
+        "import importlib, sys\n"
+        "for old in ('engine.models', 'engine.results', 'engine.data', 'strategies.registry'):\n"
+        "    try:\n"
+        "        importlib.import_module(old)\n"
+        "    except ModuleNotFoundError:\n"
+        "        print(old, 'gone')\n"
+        "import engine\n"
+        "hooks = [f for f in sys.meta_path if str(getattr(f, '__module__', type(f).__module__)).startswith('engine')]\n"
+        "print(hooks, hasattr(engine, 'MOVED'))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    warned, same = result.stdout.strip().splitlines()
-    assert warned == "warned: engine.models moved to engine.compute.models; import it from there"
-    assert same == "True True engine.compute.models engine.compute.models"
-
-
-def test_strategies_registry_is_deprecated_with_its_new_place():
-    sys.modules.pop("strategies.registry", None)
-    with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always")
-        importlib.import_module("strategies.registry")
-    messages = [str(w.message) for w in seen if w.category is DeprecationWarning]
-    assert any("engine.schema.registry" in m and "engine.errors" in m for m in messages)
+    *gone, hooks = result.stdout.strip().splitlines()
+    assert gone == [f"{m} gone" for m in ("engine.models", "engine.results", "engine.data", "strategies.registry")]
+    assert hooks == "[] False"
