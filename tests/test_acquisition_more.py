@@ -19,6 +19,7 @@ from engine.compute.scoring import pool_outputs
 from engine.compute.train import LOCAL
 from engine.errors import ConfigError
 from engine.schema.config import build
+from engine.trial.driver import Driver
 from engine.trial.loop import acquire
 from engine.trial.session import start_trial
 from engine.trial.setup import load_data
@@ -394,7 +395,7 @@ def test_each_strategy_runs_a_trial_deterministically(sets):
     base = ["device=cpu", "model.width=16", "rounds.initial=60", "rounds.per_round=40", "rounds.max_rounds=3"]
     cfg = build(sets=[*base, "convergence.max_epochs=3", *sets])
     data = load_data(cfg, CPU)
-    with start_trial(cfg, None, device=CPU) as one, start_trial(cfg, None, device=CPU) as two:
+    with Driver([start_trial(cfg, None, device=CPU)]) as one, Driver([start_trial(cfg, None, device=CPU)]) as two:
         first, second = one.run(), two.run()
     assert [len(r["acquired"]) for r in first] == [60, 40, 40]
     acquired = [i for r in first for i in r["acquired"]]
