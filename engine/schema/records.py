@@ -127,6 +127,10 @@ class RoundRecord:
         "how many of this round's acquired samples are of each class (index: the class label), for the "
         "report's class histograms without reloading the dataset"
     )
+    label_files: list[str] | None = _doc(
+        "a live project's round (docs/live.md): the label or batch files it consumed, as 'labels/NAME#SHA256'; "
+        "null in a simulated trial"
+    )
     eval_split: str = _doc("holdout | test", config="data")
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")
     bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise", "name", config="init")

@@ -152,6 +152,7 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "plugins": json.dumps(plugins, sort_keys=True) if plugins else None,
         "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
+        "label_files": None,  # set by engine.live for a live project's round
         **provenance_columns(device),  # what made the rows; started_at and ended_at are the round's
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }

@@ -1,0 +1,340 @@
+"""A live project's folder: what ``live init`` makes, and the files a step writes for people.
+
+    DIR/
+      labels/                 label files an annotator drops: Parquet or CSV, columns id, label
+      batches/                online mode: files of features, id and label, one round each
+      queries/round-NNNN.parquet   the ids round NNNN asks labels for: id, rank, score
+      model/model.pt, model.json   the latest round's model for serving, and what it needs
+      <trial>-roundNNNN.parquet    the rows, as any trial's (engine/storage/store.py)
+      _warmstart/<trial>/          its sealed config, checkpoints and status
+      _live/                       the project: project.json, config.yaml, pool.parquet,
+                                   eval.parquet, and a copy of every consumed label file
+
+The pool and the evaluation set are the ``files`` dataset's Parquet format (docs/own-data.md)
+with an ``id`` column in the pool and a ``label`` column in the evaluation set; they are read
+by the same reader (``engine.compute.data.read_table``) and placed by the same
+``split_and_place`` as a simulated trial's ``files`` dataset with ``dataset.eval: test``, so a
+live project whose labels are the ground truth trains exactly what ``warmstart run`` trains.
+Names under ``_`` are skipped by every reader of the rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from engine.compute.data import Data, RawDataset, RawSplit, input_statistics, read_table, split_and_place
+from engine.compute.models import Classifier
+from engine.errors import ConfigError
+from engine.schema.config import Config, build
+from engine.storage.folders import check_results_folder
+from engine.trial.setup import plan_rounds
+
+LIVE, LABELS, BATCHES, QUERIES, MODEL = "_live", "labels", "batches", "queries", "model"
+ID, LABEL = "id", "label"
+VERSION = 1
+
+
+def key(value) -> str:
+    """An id or a label as the text it is compared by: ``7``, ``7.0`` and ``"7"`` alike."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, (np.integer, np.bool_)):
+        value = value.item()
+    return str(value)
+
+
+def write_atomic(path: str, payload: bytes) -> None:
+    """``payload`` at ``path``, whole or not at all (a temporary file beside it, renamed)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Project:
+    """An opened live project: where it is and what ``live init`` fixed."""
+
+    out: str  # the folder, absolute
+    features: tuple[str, ...]  # the feature columns, in the pool's order
+    classes: tuple  # the class labels, as the evaluation set writes them; index = class index
+    shape: tuple[int, ...] | None  # one sample's shape (dataset.shape), None: flat features
+    normalize: str  # dataset.normalize
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.out, *parts)
+
+    @classmethod
+    def open(cls, out: str) -> Project:
+        """The live project in ``out``, or a ConfigError saying it is none."""
+        if "://" in str(out):
+            raise ConfigError(f"A live project is a local folder; {out} is a URI.")
+        out = os.path.abspath(os.path.expanduser(os.fspath(out)))
+        try:
+            with open(os.path.join(out, LIVE, "project.json")) as f:
+                meta = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{out} is not a live project (no {LIVE}/project.json); make one with `warmstart live init`.") from None
+        shape = tuple(meta["shape"]) if meta["shape"] is not None else None
+        return cls(out, tuple(meta["features"]), tuple(meta["classes"]), shape, meta["normalize"])
+
+    def config(self) -> Config:
+        return build(self.path(LIVE, "config.yaml"))
+
+    def class_index(self) -> dict[str, int]:
+        """Label text (``key``) -> class index."""
+        return {key(c): i for i, c in enumerate(self.classes)}
+
+    def pool_ids(self) -> np.ndarray:
+        return pd.read_parquet(self.path(LIVE, "pool.parquet"), columns=[ID])[ID].to_numpy()
+
+    def raw(self) -> RawDataset:
+        """The pool (labels -1: none known yet) and the evaluation set, as arrays."""
+        shape = list(self.shape) if self.shape is not None else None
+        pool_x, _ = read_table(self.path(LIVE, "pool.parquet"), list(self.features), ID, shape)
+        eval_x, labels = read_table(self.path(LIVE, "eval.parquet"), list(self.features), LABEL, shape)
+        index = self.class_index()
+        eval_y = np.array([index[key(v)] for v in labels], dtype=np.int64)
+        pool_y = np.full(pool_x.shape[0], -1, dtype=np.int64)
+        return RawDataset(RawSplit(pool_x, pool_y), RawSplit(eval_x, eval_y), len(self.classes), self.normalize)
+
+    def data(self, cfg: Config, device: torch.device) -> Data:
+        """The trial's tensors, placed as a simulated ``files`` trial's (``dataset.eval: test``)."""
+        return split_and_place(self.raw(), "test", cfg.dataset.holdout, 0, device)
+
+    def statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The normalisation's mean and std (the pool's, as a simulated trial's training split)."""
+        raw = self.raw()
+        return input_statistics(raw.train.inputs, raw.normalize)
+
+    # --- the files a step writes for people ------------------------------------------------
+
+    def query_path(self, round_: int) -> str:
+        return self.path(QUERIES, f"round-{round_:04d}.parquet")
+
+    def write_query(self, round_: int, ids: np.ndarray, scores: np.ndarray | None) -> str:
+        """``queries/round-NNNN.parquet``: the ids round ``round_`` asks labels for, in rank order."""
+        score = np.full(len(ids), np.nan) if scores is None else np.asarray(scores, dtype=np.float64)
+        frame = pd.DataFrame({ID: ids, "rank": np.arange(1, len(ids) + 1, dtype=np.int64), "score": score})
+        path = self.query_path(round_)
+        write_atomic(path, parquet_bytes(frame))
+        return path
+
+    def export(self, cfg: Config, model: Classifier, row: dict) -> str:
+        """``model/model.pt`` (the state dict) and ``model/model.json`` (what serving needs)."""
+        import io
+
+        statistics = self.statistics()
+        meta = {
+            "format": "warmstart live model",
+            "version": VERSION,
+            "round": row["round"],
+            "trial_id": row["trial_id"],
+            "test_acc": row["test_acc"],
+            "n_labeled": row["n_labeled"],
+            "model": {"name": cfg.model.name, "params": cfg.model.params()},
+            "plugins": list(cfg.plugins),
+            "input_shape": list(self.shape) if self.shape is not None else [len(self.features)],
+            "features": list(self.features),
+            "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes],
+            "preprocessing": {
+                "normalize": cfg.dataset.normalize,
+                "mean": None if statistics is None else statistics[0][0].tolist(),
+                "std": None if statistics is None else statistics[1][0].tolist(),
+                "how": "x = (features as float32, reshaped to input_shape - mean) / std",
+            },
+        }
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+        write_atomic(self.path(MODEL, "model.pt"), buffer.getvalue())
+        write_atomic(self.path(MODEL, "model.json"), json.dumps(meta, indent=2).encode())
+        return self.path(MODEL, "model.pt")
+
+
+# --- live init -------------------------------------------------------------------------
+
+
+def _read_frame(source, what: str) -> tuple[pd.DataFrame, str]:
+    """A DataFrame, or a Parquet file read as one; (frame, its name for messages)."""
+    if isinstance(source, pd.DataFrame):
+        return source.copy(), f"the {what} DataFrame"
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise ConfigError(f"The {what} file {path} does not exist.")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"The {what} file {path} is not a Parquet table ({type(exc).__name__}: {reason}).") from None
+    return frame, path
+
+
+def _check_pool(frame: pd.DataFrame, name: str) -> list[str]:
+    """The pool's feature columns, or a ConfigError naming the file."""
+    frame.columns = [str(c) for c in frame.columns]
+    if ID not in frame.columns:
+        raise ConfigError(f"The pool {name} has no '{ID}' column (it has {', '.join(frame.columns) or 'none'}).")
+    if LABEL in frame.columns:
+        raise ConfigError(
+            f"The pool {name} has a '{LABEL}' column; the pool is the unlabelled data: leave it out "
+            f"(labels arrive in {LABELS}/)."
+        )
+    if len(frame) == 0:
+        raise ConfigError(f"The pool {name} is empty: it needs at least one sample to label.")
+    ids = frame[ID]
+    if ids.isna().any():
+        raise ConfigError(f"The pool {name} has a missing id in row {int(np.flatnonzero(ids.isna())[0])}.")
+    if not (pd.api.types.is_integer_dtype(ids) or all(isinstance(v, str) for v in ids)):
+        raise ConfigError(f"The pool {name}'s ids must be integers or strings, got {ids.dtype}.")
+    keys = pd.Series([key(v) for v in ids])
+    if keys.duplicated().any():
+        raise ConfigError(f"The pool {name} has the id {keys[keys.duplicated()].iloc[0]!r} twice; ids are unique.")
+    features = [c for c in frame.columns if c != ID]
+    if not features:
+        raise ConfigError(f"The pool {name} has no feature column besides '{ID}'.")
+    return features
+
+
+def _check_eval(frame: pd.DataFrame, name: str, features: list[str], pool: str) -> None:
+    frame.columns = [str(c) for c in frame.columns]
+    if LABEL not in frame.columns:
+        raise ConfigError(f"The evaluation set {name} has no '{LABEL}' column (it has {', '.join(frame.columns)}).")
+    if len(frame) == 0:
+        raise ConfigError(f"The evaluation set {name} is empty.")
+    if frame[LABEL].isna().any():
+        raise ConfigError(f"The evaluation set {name} has a missing label.")
+    mine = [c for c in frame.columns if c not in (ID, LABEL)]
+    if set(mine) != set(features):
+        missing, extra = sorted(set(features) - set(mine)), sorted(set(mine) - set(features))
+        differ = "; ".join(
+            part
+            for part in (
+                f"{pool} has {', '.join(map(repr, missing))} and {name} not" if missing else "",
+                f"{name} has {', '.join(map(repr, extra))} and {pool} not" if extra else "",
+            )
+            if part
+        )
+        raise ConfigError(f"The pool's features differ from the evaluation set's: {differ}.")
+
+
+def _classes(labels: pd.Series, num_classes: int | None, name: str) -> list:
+    """The class labels: integers 0..C-1 (C: dataset.num_classes, else the largest + 1), or the
+    evaluation set's distinct strings, sorted."""
+    values = labels.to_numpy()
+    if all(isinstance(v, str) for v in values):
+        classes = sorted(set(values))
+    else:
+        try:
+            ints = np.array([int(key(v)) for v in values])
+        except ValueError:
+            raise ConfigError(f"The labels of {name} must be integer class indices or strings.") from None
+        if ints.min() < 0:
+            raise ConfigError(f"The labels of {name} must be class indices >= 0, got {ints.min()}.")
+        if num_classes is not None and ints.max() >= num_classes:
+            raise ConfigError(f"A label of {name} is {ints.max()}, but dataset.num_classes is {num_classes}.")
+        classes = list(range(num_classes if num_classes is not None else int(ints.max()) + 1))
+    if len(classes) < 2:
+        raise ConfigError(f"The evaluation set {name} holds a single class; a classifier needs at least 2.")
+    return classes
+
+
+def live_config(config, sets, plugins, features: list[str]) -> Config:
+    """The user's config (today's keys), with the dataset section a live project's: the
+    ``files`` dataset over the project's copies (its own keys ``shape``, ``normalize`` and
+    ``num_classes`` may be set; the rest are the project's)."""
+    cfg = build(config, ["dataset=files", *sets], plugins)
+    data = cfg.to_dict()
+    data["dataset"].update(
+        train=f"{LIVE}/pool.parquet", test=f"{LIVE}/eval.parquet", eval="test", labels=LABEL, inputs=features
+    )
+    return build(data)
+
+
+def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Project:
+    """Make a live project in ``out``: the pool and evaluation set checked and copied, the
+    config frozen, and round 1's query (``rounds.initial`` ids, the seeded choice a simulated
+    trial makes in round 1).  Every problem is a ConfigError before anything is written."""
+    from engine.compute.train import seed_for
+
+    if out is None or "://" in str(out):
+        raise ConfigError(f"A live project is a local folder; got {out!r}.")
+    out = os.path.abspath(os.path.expanduser(os.fspath(out)))
+    if os.path.exists(os.path.join(out, LIVE, "project.json")):
+        raise ConfigError(f"{out} is already a live project: step it with `warmstart live step {out}`.")
+    pool_frame, pool_name = _read_frame(pool, "pool")
+    eval_frame, eval_name = _read_frame(evaluation, "evaluation")
+    features = _check_pool(pool_frame, pool_name)
+    _check_eval(eval_frame, eval_name, features, pool_name)
+    cfg = live_config(config, sets, plugins, features)
+    classes = _classes(eval_frame[LABEL], cfg.dataset.num_classes, eval_name)
+    if cfg.scaling.workers is not None:
+        raise ConfigError("A live project trains in the process that steps it; 'scaling.workers' is not supported.")
+    plan = plan_rounds(cfg, len(pool_frame))  # rounds.initial and per_round against the pool
+    check_results_folder(out, cfg.trial_id(), trial=True)
+    shape = tuple(cfg.dataset.shape) if cfg.dataset.shape else None
+    project = Project(out, tuple(features), tuple(classes), shape, cfg.dataset.normalize)
+    with _writing_to(out):
+        write_atomic(project.path(LIVE, "pool.parquet"), parquet_bytes(pool_frame[[ID, *features]]))
+        write_atomic(project.path(LIVE, "eval.parquet"), parquet_bytes(eval_frame[[*features, LABEL]]))
+        project.raw()  # through the engine's reader: non-numeric features, NaN, a shape that does not fit
+        write_atomic(project.path(LIVE, "config.yaml"), cfg.to_yaml().encode())
+        for folder in (LABELS, BATCHES, QUERIES):
+            os.makedirs(project.path(folder), exist_ok=True)
+        first = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, plan.initial, replace=False)
+        project.write_query(1, pool_frame[ID].to_numpy()[first], None)
+        meta = {
+            "version": VERSION,
+            "features": features,
+            "classes": classes,
+            "shape": cfg.dataset.shape,
+            "normalize": cfg.dataset.normalize,
+        }
+        write_atomic(project.path(LIVE, "project.json"), json.dumps(meta, default=_plain).encode())
+    return project
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+@contextlib.contextmanager
+def _writing_to(out: str):
+    """Remove what ``init`` wrote when it fails half-way (a pool the engine's reader refuses)."""
+    existed = os.path.exists(out)
+    try:
+        yield
+    except BaseException:
+        import shutil
+
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for folder in (LIVE, LABELS, BATCHES, QUERIES):
+                path = os.path.join(out, folder)
+                if os.path.isdir(path) and not any(os.scandir(path)) or folder == LIVE:
+                    shutil.rmtree(path, ignore_errors=True)
+        raise
