@@ -153,7 +153,9 @@ def read(project: Project, name: str, payload: bytes, known: Known) -> LabelFile
             raise ConfigError(f"The label file {where} has an empty id or label in row {row + 1}.")
         position = known.positions.get(key(identifier))
         if position is None:
-            raise ConfigError(f"The label file {where} labels the id {identifier!r} (row {row + 1}), which is not in the pool.")
+            raise ConfigError(
+                f"The label file {where} labels the id {identifier!r} (row {row + 1}), which is not in the pool."
+            )
         label_index = known.classes.get(key(label))
         if label_index is None:
             shown = ", ".join(map(str, project.classes[:12])) + (", …" if len(project.classes) > 12 else "")
@@ -165,12 +167,13 @@ def read(project: Project, name: str, payload: bytes, known: Known) -> LabelFile
         if before is not None and before != label_index:
             raise ConfigError(
                 f"The label file {where} labels the id {identifier!r} twice, as {project.classes[before]!r} and "
-                f"{label!r}."
+                f"{project.classes[label_index]!r}."
             )
         earlier = known.labels.get(position)
         if earlier is not None and earlier[0] != label_index:
             raise ConfigError(
-                f"The label file {where} labels the id {identifier!r} as {label!r}, but {project.path(earlier[1])} "
+                f"The label file {where} labels the id {identifier!r} as {project.classes[label_index]!r}, but "
+                f"{project.path(earlier[1])} "
                 f"labelled it {project.classes[earlier[0]]!r}."
             )
         labels[position] = label_index

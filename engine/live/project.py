@@ -84,6 +84,7 @@ class Project:
     classes: tuple  # the class labels, as the evaluation set writes them; index = class index
     shape: tuple[int, ...] | None  # one sample's shape (dataset.shape), None: flat features
     normalize: str  # dataset.normalize
+    trial_id: str
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out, *parts)
@@ -98,12 +99,20 @@ class Project:
             with open(os.path.join(out, LIVE, "project.json")) as f:
                 meta = json.load(f)
         except FileNotFoundError:
-            raise ConfigError(f"{out} is not a live project (no {LIVE}/project.json); make one with `warmstart live init`.") from None
+            raise ConfigError(
+                f"{out} is not a live project (no {LIVE}/project.json); make one with `warmstart live init`."
+            ) from None
         shape = tuple(meta["shape"]) if meta["shape"] is not None else None
-        return cls(out, tuple(meta["features"]), tuple(meta["classes"]), shape, meta["normalize"])
+        return cls(out, tuple(meta["features"]), tuple(meta["classes"]), shape, meta["normalize"], meta["trial_id"])
 
     def config(self) -> Config:
         return build(self.path(LIVE, "config.yaml"))
+
+    def completed(self) -> int:
+        """The last completed round (0 before round 1), as the trial's status says."""
+        from engine.storage.store import TrialStore
+
+        return (TrialStore(self.out, self.trial_id).load_status() or {}).get("round", 0)
 
     def class_index(self) -> dict[str, int]:
         """Label text (``key``) -> class index."""
@@ -296,7 +305,7 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
     plan = plan_rounds(cfg, len(pool_frame))  # rounds.initial and per_round against the pool
     check_results_folder(out, cfg.trial_id(), trial=True)
     shape = tuple(cfg.dataset.shape) if cfg.dataset.shape else None
-    project = Project(out, tuple(features), tuple(classes), shape, cfg.dataset.normalize)
+    project = Project(out, tuple(features), tuple(classes), shape, cfg.dataset.normalize, cfg.trial_id())
     with _writing_to(out):
         write_atomic(project.path(LIVE, "pool.parquet"), parquet_bytes(pool_frame[[ID, *features]]))
         write_atomic(project.path(LIVE, "eval.parquet"), parquet_bytes(eval_frame[[*features, LABEL]]))
@@ -312,6 +321,7 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
             "classes": classes,
             "shape": cfg.dataset.shape,
             "normalize": cfg.dataset.normalize,
+            "trial_id": cfg.trial_id(),
         }
         write_atomic(project.path(LIVE, "project.json"), json.dumps(meta, default=_plain).encode())
     return project
@@ -338,3 +348,47 @@ def _writing_to(out: str):
                 if os.path.isdir(path) and not any(os.scandir(path)) or folder == LIVE:
                     shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+# --- the served model ------------------------------------------------------------------
+
+
+class Served:
+    """An exported model, loaded for serving: ``predict(frame)`` gives each row's class label.
+
+    Needs warmstart (or the plugin that registers the model) installed where it serves, to
+    build the architecture that ``model.json`` names; the preprocessing is in ``model.json``."""
+
+    def __init__(self, folder: str) -> None:
+        from engine.compute.models import build_model
+        from engine.schema.plugins import load_plugins
+
+        with open(os.path.join(folder, "model.json")) as f:
+            self.meta = json.load(f)
+        load_plugins(self.meta["plugins"])
+        spec, shape = self.meta["model"], tuple(self.meta["input_shape"])
+        self.model = build_model(spec["name"], spec["params"], shape, len(self.meta["classes"]))
+        with open(os.path.join(folder, "model.pt"), "rb") as f:
+            import io
+
+            self.model.load_state_dict(torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True))
+        self.model.eval()
+
+    def inputs(self, frame: pd.DataFrame) -> torch.Tensor:
+        """The frame's feature columns, preprocessed as the model was trained: float [N, *input_shape]."""
+        pre = self.meta["preprocessing"]
+        x = torch.from_numpy(np.array(frame[self.meta["features"]], dtype=np.float32))
+        x = x.reshape(len(frame), *self.meta["input_shape"])
+        if pre["mean"] is None:
+            return x
+        mean = torch.tensor(pre["mean"], dtype=torch.float32)
+        std = torch.tensor(pre["std"], dtype=torch.float32)
+        return (x - mean) / std
+
+    def probabilities(self, frame: pd.DataFrame) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(self.model(self.inputs(frame)), dim=1).numpy()
+
+    def predict(self, frame: pd.DataFrame) -> list:
+        classes = self.meta["classes"]
+        return [classes[i] for i in self.probabilities(frame).argmax(1)]

@@ -163,12 +163,16 @@ def _after(project, cfg, context, state, store, fresh: bool, say) -> str | None:
     query = project.query_path(state.round + 1)
     unlabeled = np.flatnonzero(state.labeled == 0)
     exported = os.path.exists(project.path("model", "model.json"))
-    if not fresh and exported and (os.path.exists(query) or unlabeled.size == 0):
-        return query if unlabeled.size else None
+    last = unlabeled.size == 0 or (cfg.rounds.max_rounds is not None and state.round >= cfg.rounds.max_rounds)
+    if not fresh and exported and (os.path.exists(query) or last):
+        return None if last else query
     project.export(cfg, state.model, store.read_rows()[0][state.round])
     say(f"model of round {state.round} exported to {project.path('model')}")
     if unlabeled.size == 0:
         say("every pool id is labelled: no further query")
+        return None
+    if cfg.rounds.max_rounds is not None and state.round >= cfg.rounds.max_rounds:
+        say(f"round {state.round} is the last (rounds.max_rounds): no further query")
         return None
     ids, scores = next_query(project, cfg, context, state)
     path = project.write_query(state.round + 1, ids, scores)
