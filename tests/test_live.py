@@ -170,7 +170,7 @@ def test_a_round_saved_without_its_checkpoint_is_redone_from_its_own_files(files
     label_query(project, truth)  # round 3's labels arrive meanwhile
     code, out, err = cli(capsys, "live", "step", str(project))
     assert code == 0, err
-    assert "redid 2: 1 label file(s)" in out and "round 3: 1 label file(s)" in out
+    assert "redid round 2: 1 label file(s)" in out and "round 3: 1 label file(s)" in out
     after = ws.Live(str(project)).rows()
     assert after["round"].tolist() == [1, 2, 3]
     assert after["test_acc"].tolist()[:2] == before["test_acc"].tolist()
@@ -261,3 +261,68 @@ def test_a_pool_whose_features_differ_and_an_empty_pool_are_refused_at_init(file
         )
         assert code == 2 and message in one_line(err), err
         assert not out.exists()
+
+
+# --- online mode and watch ----------------------------------------------------------------
+
+
+def test_each_batch_is_a_round_that_grows_the_pool_and_asks_nothing(files, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    folder, truth = files
+    out = tmp_path / "online"
+    config = {**CONFIG, "rounds": {"initial": 20, "per_round": 15, "max_rounds": None}}
+    ws.Live.init(folder / "pool.parquet", folder / "eval.parquet", str(out), config, sets=SETS)
+    label_query(out, truth)
+    assert cli(capsys, "live", "step", str(out))[0] == 0
+    digits = load_digits()
+    x, y = digits.images.reshape(-1, 64), digits.target
+    for name, lo in (("day1.csv", 600), ("day2.parquet", 625)):
+        batch = pd.DataFrame(x[lo : lo + 25], columns=COLUMNS).assign(id=[f"new{i}" for i in range(lo, lo + 25)])
+        batch = batch.assign(label=y[lo : lo + 25])
+        if name.endswith(".csv"):
+            batch.to_csv(out / "batches" / name, index=False)
+        else:
+            batch.to_parquet(out / "batches" / name)
+    code, printed, err = cli(capsys, "live", "step", str(out))
+    assert code == 0, err
+    assert "round 2: 1 batch file" in printed and "round 3: 1 batch file" in printed
+    rows = ws.Live(str(out)).rows()
+    assert rows["n_labeled"].tolist() == [20, 45, 70] and rows["n_pool"].tolist() == [300, 325, 350]
+    assert list(rows["acquired"][1]) == list(range(300, 325)) and list(rows["acquired"][2]) == list(range(325, 350))
+    assert [f[0].split("#")[0] for f in rows["label_files"]][1:] == ["batches/day1.csv", "batches/day2.parquet"]
+    assert not (out / "queries" / "round-0004.parquet").exists() and ws.Live(str(out)).query().empty
+    assert ws.Live(str(out)).model().meta["round"] == 3
+    # A batch may not bring an id the project has: refused, nothing trained.
+    pd.DataFrame(x[:1], columns=COLUMNS).assign(id=["img005"], label=[1]).to_parquet(out / "batches" / "day3.parquet")
+    code, _, err = cli(capsys, "live", "step", str(out))
+    assert code == 2 and "brings the id 'img005' (row 1), which is taken" in one_line(err)
+    assert len(rows_in(out)) == 3
+
+
+def test_watch_steps_as_files_arrive_and_waits_out_a_bad_one(files, project):
+    from engine.live.step import watch
+
+    _, truth = files
+    said, errors = [], []
+    arrivals = [
+        lambda: _write(project, "bad.csv", pd.DataFrame({"id": ["nope"], "label": [1]})),
+        lambda: os.remove(project / "labels" / "bad.csv") or label_query(project, truth),
+    ]
+
+    def sleep(seconds):
+        assert seconds == 2
+        if not arrivals:
+            raise KeyboardInterrupt
+        arrivals.pop(0)()
+
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        watch(str(project), every=2, say=said.append, sleep=sleep)
+    errors = stderr.getvalue().splitlines()
+    assert len(errors) == 1 and "'nope' (row 1), which is not in the pool" in errors[0]
+    assert any(line.startswith("round 1: 1 label file(s)") for line in said) and said[-1] == "stopped watching"
+    assert len(rows_in(project)) == 1

@@ -8,6 +8,11 @@ column as ``labels/NAME#SHA256`` (written atomically with the row), and a copy o
 ``_live/consumed/SHA256`` before the round trains, so later steps (and a recomputation from
 round 1) read the labels from the copy even when the original is moved away.  A file whose
 name was consumed and whose content changed since is refused: new labels go in a new file.
+
+Online mode: a batch file in ``DIR/batches/`` holds new samples with their labels (``id``,
+``label`` and the project's feature columns); each batch is a round of its own, its samples
+appended to the pool after the batches before it.  It is consumed, copied and listed
+(``batches/NAME#SHA256``) as a label file is.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import ConfigError
-from engine.live.project import ID, LABEL, LABELS, LIVE, Project, key, write_atomic
+from engine.live.project import BATCHES, ID, LABEL, LABELS, LIVE, Project, key, write_atomic
 
 TABLES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -30,9 +35,14 @@ TABLES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 class LabelFile:
     """One label file: its name under the project, its content's hash and its labels."""
 
-    name: str  # "labels/NAME"
+    name: str  # "labels/NAME" or "batches/NAME"
     sha256: str
     labels: dict[int, int]  # pool position -> class index
+    inputs: np.ndarray | None = None  # a batch's samples [n, ...] (positions: after the pool and earlier batches)
+
+    @property
+    def batch(self) -> bool:
+        return self.inputs is not None
 
     @property
     def entry(self) -> str:
@@ -59,7 +69,13 @@ class Known:
         positions = {key(v): i for i, v in enumerate(project.pool_ids())}
         return cls(project, positions, project.class_index())
 
+    def extend(self, ids: list) -> None:
+        """A batch's ids, at the positions after the pool and the batches before it."""
+        for identifier in ids:
+            self.positions[key(identifier)] = len(self.positions)
+
     def add(self, file: LabelFile) -> None:
+        """The file's labels, known from now on."""
         for position, label in file.labels.items():
             self.labels.setdefault(position, (label, file.name))
 
@@ -68,25 +84,26 @@ def _digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def arrived(project: Project) -> list[tuple[str, bytes]]:
-    """(``labels/NAME``, content) of every label file in the folder, by name."""
-    folder = project.path(LABELS)
-    if not os.path.isdir(folder):
+def arrived(project: Project, folder: str = LABELS) -> list[tuple[str, bytes]]:
+    """(``labels/NAME``, content) of every file in the folder (``labels`` or ``batches``), by name."""
+    path = project.path(folder)
+    if not os.path.isdir(path):
         return []
     found = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
         if entry.name.startswith((".", "_")) or not entry.is_file():
             continue
         with open(entry.path, "rb") as f:
-            found.append((f"{LABELS}/{entry.name}", f.read()))
+            found.append((f"{folder}/{entry.name}", f.read()))
     return found
 
 
 def pending(project: Project, consumed: dict[str, str], known: Known) -> list[LabelFile]:
-    """The label files not consumed yet, read and checked against ``known`` (the labels of
-    the consumed ones) and each other, by name; a problem is a ConfigError naming the file."""
+    """The batch files, then the label files, not consumed yet, read and checked against
+    ``known`` (the labels of the consumed ones) and each other, by name; a problem is a
+    ConfigError naming the file."""
     out = []
-    for name, payload in arrived(project):
+    for name, payload in arrived(project, BATCHES) + arrived(project, LABELS):
         digest = _digest(payload)
         if name in consumed:
             if consumed[name] != digest:
@@ -96,9 +113,7 @@ def pending(project: Project, consumed: dict[str, str], known: Known) -> list[La
                     "and put new labels in a new file."
                 )
             continue
-        file = read(project, name, payload, known)
-        known.add(file)
-        out.append(file)
+        out.append(read(project, name, payload, known))
     return out
 
 
@@ -112,9 +127,7 @@ def consumed_file(project: Project, entry: str, known: Known) -> LabelFile:
         except FileNotFoundError:
             continue
         if _digest(payload) == digest:
-            file = read(project, name, payload, known)
-            known.add(file)
-            return file
+            return read(project, name, payload, known)
     raise ConfigError(
         f"The labels a saved round consumed, {project.path(name)} (sha256 {digest[:12]}…), are gone: neither the "
         f"file nor its copy under {project.path(LIVE, 'consumed')} holds them; restore one."
@@ -135,10 +148,14 @@ def keep_copy(project: Project, file: LabelFile, payload: bytes | None = None) -
 def read(project: Project, name: str, payload: bytes, known: Known) -> LabelFile:
     """A label file's labels as {pool position: class index}, checked: a table with ``id``
     and ``label``, every id in the pool, every label one of the evaluation set's classes, no
-    id labelled twice with different labels (in the file, or by an earlier file)."""
+    id labelled twice with different labels (in the file, or by an earlier file); a batch's
+    samples too.  Added to ``known``."""
     where = project.path(name)
     frame = _table(where, payload)
     frame.columns = [str(c) for c in frame.columns]
+    inputs, ids = None, None
+    if name.startswith(f"{BATCHES}/"):
+        inputs, ids = _batch(project, where, frame, known)
     missing = [c for c in (ID, LABEL) if c not in frame.columns]
     if missing:
         raise ConfigError(
@@ -177,7 +194,39 @@ def read(project: Project, name: str, payload: bytes, known: Known) -> LabelFile
                 f"labelled it {project.classes[earlier[0]]!r}."
             )
         labels[position] = label_index
-    return LabelFile(name, _digest(payload), labels)
+    file = LabelFile(name, _digest(payload), labels, inputs)
+    known.add(file)
+    return file
+
+
+def _batch(project: Project, where: str, frame: pd.DataFrame, known: Known) -> tuple[np.ndarray, list]:
+    """A batch's inputs [n, ...] (float32, as the pool's features) and ids, which join ``known``
+    (new ids only: a batch brings new samples)."""
+    missing = [c for c in (ID, LABEL, *project.features) if c not in frame.columns]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (", …" if len(missing) > 5 else "")
+        raise ConfigError(
+            f"The batch file {where} lacks the column(s) {shown}; a batch has id, label and the pool's features."
+        )
+    ids = frame[ID].tolist()
+    seen = set()
+    for row, identifier in enumerate(ids):
+        text = key(identifier)
+        if text in known.positions or text in seen:
+            raise ConfigError(
+                f"The batch file {where} brings the id {identifier!r} (row {row + 1}), which is taken: batch ids are new."
+            )
+        seen.add(text)
+    try:
+        x = np.array(frame[list(project.features)], dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ConfigError(f"The batch file {where} has a feature that is not a number.") from None
+    if not np.isfinite(x).all():
+        raise ConfigError(f"The batch file {where} has NaN or infinite features.")
+    if project.shape is not None:
+        x = x.reshape(len(frame), *project.shape)
+    known.extend(ids)
+    return x, ids
 
 
 def _missing(value) -> bool:

@@ -131,9 +131,26 @@ class Project:
         pool_y = np.full(pool_x.shape[0], -1, dtype=np.int64)
         return RawDataset(RawSplit(pool_x, pool_y), RawSplit(eval_x, eval_y), len(self.classes), self.normalize)
 
-    def data(self, cfg: Config, device: torch.device) -> Data:
-        """The trial's tensors, placed as a simulated ``files`` trial's (``dataset.eval: test``)."""
-        return split_and_place(self.raw(), "test", cfg.dataset.holdout, 0, device)
+    def data(self, cfg: Config, device: torch.device, batches=()) -> Data:
+        """The trial's tensors, placed as a simulated ``files`` trial's (``dataset.eval: test``);
+        the ``batches`` (online mode: LabelFiles with inputs, in round order) after the pool,
+        normalised with the pool's statistics."""
+        raw = self.raw()
+        data = split_and_place(raw, "test", cfg.dataset.holdout, 0, device)
+        if not batches:
+            return data
+        statistics = input_statistics(raw.train.inputs, raw.normalize)
+        xs, ys = [data.pool_x], [data.pool_y]
+        for batch in batches:
+            x = torch.from_numpy(np.ascontiguousarray(batch.inputs)).to(device=device, dtype=torch.float32)
+            if statistics is not None:  # as split_and_place's place()
+                m = torch.tensor(statistics[0], dtype=torch.float32, device=device)
+                x = (x - m) / torch.tensor(statistics[1], dtype=torch.float32, device=device)
+            xs.append(x)
+            ys.append(torch.tensor(list(batch.labels.values()), dtype=data.pool_y.dtype, device=device))
+        pool_x, pool_y = torch.cat(xs), torch.cat(ys)
+        n = pool_x.shape[0]
+        return Data(pool_x, pool_y, data.eval_x, data.eval_y, np.arange(n), data.num_classes)
 
     def statistics(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The normalisation's mean and std (the pool's, as a simulated trial's training split)."""

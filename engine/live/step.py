@@ -80,12 +80,17 @@ def write_labels(context: TrialContext, files: list[LabelFile]) -> dict[int, int
 
 @dataclass
 class Plan:
-    """What a step will do: the rounds it redoes, each with the files its saved row names,
-    and the new files of the next round (none: no new labels)."""
+    """What a step will do: every round's files (saved rounds, from their rows' label_files;
+    new rounds, from the files that arrived: one round per batch, then one for the label
+    files), and the rounds to run in order (saved after the checkpoint: redone; then new)."""
 
-    redo: dict[int, list[LabelFile]]
-    new: list[LabelFile]
-    done: dict[int, list[LabelFile]] = field(default_factory=dict)  # rounds up to the checkpoint
+    files: dict[int, list[LabelFile]]
+    run: list[int]
+    redo: set[int] = field(default_factory=set)
+
+    def batches(self, through: int) -> list[LabelFile]:
+        """The batch files of rounds up to ``through``, in round order: the samples after the pool."""
+        return [f for r in sorted(self.files) if r <= through for f in self.files[r] if f.batch]
 
 
 def plan(project: Project, rows: dict[int, dict], checkpoint_round: int) -> Plan:
@@ -96,83 +101,137 @@ def plan(project: Project, rows: dict[int, dict], checkpoint_round: int) -> Plan
         entries = row.get("label_files") or []
         files[round_] = [consumed_file(project, entry, known) for entry in entries]
         consumed.update(parse_entry(entry) for entry in entries)
-    new = pending(project, consumed, known)
-    done = {r: f for r, f in files.items() if r <= checkpoint_round}
-    return Plan({r: f for r, f in files.items() if r > checkpoint_round}, new, done)
+    redo = [r for r in sorted(files) if r > checkpoint_round]
+    new, next_round = pending(project, consumed, known), max([checkpoint_round, *files]) + 1
+    run = list(redo)
+    for batch in [f for f in new if f.batch]:
+        files[next_round], next_round = [batch], next_round + 1
+        run.append(next_round - 1)
+    labels = [f for f in new if not f.batch]
+    if labels:
+        files[next_round] = labels
+        run.append(next_round)
+    return Plan(files, run, set(redo))
 
 
 @dataclass
 class StepResult:
     rows: list[dict]  # the rows of the rounds this step ran, in order
-    lines: list[str]  # what it did, for people
-    query: str | None  # the next query's path (None: the pool is all labelled)
+    query: str | None  # the next query's path (None: none, the last round was a batch or the pool is labelled)
 
 
 def step(out: str, say=None) -> StepResult:
-    """One step of the live project in ``out`` (see the module's docstring).  Bad input is a
+    """One step of the live project in ``out`` (see the module's docstring): every round the
+    files that arrived make, one trial session each (a batch grows the pool).  Bad input is a
     ConfigError naming the file, before anything is trained or written."""
     say = say or (lambda line: None)
     project = Project.open(out)
     cfg = project.config()
-    store = TrialStore(project.out, cfg.trial_id())
-    status = store.load_status() or {}
-    first = plan(project, store.read_rows()[0], status.get("round", 0))  # refusals before anything opens
-    if not first.redo and not first.new and not status.get("round"):
+    store = TrialStore(project.out, project.trial_id)
+    completed = (store.load_status() or {}).get("round", 0)
+    rows = store.read_rows()[0]
+    todo = plan(project, rows, completed)  # refusals before anything opens
+    if not todo.run and not completed:
         raise ConfigError(
             f"No labels yet in {project.path('labels')}: label the ids of {project.query_path(1)} and save them "
             "there as a Parquet or CSV file with the columns id and label."
         )
-    device = resolve_device(cfg.device)
-    with start_trial(cfg, project.out, data=project.data(cfg, device)) as session:
-        context, state = session.context, session.state
-        todo = plan(project, dict(context.expected), state.round)
-        for files in todo.done.values():  # the labels of the rounds already trained
-            write_labels(context, files)
-        rounds = dict(todo.redo)
-        if todo.new:
-            rounds[max([state.round, *todo.redo]) + 1] = todo.new
-        limit = cfg.rounds.max_rounds
-        if limit is not None and rounds and max(rounds) > limit:
-            raise ConfigError(f"The project has run its rounds.max_rounds={limit} rounds; no further round is trained.")
-        if state.stopped is not None:
-            raise TrialError(f"Trial {cfg.trial_id()} stopped at round {state.round}: {state.stopped}.")
-        source, ran = LiveLabels(rounds), []
-        for round_ in sorted(rounds):
-            for file in rounds[round_]:
-                keep_copy(project, file)  # before the round trains: its row will name the file
-            began = time.perf_counter()
-            result = live_round(context, state, source)
-            result.row = save_round(session.store, context, state, result.row, result.epochs)
-            ran.append(result.row)
-            what = "redid" if round_ in todo.redo else "round"
-            say(
-                f"{what} {round_}: {len(rounds[round_])} label file(s), {result.row['n_labeled']} labelled, "
-                f"test_acc {result.row['test_acc']:.4f} ({time.perf_counter() - began:.1f}s)"
-            )
-        if state.round == 0:
-            return StepResult([], ["no new labels"], project.query_path(1))
-        query = _after(project, cfg, context, state, session.store, fresh=bool(ran), say=say)
+    limit = cfg.rounds.max_rounds
+    if limit is not None and todo.run and max(todo.run) > limit:
+        raise ConfigError(
+            f"The project has run its rounds.max_rounds={limit} rounds; the files that arrived would make round "
+            f"{max(todo.run)}: no round is trained."
+        )
+    if not todo.run:
+        query = project.query_path(completed + 1)
+        if os.path.exists(project.path("model", "model.json")) and (
+            os.path.exists(query) or _last(cfg, rows[completed])
+        ):
+            say(f"no new labels in {project.path('labels')}; round {completed} stays the latest")
+            return StepResult([], None if _last(cfg, rows[completed]) else query)
+    return _run(project, cfg, todo, say)
+
+
+def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
+    """The rounds to run, each in a trial session of its own (its data: the pool and the
+    batches up to it), saved; then the exported model and the next query.  What to run is
+    decided again under each session's lock (the checkpoint it resumes from decides which
+    saved rounds are redone); a session opened with other data than its round needs is
+    opened again."""
+    device, ran, query = resolve_device(cfg.device), [], None
+    batches = todo.batches(todo.run[0] if todo.run else max(todo.files, default=0))
+    while True:
+        with start_trial(cfg, project.out, data=project.data(cfg, device, batches)) as session:
+            context, state = session.context, session.state
+            mine = plan(project, dict(context.expected), state.round)
+            needed = mine.batches(mine.run[0] if mine.run else state.round)
+            if [b.sha256 for b in needed] != [b.sha256 for b in batches]:
+                batches = needed
+                continue
+            _resume_labels(context, state, mine)
+            if state.stopped is not None:
+                raise TrialError(f"Trial {cfg.trial_id()} stopped at round {state.round}: {state.stopped}.")
+            if mine.run and mine.run[0] != state.round + 1:
+                raise TrialError(
+                    f"The live project {project.out} has the row of round {mine.run[0]} but not of round "
+                    f"{state.round + 1}, after its checkpoint; restore that row, or remove the rows after it."
+                )
+            if mine.run:
+                row = _one_round(project, context, state, session.store, mine, say)
+                ran.append(row)
+            else:
+                row = session.store.read_rows()[0][state.round]
+            if len(mine.run) <= 1:
+                query = _after(project, cfg, context, state, row, say)
+                break
+            batches = mine.batches(mine.run[1])
     if not ran:
         say(f"no new labels in {project.path('labels')}; round {state.round} stays the latest")
-    return StepResult(ran, [], query)
+    return StepResult(ran, query)
 
 
-def _after(project, cfg, context, state, store, fresh: bool, say) -> str | None:
-    """The exported model and the next query, after rounds ran; else only when missing (a
-    crash after the checkpoint)."""
-    query = project.query_path(state.round + 1)
-    unlabeled = np.flatnonzero(state.labeled == 0)
-    exported = os.path.exists(project.path("model", "model.json"))
-    last = unlabeled.size == 0 or (cfg.rounds.max_rounds is not None and state.round >= cfg.rounds.max_rounds)
-    if not fresh and exported and (os.path.exists(query) or last):
-        return None if last else query
-    project.export(cfg, state.model, store.read_rows()[0][state.round])
+def _one_round(project: Project, context: TrialContext, state: TrialState, store, todo: Plan, say) -> dict:
+    """Round ``state.round + 1`` with its files, saved; its row."""
+    round_ = state.round + 1
+    files = todo.files[round_]
+    for file in files:
+        keep_copy(project, file)  # before the round trains: its row will name the file
+    began = time.perf_counter()
+    result = live_round(context, state, LiveLabels({round_: files}))
+    row = save_round(store, context, state, result.row, result.epochs)
+    kind = "batch file" if files[0].batch else "label file(s)"
+    say(
+        f"{'redid round' if round_ in todo.redo else 'round'} {round_}: {len(files)} {kind}, "
+        f"{row['n_labeled']} labelled, test_acc {row['test_acc']:.4f} ({time.perf_counter() - began:.1f}s)"
+    )
+    return row
+
+
+def _resume_labels(context: TrialContext, state: TrialState, todo: Plan) -> None:
+    """The labels of the rounds already trained into the data, and the labelled state as long
+    as the pool is now (a batch since the checkpoint made it longer)."""
+    for round_ in range(1, state.round + 1):
+        write_labels(context, todo.files.get(round_, []))
+    grown = context.data.pool_y.shape[0] - state.labeled.shape[0]
+    if grown > 0:
+        state.labeled = np.concatenate([state.labeled, np.zeros(grown, dtype=state.labeled.dtype)])
+
+
+def _last(cfg, row: dict) -> bool:
+    """No query after ``row``'s round: it was a batch (online mode), the last of rounds.max_rounds,
+    or every pool id is labelled."""
+    online = any(entry.startswith("batches/") for entry in row["label_files"] or [])
+    limit = cfg.rounds.max_rounds
+    return online or (limit is not None and row["round"] >= limit) or row["n_labeled"] >= row["n_pool"]
+
+
+def _after(project: Project, cfg, context: TrialContext, state: TrialState, row: dict, say) -> str | None:
+    """The exported model of the latest round, and the next query (none after a batch, after
+    rounds.max_rounds, or once every pool id is labelled)."""
+    project.export(cfg, state.model, row)
     say(f"model of round {state.round} exported to {project.path('model')}")
-    if unlabeled.size == 0:
-        say("every pool id is labelled: no further query")
-        return None
-    if cfg.rounds.max_rounds is not None and state.round >= cfg.rounds.max_rounds:
-        say(f"round {state.round} is the last (rounds.max_rounds): no further query")
+    if _last(cfg, row):  # online mode: the data brings its labels; or nothing left to ask
+        say(f"no query after round {state.round}")
         return None
     ids, scores = next_query(project, cfg, context, state)
     path = project.write_query(state.round + 1, ids, scores)
