@@ -29,7 +29,7 @@ import torch
 from engine.errors import ConfigError, TrialError
 from engine.live.intake import Known, LabelFile, consumed_file, keep_copy, parse_entry, pending
 from engine.live.project import Project
-from engine.storage.store import TrialStore
+from engine.storage.store import TrialBusy, TrialStore
 from engine.trial.loop import (
     RoundResult,
     RoundStart,
@@ -294,7 +294,7 @@ def watch(out: str, every: float = 30.0, say=print, sleep=time.sleep) -> None:
                 result = step(project.out, say=lambda line: say(line) if "no new labels" not in line else None)
                 problem = None
                 del result
-            except ConfigError as exc:
+            except (ConfigError, TrialBusy) as exc:  # a bad file, or a step run by hand meanwhile: wait
                 if "No labels yet" not in str(exc) and str(exc) != problem:
                     print(f"warmstart: error: {exc}", file=sys.stderr, flush=True)
                 problem = str(exc)
