@@ -326,3 +326,28 @@ def test_watch_steps_as_files_arrive_and_waits_out_a_bad_one(files, project):
     assert len(errors) == 1 and "'nope' (row 1), which is not in the pool" in errors[0]
     assert any(line.startswith("round 1: 1 label file(s)") for line in said) and said[-1] == "stopped watching"
     assert len(rows_in(project)) == 1
+
+
+def test_integer_ids_and_named_classes(files, tmp_path, capsys):
+    """Ids may be integers (a CSV's text "17" is the id 17) and classes strings (the served
+    model answers with them)."""
+    folder, truth = files
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    pool = pd.read_parquet(folder / "pool.parquet").assign(id=lambda f: [int(i[3:]) * 10 for i in f["id"]])
+    evaluation = pd.read_parquet(folder / "eval.parquet").assign(label=lambda f: [names[v] for v in f["label"]])
+    live = ws.Live.init(pool, evaluation, str(tmp_path / "named"), CONFIG, sets=SETS)
+    query = live.query()
+    assert query["id"].dtype.kind == "i" and (query["id"] % 10 == 0).all()
+    answers = query.assign(label=[names[truth[f"img{i // 10:03d}"]] for i in query["id"]])[["id", "label"]]
+    answers.to_csv(tmp_path / "named" / "labels" / "answers.csv", index=False)
+    code, _, err = cli(capsys, "live", "step", str(tmp_path / "named"))
+    assert code == 0, err
+    served = live.model()
+    assert served.meta["classes"] == sorted(names)
+    predicted = served.predict(evaluation)
+    accuracy = float(np.mean(np.array(predicted) == evaluation["label"].to_numpy()))
+    assert math.isclose(accuracy, live.rows()["test_acc"].iloc[0], abs_tol=1e-9)
+    assert (
+        list(live.rows()["acquired_classes"].iloc[0])
+        == np.bincount([sorted(names).index(v) for v in answers["label"]], minlength=10).tolist()
+    )
