@@ -142,13 +142,11 @@ def step(out: str, say=None) -> StepResult:
             f"The project has run its rounds.max_rounds={limit} rounds; the files that arrived would make round "
             f"{max(todo.run)}: no round is trained."
         )
-    if not todo.run:
-        query = project.query_path(completed + 1)
-        if os.path.exists(project.path("model", "model.json")) and (
-            os.path.exists(query) or _last(cfg, rows[completed])
-        ):
+    latest, query = rows.get(completed), project.query_path(completed + 1)
+    if not todo.run and latest is not None and os.path.exists(project.path("model", "model.json")):
+        if _last(cfg, latest) or os.path.exists(query):  # nothing to run, nothing missing: nothing written
             say(f"no new labels in {project.path('labels')}; round {completed} stays the latest")
-            return StepResult([], None if _last(cfg, rows[completed]) else query)
+            return StepResult([], None if _last(cfg, latest) else query)
     return _run(project, cfg, todo, say)
 
 
@@ -171,6 +169,8 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
             _resume_labels(context, state, mine)
             if state.stopped is not None:
                 raise TrialError(f"Trial {cfg.trial_id()} stopped at round {state.round}: {state.stopped}.")
+            if not mine.run and state.round == 0:
+                raise ConfigError(f"No labels yet in {project.path('labels')}: nothing to train.")
             if mine.run and mine.run[0] != state.round + 1:
                 raise TrialError(
                     f"The live project {project.out} has the row of round {mine.run[0]} but not of round "
