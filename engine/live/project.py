@@ -21,6 +21,7 @@ Names under ``_`` are skipped by every reader of the rows.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import uuid
@@ -68,8 +69,6 @@ def write_atomic(path: str, payload: bytes) -> None:
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
@@ -172,8 +171,6 @@ class Project:
 
     def export(self, cfg: Config, model: Classifier, row: dict) -> str:
         """``model/model.pt`` (the state dict) and ``model/model.json`` (what serving needs)."""
-        import io
-
         statistics = self.statistics()
         meta = {
             "format": "warmstart live model",
@@ -386,8 +383,6 @@ class Served:
         spec, shape = self.meta["model"], tuple(self.meta["input_shape"])
         self.model = build_model(spec["name"], spec["params"], shape, len(self.meta["classes"]))
         with open(os.path.join(folder, "model.pt"), "rb") as f:
-            import io
-
             self.model.load_state_dict(torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True))
         self.model.eval()
 
