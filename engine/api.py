@@ -294,29 +294,29 @@ class Live:
     def query(self):
         """The current query (the ids the next round asks labels for) as a DataFrame with the
         columns id, rank and score, in rank order; empty when there is none."""
-        import os
-
         import pandas as pd
 
-        path = self._project.query_path(self.round + 1)
-        if not os.path.exists(path):
+        from engine.live.project import QUERIES
+
+        payload = self._project.read(QUERIES, f"round-{self.round + 1:04d}.parquet")
+        if payload is None:
             return pd.DataFrame({"id": [], "rank": [], "score": []})
-        return pd.read_parquet(path)
+        return pd.read_parquet(io.BytesIO(payload))
 
     def teach(self, frame, name: str | None = None) -> str:
         """Write ``frame``'s ``id`` and ``label`` columns as a label file in ``labels/`` (named
         ``name``, default ``teach-<UTC time>.parquet``); its path.  The next step checks it."""
         import datetime
 
-        from engine.live.project import LABELS, parquet_bytes, write_atomic
+        from engine.live.project import LABELS, parquet_bytes
 
         missing = [c for c in ("id", "label") if c not in frame.columns]
         if missing:
             raise ConfigError(f"teach() needs the columns id and label; the frame has no {' or '.join(missing)}.")
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
-        path = self._project.path(LABELS, name or f"teach-{stamp}.parquet")
-        write_atomic(path, parquet_bytes(frame[["id", "label"]]))
-        return path
+        return self._project.write(
+            LABELS, name or f"teach-{stamp}.parquet", payload=parquet_bytes(frame[["id", "label"]])
+        )
 
     def step(self, progress: bool = False):
         """The next round(s) from the label files that arrived; their rows (empty: no new labels)."""
@@ -331,9 +331,9 @@ class Live:
 
     def model(self):
         """The latest round's exported model (``predict(frame)``, ``probabilities(frame)``, ``meta``)."""
-        from engine.live.project import MODEL, Served
+        from engine.live.project import Served
 
-        return Served(self._project.path(MODEL))
+        return Served(self._project)
 
     def __repr__(self) -> str:
         return f"Live({self.out!r}, round {self.round})"

@@ -351,3 +351,37 @@ def test_integer_ids_and_named_classes(files, tmp_path, capsys):
         list(live.rows()["acquired_classes"].iloc[0])
         == np.bincount([sorted(names).index(v) for v in answers["label"]], minlength=10).tolist()
     )
+
+
+# --- on an object store (a real S3-compatible server) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from benchmarks.local_cluster import s3_server
+
+    with s3_server("live") as server:
+        yield server
+
+
+def test_a_project_on_an_object_store(files, aws, capsys):
+    folder, truth = files
+    uri = f"s3://{aws.bucket}/team/project"
+    live = ws.Live.init(folder / "pool.parquet", folder / "eval.parquet", uri, CONFIG, sets=SETS)
+    for round_ in (1, 2):
+        query = live.query()
+        assert len(query) == (20 if round_ == 1 else 15)
+        live.teach(query.assign(label=[truth[i] for i in query["id"]]), name=f"answers-{round_}.csv.parquet")
+        code, out, err = cli(capsys, "live", "step", uri)
+        assert code == 0 and f"round {round_}: 1 label file(s)" in out, err
+    rows = ws.load(uri)
+    assert rows["round"].tolist() == [1, 2] and rows["n_labeled"].tolist() == [20, 35]
+    assert [f[0].split("#")[0] for f in rows["label_files"]] == [
+        "labels/answers-1.csv.parquet",
+        "labels/answers-2.csv.parquet",
+    ]
+    assert live.model().meta["round"] == 2 and len(live.query()) == 15
+    live.teach(pd.DataFrame({"id": ["nope"], "label": [3]}), name="bad.parquet")
+    code, _, err = cli(capsys, "live", "step", uri)
+    assert code == 2 and f"The label file {uri}/labels/bad.parquet labels the id 'nope'" in one_line(err)
+    assert ws.Live(uri).rows()["round"].tolist() == [1, 2]

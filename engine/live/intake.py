@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import ConfigError
-from engine.live.project import BATCHES, ID, LABEL, LABELS, LIVE, Project, key, write_atomic
+from engine.live.project import BATCHES, ID, LABEL, LABELS, LIVE, Project, key
 
 TABLES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -86,15 +86,11 @@ def _digest(payload: bytes) -> str:
 
 def arrived(project: Project, folder: str = LABELS) -> list[tuple[str, bytes]]:
     """(``labels/NAME``, content) of every file in the folder (``labels`` or ``batches``), by name."""
-    path = project.path(folder)
-    if not os.path.isdir(path):
-        return []
     found = []
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
-        if entry.name.startswith((".", "_")) or not entry.is_file():
-            continue
-        with open(entry.path, "rb") as f:
-            found.append((f"{folder}/{entry.name}", f.read()))
+    for name in project.files(folder):
+        payload = project.read(folder, name)
+        if payload is not None:  # gone since the listing: not arrived after all
+            found.append((f"{folder}/{name}", payload))
     return found
 
 
@@ -120,13 +116,9 @@ def pending(project: Project, consumed: dict[str, str], known: Known) -> list[La
 def consumed_file(project: Project, entry: str, known: Known) -> LabelFile:
     """A file a saved round consumed, from its copy (else the original, if unchanged)."""
     name, digest = parse_entry(entry)
-    for path in (project.path(LIVE, "consumed", digest), project.path(name)):
-        try:
-            with open(path, "rb") as f:
-                payload = f.read()
-        except FileNotFoundError:
-            continue
-        if _digest(payload) == digest:
+    for where in ((LIVE, "consumed", digest), (name,)):
+        payload = project.read(*where)
+        if payload is not None and _digest(payload) == digest:
             return read(project, name, payload, known)
     raise ConfigError(
         f"The labels a saved round consumed, {project.path(name)} (sha256 {digest[:12]}…), are gone: neither the "
@@ -136,13 +128,12 @@ def consumed_file(project: Project, entry: str, known: Known) -> LabelFile:
 
 def keep_copy(project: Project, file: LabelFile, payload: bytes | None = None) -> None:
     """The consumed copy of ``file`` (before the round that consumes it trains)."""
-    path = project.path(LIVE, "consumed", file.sha256)
-    if os.path.exists(path):
+    if project.exists(LIVE, "consumed", file.sha256):
         return
-    if payload is None:
-        with open(project.path(file.name), "rb") as f:
-            payload = f.read()
-    write_atomic(path, payload)
+    payload = payload if payload is not None else project.read(file.name)
+    if payload is None or _digest(payload) != file.sha256:
+        raise ConfigError(f"The label file {project.path(file.name)} changed or went away while a step read it.")
+    project.write(LIVE, "consumed", file.sha256, payload=payload)
 
 
 def read(project: Project, name: str, payload: bytes, known: Known) -> LabelFile:

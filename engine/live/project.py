@@ -15,17 +15,18 @@ with an ``id`` column in the pool and a ``label`` column in the evaluation set; 
 by the same reader (``engine.compute.data.read_table``) and placed by the same
 ``split_and_place`` as a simulated trial's ``files`` dataset with ``dataset.eval: test``, so a
 live project whose labels are the ground truth trains exactly what ``warmstart run`` trains.
-Names under ``_`` are skipped by every reader of the rows.
+Names under ``_`` are skipped by every reader of the rows.  ``DIR`` is a local folder or an
+object store's URI (``s3://bucket/prefix``), as any ``--out``: every file goes through the
+store's filesystem (engine/storage/store.py ``filesystem``, ``put``: whole or not at all).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,8 @@ from engine.compute.models import Classifier
 from engine.errors import ConfigError
 from engine.schema.config import Config, build
 from engine.storage.folders import check_results_folder
+from engine.storage.store import filesystem, put
+from engine.storage.uri import is_local, normalise
 from engine.trial.setup import plan_rounds
 
 LIVE, LABELS, BATCHES, QUERIES, MODEL = "_live", "labels", "batches", "queries", "model"
@@ -52,20 +55,10 @@ def key(value) -> str:
     return str(value)
 
 
-def write_atomic(path: str, payload: bytes) -> None:
-    """``payload`` at ``path``, whole or not at all (a temporary file beside it, renamed)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def location(out) -> str:
+    """A project's folder in its one form: an absolute local path, or a normalised URI."""
+    out = normalise(out, "live project folder")
+    return os.path.abspath(os.path.expanduser(out)) if is_local(out) else out
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -85,27 +78,65 @@ class Project:
     normalize: str  # dataset.normalize
     trial_id: str
 
+    # --- files, through the store's filesystem (a local folder or an object store) ---
+
     def path(self, *parts: str) -> str:
-        return os.path.join(self.out, *parts)
+        """A file's path or URI, as people read it."""
+        return "/".join([self.out.rstrip("/"), *parts])
+
+    @cached_property
+    def _fs(self):
+        return filesystem(self.out)
+
+    def _key(self, *parts: str) -> str:
+        return "/".join([self._fs[1], *parts])
+
+    def read(self, *parts: str) -> bytes | None:
+        """A file's content; None when it does not exist."""
+        try:
+            with self._fs[0].open_input_stream(self._key(*parts)) as f:
+                return f.read()
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+
+    def write(self, *parts: str, payload: bytes) -> str:
+        """``payload`` as the file, whole or not at all; its path."""
+        put(self._fs[0], self._key(*parts), payload)
+        return self.path(*parts)
+
+    def exists(self, *parts: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self._fs[0].get_file_info(self._key(*parts)).type == pafs.FileType.File
+
+    def files(self, folder: str) -> list[str]:
+        """The names of the files directly in ``folder``, by name; ``.`` and ``_`` names left out."""
+        import pyarrow.fs as pafs
+
+        try:
+            infos = self._fs[0].get_file_info(pafs.FileSelector(self._key(folder), allow_not_found=True))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.File]
+        return sorted(n for n in names if not n.startswith((".", "_")))
 
     @classmethod
     def open(cls, out: str) -> Project:
         """The live project in ``out``, or a ConfigError saying it is none."""
-        if "://" in str(out):
-            raise ConfigError(f"A live project is a local folder; {out} is a URI.")
-        out = os.path.abspath(os.path.expanduser(os.fspath(out)))
-        try:
-            with open(os.path.join(out, LIVE, "project.json")) as f:
-                meta = json.load(f)
-        except FileNotFoundError:
+        out = location(out)
+        raw = cls(out, (), (), None, "", "").read(LIVE, "project.json")
+        if raw is None:
             raise ConfigError(
                 f"{out} is not a live project (no {LIVE}/project.json); make one with `warmstart live init`."
-            ) from None
+            )
+        meta = json.loads(raw)
         shape = tuple(meta["shape"]) if meta["shape"] is not None else None
         return cls(out, tuple(meta["features"]), tuple(meta["classes"]), shape, meta["normalize"], meta["trial_id"])
 
     def config(self) -> Config:
-        return build(self.path(LIVE, "config.yaml"))
+        from engine.schema.config import parse_yaml
+
+        return build(parse_yaml(self.read(LIVE, "config.yaml").decode(), self.path(LIVE, "config.yaml")))
 
     def completed(self) -> int:
         """The last completed round (0 before round 1), as the trial's status says."""
@@ -118,13 +149,16 @@ class Project:
         return {key(c): i for i, c in enumerate(self.classes)}
 
     def pool_ids(self) -> np.ndarray:
-        return pd.read_parquet(self.path(LIVE, "pool.parquet"), columns=[ID])[ID].to_numpy()
+        return pd.read_parquet(io.BytesIO(self.read(LIVE, "pool.parquet")), columns=[ID])[ID].to_numpy()
 
     def raw(self) -> RawDataset:
         """The pool (labels -1: none known yet) and the evaluation set, as arrays."""
+        return self._raw(self.read(LIVE, "pool.parquet"), self.read(LIVE, "eval.parquet"))
+
+    def _raw(self, pool: bytes, evaluation: bytes) -> RawDataset:
         shape = list(self.shape) if self.shape is not None else None
-        pool_x, _ = read_table(self.path(LIVE, "pool.parquet"), list(self.features), ID, shape)
-        eval_x, labels = read_table(self.path(LIVE, "eval.parquet"), list(self.features), LABEL, shape)
+        pool_x, _ = read_table(io.BytesIO(pool), list(self.features), ID, shape)
+        eval_x, labels = read_table(io.BytesIO(evaluation), list(self.features), LABEL, shape)
         index = self.class_index()
         eval_y = np.array([index[key(v)] for v in labels], dtype=np.int64)
         pool_y = np.full(pool_x.shape[0], -1, dtype=np.int64)
@@ -165,9 +199,7 @@ class Project:
         """``queries/round-NNNN.parquet``: the ids round ``round_`` asks labels for, in rank order."""
         score = np.full(len(ids), np.nan) if scores is None else np.asarray(scores, dtype=np.float64)
         frame = pd.DataFrame({ID: ids, "rank": np.arange(1, len(ids) + 1, dtype=np.int64), "score": score})
-        path = self.query_path(round_)
-        write_atomic(path, parquet_bytes(frame))
-        return path
+        return self.write(QUERIES, f"round-{round_:04d}.parquet", payload=parquet_bytes(frame))
 
     def export(self, cfg: Config, model: Classifier, row: dict) -> str:
         """``model/model.pt`` (the state dict) and ``model/model.json`` (what serving needs)."""
@@ -193,9 +225,8 @@ class Project:
         }
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-        write_atomic(self.path(MODEL, "model.pt"), buffer.getvalue())
-        write_atomic(self.path(MODEL, "model.json"), json.dumps(meta, indent=2).encode())
-        return self.path(MODEL, "model.pt")
+        self.write(MODEL, "model.pt", payload=buffer.getvalue())
+        return self.write(MODEL, "model.json", payload=json.dumps(meta, indent=2).encode())
 
 
 # --- live init -------------------------------------------------------------------------
@@ -303,10 +334,8 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
     trial makes in round 1).  Every problem is a ConfigError before anything is written."""
     from engine.compute.train import seed_for
 
-    if out is None or "://" in str(out):
-        raise ConfigError(f"A live project is a local folder; got {out!r}.")
-    out = os.path.abspath(os.path.expanduser(os.fspath(out)))
-    if os.path.exists(os.path.join(out, LIVE, "project.json")):
+    out = location(out)
+    if Project(out, (), (), None, "", "").exists(LIVE, "project.json"):
         raise ConfigError(f"{out} is already a live project: step it with `warmstart live step {out}`.")
     pool_frame, pool_name = _read_frame(pool, "pool")
     eval_frame, eval_name = _read_frame(evaluation, "evaluation")
@@ -317,51 +346,33 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
     if cfg.scaling.workers is not None:
         raise ConfigError("A live project trains in the process that steps it; 'scaling.workers' is not supported.")
     plan = plan_rounds(cfg, len(pool_frame))  # rounds.initial and per_round against the pool
-    check_results_folder(out, cfg.trial_id(), trial=True)
+    out = check_results_folder(out, cfg.trial_id(), trial=True)
     shape = tuple(cfg.dataset.shape) if cfg.dataset.shape else None
     project = Project(out, tuple(features), tuple(classes), shape, cfg.dataset.normalize, cfg.trial_id())
-    with _writing_to(out):
-        write_atomic(project.path(LIVE, "pool.parquet"), parquet_bytes(pool_frame[[ID, *features]]))
-        write_atomic(project.path(LIVE, "eval.parquet"), parquet_bytes(eval_frame[[*features, LABEL]]))
-        project.raw()  # through the engine's reader: non-numeric features, NaN, a shape that does not fit
-        write_atomic(project.path(LIVE, "config.yaml"), cfg.to_yaml().encode())
+    pool_bytes, eval_bytes = parquet_bytes(pool_frame[[ID, *features]]), parquet_bytes(eval_frame[[*features, LABEL]])
+    project._raw(pool_bytes, eval_bytes)  # through the engine's reader: non-numeric features, NaN, a wrong shape
+    project.write(LIVE, "pool.parquet", payload=pool_bytes)
+    project.write(LIVE, "eval.parquet", payload=eval_bytes)
+    project.write(LIVE, "config.yaml", payload=cfg.to_yaml().encode())
+    if is_local(out):  # the folders people drop files in (an object store has no folders)
         for folder in (LABELS, BATCHES, QUERIES):
             os.makedirs(project.path(folder), exist_ok=True)
-        first = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, plan.initial, replace=False)
-        project.write_query(1, pool_frame[ID].to_numpy()[first], None)
-        meta = {
-            "version": VERSION,
-            "features": features,
-            "classes": classes,
-            "shape": cfg.dataset.shape,
-            "normalize": cfg.dataset.normalize,
-            "trial_id": cfg.trial_id(),
-        }
-        write_atomic(project.path(LIVE, "project.json"), json.dumps(meta, default=_plain).encode())
+    first = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, plan.initial, replace=False)
+    project.write_query(1, pool_frame[ID].to_numpy()[first], None)
+    meta = {
+        "version": VERSION,
+        "features": features,
+        "classes": classes,
+        "shape": cfg.dataset.shape,
+        "normalize": cfg.dataset.normalize,
+        "trial_id": cfg.trial_id(),
+    }
+    project.write(LIVE, "project.json", payload=json.dumps(meta, default=_plain).encode())  # last: the project exists
     return project
 
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else str(value)
-
-
-@contextlib.contextmanager
-def _writing_to(out: str):
-    """Remove what ``init`` wrote when it fails half-way (a pool the engine's reader refuses)."""
-    existed = os.path.exists(out)
-    try:
-        yield
-    except BaseException:
-        import shutil
-
-        if not existed:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for folder in (LIVE, LABELS, BATCHES, QUERIES):
-                path = os.path.join(out, folder)
-                if os.path.isdir(path) and not any(os.scandir(path)) or folder == LIVE:
-                    shutil.rmtree(path, ignore_errors=True)
-        raise
 
 
 # --- the served model ------------------------------------------------------------------
@@ -373,17 +384,19 @@ class Served:
     Needs warmstart (or the plugin that registers the model) installed where it serves, to
     build the architecture that ``model.json`` names; the preprocessing is in ``model.json``."""
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, project: Project) -> None:
         from engine.compute.models import build_model
         from engine.schema.plugins import load_plugins
 
-        with open(os.path.join(folder, "model.json")) as f:
-            self.meta = json.load(f)
+        meta = project.read(MODEL, "model.json")
+        if meta is None:
+            raise ConfigError(f"{project.path(MODEL)} holds no model yet: the first step exports one.")
+        self.meta = json.loads(meta)
         load_plugins(self.meta["plugins"])
         spec, shape = self.meta["model"], tuple(self.meta["input_shape"])
         self.model = build_model(spec["name"], spec["params"], shape, len(self.meta["classes"]))
-        with open(os.path.join(folder, "model.pt"), "rb") as f:
-            self.model.load_state_dict(torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True))
+        weights = io.BytesIO(project.read(MODEL, "model.pt"))
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.model.eval()
 
     def inputs(self, frame: pd.DataFrame) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 
 from engine.errors import ConfigError, TrialError
 from engine.live.intake import Known, LabelFile, consumed_file, keep_copy, parse_entry, pending
-from engine.live.project import Project
+from engine.live.project import MODEL, QUERIES, Project
 from engine.storage.store import TrialBusy, TrialStore
 from engine.trial.loop import (
     RoundResult,
@@ -143,8 +143,10 @@ def step(out: str, say=None) -> StepResult:
             f"{max(todo.run)}: no round is trained."
         )
     latest, query = rows.get(completed), project.query_path(completed + 1)
-    if not todo.run and latest is not None and os.path.exists(project.path("model", "model.json")):
-        if _last(cfg, latest) or os.path.exists(query):  # nothing to run, nothing missing: nothing written
+    if not todo.run and latest is not None and project.exists(MODEL, "model.json"):
+        if _last(cfg, latest) or project.exists(
+            QUERIES, os.path.basename(query)
+        ):  # nothing to run, nothing missing: nothing written
             say(f"no new labels in {project.path('labels')}; round {completed} stays the latest")
             return StepResult([], None if _last(cfg, latest) else query)
     return _run(project, cfg, todo, say)
