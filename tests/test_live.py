@@ -385,3 +385,20 @@ def test_a_project_on_an_object_store(files, aws, capsys):
     code, _, err = cli(capsys, "live", "step", uri)
     assert code == 2 and f"The label file {uri}/labels/bad.parquet labels the id 'nope'" in one_line(err)
     assert ws.Live(uri).rows()["round"].tolist() == [1, 2]
+
+
+def test_the_cli_refuses_a_folder_that_is_no_project_and_a_bad_every(project, tmp_path, capsys):
+    code, _, err = cli(capsys, "live", "step", str(tmp_path / "nothing"))
+    assert code == 2 and one_line(err) == (
+        f"warmstart: error: {tmp_path}/nothing is not a live project (no _live/project.json); make one with "
+        "`warmstart live init`."
+    )
+    for every, why in (("0.5", "--every must be at least 1 second, not 0.5."), ("soon", "--every is a number")):
+        code, _, err = cli(capsys, "live", "watch", str(project), "--every", every)
+        assert code == 2 and why in one_line(err)
+    code, _, err = cli(capsys, "live", "init", "--pool", "p.parquet", "--eval", "e.parquet", "--out", str(project))
+    assert (
+        code == 2
+        and one_line(err)
+        == f"warmstart: error: {project} is already a live project: step it with `warmstart live step {project}`."
+    )
