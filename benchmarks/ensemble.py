@@ -12,7 +12,7 @@ suite      ``mnist1d_sp_sweep`` cut to ``--seeds`` and ``--rounds`` (default: se
            with ``--repeats``): wall seconds, their ratio, and member optimizer steps per
            second (a stacked step of M members counts M steps: equal work on both sides).
 in_process the mlp and cnn1d: the same members run one by one (``start_trial``) and as one
-           ``Ensemble``, in this process, one thread, interleaved: the compute alone, no Tune.
+           the round driver's ``STACKED`` backend, in this process, one thread, interleaved: the compute alone, no Tune.
 scoring    the stacked margin-scoring pass (``pool_outputs_stacked``) against a bare
            vmapped forward over the same gathered inputs (target: >= 0.9).
 
@@ -107,8 +107,9 @@ def suite_section(seeds: list[int], rounds: int, repeats: int) -> dict:
 
 def in_process(model: dict, members: int, rounds: int, repeats: int) -> dict:
     from engine.schema.config import build
-    from engine.trial.ensemble import Ensemble
+    from engine.trial.driver import STACKED, Driver
     from engine.trial.session import start_trial
+    from engine.trial.stacked import start_members
 
     base = {
         "dataset": {"name": "mnist1d", "size": 10000, "eval": "test"},
@@ -132,9 +133,9 @@ def in_process(model: dict, members: int, rounds: int, repeats: int) -> dict:
             for arm in ("alone", "stacked") if r % 2 == 0 else ("stacked", "alone"):
                 began = time.perf_counter()
                 if arm == "alone":
-                    rows = [row for cfg in cfgs for row in start_trial(cfg, None).run()]
+                    rows = [row for cfg in cfgs for row in Driver([start_trial(cfg, None)]).run()]
                 else:
-                    rows = Ensemble.start(cfgs, None, "bench").run()
+                    rows = Driver(start_members(cfgs, None, "bench"), STACKED).run()
                 times[arm].append(time.perf_counter() - began)
                 steps[arm] = sum(row["steps"] for row in rows)
     finally:
@@ -159,8 +160,8 @@ def scoring_section(members: int, pool: int, repeats: int, device: torch.device)
     """Stacked margin scoring against a bare vmapped forward of the same gathered inputs."""
     from torch.func import functional_call, vmap
 
-    from engine.compute.ensemble import Stack, member_batch, pool_outputs_stacked
     from engine.compute.models import build_model
+    from engine.compute.stacked import Stack, member_batch, pool_outputs_stacked
 
     shape = (40,)
     models = [build_model("mlp", {"width": 100, "depth": 2, "activation": "relu"}, shape, 10) for _ in range(members)]
@@ -224,8 +225,8 @@ def sync(device: torch.device) -> None:
 def gpu_case(name: str, params: dict, shape: tuple, members: int, n: int, epochs: int, device) -> dict:
     """Images per second of ``members`` stacked trials and of one trial (engine ``fit``, auto
     options) on ``n`` samples each for ``epochs`` epochs (after one warm-up epoch)."""
-    from engine.compute.ensemble import MemberBatches, fit_stacked
     from engine.compute.models import build_model
+    from engine.compute.stacked import MemberBatches, fit_stacked
     from engine.compute.train import OptimizerSpec, StepRunner, fit, resolve_performance
     from engine.schema.config import DEFAULTS
 

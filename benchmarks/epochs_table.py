@@ -31,6 +31,7 @@ import torch
 
 from engine.schema.config import build
 from engine.storage.store import TrialStore
+from engine.trial.driver import Driver
 from engine.trial.loop import epoch_logger
 from engine.trial.session import start_trial
 
@@ -54,11 +55,11 @@ def run(dataset: str, table: bool, seed: int) -> tuple[float, list[dict]]:
     """CPU seconds of the trial's rounds (each ``step``: acquire, train, evaluate, write), and its rows."""
     cfg = build({**BASE[dataset], "device": "cpu", "seed": seed, "init": {"name": "warm"},
                  "eval": {"epochs_table": table}})  # fmt: skip
-    with tempfile.TemporaryDirectory() as out, start_trial(cfg, out) as session:
+    with tempfile.TemporaryDirectory() as out, Driver([start_trial(cfg, out)]) as driver:
         seconds, rows = 0.0, []
-        while not session.done:
+        while not driver.done:
             began = time.process_time()
-            rows.append(session.step().row)
+            rows.append(driver.step()[0][1].row)
             seconds += time.process_time() - began
     return seconds, rows
 

@@ -61,12 +61,13 @@ def _warm(barrier, warmup: list[str], thread: bool = False) -> None:
 def run_trial(sets: list[str]) -> tuple[int, float]:
     """One trial in this process: (rounds done, seconds)."""
     from engine.schema.config import build
+    from engine.trial.driver import Driver
     from engine.trial.session import start_trial
 
     began = time.perf_counter()
     cfg = build(sets=sets)
-    with start_trial(cfg, None) as session:
-        rows = session.run()
+    with Driver([start_trial(cfg, None)]) as driver:
+        rows = driver.run()
     return len(rows), time.perf_counter() - began
 
 

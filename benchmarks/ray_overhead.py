@@ -31,6 +31,7 @@ import torch
 from benchmarks.round_vs_plain import machine as machine_info
 from engine.schema.config import build
 from engine.trial.distributed import init_ray, run_trial_on_ray
+from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 from engine.trial.setup import resolve_device
 
@@ -52,8 +53,8 @@ def trial_overhead(rounds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build(None, sets)
         began = time.perf_counter()
-        with start_trial(cfg, f"{tmp}/local", device=resolve_device("cpu")) as session:
-            session.run()
+        with Driver([start_trial(cfg, f"{tmp}/local", device=resolve_device("cpu"))]) as driver:
+            driver.run()
         local_total = time.perf_counter() - began
         local_times = row_times(f"{tmp}/local", cfg.trial_id())
 

@@ -19,14 +19,15 @@ import time
 
 from benchmarks.ray_overhead import machine
 from engine.suite.plan import load_suite
+from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 
 
 def sequential(suite, out: str) -> float:
     began = time.perf_counter()
     for trial in suite.trials:
-        with start_trial(trial.config, out) as session:
-            session.run()
+        with Driver([start_trial(trial.config, out)]) as driver:
+            driver.run()
     return time.perf_counter() - began
 
 

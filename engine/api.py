@@ -32,6 +32,7 @@ from engine.suite import tune
 from engine.suite.search import read_record
 from engine.suite.setup import set_up_suite
 from engine.trial import runner
+from engine.trial.driver import Driver
 from engine.trial.progress import ConsoleReporter
 from engine.trial.session import start_trial
 
@@ -172,6 +173,7 @@ class Trial:
         if out is not None:  # its form, that it can be written, and its boundary: before anything starts
             out = check_results_folder(out, cfg.trial_id(), trial=True)
         self._session = start_trial(cfg, out)
+        self._driver = Driver([self._session])  # the round driver, for this one trial
         self.out = out
 
     @property
@@ -209,7 +211,7 @@ class Trial:
         if self.done:
             self.close()
             raise StopIteration
-        result = self._session.step()
+        ((_, result),) = self._driver.step()
         if self.done:
             self.close()  # nothing left to run: another process may open the trial now
         return TrialRound(result.row["round"], result.row, result.picked, result.outputs, self)

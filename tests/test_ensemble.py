@@ -14,10 +14,11 @@ import torch
 from engine.analysis.results import claims, summary
 from engine.cli import main
 from engine.schema.config import build
-from engine.suite.ensembles import ensemble_units
 from engine.suite.plan import load_suite
-from engine.trial.ensemble import Ensemble
+from engine.suite.stacking import ensemble_units
+from engine.trial.driver import STACKED, Driver
 from engine.trial.session import start_trial
+from engine.trial.stacked import start_members
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,10 +64,10 @@ def test_each_member_computes_what_it_computes_alone_and_stops_alone():
     cfgs = member_configs()
     alone = []
     for cfg in cfgs:
-        with start_trial(cfg, None) as session:
-            first = session.step()  # round 1: the model before any acquisition by it
-            alone.append((first.model, session.run()))
-    with Ensemble.start(cfgs, None, "e-test/4") as ensemble:
+        with Driver([start_trial(cfg, None)]) as driver:
+            ((_, first),) = driver.step()  # round 1: the model before any acquisition by it
+            alone.append((first.model, driver.run()))
+    with Driver(start_members(cfgs, None, "e-test/4"), STACKED) as ensemble:
         first = dict(ensemble.step())
         models = {i: result.model for i, result in first.items()}
         ensemble.run()
@@ -83,10 +84,10 @@ def test_each_member_computes_what_it_computes_alone_and_stops_alone():
 def test_a_member_resumes_after_its_last_completed_round(tmp_path):
     cfgs = member_configs(acquisition="random", rounds=3)
     out = str(tmp_path)
-    with start_trial(cfgs[1], out) as session:  # one member ran a round before, alone
-        session.step()
+    with Driver([start_trial(cfgs[1], out)]) as driver:  # one member ran a round before, alone
+        driver.step()
     saved = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*.parquet")}
-    with Ensemble.start(cfgs, out, "e-test/4") as ensemble:
+    with Driver(start_members(cfgs, out, "e-test/4"), STACKED) as ensemble:
         assert [s.state.round for s in ensemble.sessions] == [0, 1, 0, 0]
         ensemble.run()
     table = pd.read_parquet(out)
@@ -102,8 +103,8 @@ def test_a_member_resumes_after_its_last_completed_round(tmp_path):
     assert (table["started_at"] <= table["ended_at"]).all() and str(table["started_at"].dt.tz) == "UTC"
     assert set(table["cpu_isa"]) == {torch.backends.cpu.get_cpu_capability()}
     assert set(table["torch_version"]) == {torch.__version__} and table["device_name"].notna().all()
-    with start_trial(cfgs[1], None) as session:
-        assert_same_rows(session.run()[1:], resumed.iloc[1:].to_dict("records"))
+    with Driver([start_trial(cfgs[1], None)]) as driver:
+        assert_same_rows(driver.run()[1:], resumed.iloc[1:].to_dict("records"))
 
 
 PLUGIN = '''

@@ -650,7 +650,7 @@ def test_an_unreachable_address_fails_fast_naming_it(tmp_path, capsys):
 
 def test_progress_of_a_results_folder_that_does_not_exist_yet(tmp_path):
     store = TrialStore(str(tmp_path / "not-yet"), "t")
-    assert store.rows() == [] and store.load_progress() is None and store.load_status() is None
+    assert store.rows() == [] and store.load_status() is None
 
 
 def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):

@@ -17,6 +17,7 @@ from engine.cli import main
 from engine.schema.config import build
 from engine.schema.records import columns_with
 from engine.storage.store import TrialStore
+from engine.trial.driver import Driver
 from engine.trial.progress import ConsoleReporter
 from engine.trial.session import start_trial
 from engine.trial.setup import fresh_model, load_data, plan_rounds
@@ -93,8 +94,8 @@ def read_rows(out) -> list[dict]:
 def run(sets, out=None, reporter=None) -> list[dict]:
     """A trial in-process on CPU (``start_trial``); with ``out``, rows and checkpoints go to a TrialStore there."""
     cfg = build(sets=["device=cpu", *sets])
-    with start_trial(cfg, str(out) if out is not None else None, device=CPU, reporter=reporter) as session:
-        return session.run()
+    with Driver([start_trial(cfg, str(out) if out is not None else None, device=CPU, reporter=reporter)]) as driver:
+        return driver.run()
 
 
 _cache: dict[tuple, list[dict]] = {}

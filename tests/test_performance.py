@@ -22,6 +22,7 @@ from engine.compute.scoring import pool_outputs
 from engine.compute.train import PLAIN, Performance, evaluate, fit, make_optimizer, precise_bn, resolve_performance
 from engine.errors import ConfigError
 from engine.schema.config import DEFAULTS, build, validate
+from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
@@ -362,8 +363,8 @@ def test_rows_record_the_effective_options(tmp_path):
     for name, extra in (("auto", []), ("on", ["performance.fused_optimizer=true", "performance.channels_last=true"])):
         cfg = build(sets=sets + extra)
         out = tmp_path / name
-        with start_trial(cfg, str(out), device=CPU) as session:
-            rows = session.run()
+        with Driver([start_trial(cfg, str(out), device=CPU)]) as driver:
+            rows = driver.run()
         stored = pd.read_parquet(out).sort_values("round")
         assert list(stored["performance"]) == [r["performance"] for r in rows]
         results[name] = rows

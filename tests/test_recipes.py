@@ -12,8 +12,9 @@ import pytest
 
 from engine.analysis import report, results
 from engine.schema.config import build
-from engine.trial.ensemble import Ensemble
+from engine.trial.driver import STACKED, Driver
 from engine.trial.session import start_trial
+from engine.trial.stacked import start_members
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,12 +47,12 @@ def folder(tmp_path_factory) -> str:
     """Real rows: warm start's two seeds trained stacked in one ensemble, random init and
     shrink-perturb alone; then the report written into the folder (``_report/``)."""
     out = str(tmp_path_factory.mktemp("results"))
-    with Ensemble.start([config("warm", seed) for seed in (0, 1)], out, "e-recipes/2") as ensemble:
+    with Driver(start_members([config("warm", seed) for seed in (0, 1)], out, "e-recipes/2"), STACKED) as ensemble:
         ensemble.run()
     for init in ("random", "shrink_perturb"):
         for seed in (0, 1):
-            with start_trial(config(init, seed), out) as session:
-                session.run()
+            with Driver([start_trial(config(init, seed), out)]) as driver:
+                driver.run()
     report.write_report(out)
     return out
 

@@ -16,6 +16,7 @@ import pytest
 from engine import __version__
 from engine.analysis import report
 from engine.schema.config import build
+from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,8 +63,8 @@ def page_path(tmp_path_factory) -> Path:
                     "seed": seed,
                 }
             )
-            with start_trial(cfg, str(out)) as session:
-                session.run()
+            with Driver([start_trial(cfg, str(out))]) as driver:
+                driver.run()
     lines = report.write_report(str(out))
     return Path(lines[0])
 

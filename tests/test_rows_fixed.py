@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from engine.schema.config import build
+from engine.trial.driver import Driver
 from engine.trial.provenance import cpu_isa, device_name
 from engine.trial.resume import FLOAT_TOLERANCE
 from engine.trial.session import start_trial
@@ -118,8 +119,8 @@ def rows():
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        with start_trial(build(sets=TRIAL), None) as session:
-            return session.run()
+        with Driver([start_trial(build(sets=TRIAL), None)]) as driver:
+            return driver.run()
     finally:
         torch.set_num_threads(before)
 

@@ -23,6 +23,7 @@ from engine.compute.pretrain import pretrain
 from engine.errors import ConfigError
 from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
 from engine.schema.records import columns_with
+from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 from engine.trial.setup import fresh_model, load_data
 from strategies.init import INIT_STRATEGIES, register
@@ -42,8 +43,8 @@ SUITE = os.path.join(os.path.dirname(__file__), "..", "engine", "suites", "fig9_
 
 def trial_rows(cfg, out: str | None = None, reporter=None) -> list[dict]:
     """The rows of a trial run in this process on CPU (``start_trial``)."""
-    with start_trial(cfg, out, device=CPU, reporter=reporter) as session:
-        return session.run()
+    with Driver([start_trial(cfg, out, device=CPU, reporter=reporter)]) as driver:
+        return driver.run()
 
 
 @pytest.fixture(autouse=True)

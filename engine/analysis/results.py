@@ -319,7 +319,7 @@ def sort_points(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # the others by optimizer steps, which do not depend on how a trial ran.
 
 ALONE, STACKED = "alone", "stacked_share"
-# The times a stacked row holds as shares of its ensemble's (engine/trial/ensemble.py): training by
+# The times a stacked row holds as shares of its ensemble's (engine/trial/stacked.py): training by
 # optimizer steps, scoring and evaluation's stacked passes equally.
 SHARED_SECONDS = ("train_seconds", "acquire_seconds", "eval_seconds")
 TIMING_NOTE = (

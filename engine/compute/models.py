@@ -45,7 +45,7 @@ def register(
     so a config can be checked before any model is built (None: the model names no blocks).
     ``stackable=True`` says its models run under ``torch.func.vmap`` (no data-dependent
     Python control flow, no in-place updates of unstacked state), so a suite may train
-    several trials of it as one ensemble (engine/compute/ensemble.py); every built-in is."""
+    several trials of it as one ensemble (engine/compute/stacked.py); every built-in is."""
 
     def wrap(fn):
         return MODELS.add(name, fn, constraints, override=override, n_blocks=n_blocks, stackable=stackable)

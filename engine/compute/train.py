@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import math
 import os
 import time
@@ -87,7 +88,7 @@ def inductor_cache_per_isa() -> None:
 class FitStats:
     epochs: int
     steps: int
-    stop_reason: str  # threshold | plateau | max_epochs
+    stop_reason: str  # StopRule's: diverged | threshold | plateau | max_epochs
     train_acc: float  # running accuracy over the last epoch
     train_loss: float  # mean loss over the last epoch
     capture_seconds: float = 0.0  # CUDA graph capture in this call (once per trial, see StepRunner)
@@ -395,6 +396,38 @@ class StepRunner:
         return seconds
 
 
+class StopRule:
+    """When training stops: the one rule, for a model trained alone (``fit``) and for each
+    member of a stacked fit (engine/compute/stacked.py).  After each epoch, ``after`` gives
+    the reason to stop, or None to go on:
+
+    - ``diverged``: the epoch's mean loss is NaN or inf (more epochs cannot bring it back);
+    - ``threshold``: the running accuracy over the epoch reached ``convergence.train_acc``;
+    - ``plateau``: with ``patience``, that many epochs without an improvement over ``min_delta``;
+    - ``max_epochs``: the last epoch allowed."""
+
+    def __init__(self, convergence) -> None:  # config section: train_acc, patience, min_delta, max_epochs
+        self.convergence = convergence
+        self.best, self.since_best = -math.inf, 0
+
+    def after(self, epoch: int, acc: float, loss: float) -> str | None:
+        convergence = self.convergence
+        if not math.isfinite(loss):
+            return "diverged"
+        if acc >= convergence.train_acc:
+            return "threshold"
+        if convergence.patience is not None:
+            if acc > self.best + convergence.min_delta:
+                self.best, self.since_best = acc, 0
+            else:
+                self.since_best += 1
+                if self.since_best >= convergence.patience:
+                    return "plateau"
+        if epoch >= convergence.max_epochs:
+            return "max_epochs"
+        return None
+
+
 WARMUP_STEPS = 3  # eager steps before a capture (torch.cuda.graphs' documentation: a few, on a side stream)
 
 
@@ -427,10 +460,10 @@ def fit(
     capture_seconds = runner.begin(model, x, y, batch_size)
     shuffle = torch.Generator(device=x.device).manual_seed(seed)
     torch.manual_seed(seed)  # dropout and any other global-RNG use inside the model
-    best, since_best, steps = -math.inf, 0, 0
+    rule, steps = StopRule(convergence), 0
     runner.model.train()
     try:
-        for epoch in range(1, convergence.max_epochs + 1):
+        for epoch in itertools.count(1):  # the rule stops at max_epochs at the latest
             order = torch.randperm(n, device=x.device, generator=shuffle)
             runner.start_epoch(x.device)
             for part in batches(n, batch_size, min_last=2 * comm.world_size):
@@ -440,18 +473,9 @@ def fit(
             acc, mean_loss = (totals / n).tolist()  # the one host sync of the epoch
             if on_epoch:
                 on_epoch(epoch, acc, mean_loss)
-            if not math.isfinite(mean_loss):  # NaN or inf: more epochs cannot bring it back
-                return FitStats(epoch, steps, "diverged", acc, mean_loss, capture_seconds)
-            if acc >= convergence.train_acc:
-                return FitStats(epoch, steps, "threshold", acc, mean_loss, capture_seconds)
-            if convergence.patience is not None:
-                if acc > best + convergence.min_delta:
-                    best, since_best = acc, 0
-                else:
-                    since_best += 1
-                    if since_best >= convergence.patience:
-                        return FitStats(epoch, steps, "plateau", acc, mean_loss, capture_seconds)
-        return FitStats(convergence.max_epochs, steps, "max_epochs", acc, mean_loss, capture_seconds)
+            reason = rule.after(epoch, acc, mean_loss)
+            if reason is not None:
+                return FitStats(epoch, steps, reason, acc, mean_loss, capture_seconds)
     finally:
         runner.store(model)
 

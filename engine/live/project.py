@@ -332,7 +332,7 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
     """Make a live project in ``out``: the pool and evaluation set checked and copied, the
     config frozen, and round 1's query (``rounds.initial`` ids, the seeded choice a simulated
     trial makes in round 1).  Every problem is a ConfigError before anything is written."""
-    from engine.compute.train import seed_for
+    from engine.trial.loop import initial_picks
 
     out = location(out)
     if Project(out, (), (), None, "", "").exists(LIVE, "project.json"):
@@ -357,7 +357,7 @@ def init(pool, evaluation, out: str, config=None, sets=(), plugins=()) -> Projec
     if is_local(out):  # the folders people drop files in (an object store has no folders)
         for folder in (LABELS, BATCHES, QUERIES):
             os.makedirs(project.path(folder), exist_ok=True)
-    first = np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, plan.initial, replace=False)
+    first = initial_picks(cfg.seed, plan.n_pool, plan.initial)  # the simulated round 1's draw
     project.write_query(1, pool_frame[ID].to_numpy()[first], None)
     meta = {
         "version": VERSION,

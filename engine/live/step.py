@@ -10,9 +10,9 @@
         query r+1: the acquisition over the unlabelled pool with model r, seeded as the
                    simulated round r+1's selection -> queries/round-(r+1).parquet
 
-The round itself is the trial's (engine/trial/loop.py's start_round -> train -> evaluate ->
-finish_round, then resume.save_round); the label source is all that differs from a simulated
-trial, whose source is the dataset's ground truth.  Labelling exactly the queried ids with the
+The round itself is the round driver's (engine/trial/driver.py: loop.run_round, then
+resume.save_round); the label source (``LiveLabels``, the trial's ``labels``) is all that
+differs from a simulated trial, whose source is the dataset's ground truth.  Labelling exactly the queried ids with the
 ground truth therefore reproduces ``warmstart run``'s rows (tests/test_live.py).
 """
 
@@ -30,30 +30,24 @@ from engine.errors import ConfigError, TrialError
 from engine.live.intake import Known, LabelFile, consumed_file, keep_copy, parse_entry, pending
 from engine.live.project import MODEL, QUERIES, Project
 from engine.storage.store import TrialBusy, TrialStore
-from engine.trial.loop import (
-    RoundResult,
-    RoundStart,
-    acquire,
-    evaluate_model,
-    finish_round,
-    initial_model,
-    stopwatch,
-    train,
-)
-from engine.trial.provenance import now
-from engine.trial.resume import save_round
+from engine.trial.driver import Driver
+from engine.trial.loop import acquire
 from engine.trial.session import start_trial
-from engine.trial.setup import TrialContext, TrialState, resolve_device
+from engine.trial.setup import RoundPlan, TrialContext, TrialState, resolve_device
 from strategies.acquisition import scores
 
 
 class LiveLabels:
-    """The label source of a live project: round r labels the pool positions its label
-    files name, with their labels (written into ``context.data.pool_y``, which holds -1
-    where no label is known).  ``files``: round -> the files it consumes."""
+    """The label source of a live project (engine/trial/setup.py ``LabelSource``): round r
+    labels the pool positions its files name, with their labels (written into
+    ``context.data.pool_y``, which holds -1 where no label is known), and its row lists the
+    files (``label_files``).  ``files``: round -> the files it consumes, set once the step
+    has decided, under the trial's lock, what to run.  Rounds go on as long as labels
+    arrive, up to ``rounds.max_rounds``."""
 
-    def __init__(self, files: dict[int, list[LabelFile]]) -> None:
-        self.files = files
+    def __init__(self, max_rounds: int | None) -> None:
+        self.files: dict[int, list[LabelFile]] = {}
+        self.max_rounds = max_rounds
 
     def select(self, context: TrialContext, state: TrialState, round_: int, outputs=None):
         """The positions round ``round_`` labels (those not labelled before), and no pool outputs."""
@@ -61,8 +55,10 @@ class LiveLabels:
         return np.array(sorted(p for p in labels if state.labeled[p] == 0), dtype=np.int64), None
 
     def columns(self, round_: int) -> dict:
-        """The round's extra row columns."""
         return {"label_files": [file.entry for file in self.files[round_]]}
+
+    def last_round(self, plan: RoundPlan) -> int | None:
+        return self.max_rounds
 
 
 def write_labels(context: TrialContext, files: list[LabelFile]) -> dict[int, int]:
@@ -160,10 +156,12 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
     opened again."""
     device, ran, query = resolve_device(cfg.device), [], None
     batches = todo.batches(todo.run[0] if todo.run else max(todo.files, default=0))
+    source = LiveLabels(cfg.rounds.max_rounds)
     while True:
-        with start_trial(cfg, project.out, data=project.data(cfg, device, batches)) as session:
+        with start_trial(cfg, project.out, data=project.data(cfg, device, batches), labels=source) as session:
             context, state = session.context, session.state
-            mine = plan(project, dict(context.expected), state.round)
+            mine = plan(project, dict(session.expected), state.round)
+            source.files = mine.files
             needed = mine.batches(mine.run[0] if mine.run else state.round)
             if [b.sha256 for b in needed] != [b.sha256 for b in batches]:
                 batches = needed
@@ -179,7 +177,7 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
                     f"{state.round + 1}, after its checkpoint; restore that row, or remove the rows after it."
                 )
             if mine.run:
-                row = _one_round(project, context, state, session.store, mine, say)
+                row = _one_round(project, session, mine, say)
                 ran.append(row)
             else:
                 row = session.store.read_rows()[0][state.round]
@@ -192,15 +190,15 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
     return StepResult(ran, query)
 
 
-def _one_round(project: Project, context: TrialContext, state: TrialState, store, todo: Plan, say) -> dict:
-    """Round ``state.round + 1`` with its files, saved; its row."""
-    round_ = state.round + 1
+def _one_round(project: Project, session, todo: Plan, say) -> dict:
+    """Round ``state.round + 1`` with its files, by the round driver (trained, saved, reported); its row."""
+    round_ = session.state.round + 1
     files = todo.files[round_]
     for file in files:
         keep_copy(project, file)  # before the round trains: its row will name the file
     began = time.perf_counter()
-    result = live_round(context, state, LiveLabels({round_: files}))
-    row = save_round(store, context, state, result.row, result.epochs)
+    ((_, result),) = Driver([session]).step()
+    row = result.row
     kind = "batch file" if files[0].batch else "label file(s)"
     say(
         f"{'redid round' if round_ in todo.redo else 'round'} {round_}: {len(files)} {kind}, "
@@ -254,31 +252,6 @@ def next_query(project: Project, cfg, context: TrialContext, state: TrialState) 
     if score is not None:
         picked = score.cpu().numpy()[np.searchsorted(unlabeled, positions)]
     return project.pool_ids()[positions], picked
-
-
-def live_round(context: TrialContext, state: TrialState, source: LiveLabels) -> RoundResult:
-    """engine.trial.loop.run_round with ``source`` as the round's labels.
-
-    The adapter until the round driver (issue 24) takes a label source: then this is the
-    driver's round with ``labels=source``."""
-    round_ = state.round + 1
-    context.reporter.round_started(round_, context.plan.rounds, 0)
-    started_at, seconds = now(), {}
-    with stopwatch(seconds, "acquire_seconds"):
-        picked, outputs = source.select(context, state, round_)
-        state.labeled[picked] = round_
-    model = initial_model(context, state, round_)
-    positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(context.device)
-    start = RoundStart(round_, model, positions, outputs, seconds, started_at)
-    x, y = context.data.pool_x[start.positions], context.data.pool_y[start.positions]
-    with stopwatch(start.seconds, "train_seconds"):
-        stats = train(context, start.model, x, y, start.round, start.epochs if context.cfg.eval.epochs_table else None)
-    with stopwatch(start.seconds, "eval_seconds"):
-        evaluation = evaluate_model(context, start.model, x)
-    del x, y
-    result = finish_round(context, state, start, stats, *evaluation)
-    result.row.update(source.columns(round_))
-    return result
 
 
 def watch(out: str, every: float = 30.0, say=print, sleep=time.sleep) -> None:

@@ -75,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,  # torch.compile full training batches; off unless asked: compile time unmeasured
         "cuda_graphs": "auto",  # full training batches as one CUDA graph (auto: on CUDA; never on CPU)
         "inference_batch_size": "auto",  # evaluation and scoring batch (auto: eval.batch_size; on a GPU >= 4096)
-        # A suite's trials that can share kernels trained as one stacked model (engine/suite/ensembles.py);
+        # A suite's trials that can share kernels trained as one stacked model (engine/suite/stacking.py);
         # auto: where measured faster for the model and device (benchmarks/README.md).
         "ensemble": "auto",
         "ensemble_size": 32,  # at most this many trials per ensemble

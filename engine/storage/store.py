@@ -6,7 +6,6 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
     _warmstart/<trial_id>/config.yaml the frozen config that made the rows
     _warmstart/<trial_id>/checkpoint.pt  what the next round needs to continue
     _warmstart/<trial_id>/status.json    the last completed round and the number of rounds
-    _warmstart/<trial_id>/progress.json  the round and epoch in progress, for whoever reports
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
 metadata and half-written temporary files are never read as results (and a trial id may
@@ -393,18 +392,6 @@ class TrialStore:
         if type(said) is not int or said < 0:  # bool is an int to isinstance
             return None, "holds no round number"
         return status, None
-
-    # --- live progress (written by the process that trains, read by the one that reports) ---
-
-    def save_progress(self, progress: dict) -> None:
-        self._put(f"{self.meta}/progress.json", json.dumps(progress).encode())
-
-    def load_progress(self) -> dict | None:
-        raw = self._get(f"{self.meta}/progress.json")
-        try:
-            return json.loads(raw) if raw is not None else None
-        except ValueError:
-            return None
 
     # --- rows -----------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ from engine.schema.config import HOW_FAR, flatten
 from engine.storage.folders import check_results_folder, trial_rows_intact
 from engine.storage.object_store import object_store, outage, store_failure
 from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
-from engine.suite.ensembles import Grouping, ensemble_units
 from engine.suite.packing import trial_bundle
 from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.points import run_point
@@ -46,6 +45,7 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
+from engine.suite.stacking import Grouping, ensemble_units
 from engine.suite.tracking import callbacks as trackers
 from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray, log_ray_to_file
 
@@ -421,7 +421,7 @@ def plan_units(
 ) -> Units | None:
     """What to submit: a grid's unfinished units (and, under a scheduler, its finished ones
     to replay), or a searcher's samples; None when every trial is already complete.
-    ``grouping``: a plain grid's units with its ensembles (engine/suite/ensembles.py)."""
+    ``grouping``: a plain grid's units with its ensembles (engine/suite/stacking.py)."""
     spec = suite.search
     record = read_record(out)
     stopped = stopped_rounds(record, spec)

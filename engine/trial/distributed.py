@@ -40,9 +40,10 @@ from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem, object_store, outage, reach
-from engine.storage.store import TrialStore, filesystem, ray_storage
+from engine.storage.store import filesystem, ray_storage
 from engine.storage.uri import is_local, normalise
-from engine.trial.progress import ProgressWriter, follow
+from engine.trial.driver import Driver
+from engine.trial.progress import Relay, deliver
 from engine.trial.session import start_trial
 
 # No usage reporting, and Tune's plain (legacy) console output, which honours verbose=0:
@@ -146,10 +147,13 @@ def worker_main(train_config: dict) -> None:
     comm = TorchComm(device, cfg.scaling.sync_batchnorm)
     out = train_config["out"]
     adopt_filesystem(out, train_config["filesystem"])  # the driver's, never this worker's environment
-    reporter = ProgressWriter(TrialStore(out, cfg.trial_id())) if comm.rank == 0 else None
+    channel = train_config["progress"]
+    reporter = Relay(channel) if comm.rank == 0 and channel is not None else None
     lease = train_config["lease"]
-    with start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False, lease=lease) as session:
-        session.run()
+    with Driver(
+        [start_trial(cfg, out, comm=comm, device=device, reporter=reporter, lock=False, lease=lease)]
+    ) as driver:
+        driver.run()
 
 
 class _AuthNotice(logging.Filter):
@@ -471,15 +475,18 @@ def check_resources(
 
 
 def run_trial_on_ray(
-    cfg: Config, out: str, address: str | None = None, reporter=None, rounds: int = 0, lease: str | None = None
+    cfg: Config, out: str, address: str | None = None, reporter=None, lease: str | None = None
 ) -> None:
     """Run the whole trial as one TorchTrainer with ``scaling.workers`` workers; ``lease``:
     the driver's on an object store (TrialStore.lock), under which rank 0 commits."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
 
     workers, gpus = cfg.scaling.workers, cfg.scaling.gpus_per_worker
     init_ray(address)  # engine.trial.runner.run_trial has checked the address and the resources already
+    # The one progress channel: rank 0's reporter calls, relayed to ``reporter`` here (no CPU of its own).
+    channel = Queue(actor_options={"num_cpus": 0}) if reporter is not None else None
     location = out if "://" in out else filesystem(out)[1]  # absolute: workers run elsewhere
     log_ray_to_file()
     trainer = TorchTrainer(
@@ -489,6 +496,7 @@ def run_trial_on_ray(
             "out": location,
             "filesystem": object_store(location),  # endpoint and credentials, explicitly
             "lease": lease,
+            "progress": channel,  # rank 0's reports, to this process's reporter
         },
         torch_config=TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
         scaling_config=ScalingConfig(
@@ -500,11 +508,10 @@ def run_trial_on_ray(
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
     )
-    # Rank 0 leaves rows and progress in the store; print them here as they land.
     done = threading.Event()
     if reporter is not None:
-        store = TrialStore(location, cfg.trial_id())
-        threading.Thread(target=follow, args=(store, reporter, rounds, done), daemon=True).start()
+        relay = threading.Thread(target=deliver, args=(channel, reporter, done), daemon=True)
+        relay.start()
     try:
         trainer.fit()
     except TrainingFailedError as exc:
@@ -517,6 +524,9 @@ def run_trial_on_ray(
         ) from exc
     finally:
         done.set()
+        if reporter is not None:
+            relay.join()  # every report sent before the group ended, handed on
+            channel.shutdown()
 
 
 def _store_down(location: str) -> OSError | None:

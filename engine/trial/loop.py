@@ -42,14 +42,13 @@ from engine.compute.data import Data
 from engine.compute.models import Classifier
 from engine.compute.pretrain import with_target_head
 from engine.compute.scoring import pool_outputs
+from engine.compute.stacked import evaluate_stacked, member_batch
 from engine.compute.train import PLAIN, FitStats, Performance, evaluate, fit, precise_bn, seed_for
 from engine.errors import ConfigError, StrategyError, TrialError
 from engine.schema.config import Config
 from engine.schema.records import RoundRecord
-from engine.storage.store import TrialStore
 from engine.trial.provenance import now
-from engine.trial.resume import save_round
-from engine.trial.setup import TrialContext, TrialState, fresh_model
+from engine.trial.setup import RoundPlan, TrialContext, TrialState, fresh_model
 from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
 from strategies.init import INIT_STRATEGIES
 
@@ -78,7 +77,7 @@ class RoundStart:
     started_at: datetime = field(default_factory=now)  # UTC; an ensemble sets its stacked round's start
     # (epoch, train_acc, train_loss, seconds since training began) per epoch, with eval.epochs_table
     epochs: list[tuple[int, float, float, float]] = field(default_factory=list)
-    train_timing: str = "alone"  # how train_seconds is measured: alone | stacked_share (engine/trial/ensemble.py)
+    train_timing: str = "alone"  # how train_seconds is measured: alone | stacked_share (engine/trial/stacked.py)
 
 
 def run_round(context: TrialContext, state: TrialState) -> RoundResult:
@@ -87,21 +86,20 @@ def run_round(context: TrialContext, state: TrialState) -> RoundResult:
     x, y = context.data.pool_x[start.positions], context.data.pool_y[start.positions]
     with stopwatch(start.seconds, "train_seconds"):
         stats = train(context, start.model, x, y, start.round, start.epochs if context.cfg.eval.epochs_table else None)
-    with stopwatch(start.seconds, "eval_seconds"):
-        evaluation = evaluate_model(context, start.model, x)
     del x, y  # the labeled copy: not held while the next round scores the pool
+    (evaluation,) = evaluate_round([context], [start])
     return finish_round(context, state, start, stats, *evaluation)
 
 
 def start_round(context: TrialContext, state: TrialState, outputs: PoolOutputs | None = None) -> RoundStart:
     """Round ``state.round + 1`` up to training: select and label, initialise.  ``outputs``:
     the pool outputs scored elsewhere (an ensemble scores its members in one stacked pass,
-    engine/trial/ensemble.py); None: scored here."""
+    engine/trial/stacked.py); None: scored here."""
     round_ = state.round + 1
     context.reporter.round_started(round_, context.plan.rounds, context.plan.size_after(round_))
     started_at, seconds = now(), {}
     with stopwatch(seconds, "acquire_seconds"):
-        picked, outputs = select(context, state, round_, outputs)
+        picked, outputs = context.labels.select(context, state, round_, outputs)
         state.labeled[picked] = round_
     model = initial_model(context, state, round_)
     positions = torch.from_numpy(np.flatnonzero(state.labeled)).to(context.device)
@@ -121,7 +119,7 @@ def finish_round(
     round_ = start.round
     added = np.sort(context.data.pool_index[state.labeled == round_])
     record = RoundRecord(
-        **context.columns,
+        **{**context.columns, **context.labels.columns(round_)},
         **fit_columns(stats),
         **start.seconds,
         train_timing=start.train_timing,
@@ -142,26 +140,36 @@ def finish_round(
     return RoundResult(record.to_row(), added, start.outputs, start.model, start.epochs)
 
 
-def advance(context: TrialContext, state: TrialState, store: TrialStore | None) -> RoundResult:
-    """The next round, run and saved, then reported."""
-    result = run_round(context, state)
-    result.row = save_round(store, context, state, result.row, result.epochs)  # a reproduced saved row is kept
-    context.reporter.round_done(result.row)
-    return result
+class SimulatedLabels:
+    """The simulated annotator: ``rounds.initial`` pool positions at random in round 1, then
+    the acquisition strategy's k from the previous round's model (from ``outputs`` when they
+    were scored elsewhere), labelled by the dataset's own ground truth (already in
+    ``data.pool_y``).  Every trial's label source unless a live project gives another
+    (engine/trial/setup.py ``LabelSource``)."""
+
+    def select(
+        self, context: TrialContext, state: TrialState, round_: int, outputs: PoolOutputs | None = None
+    ) -> tuple[np.ndarray, PoolOutputs | None]:
+        cfg, plan, k = context.cfg, context.plan, context.plan.added_in(round_)
+        if round_ == 1:
+            return initial_picks(cfg.seed, plan.n_pool, k), None
+        if outputs is not None:
+            return choose(cfg, outputs, np.flatnonzero(state.labeled == 0), k, round_, context.comm), outputs
+        return acquire(cfg, state.model, context.data, state.labeled, k, round_, context.comm, context.performance)
+
+    def columns(self, round_: int) -> dict:
+        return {}
+
+    def last_round(self, plan: RoundPlan) -> int:
+        return plan.rounds
 
 
-def select(
-    context: TrialContext, state: TrialState, round_: int, outputs: PoolOutputs | None = None
-) -> tuple[np.ndarray, PoolOutputs | None]:
-    """Pool positions round ``round_`` labels, and the pool outputs they were picked with:
-    ``rounds.initial`` at random in round 1, else the acquisition strategy's k (from
-    ``outputs`` when given)."""
-    cfg, plan, k = context.cfg, context.plan, context.plan.added_in(round_)
-    if round_ == 1:
-        return np.random.default_rng(seed_for(cfg.seed, 1, "acquire")).choice(plan.n_pool, k, replace=False), None
-    if outputs is not None:
-        return choose(cfg, outputs, np.flatnonzero(state.labeled == 0), k, round_, context.comm), outputs
-    return acquire(cfg, state.model, context.data, state.labeled, k, round_, context.comm, context.performance)
+SIMULATED = SimulatedLabels()
+
+
+def initial_picks(seed: int, n_pool: int, k: int) -> np.ndarray:
+    """Round 1's ``k`` pool positions, at random: seeded by (seed, 1, "acquire")."""
+    return np.random.default_rng(seed_for(seed, 1, "acquire")).choice(n_pool, k, replace=False)
 
 
 def initial_model(context: TrialContext, state: TrialState, round_: int) -> Classifier:
@@ -207,13 +215,44 @@ def epoch_logger(log: list, report, began: float | None = None):
     return on_epoch
 
 
-def evaluate_model(context: TrialContext, model: Classifier, x: torch.Tensor) -> tuple[bool, float, float]:
-    """(BatchNorm statistics re-estimated on the labeled inputs ``x``, test accuracy, test loss)."""
-    cfg, data, performance = context.cfg, context.data, context.performance
-    re_estimated = cfg.eval.precise_bn and precise_bn(model, x, cfg.batch_size, context.comm, performance)
-    eval_batch = performance.inference_batch_size or cfg.eval.batch_size
-    test_acc, test_loss = evaluate(model, data.eval_x, data.eval_y, eval_batch, performance)
-    return re_estimated, test_acc, test_loss
+def evaluate_round(contexts: list[TrialContext], starts: list[RoundStart]) -> list[tuple[bool, float, float]]:
+    """The one evaluation of a round's trained models, alone or stacked: each member's
+    (BatchNorm statistics re-estimated on its own labelled set, test accuracy, test loss).
+    Members that share an evaluation split are evaluated in one stacked pass
+    (engine/compute/stacked.py); a member alone, by itself.  Sets each start's
+    ``eval_seconds`` (a stacked pass's seconds shared equally)."""
+    evaluations: list = [None] * len(contexts)
+    groups: dict[int, list[int]] = {}
+    for i, context in enumerate(contexts):
+        groups.setdefault(id(context.data), []).append(i)
+    for group in groups.values():
+        began = time.perf_counter()
+        bn = {i: re_estimate(contexts[i], starts[i]) for i in group}
+        first = contexts[group[0]]
+        data, performance = first.data, first.performance
+        eval_batch = performance.inference_batch_size or first.cfg.eval.batch_size
+        if len(group) == 1:
+            scores = [evaluate(starts[group[0]].model, data.eval_x, data.eval_y, eval_batch, performance)]
+        else:
+            models = [starts[i].model for i in group]
+            scores = evaluate_stacked(
+                models, data.eval_x, data.eval_y, member_batch(eval_batch, len(group)), performance
+            )
+        seconds = (time.perf_counter() - began) / len(group)
+        for i, (acc, loss) in zip(group, scores, strict=True):
+            evaluations[i] = (bn[i], acc, loss)
+            starts[i].seconds["eval_seconds"] = seconds
+    return evaluations
+
+
+def re_estimate(context: TrialContext, start: RoundStart) -> bool:
+    """BatchNorm statistics re-estimated on the round's labelled inputs (``eval.precise_bn``);
+    False where not asked for or the model has none."""
+    cfg = context.cfg
+    if not cfg.eval.precise_bn:
+        return False
+    x = context.data.pool_x[start.positions]
+    return bool(precise_bn(start.model, x, cfg.batch_size, context.comm, context.performance))
 
 
 def class_counts(context: TrialContext, picked: np.ndarray) -> list[int]:

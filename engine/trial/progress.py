@@ -6,8 +6,6 @@ import sys
 import time
 from typing import TextIO
 
-from engine.errors import TrialError
-
 HEADER = f"{'round':>9} {'labeled':>8} {'epochs':>6} {'stop':>10} {'train_acc':>9} {'test_acc':>8} {'seconds':>8}"
 
 
@@ -89,13 +87,14 @@ class ConsoleReporter:
         )
 
 
-class ProgressWriter:
-    """A reporter for the process that trains where nobody watches its console (a Ray
-    worker): it leaves the current round and epoch in the store, at most every ``every``
-    seconds, for a ``follow`` on the driver to print."""
+class Relay:
+    """The reporter of the process that trains where nobody watches its console (a Ray
+    Train worker group's rank 0): it sends the trial's progress, as reporter calls, to the
+    process that watches it through a queue (a ``ray.util.queue.Queue``, whose ``put`` does
+    not wait): every round start and end, and an epoch at most every ``every`` seconds."""
 
-    def __init__(self, store, every: float = 2.0) -> None:
-        self.store = store
+    def __init__(self, channel, every: float = 2.0) -> None:
+        self.channel = channel
         self.every = every
         self._last = 0.0
 
@@ -104,49 +103,34 @@ class ProgressWriter:
 
     def round_started(self, round_: int, rounds: int, n_labeled: int) -> None:
         self._last = time.perf_counter()
-        self.store.save_progress(
-            {"round": round_, "epoch": 0, "train_acc": None, "train_loss": None, "time": time.time()}
-        )
+        self.channel.put(("round_started", (round_, rounds, n_labeled)))
 
     def epoch(self, round_: int, epoch: int, train_acc: float, train_loss: float) -> None:
         now = time.perf_counter()
         if now - self._last >= self.every:
             self._last = now
-            self.store.save_progress(
-                {"round": round_, "epoch": epoch, "train_acc": train_acc, "train_loss": train_loss, "time": time.time()}
-            )
+            self.channel.put(("epoch", (round_, epoch, train_acc, train_loss)))
 
     def round_done(self, row: dict) -> None:
-        pass
+        self.channel.put(("round_done", (row,)))
 
 
-def follow(store, reporter: ConsoleReporter, rounds: int, done, every: float = 1.0) -> None:
-    """Print a trial's rounds as their rows land in ``store``, until ``done`` (an Event) is set."""
-    # A store that does not answer (past its retries) is the run's to report, in one line:
-    # the follower skips that look, never prints a traceback.
-    try:
-        seen = {row["round"] for row in store.rows()}
-    except (OSError, TrialError):
-        seen = set()
-    epoch_seen = None
-    reporter.rounds = rounds
+def deliver(channel, reporter, done, wait: float = 0.5) -> None:
+    """Hand what a ``Relay`` sends through ``channel`` to ``reporter``, until ``done`` (an
+    Event) is set and the channel is empty.  A round reported twice (a worker group that
+    restarted recomputes the round it was in, and keeps its saved row) is handed on once."""
+    from ray.util.queue import Empty
+
+    seen: set[int] = set()
     while True:
-        finished = done.wait(every)
         try:
-            rows = sorted(store.rows(), key=lambda r: r["round"])
-            progress = store.load_progress()
-        except (OSError, TrialError):
-            if finished:
+            kind, args = channel.get(timeout=wait)
+        except Empty:
+            if done.is_set():
                 return
             continue
-        for row in rows:
-            if row["round"] not in seen:
-                seen.add(row["round"])
-                reporter.round_done(row)
-        if progress and progress["epoch"] and progress["round"] not in seen:
-            key = (progress["round"], progress["epoch"])
-            if key != epoch_seen:
-                epoch_seen = key
-                reporter.epoch(progress["round"], progress["epoch"], progress["train_acc"], progress["train_loss"])
-        if finished:
-            return
+        if kind == "round_done":
+            if args[0]["round"] in seen:
+                continue
+            seen.add(args[0]["round"])
+        getattr(reporter, kind)(*args)

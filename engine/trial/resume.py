@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config
@@ -107,7 +110,19 @@ def _changed_plugin(recorded: str | None, now: dict) -> tuple[str, str, str] | N
     return None
 
 
-def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> TrialState | None:
+@dataclass(frozen=True)
+class Resumed:
+    """What resuming found in the store: the state to go on from (None: from round 1), the
+    saved rows of the rounds this process recomputes (each new row must reproduce its twin
+    before it replaces it, engine.trial.resume.NOT_CHECKED aside), and what was recovered
+    from (one line each)."""
+
+    state: TrialState | None
+    expected: Mapping[int, dict]
+    notes: tuple[str, ...]
+
+
+def check_rows(store: TrialStore, context: TrialContext, state: TrialState | None) -> Resumed:
     """Resume trusts the rows and the status, not only the checkpoint: when a completed
     round's row is missing, unreadable or holds another (trial, round) than its name says, or
     when the status is damaged or disagrees with the checkpoint (what ``warmstart check``
@@ -115,29 +130,28 @@ def check_rows(store: TrialStore, context: TrialContext, state: TrialState | Non
     every row that survives is checked on the way (verify_row: bit for bit on this kind of
     machine, within FLOAT_TOLERANCE from another)."""
     rows, bad = store.read_rows()
-    context.expected.update(rows)
-    context.notes.extend(store.notes)
+    notes = list(store.notes)
     for round_, why in bad.items():
-        context.notes.append(f"note: the row file of round {round_} of trial {store.trial_id} {why}: recomputed")
-    state = _trusted_state(store, context, state, rows)
+        notes.append(f"note: the row file of round {round_} of trial {store.trial_id} {why}: recomputed")
+    state = _trusted_state(store, state, rows, notes)
     restart = state.round if state is not None else 0
-    _note_other_machines(context, store.trial_id, [row for n, row in rows.items() if n > restart])
-    return state
+    _note_other_machines(context, store.trial_id, [row for n, row in rows.items() if n > restart], notes)
+    return Resumed(state, MappingProxyType(rows), tuple(notes))
 
 
-def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState | None, rows: dict) -> TrialState | None:
+def _trusted_state(store: TrialStore, state: TrialState | None, rows: dict, notes: list[str]) -> TrialState | None:
     """``state``, or None (recompute from round 1) when a row or the status says it cannot be trusted."""
     completed = state.round if state is not None else 0
     lost = sorted(set(range(1, completed + 1)) - set(rows))
     if lost:
-        context.notes.append(
+        notes.append(
             f"note: the rows of round(s) {_rounds(lost)} are missing or unreadable: trial {store.trial_id} is "
             f"recomputed from round 1, and its {len(rows)} surviving row(s) must reproduce{_AS}"
         )
         return None
     if state is None:
         if rows:
-            context.notes.append(
+            notes.append(
                 f"note: no intact checkpoint for trial {store.trial_id}: recomputed from round 1, and its "
                 f"{len(rows)} saved row(s) must reproduce{_AS}"
             )
@@ -150,7 +164,7 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
     # as the commit order writes it: nothing after round 1 is trusted.
     if damaged or not state.round <= said <= state.round + 1:
         why = f"is damaged ({damaged})" if damaged else f"says round {said}, the checkpoint round {state.round}"
-        context.notes.append(
+        notes.append(
             f"note: the status of trial {store.trial_id} {why}: recomputed from round 1, and its {len(rows)} "
             f"saved row(s) must reproduce{_AS}"
         )
@@ -158,12 +172,12 @@ def _trusted_state(store: TrialStore, context: TrialContext, state: TrialState |
     return state
 
 
-def _note_other_machines(context: TrialContext, trial_id: str, recomputed: list[dict]) -> None:
+def _note_other_machines(context: TrialContext, trial_id: str, recomputed: list[dict], notes: list[str]) -> None:
     """A note naming both machines when saved rows this process recomputes were computed on
     another kind of machine: they are checked within FLOAT_TOLERANCE, not bit for bit."""
     others = sorted({machine(row) for row in recomputed if other_machine(row, context.columns)})
     if others:
-        context.notes.append(
+        notes.append(
             f"note: trial {trial_id}: saved row(s) computed on {'; '.join(others)} are recomputed on "
             f"{machine(context.columns)}: their floats are checked to {FLOAT_TOLERANCE['rel_tol']:g} relative, "
             "not bit for bit, and the saved rows are kept"
@@ -188,15 +202,15 @@ def _rounds(rounds: list[int]) -> str:
     return ", ".join(map(str, rounds))
 
 
-def verify_row(context: TrialContext, row: dict) -> dict | None:
+def verify_row(row: dict, expected: Mapping[int, dict]) -> dict | None:
     """The saved row of a recomputed round, once checked against it (None when the round
     has no saved row); raise when the two differ: bit for bit on the same kind of machine,
     floats within FLOAT_TOLERANCE when the saved row was computed on another or in an
     ensemble; counts, names and picks always exactly."""
-    saved = context.expected.get(row["round"])
+    saved = expected.get(row["round"])
     if saved is None:
         return None
-    # A stacked model (engine/trial/ensemble.py) sums in another order than the trial alone
+    # A stacked model (engine/trial/stacked.py) sums in another order than the trial alone
     # or another ensemble: its floats agree to float tolerance, not bit for bit.
     stacked = row.get("ensemble") is not None or saved.get("ensemble") is not None
     elsewhere = other_machine(saved, row)
@@ -234,14 +248,19 @@ def first_difference(row: dict, saved: dict, tolerant: bool = False) -> str | No
 
 
 def save_round(
-    store: TrialStore | None, context: TrialContext, state: TrialState, row: dict, epochs: list = ()
+    store: TrialStore | None,
+    context: TrialContext,
+    state: TrialState,
+    row: dict,
+    epochs: list = (),
+    expected: Mapping[int, dict] = MappingProxyType({}),
 ) -> dict:
     """Persist a completed round (rank 0): its per-epoch rows (eval.epochs_table), the row,
     then the checkpoint and status; returns the round's row as stored.  A crash between them
     re-runs this round on resume; its row, saved and now reproduced, is kept as it is, not
     written again (an object written once, with the times of the run that made it), and so
     are its per-epoch rows, written before it."""
-    saved = verify_row(context, row)  # every rank: a mismatch stops them all at the same round
+    saved = verify_row(row, expected)  # every rank: a mismatch stops them all at the same round
     if store is None or context.comm.rank != 0:
         return saved or row
     if saved is None:

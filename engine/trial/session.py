@@ -1,5 +1,5 @@
-"""A trial in one process: ``start_trial`` opens it (device, data, store, state) and a
-``TrialSession`` runs it round by round.
+"""A trial in one process: ``start_trial`` opens it (device, data, store, state) as a
+``TrialSession``, which the round driver (engine/trial/driver.py) runs round by round.
 
 This is where every trial starts in the process that trains it: the CLI's and the API's
 in-process runs and Tune trials (through ``engine.trial.runner.run_trial``), each Ray Train
@@ -8,7 +8,10 @@ worker (``engine.trial.distributed.worker_main``) and ``warmstart.Trial``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,9 +22,10 @@ from engine.compute.train import LOCAL
 from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import CONFIG_REMEDY, TrialStore
-from engine.trial.loop import RoundResult, advance
-from engine.trial.resume import check_code, check_code_unchanged, check_rows, load_state
+from engine.trial.loop import SIMULATED
+from engine.trial.resume import Resumed, check_code, check_rows, load_state
 from engine.trial.setup import (
+    LabelSource,
     Reporter,
     TrialContext,
     TrialState,
@@ -30,6 +34,9 @@ from engine.trial.setup import (
     resolve_device,
     trial_context,
 )
+
+if TYPE_CHECKING:
+    from engine.compute.train import Comm
 
 
 @dataclass(frozen=True)
@@ -87,30 +94,44 @@ def open_trial(
     data: Data,
     store: TrialStore | None,
     device: torch.device,
-    comm=LOCAL,
+    labels: LabelSource,
+    comm: Comm = LOCAL,
     reporter: Reporter | None = None,
-) -> tuple[TrialContext, TrialState]:
+    ensemble: str | None = None,
+) -> TrialSession:
     """The trial's context, and its state: from the store's checkpoint after the last
-    completed round, else fresh (pretraining first, when configured)."""
-    context = trial_context(cfg, data, device, comm, reporter)
+    completed round (with the saved rows it must reproduce), else fresh (pretraining first,
+    when configured)."""
+    context = trial_context(cfg, data, device, labels, comm, reporter, ensemble)
     if store is not None and comm.rank == 0:
         store.save_config(cfg.to_yaml())  # frozen next to the rows it makes
-    state = load_state(store, context)
+    resumed = Resumed(load_state(store, context), MappingProxyType({}), ())
     if store is not None:
-        state = check_rows(store, context, state)
+        resumed = check_rows(store, context, resumed.state)
+    state = resumed.state
     if state is None:
         state = TrialState(0, np.zeros(context.plan.n_pool, dtype=np.int32), None)
         if cfg.pretrain is not None:
             pretrained = pretrain(cfg, device, comm, context.performance)
             state.model, state.pretrain = pretrained.model, pretrained.record
-    return context, state
+    return TrialSession(context, state, store, resumed.expected, resumed.notes)
 
 
 class TrialSession:
-    """One trial in this process, round by round."""
+    """One trial opened in this process: its fixed context, where it stands, its store, and
+    what resuming found.  The round driver (engine/trial/driver.py) advances it."""
 
-    def __init__(self, context: TrialContext, state: TrialState, store: TrialStore | None) -> None:
+    def __init__(
+        self,
+        context: TrialContext,
+        state: TrialState,
+        store: TrialStore | None,
+        expected: Mapping[int, dict] = MappingProxyType({}),
+        notes: tuple[str, ...] = (),
+    ) -> None:
         self.context, self.state, self.store = context, state, store
+        self.expected = expected  # saved rows of the rounds this process recomputes: each must reproduce
+        self.notes = notes  # what was found under out and recovered from (one line each)
         self.rows: list[dict] = []  # the rows of the rounds this session ran
 
     def close(self) -> None:
@@ -127,22 +148,7 @@ class TrialSession:
     @property
     def done(self) -> bool:
         """Every round run, or stopped early (``state.stopped``: a divergence)."""
-        return self.state.done(self.context.plan.rounds)
-
-    def step(self) -> RoundResult:
-        """Run and save the next round."""
-        if self.done:
-            raise StopIteration(f"trial {self.context.columns['trial_id']} is complete")
-        check_code_unchanged(self.context, self.state.round + 1)  # a plugin redefined since the trial started
-        result = advance(self.context, self.state, self.store)
-        self.rows.append(result.row)
-        return result
-
-    def run(self) -> list[dict]:
-        """Every remaining round; the rows of this session's rounds."""
-        while not self.done:
-            self.step()
-        return self.rows
+        return self.state.done(self.context.labels.last_round(self.context.plan))
 
     def info(self, out: str | None) -> TrialInfo:
         plan, data = self.context.plan, self.context.data
@@ -157,7 +163,7 @@ class TrialSession:
             self.state.round,
             self.context.device.type,
             out,
-            tuple(self.context.notes),
+            self.notes,
         )
 
 
@@ -165,25 +171,29 @@ def start_trial(
     cfg: Config,
     out: str | None,
     *,
-    comm=LOCAL,
+    comm: Comm = LOCAL,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
     lock: bool = True,
     data: Data | None = None,
     lease: str | None = None,
+    labels: LabelSource = SIMULATED,
+    ensemble: str | None = None,
 ) -> TrialSession:
-    """Start (or resume) a validated trial in this process: device, data, store, state.
-    ``lock=False`` where another process holds the trial's lock for it (Ray Train workers:
-    their driver holds it, and on an object store gives them its ``lease``).  ``data``: the
-    trial's data already loaded on ``device`` (an ensemble's members share theirs)."""
+    """Start (or resume) a validated trial in this process: device, data, store, state;
+    the round driver (engine/trial/driver.py) runs its rounds.  ``lock=False`` where another
+    process holds the trial's lock for it (Ray Train workers: their driver holds it, and on
+    an object store gives them its ``lease``).  ``data``: the trial's data already loaded on
+    ``device`` (an ensemble's members share theirs).  ``labels``: where each round's labels
+    come from (default: the simulated annotator).  ``ensemble``: the label of the ensemble
+    the trial trains in."""
     device = device or resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg, device)
     plan_rounds(cfg, data.pool_y.shape[0])  # refused round counts: before anything is written
     store = open_store(cfg, out, lock=lock, lease=lease)
     try:
-        context, state = open_trial(cfg, data, store, device, comm, reporter)
+        return open_trial(cfg, data, store, device, labels, comm, reporter, ensemble)
     except BaseException:
         if store is not None:
             store.unlock()
         raise
-    return TrialSession(context, state, store)

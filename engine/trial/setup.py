@@ -9,8 +9,10 @@ import json
 import math
 import socket
 import sys
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +24,11 @@ from engine.errors import ConfigError
 from engine.schema.config import Config, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
 from engine.trial.provenance import provenance_columns
+from strategies.acquisition import PoolOutputs
 from strategies.init import effective_mix
+
+if TYPE_CHECKING:
+    from engine.compute.train import Comm  # the collectives a trial's ranks share
 
 
 class Reporter(Protocol):
@@ -40,7 +46,9 @@ class Silent:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RoundPlan:
+    """How many samples a trial labels and when: its round counts resolved against its pool."""
+
     n_pool: int
     initial: int
     per_round: int
@@ -54,14 +62,14 @@ class Plan:
         return self.size_after(round_) - self.size_after(round_ - 1) if round_ > 1 else self.initial
 
 
-def plan_rounds(cfg: Config, n_pool: int) -> Plan:
+def plan_rounds(cfg: Config, n_pool: int) -> RoundPlan:
     """Counts from config values (ints are counts, floats fractions of the pool)."""
     initial = resolve_count(cfg.rounds.initial, n_pool, "rounds.initial")
     per_round = resolve_count(cfg.rounds.per_round, n_pool, "rounds.per_round")
     rounds = 1 + math.ceil((n_pool - initial) / per_round)
     if cfg.rounds.max_rounds is not None:
         rounds = min(rounds, cfg.rounds.max_rounds)
-    return Plan(n_pool, initial, per_round, rounds)
+    return RoundPlan(n_pool, initial, per_round, rounds)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +124,9 @@ def node_name() -> str:
     return socket.gethostname()
 
 
-def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, comm, performance: Performance) -> dict:
+def trial_columns(
+    cfg: Config, plan: RoundPlan, data: Data, device: torch.device, comm, performance: Performance
+) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
     overrides, plugins = cfg.code()
@@ -151,11 +161,35 @@ def trial_columns(cfg: Config, plan: Plan, data: Data, device: torch.device, com
         "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "plugins": json.dumps(plugins, sort_keys=True) if plugins else None,
-        "ensemble": None,  # set by engine.trial.ensemble for a member of an ensemble
-        "label_files": None,  # set by engine.live for a live project's round
+        "ensemble": None,  # an ensemble's member: its label (trial_context's ``ensemble``)
+        "label_files": None,  # a live project's round: its LabelSource's columns (engine/live/step.py)
         **provenance_columns(device),  # what made the rows; started_at and ended_at are the round's
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
+
+
+class LabelSource(Protocol):
+    """Where a round's labels come from: the seam between the round and the world.  The
+    simulated source (engine/trial/loop.py ``SIMULATED``: ``rounds.initial`` at random in
+    round 1, then the acquisition's picks, labelled by the dataset's ground truth) is every
+    trial's default; a live project's source takes them from files an annotator leaves."""
+
+    def select(
+        self, context: TrialContext, state: TrialState, round_: int, outputs: PoolOutputs | None
+    ) -> tuple[np.ndarray, PoolOutputs | None]:
+        """The pool positions round ``round_`` labels, and the pool outputs they were picked
+        with (``outputs``: already scored elsewhere, or None).  When it returns,
+        ``context.data.pool_y`` holds their labels."""
+        ...
+
+    def columns(self, round_: int) -> dict:
+        """Row columns round ``round_``'s labels add (a live project's ``label_files``); {}: none."""
+        ...
+
+    def last_round(self, plan: RoundPlan) -> int | None:
+        """The trial's last round: the plan's when the source labels ``rounds.per_round`` a round
+        (simulated); None: as long as labels arrive (a live project stops at ``rounds.max_rounds``)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -164,30 +198,36 @@ class TrialContext:
 
     cfg: Config
     data: Data
-    plan: Plan
+    plan: RoundPlan
     device: torch.device
-    comm: object
+    comm: Comm
     performance: Performance
-    columns: dict  # trial_columns(): the RoundRecord fields every round shares
+    columns: Mapping  # trial_columns(), read-only: the RoundRecord fields every round shares
     reporter: Reporter
     runner: StepRunner  # one model and one optimizer for the whole trial (a CUDA graph captures them once)
-    # Rows that survived in the store for rounds this process recomputes: each new row must
-    # reproduce its saved twin (engine.trial.resume.NOT_CHECKED aside) before it replaces it.
-    expected: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)  # what was found and recovered from
+    labels: LabelSource  # where each round's labels come from
 
 
 def trial_context(
-    cfg: Config, data: Data, device: torch.device, comm=LOCAL, reporter: Reporter | None = None
+    cfg: Config,
+    data: Data,
+    device: torch.device,
+    labels: LabelSource,
+    comm: Comm = LOCAL,
+    reporter: Reporter | None = None,
+    ensemble: str | None = None,
 ) -> TrialContext:
     """The trial's fixed context: round counts, performance options, shared columns, and
-    the one model-and-optimizer runner every round trains with."""
+    the one model-and-optimizer runner every round trains with.  ``ensemble``: the label of
+    the ensemble the trial trains in (its rows' ``ensemble`` column), if any."""
     plan = plan_rounds(cfg, data.pool_y.shape[0])
     performance = performance_for(cfg, data, device)
-    columns = trial_columns(cfg, plan, data, device, comm, performance)
+    columns = {**trial_columns(cfg, plan, data, device, comm, performance), "ensemble": ensemble}
     optimizer = OptimizerSpec(cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay, cfg.optimizer.momentum)
     runner = StepRunner(optimizer, performance, comm)
-    return TrialContext(cfg, data, plan, device, comm, performance, columns, reporter or Silent(), runner)
+    return TrialContext(
+        cfg, data, plan, device, comm, performance, MappingProxyType(columns), reporter or Silent(), runner, labels
+    )
 
 
 @dataclass
@@ -201,5 +241,6 @@ class TrialState:
     pretrain: PretrainRecord | None = None  # pretraining's results, for every row
     stopped: str | None = None  # why the trial ended before its last round ("diverged"), if it did
 
-    def done(self, rounds: int) -> bool:
-        return self.round >= rounds or self.stopped is not None
+    def done(self, rounds: int | None) -> bool:
+        """``rounds`` run (None: never all), or stopped early."""
+        return (rounds is not None and self.round >= rounds) or self.stopped is not None

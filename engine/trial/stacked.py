@@ -1,18 +1,19 @@
-"""Several trials run as one ensemble: their rounds in lockstep, trained, evaluated and
-scored as one stacked model (engine/compute/ensemble.py).
+"""The stacked compute of a round: several trials (an ensemble's members) trained,
+evaluated and scored as one stacked model under vmap (engine/compute/stacked.py).
 
 Each member is a whole trial, opened like any other (``start_trial``: its own store,
 rows, checkpoint, resume after its last completed round); only the compute of a round is
-shared.  A round of the ensemble is round r of every member that has completed r - 1:
+shared.  The round driver (engine/trial/driver.py, ``STACKED``) runs round r of every
+member that has completed r - 1 here, then saves and reports each member's row:
 
     outputs = one stacked scoring pass of the members' previous models   (acquisition)
     starts  = start_round(member, outputs) for each member                (labels, init)
-    stats   = fit_stacked(models)       # each member stops on its own rule
-    evals   = precise_bn per member, then one stacked evaluation
-    rows    = finish_round + save_round for each member
+    stats   = fit_stacked(models)       # each member stops on the one StopRule
+    evals   = evaluate_round(members)   # BatchNorm per member, then one stacked evaluation
+    rows    = finish_round for each member
 
 A member that is behind (resumed from an earlier round than the others) runs its rounds
-first, with the others waiting, so every stacked round has members at the same round:
+first (the driver steps the members furthest behind), so every stacked round has members at the same round:
 the same labelled-set size, so the same batches per epoch.  Timings in the rows are the
 stack's, shared out: a member's ``train_seconds`` is the stacked training time in
 proportion to its optimizer steps (its row's ``train_timing`` says ``stacked_share``; a
@@ -28,20 +29,11 @@ import time
 import torch
 
 from engine.compute.data import Data
-from engine.compute.ensemble import (
-    DETERMINISTIC,
-    MemberBatches,
-    evaluate_stacked,
-    fit_stacked,
-    member_batch,
-    pool_outputs_stacked,
-)
-from engine.compute.train import OptimizerSpec, precise_bn, seed_for
-from engine.errors import TrialError
+from engine.compute.stacked import DETERMINISTIC, MemberBatches, fit_stacked, member_batch, pool_outputs_stacked
+from engine.compute.train import OptimizerSpec, seed_for
 from engine.schema.config import Config
-from engine.trial.loop import RoundResult, RoundStart, evaluate_model, finish_round, start_round
+from engine.trial.loop import RoundResult, evaluate_round, finish_round, start_round
 from engine.trial.provenance import now
-from engine.trial.resume import save_round
 from engine.trial.session import TrialSession, start_trial
 from engine.trial.setup import load_data, resolve_device
 from strategies.acquisition import ACQUISITION_STRATEGIES
@@ -54,89 +46,23 @@ def data_key(cfg: Config, device: torch.device) -> str:
     return json.dumps([str(device), cfg.dataset.to_dict(), seed, pretrain], sort_keys=True, default=str)
 
 
-class Ensemble:
-    """Trials (``TrialSession``s) whose rounds run stacked; ``label`` fills their ``ensemble`` column."""
-
-    def __init__(self, sessions: list[TrialSession], label: str) -> None:
-        self.sessions, self.label = sessions, label
-        self.failed: dict[int, BaseException] = {}  # member index -> why it stopped (the others go on)
+def start_members(cfgs: list[Config], out: str | None, label: str) -> list[TrialSession]:
+    """Open (or resume) every member of the ensemble ``label``; members with the same data
+    share its tensors."""
+    loaded: dict[str, Data] = {}
+    sessions: list[TrialSession] = []
+    try:
+        for cfg in cfgs:
+            device = resolve_device(cfg.device)
+            key = data_key(cfg, device)
+            if key not in loaded:
+                loaded[key] = load_data(cfg, device)
+            sessions.append(start_trial(cfg, out, device=device, data=loaded[key], ensemble=label))
+    except BaseException:
         for session in sessions:
-            session.context.columns["ensemble"] = label
-
-    @classmethod
-    def start(cls, cfgs: list[Config], out: str | None, label: str) -> Ensemble:
-        """Open (or resume) every member; members with the same data share its tensors."""
-        loaded: dict[str, Data] = {}
-        sessions: list[TrialSession] = []
-        try:
-            for cfg in cfgs:
-                device = resolve_device(cfg.device)
-                key = data_key(cfg, device)
-                if key not in loaded:
-                    loaded[key] = load_data(cfg, device)
-                sessions.append(start_trial(cfg, out, device=device, data=loaded[key]))
-        except BaseException:
-            for session in sessions:
-                session.close()
-            raise
-        return cls(sessions, label)
-
-    def close(self) -> None:
-        for session in self.sessions:
             session.close()
-
-    def __enter__(self) -> Ensemble:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def running(self, i: int) -> bool:
-        return i not in self.failed and not self.sessions[i].done
-
-    @property
-    def done(self) -> bool:
-        return not any(self.running(i) for i in range(len(self.sessions)))
-
-    def step(self) -> list[tuple[int, RoundResult]]:
-        """The next round of the members furthest behind, stacked, saved and reported:
-        (member index, its round's result) for each.  A member whose strategy fails leaves
-        the ensemble (``failed``) and the others go on; ``raise_failures`` reports it."""
-        behind = min(s.state.round for i, s in enumerate(self.sessions) if self.running(i))
-        members = [i for i, s in enumerate(self.sessions) if self.running(i) and s.state.round == behind]
-        results = run_stacked_round([self.sessions[i] for i in members], self._fail_member(members))
-        members = [i for i in members if i not in self.failed]
-        for i, result in zip(members, results, strict=True):
-            session = self.sessions[i]
-            result.row = save_round(session.store, session.context, session.state, result.row, result.epochs)
-            session.context.reporter.round_done(result.row)
-            session.rows.append(result.row)
-        return list(zip(members, results, strict=True))
-
-    def _fail_member(self, members: list[int]):
-        def fail(position: int, error: BaseException) -> None:
-            self.failed[members[position]] = error
-
-        return fail
-
-    def raise_failures(self) -> None:
-        """A failed member's error, naming its trial (after the others have finished)."""
-        if self.failed:
-            i, error = next(iter(self.failed.items()))
-            trial_id = self.sessions[i].context.columns["trial_id"]
-            others = f" ({len(self.failed) - 1} more member(s) failed)" if len(self.failed) > 1 else ""
-            message = f"trial {trial_id}: {error}{others}"
-            try:
-                named = type(error)(message)
-            except Exception:  # an exception class that takes other arguments
-                named = TrialError(message)
-            raise named from error
-
-    def run(self) -> list[dict]:
-        while not self.done:
-            self.step()
-        self.raise_failures()
-        return [row for session in self.sessions for row in session.rows]
+        raise
+    return sessions
 
 
 def _score(sessions: list[TrialSession]) -> tuple[list, float]:
@@ -258,43 +184,8 @@ def run_stacked_round(sessions: list[TrialSession], fail=None) -> list[RoundResu
         start.seconds["train_seconds"] = train_seconds * st.steps / total_steps
         # A round trained with others is a share of their time, not a measurement of its own.
         start.train_timing = "stacked_share" if len(starts) > 1 else "alone"
-    evaluations = _evaluate(sessions, starts)
+    evaluations = evaluate_round([s.context for s in sessions], starts)
     return [
         finish_round(s.context, s.state, start, st, *evaluation)
         for s, start, st, evaluation in zip(sessions, starts, stats, evaluations, strict=True)
     ]
-
-
-def _evaluate(sessions: list[TrialSession], starts: list[RoundStart]) -> list[tuple[bool, float, float]]:
-    """Each member's (BatchNorm re-estimated, test accuracy, test loss): the re-estimation
-    on its own labelled set, then one stacked evaluation per shared evaluation split.
-    Sets each start's ``eval_seconds``."""
-    evaluations: list = [None] * len(sessions)
-    for group in _same_data(sessions, list(range(len(sessions)))):
-        first = sessions[group[0]].context
-        if len(group) == 1:
-            start, began = starts[group[0]], time.perf_counter()
-            evaluations[group[0]] = evaluate_model(first, start.model, first.data.pool_x[start.positions])
-            start.seconds["eval_seconds"] = time.perf_counter() - began
-            continue
-        bn, began = {}, time.perf_counter()
-        for i in group:
-            context, start = sessions[i].context, starts[i]
-            x = context.data.pool_x[start.positions]
-            bn[i] = bool(
-                context.cfg.eval.precise_bn
-                and precise_bn(start.model, x, context.cfg.batch_size, context.comm, context.performance)
-            )
-        batch = first.performance.inference_batch_size or first.cfg.eval.batch_size
-        results = evaluate_stacked(
-            [starts[i].model for i in group],
-            first.data.eval_x,
-            first.data.eval_y,
-            member_batch(batch, len(group)),
-            first.performance,
-        )
-        seconds = (time.perf_counter() - began) / len(group)
-        for i, (acc, loss) in zip(group, results, strict=True):
-            evaluations[i] = (bn[i], acc, loss)
-            starts[i].seconds["eval_seconds"] = seconds
-    return evaluations

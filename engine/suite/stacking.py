@@ -8,7 +8,7 @@ faster for that model on that device; ``true`` stacks every stackable group; ``f
 never.  A group is split into ensembles of at most ``performance.ensemble_size``
 members, and into at least as many as run at once (``max_concurrent``, else this
 machine's CPUs), so that stacking never leaves a CPU idle; an ensemble is one Tune
-trial (engine/suite/points.py runs its members through engine/trial/ensemble.py).
+trial (engine/suite/points.py runs its members through engine/trial/stacked.py).
 
 A trial that cannot be stacked runs alone, with a line saying why: a model plugin
 registered without ``stackable=True``, pretraining, or Ray Train (``scaling.workers``).

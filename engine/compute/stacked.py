@@ -24,7 +24,6 @@ BatchNorm runs on stacked buffers; dropout draws different masks per member
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from engine.compute.train import PLAIN, FitStats, OptimizerSpec, Performance, batches, make_optimizer
+from engine.compute.train import PLAIN, FitStats, OptimizerSpec, Performance, StopRule, batches, make_optimizer
 from strategies.acquisition import PoolOutputs
 
 DETERMINISTIC = ("probs", "logits", "embeddings")
@@ -178,8 +177,7 @@ def fit_stacked(
     shuffles = [torch.Generator(device=device).manual_seed(seed) for seed in batches_of.seeds]
     torch.manual_seed(batches_of.seeds[0])  # dropout: one global stream for the stack
     active = list(range(members))  # members still training, in stack order
-    best = [-math.inf] * members
-    since_best = [0] * members
+    rules = [StopRule(convergence) for convergence in convergences]
     results: list[FitStats | None] = [None] * members
     steps = 0
     for epoch in range(1, max(c.max_epochs for c in convergences) + 1):
@@ -205,7 +203,7 @@ def fit_stacked(
         for row, (m, acc, mean_loss) in enumerate(zip(active, accs, losses_, strict=True)):
             if on_epoch:
                 on_epoch(m, epoch, acc, mean_loss)
-            reason = _stop_reason(convergences[m], epoch, acc, mean_loss, best, since_best, m)
+            reason = rules[m].after(epoch, acc, mean_loss)
             if reason is not None:
                 results[m] = FitStats(epoch, steps, reason, acc, mean_loss)
                 done.append(row)
@@ -217,24 +215,6 @@ def fit_stacked(
                 break
             optimizer = stack.keep(kept, optimizer)
     return results
-
-
-def _stop_reason(convergence, epoch: int, acc: float, loss: float, best: list, since_best: list, m: int) -> str | None:
-    """``fit``'s stopping rule for one member after an epoch (None: go on)."""
-    if not math.isfinite(loss):
-        return "diverged"
-    if acc >= convergence.train_acc:
-        return "threshold"
-    if convergence.patience is not None:
-        if acc > best[m] + convergence.min_delta:
-            best[m], since_best[m] = acc, 0
-        else:
-            since_best[m] += 1
-            if since_best[m] >= convergence.patience:
-                return "plateau"
-    if epoch >= convergence.max_epochs:
-        return "max_epochs"
-    return None
 
 
 def member_batch(batch_size: int, members: int) -> int:
