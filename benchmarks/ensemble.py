@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,15 +52,16 @@ def suite_arm(ensemble: bool, seeds: list[int], rounds: int, out: str) -> dict:
     """One run of the cut sweep; wall seconds and member steps."""
     import pandas as pd
 
-    from engine.suite.plan import load_suite
+    from engine.suite.options import SuiteOptions, check_suite
+    from engine.suite.suite_file import load_suite
     from engine.suite.tune import run_suite
 
     sets = [f"performance.ensemble={str(ensemble).lower()}", f"rounds.max_rounds={rounds}"]
     suite = load_suite(SWEEP, sets=sets)
-    suite.trials[:] = [t for t in suite.trials if t.config.seed in seeds]
+    suite = replace(suite, trials=tuple(t for t in suite.trials if t.config.seed in seeds))
     began_load = load()
     began = time.perf_counter()
-    failed = run_suite(suite, out, stream=open(os.devnull, "w"))
+    failed = run_suite(check_suite(suite, SuiteOptions.build(SWEEP, out)), stream=open(os.devnull, "w"))
     wall = time.perf_counter() - began
     if failed:
         raise RuntimeError(f"{len(failed)} trial(s) failed: {failed[0][1]}")

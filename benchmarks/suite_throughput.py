@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from benchmarks.ray_overhead import machine
-from engine.suite.plan import load_suite
+from engine.suite.suite_file import load_suite
 from engine.trial.driver import Driver
 from engine.trial.session import start_trial
 
@@ -32,10 +32,11 @@ def sequential(suite, out: str) -> float:
 
 
 def on_tune(suite, out: str) -> tuple[float, list]:
+    from engine.suite.options import SuiteOptions, check_suite
     from engine.suite.tune import run_suite
 
     began = time.perf_counter()
-    failed = run_suite(suite, out, stream=io.StringIO())
+    failed = run_suite(check_suite(suite, SuiteOptions.build(suite.name, out)), stream=io.StringIO())
     return time.perf_counter() - began, failed
 
 

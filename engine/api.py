@@ -29,8 +29,8 @@ from engine.schema.records import arrow_schema
 from engine.schema.registry import PluginChanged
 from engine.storage.folders import check_results_folder
 from engine.suite import tune
+from engine.suite.options import SuiteOptions, set_up_suite
 from engine.suite.search import read_record
-from engine.suite.setup import set_up_suite
 from engine.trial import runner
 from engine.trial.driver import Driver
 from engine.trial.progress import ConsoleReporter
@@ -368,22 +368,20 @@ def run_suite(
     variables); a local ``out`` on a Ray cluster of several nodes is refused unless
     ``shared_fs=True`` says it is mounted on every node.
     """
-    setup = set_up_suite(
+    options = SuiteOptions.build(
         suite,
         out,
-        plugins=plugins,
-        sets=sets,
-        trackers=trackers,
         resume=resume,
-        max_concurrent=max_concurrent,
         address=address,
+        max_concurrent=max_concurrent,
+        sets=sets,
+        plugins=plugins,
+        trackers=trackers,
         shared_fs=shared_fs,
     )
+    setup = set_up_suite(options)
     loaded, out = setup.suite, setup.out
-    stream = sys.stdout if progress else io.StringIO()
-    failed = tune.run_suite(
-        loaded, out, address, resume, max_concurrent, stream=stream, rounds=setup.rounds, shared_fs=shared_fs
-    )
+    failed = tune.run_suite(setup, stream=sys.stdout if progress else io.StringIO())
     frame = load(out)
     frame.attrs["failed"] = failed
     frame.attrs["search"] = read_record(out) if loaded.search.per_point else None

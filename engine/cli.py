@@ -90,7 +90,21 @@ def parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the full traceback of an error (also: WARMSTART_DEBUG=1)"
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_command(sub)
+    _add_suite_command(sub)
+    _add_quickstart_command(sub)
+    _add_report_command(sub)
+    checker = sub.add_parser("check", help="verify that a results folder's rows, status and checkpoints are intact")
+    checker.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI")
+    _add_live(sub)
+    lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
+    _add_repeated(
+        lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
+    )
+    return top
 
+
+def _add_run_command(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one trial and append its rounds to a Parquet dataset")
     _add_config_args(run)
     run.add_argument(
@@ -106,6 +120,8 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_shared_fs(run)
 
+
+def _add_suite_command(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser("suite", help="run a suite (a grid of trials) on Ray Tune into one Parquet table")
     suite.add_argument(
         "suite",
@@ -133,12 +149,16 @@ def parser() -> argparse.ArgumentParser:
         help="run N trials on each GPU at once (auto: from the measured packing table); trial ids are unchanged",
     )
 
+
+def _add_quickstart_command(sub: argparse._SubParsersAction) -> None:
     what, details = _suite_header("quickstart")
     quick = sub.add_parser(
         "quickstart", help=f"run the quickstart suite: {what}", description=f"The quickstart suite: {details}"
     )
     _add_suite_args(quick, default_out="results/quickstart")
 
+
+def _add_report_command(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="write figures, summary tables and the paper's claims for results")
     report.add_argument(
         "results",
@@ -157,17 +177,6 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--every", metavar="N", type=float, default=30.0, help="with --watch: seconds between rewrites (default 30)"
     )
-
-    checker = sub.add_parser("check", help="verify that a results folder's rows, status and checkpoints are intact")
-    checker.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI")
-
-    _add_live(sub)
-
-    lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
-    _add_repeated(
-        lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
-    )
-    return top
 
 
 def _add_live(sub) -> None:
@@ -249,67 +258,76 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from engine.analysis import results
-    from engine.analysis.tables import summary_text
-    from engine.suite.search import format_search, read_record
-    from engine.suite.setup import set_up_suite
+    from engine.suite.options import set_up_suite
     from engine.suite.tune import run_suite
 
-    setup = set_up_suite(
-        args.suite,
-        args.out,
-        plugins=getattr(args, "plugins", []),
-        sets=getattr(args, "sets", []),
-        trackers=args.trackers,
-        resume=args.resume,
-        max_concurrent=args.max_concurrent,
-        trials_per_gpu=getattr(args, "trials_per_gpu", None),
-        address=args.address,
-        shared_fs=args.shared_fs,
-    )
-    suite, out = setup.suite, setup.out
-    if setup.trials_per_gpu is not None:
-        print(f"packing {setup.trials_per_gpu} trials per GPU (each asks for 1/{setup.trials_per_gpu} of its GPUs)")
+    setup = set_up_suite(_suite_options(args))  # every refusal, before anything is written
+    packed = setup.options.trials_per_gpu
+    if packed is not None:
+        print(f"packing {packed} trials per GPU (each asks for 1/{packed} of its GPUs)")
     print(setup.headline(), flush=True)
     began = time.perf_counter()
     try:
-        failed = run_suite(
-            suite,
-            out,
-            args.address,
-            args.resume,
-            args.max_concurrent,
-            rounds=setup.rounds,
-            trials_per_gpu=setup.trials_per_gpu,
-            shared_fs=args.shared_fs,
-        )
+        failed = run_suite(setup)
     except KeyboardInterrupt:  # Tune stopped the trials; everything completed is saved
         print(
-            f"\nwarmstart: interrupted; completed rounds are saved in {out}: "
+            f"\nwarmstart: interrupted; completed rounds are saved in {setup.out}: "
             "re-run the same command with --resume to continue",
             file=sys.stderr,
         )
         return 130
-    print(f"\nsuite {suite.name} finished in {time.perf_counter() - began:.0f}s")
+    print(f"\nsuite {setup.suite.name} finished in {time.perf_counter() - began:.0f}s")
+    _summarise_suite(setup.out, setup.suite.search.per_point)
+    if failed:
+        _list_failures(failed)
+        return 1
+    return 0
+
+
+def _suite_options(args: argparse.Namespace):
+    """``warmstart suite``'s (or ``quickstart``'s, which has no --plugin, --set or
+    --trials-per-gpu) options as one ``SuiteOptions``, checked."""
+    from engine.suite.options import SuiteOptions
+
+    return SuiteOptions.build(
+        args.suite,
+        args.out,
+        resume=args.resume,
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        trials_per_gpu=getattr(args, "trials_per_gpu", None),
+        shared_fs=args.shared_fs,
+        plugins=getattr(args, "plugins", ()),
+        sets=getattr(args, "sets", ()),
+        trackers=args.trackers,
+    )
+
+
+def _summarise_suite(out: str, searched: bool) -> None:
+    """After a suite: its summary (what the report writes to summary.md), what its search did,
+    and its report; nothing when no round completed."""
+    from engine.analysis import results
+    from engine.analysis.tables import summary_text
+    from engine.suite.search import format_search, read_record
+
     try:
         frame = results.load(out)
     except ConfigError:  # no completed round to summarise
-        frame = None
-    if frame is not None:
-        print(summary_text(frame))  # what the report writes to summary.md
-        if suite.search.per_point and (record := read_record(out)):
-            print(format_search(record))
-        try:
-            _write_report(out)
-        except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite
-            print(f"report not written: {exc}", file=sys.stderr)
-    if failed:
-        print(f"\n{len(failed)} trial(s) failed:", file=sys.stderr)
-        for trial_id, error, details in failed:
-            print(f"  {trial_id}: {error}\n    traceback: {details}", file=sys.stderr)
-        print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
-        return 1
-    return 0
+        return
+    print(summary_text(frame))
+    if searched and (record := read_record(out)):
+        print(format_search(record))
+    try:
+        _write_report(out)
+    except ConfigError as exc:  # a report is a bonus: its problems must not fail the suite
+        print(f"report not written: {exc}", file=sys.stderr)
+
+
+def _list_failures(failed: list[tuple[str, str, str]]) -> None:
+    print(f"\n{len(failed)} trial(s) failed:", file=sys.stderr)
+    for trial_id, error, details in failed:
+        print(f"  {trial_id}: {error}\n    traceback: {details}", file=sys.stderr)
+    print("completed rounds are saved; re-run with --resume to retry the failed trials", file=sys.stderr)
 
 
 def _write_report(results: str, out: str | None = None, refresh: int | None = None, notes: bool = True) -> None:

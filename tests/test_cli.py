@@ -340,7 +340,7 @@ def test_quickstart_help_says_what_the_suite_file_runs(capsys):
     file's base config), not another."""
     import yaml
 
-    from engine.suite.plan import locate
+    from engine.suite.suite_file import locate
 
     with open(locate("quickstart"), encoding="utf-8") as f:
         dataset = yaml.safe_load(f)["base"]["dataset"]["name"]

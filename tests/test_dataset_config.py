@@ -14,7 +14,7 @@ from engine.compute.data import DATASETS, RawDataset, RawSplit, register
 from engine.errors import ConfigError
 from engine.schema.config import DEFAULTS, build, merge, validate
 from engine.schema.registry import Interval
-from engine.suite.plan import check_pools, load_suite
+from engine.suite.suite_file import check_pools, load_suite
 
 MNIST1D = DATASETS.get("mnist1d").defaults
 

@@ -14,8 +14,8 @@ import torch
 from engine.analysis.results import claims, summary
 from engine.cli import main
 from engine.schema.config import build
-from engine.suite.plan import load_suite
 from engine.suite.stacking import ensemble_units
+from engine.suite.suite_file import load_suite
 from engine.trial.driver import STACKED, Driver
 from engine.trial.session import start_trial
 from engine.trial.stacked import start_members

@@ -330,7 +330,7 @@ def test_a_damaged_saved_config_is_one_line_naming_it(content, why, finished, tm
 
 
 def test_a_damaged_manifest_is_one_line_naming_it(tmp_path, capsys):
-    from engine.suite.plan import load_suite
+    from engine.suite.suite_file import load_suite
     from engine.suite.tune import prepare_out
 
     source, out = suite_file(tmp_path), tmp_path / "out"
@@ -491,7 +491,7 @@ def test_on_a_bucket_a_report_into_other_results_is_refused_and_a_silent_store_n
 
 
 def test_a_trial_not_of_a_suite_is_refused_in_its_folder_and_one_of_its_trials_runs(tmp_path, capsys):
-    from engine.suite.plan import load_suite
+    from engine.suite.suite_file import load_suite
     from engine.suite.tune import prepare_out
 
     out = tmp_path / "suite"

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import textwrap
 
 import pytest
 
 from engine.cli import main
 from engine.errors import ConfigError
-from engine.suite.plan import load_suite, sampled_point
 from engine.suite.search import RoundMeans, format_search, parse_search, search_table, stopped_rounds, write_record
+from engine.suite.suite_file import load_suite, sampled_point
 from engine.suite.tracking import mlflow_uri, parse_tracking
 from engine.suite.tune import grid_units, prepare_out
 
@@ -80,7 +82,7 @@ def test_ranges_need_a_sampling_searcher_and_loguniform_a_positive_low(tmp_path)
 
 def test_a_sampled_suite_keeps_seeds_inside_each_point(tmp_path):
     suite = load_suite(write(tmp_path, SEARCH.replace("RANGE", "{uniform: [0, 1]}")))
-    assert suite.trials == [] and suite.seeds == [0, 1]
+    assert suite.trials == () and suite.seeds == (0, 1)
     assert suite.search.per_point and suite.search.sampled
     assert [(r.kind, r.low, r.high) for r in suite.space.values()] == [
         ("uniform", 0.0, 1.0),
@@ -91,6 +93,22 @@ def test_a_sampled_suite_keeps_seeds_inside_each_point(tmp_path):
     point = sampled_point(suite.name, suite.base, suite.seeds, {"init.shrink": 0.25, "init.perturb": 0.01})
     assert [t.config.seed for t in point] == [0, 1]
     assert {(t.config.init.shrink, t.config.init.perturb, t.config.suite) for t in point} == {(0.25, 0.01, "lam")}
+
+
+def test_naming_a_sampled_point_keeps_its_trials_beside_the_suite_which_stays_as_loaded(tmp_path):
+    from engine.suite.tune import SuiteProgress, Units, _sampled_name
+
+    suite = load_suite(write(tmp_path, SEARCH.replace("RANGE", "{uniform: [0, 1]}")))
+    progress = SuiteProgress(8, 0, str(tmp_path), suite.search, None, io.StringIO(), 30.0)
+    units = Units({}, progress, [], {}, 4)
+    config = {"cfg": {"init.shrink": 0.25, "init.perturb": 0.01}}
+    name = _sampled_name(suite, config, units)
+    assert _sampled_name(suite, config, units) == name  # Tune names a trial twice (its name, its folder)
+    assert [(t.config.seed, t.config.init.shrink) for t in units.proposed] == [(0, 0.25), (1, 0.25)]
+    assert progress.units[name]["trial_ids"] == [t.trial_id for t in units.proposed]
+    assert suite.trials == ()  # the suite is as loaded
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        suite.trials = tuple(units.proposed)
 
 
 def test_a_scheduler_groups_a_grid_points_seeds_into_one_unit(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from engine.compute.data import pool_size
-from engine.suite.plan import SUITES_DIR, load_suite
+from engine.suite.suite_file import SUITES_DIR, load_suite
 from engine.trial.setup import plan_rounds
 
 ROOT = Path(__file__).resolve().parent.parent

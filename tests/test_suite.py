@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import textwrap
 
@@ -10,7 +11,8 @@ import pytest
 from engine.errors import ConfigError
 from engine.schema.registry import PluginChanged
 from engine.storage.store import read_manifest
-from engine.suite.plan import check_pools, load_suite, locate
+from engine.suite.options import SuiteOptions, set_up_suite
+from engine.suite.suite_file import check_pools, load_suite, locate
 from engine.suite.tune import describe_point, prepare_out
 
 
@@ -31,6 +33,27 @@ THREE_BY_THREE = """
         - {name: shrink_perturb, shrink: 0.4, perturb: 0.1}
       seed: [0, 1, 2]
 """
+
+
+def test_suite_options_are_checked_when_built_and_the_set_up_writes_nothing(tmp_path, monkeypatch):
+    with pytest.raises(
+        ConfigError, match=r"'max_concurrent' parameter \(--max-concurrent\) must be an int >= 1. Got 0"
+    ):
+        SuiteOptions.build("tiny", max_concurrent=0)
+    with pytest.raises(ConfigError, match=r"'--trials-per-gpu' option must be 'auto' or an integer in \[1, 64\]"):
+        SuiteOptions("tiny", trials_per_gpu=0)
+    options = SuiteOptions.build("tiny", "file:///tmp/x", trials_per_gpu="2", sets=["seed=1"])
+    assert (options.out, options.trials_per_gpu, options.sets) == ("/tmp/x", 2, ("seed=1",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.resume = True
+    monkeypatch.chdir(tmp_path)
+    setup = set_up_suite(SuiteOptions.build(write(tmp_path, THREE_BY_THREE), max_concurrent=2))
+    assert (setup.out, setup.options.max_concurrent) == ("results/tiny", 2)  # the default out, filled in
+    assert setup.trial_ids == tuple(t.trial_id for t in setup.suite.trials) and len(setup.trial_ids) == 9
+    assert set(setup.rounds.values()) == {2}
+    assert [p for p in (tmp_path / "results").rglob("*") if p.is_file()] == []  # no manifest yet, no rows
+    with pytest.raises(ConfigError, match="packs trials that run on GPUs"):
+        set_up_suite(SuiteOptions.build(write(tmp_path, THREE_BY_THREE), trials_per_gpu=2))
 
 
 def test_mappings_times_seeds_is_nine_validated_trials(tmp_path):

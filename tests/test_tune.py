@@ -16,8 +16,8 @@ import pytest
 from engine.cli import main
 from engine.storage.check import check
 from engine.storage.store import TrialStore
-from engine.suite.plan import load_suite
 from engine.suite.search import read_record
+from engine.suite.suite_file import load_suite
 
 BASE = """
     base:

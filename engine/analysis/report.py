@@ -927,6 +927,19 @@ class _Report:
                 '(round 1: the initial set, drawn at random; <a href="acquired_classes.csv">acquired_classes.csv</a>).'
                 "</p>" + self.img("acquired_classes.png", "classes of the acquired samples per strategy and round")
             )
+        overlap = self._overlap_part()
+        if overlap is not None:
+            parts.append(overlap)
+        before = len(self.sections)
+        self.curves([ACQUIRE_CURVE])
+        if len(self.sections) > before:
+            parts.append(self.sections.pop().split("</h2>", 1)[1].removesuffix("\n</section>\n"))
+        if parts:
+            self.section("What acquisition did", "\n".join(parts), "acquisition")
+
+    def _overlap_part(self) -> str | None:
+        """The overlap of picks between strategies, as a table of Jaccard indices (and its CSV);
+        None, with a note, when no two strategies ran the same seed or the picks are not recorded."""
         overlap = acquisition_overlap(self.frame)
         if overlap.empty:
             recorded = "acquired" in self.frame and self.frame["acquired"].notna().any()
@@ -936,43 +949,37 @@ class _Report:
                 else "the rows do not record their picks (the acquired column)"
             )
             self.notes.append(f"note: overlap of picks between strategies skipped: {why}.")
+            return None
+        self.write("acquisition_overlap.csv", overlap.to_csv(index=False))
+        wide = overlap.pivot_table(
+            index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
+        )
+        # Rounds where every pair picked the same samples (round 1: the seed's initial set) are
+        # said in words, not as a column of 1.00 that pushes the rounds where strategies part off a phone.
+        same = [r for r in wide.columns if (wide[r] == 1.0).all()]
+        if 0 < len(same) < len(wide.columns):
+            wide = wide.drop(columns=same)
         else:
-            self.write("acquisition_overlap.csv", overlap.to_csv(index=False))
-            wide = overlap.pivot_table(
-                index=["panel", "a", "b"], columns="round", values="jaccard", aggfunc="first", sort=False
+            same = []
+        wide.columns = [f"round {r}" for r in wide.columns]
+        wide = wide.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
+        wide["pair"] = wide["a"] + " ↔ " + wide["b"]
+        wide = wide[["panel", "pair"] + [c for c in wide.columns if c.startswith("round ")]]
+        if (wide["panel"] == "").all():
+            wide = wide.drop(columns="panel")
+        return (
+            "<p>Overlap of the picks of two strategies at the same seed and round: |A ∩ B| / |A ∪ B| (Jaccard), "
+            "mean over the seeds both ran; 1: the same samples, 0: none in common "
+            '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).'
+            + (
+                f" Not shown: round{'s' if len(same) > 1 else ''} {', '.join(str(r) for r in same)}, where every "
+                "pair picked the same samples (overlap 1)."
+                if same
+                else ""
             )
-            # Rounds where every pair picked the same samples (round 1: the seed's initial set) are
-            # said in words, not as a column of 1.00 that pushes the rounds where strategies part off a phone.
-            same = [r for r in wide.columns if (wide[r] == 1.0).all()]
-            if 0 < len(same) < len(wide.columns):
-                wide = wide.drop(columns=same)
-            else:
-                same = []
-            wide.columns = [f"round {r}" for r in wide.columns]
-            wide = wide.map(lambda v: "–" if pd.isna(v) else f"{v:.2f}").reset_index()
-            wide["pair"] = wide["a"] + " ↔ " + wide["b"]
-            wide = wide[["panel", "pair"] + [c for c in wide.columns if c.startswith("round ")]]
-            if (wide["panel"] == "").all():
-                wide = wide.drop(columns="panel")
-            parts.append(
-                "<p>Overlap of the picks of two strategies at the same seed and round: |A ∩ B| / |A ∪ B| (Jaccard), "
-                "mean over the seeds both ran; 1: the same samples, 0: none in common "
-                '(<a href="acquisition_overlap.csv">acquisition_overlap.csv</a>).'
-                + (
-                    f" Not shown: round{'s' if len(same) > 1 else ''} {', '.join(str(r) for r in same)}, where every "
-                    "pair picked the same samples (overlap 1)."
-                    if same
-                    else ""
-                )
-                + "</p>"
-                + _html_table(wide)
-            )
-        before = len(self.sections)
-        self.curves([ACQUIRE_CURVE])
-        if len(self.sections) > before:
-            parts.append(self.sections.pop().split("</h2>", 1)[1].removesuffix("\n</section>\n"))
-        if parts:
-            self.section("What acquisition did", "\n".join(parts), "acquisition")
+            + "</p>"
+            + _html_table(wide)
+        )
 
     def epochs(self, epochs: pd.DataFrame) -> None:
         """Within-round training curves, from the per-epoch table, when it was written."""

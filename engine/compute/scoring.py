@@ -54,6 +54,27 @@ def pool_outputs(
     n = x.shape[0] if positions is None else positions.shape[0]
     if not needs:
         return PoolOutputs(n)
+    _check_needs(model, needs, labeled, mc_samples)
+
+    def rows(index: torch.Tensor | None, count: int) -> list[torch.Tensor]:
+        return _shard_batches(index, count, comm, x.device, batch_size)
+
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in needs}
+    model.eval()
+    with torch.inference_mode(), performance.autocast_on(x.device):
+        if any(name in needs for name in DETERMINISTIC):
+            _one_pass(model, x, rows(positions, n), needs, performance, parts)
+        if "labeled_embeddings" in needs:
+            for idx in rows(labeled, labeled.shape[0]):
+                parts["labeled_embeddings"].append(model.features(performance.inputs(x.index_select(0, idx))).float())
+        if "mc_probs" in needs:
+            parts["mc_probs"] = _mc_probs(model, x, rows(positions, n), mc_samples, seed + comm.rank, performance)
+    return _gathered(parts, n, labeled, comm, x.device)
+
+
+def _check_needs(model: Classifier, needs: tuple[str, ...], labeled: torch.Tensor | None, mc_samples: int) -> None:
+    """Refuse outputs this call cannot compute: labeled embeddings without the labeled set,
+    MC dropout without samples or without a dropout layer."""
     if "labeled_embeddings" in needs and labeled is None:
         raise ValueError("labeled_embeddings needs the labeled positions")
     if "mc_probs" in needs:
@@ -62,37 +83,47 @@ def pool_outputs(
         if not dropout_layers(model):
             raise ConfigError("MC-dropout acquisition (mc_probs) needs a model with dropout: set model.dropout > 0.")
 
-    def rows(index: torch.Tensor | None, count: int) -> list[torch.Tensor]:
-        """This rank's shard of ``index`` (rows of x), as one index tensor per batch."""
-        lo, hi = count * comm.rank // comm.world_size, count * (comm.rank + 1) // comm.world_size
-        shard = torch.arange(lo, hi, device=x.device) if index is None else index[lo:hi]
-        return [shard[part] for part in batches(shard.shape[0], batch_size)]
 
+def _shard_batches(
+    index: torch.Tensor | None, count: int, comm, device: torch.device, batch_size: int
+) -> list[torch.Tensor]:
+    """This rank's contiguous shard of ``index`` (rows of x; None: the first ``count`` rows),
+    as one index tensor per batch."""
+    lo, hi = count * comm.rank // comm.world_size, count * (comm.rank + 1) // comm.world_size
+    shard = torch.arange(lo, hi, device=device) if index is None else index[lo:hi]
+    return [shard[part] for part in batches(shard.shape[0], batch_size)]
+
+
+def _one_pass(
+    model: Classifier,
+    x: torch.Tensor,
+    index_batches: list[torch.Tensor],
+    needs: tuple[str, ...],
+    performance: Performance,
+    parts: dict[str, list[torch.Tensor]],
+) -> None:
+    """The deterministic outputs (DETERMINISTIC) of one eval-mode pass, appended to ``parts``."""
     # Batches are gathered with index_select: on CPU 1.6x as fast as x[idx] (measured on a
     # 2-core Xeon: 28672 CIFAR-sized rows in 1024-row batches, 0.049 s against 0.080 s), which
     # matters for small models, where the gather is about a fifth of the pass.
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in needs}
-    model.eval()
-    with torch.inference_mode(), performance.autocast_on(x.device):
-        if any(name in needs for name in DETERMINISTIC):
-            for idx in rows(positions, n):
-                embeddings = model.features(performance.inputs(x.index_select(0, idx)))  # [b, D]
-                logits = model.head(embeddings).float()  # [b, C]
-                computed = {"embeddings": embeddings, "logits": logits}
-                if "probs" in needs:
-                    computed["probs"] = torch.softmax(logits, dim=1)
-                for name in DETERMINISTIC:
-                    if name in needs:
-                        parts[name].append(computed[name].float())
-        if "labeled_embeddings" in needs:
-            for idx in rows(labeled, labeled.shape[0]):
-                parts["labeled_embeddings"].append(model.features(performance.inputs(x.index_select(0, idx))).float())
-        if "mc_probs" in needs:
-            parts["mc_probs"] = _mc_probs(model, x, rows(positions, n), mc_samples, seed + comm.rank, performance)
+    for idx in index_batches:
+        embeddings = model.features(performance.inputs(x.index_select(0, idx)))  # [b, D]
+        logits = model.head(embeddings).float()  # [b, C]
+        computed = {"embeddings": embeddings, "logits": logits}
+        if "probs" in needs:
+            computed["probs"] = torch.softmax(logits, dim=1)
+        for name in DETERMINISTIC:
+            if name in needs:
+                parts[name].append(computed[name].float())
 
+
+def _gathered(
+    parts: dict[str, list[torch.Tensor]], n: int, labeled: torch.Tensor | None, comm, device: torch.device
+) -> PoolOutputs:
+    """Each rank's shards concatenated, then gathered across ranks into the whole pool's outputs."""
     outputs = {}
     for name, chunks in parts.items():
-        local = torch.cat(chunks) if chunks else torch.empty(0, device=x.device)
+        local = torch.cat(chunks) if chunks else torch.empty(0, device=device)
         total = labeled.shape[0] if name == "labeled_embeddings" else n
         outputs[name] = comm.all_gather_cat(local, total) if comm.world_size > 1 else local
     if "mc_probs" in outputs and outputs["mc_probs"].dim() == 3:

@@ -449,18 +449,7 @@ class Registry:
                 f"The {self.what} {name!r} is already registered by {taken}; "
                 f"choose another name, or register it with override=True to replace it."
             )
-        params = list(inspect.signature(fn).parameters.values())
-        configurable = params[self.n_inputs :]
-        defaults = {}
-        for p in configurable:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            if p.default is inspect.Parameter.empty:
-                raise TypeError(
-                    f"{self.what} {name!r}: parameter {p.name!r} needs a default "
-                    "(every parameter beyond the engine's inputs is configurable)"
-                )
-            defaults[p.name] = p.default
+        defaults = self._defaults(name, fn)
         constraints = dict(constraints or {})
         stray = set(constraints) - set(defaults)
         if stray:
@@ -484,6 +473,21 @@ class Registry:
         doc = inspect.getdoc(fn) or ""
         self._entries[name] = Entry(name, fn, defaults, constraints, doc.split("\n")[0], extra, origin, overriding)
         return fn
+
+    def _defaults(self, name: str, fn: Callable) -> dict[str, Any]:
+        """The defaults of ``fn``'s configurable parameters (those beyond the engine's inputs);
+        a TypeError for one without a default."""
+        defaults = {}
+        for p in list(inspect.signature(fn).parameters.values())[self.n_inputs :]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.default is inspect.Parameter.empty:
+                raise TypeError(
+                    f"{self.what} {name!r}: parameter {p.name!r} needs a default "
+                    "(every parameter beyond the engine's inputs is configurable)"
+                )
+            defaults[p.name] = p.default
+        return defaults
 
     def get(self, name: Any) -> Entry:
         self._load_builtins()

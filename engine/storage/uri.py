@@ -78,7 +78,12 @@ def normalise(location: str, what: str = "--out") -> str:
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in rest):
         raise refuse("a control character (a newline, a tab) in the URI; an object store would keep it in the key")
-    rest = rest.rstrip("/")
+    return _object_uri(scheme, rest.rstrip("/"), refuse)
+
+
+def _object_uri(scheme: str, rest: str, refuse) -> str:
+    """``SCHEME://BUCKET[/KEY]`` from what follows ``scheme://`` (no trailing slash), or ``refuse``'s
+    ConfigError for a missing or odd bucket and for a key readers would not find."""
     bucket, _, key = rest.partition("/")
     if not bucket:
         raise refuse(f"no bucket; write {scheme}://BUCKET/PREFIX")

@@ -20,8 +20,8 @@ import torch
 from engine.schema.config import validate
 from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem
-from engine.suite.plan import sampled_point
 from engine.suite.search import RoundMeans
+from engine.suite.suite_file import sampled_point
 from engine.trial.driver import STACKED, Driver, lockstep
 from engine.trial.runner import RayTrainGroups
 from engine.trial.session import start_trial

@@ -84,7 +84,7 @@ def kernel_key(cfg: Config) -> str:
 
 def ensemble_units(trials: list, name: str, per_point: bool, max_concurrent: int | None = None) -> Grouping:
     """The suite's Tune trials with its stackable trials grouped into ensembles
-    (``trials``: the suite's ``Trial``s; ``per_point``: a scheduler or searcher runs it)."""
+    (``trials``: the suite's ``TrialSpec``s; ``per_point``: a scheduler or searcher runs it)."""
     alone = [[i] for i in range(len(trials))]
     settings = [t.config.performance.ensemble for t in trials]
     if per_point:

@@ -24,16 +24,15 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from engine.errors import ConfigError
-from engine.schema.config import HOW_FAR, flatten
-from engine.storage.folders import check_results_folder, trial_rows_intact
+from engine.schema.config import flatten
+from engine.storage.folders import trial_rows_intact
 from engine.storage.object_store import object_store, outage, store_failure
-from engine.storage.store import TrialStore, filesystem, has_rows, ray_storage, read_manifest, write_manifest
+from engine.storage.store import TrialStore, filesystem, ray_storage, read_manifest, write_manifest
+from engine.suite.options import SuiteSetup, check_out, suite_plugins
 from engine.suite.packing import trial_bundle
-from engine.suite.plan import Suite, Trial, check_pools, sampled_point
 from engine.suite.points import run_point
 from engine.suite.search import (
     Range,
@@ -45,9 +44,10 @@ from engine.suite.search import (
     stopped_rounds,
     write_record,
 )
-from engine.suite.stacking import Grouping, ensemble_units
+from engine.suite.stacking import Grouping
+from engine.suite.suite_file import Suite, TrialSpec, sampled_point
 from engine.suite.tracking import callbacks as trackers
-from engine.trial.distributed import check_resources, check_shared_out, error_line, init_ray, log_ray_to_file
+from engine.trial.distributed import check_resources, error_line, init_ray, log_ray_to_file
 
 
 def _tracked(config: dict) -> dict[str, Any]:
@@ -77,81 +77,22 @@ def _quiet_progress():
     return Quiet()
 
 
-# --- growing suites -------------------------------------------------------------------
-
-
-def _base_change(old: dict, new: dict) -> str | None:
-    """The first base key (dotted) that differs, as text; keys that only say how far a
-    trial runs (``rounds.max_rounds``) may change."""
-    before, after = flatten(old), flatten(new)
-    for key in sorted(set(before) | set(after)):
-        if key in HOW_FAR:
-            continue
-        if before.get(key, "(absent)") != after.get(key, "(absent)"):
-            return f"base key {key!r} was {before.get(key, '(absent)')!r}, now {after.get(key, '(absent)')!r}"
-    return None
+# --- the results folder -----------------------------------------------------------------
 
 
 def prepare_out(suite: Suite, out: str, resume: bool) -> None:
-    """Refuse an --out that holds other results or cannot be written; record this suite there."""
-    ids = check_out(suite, out, resume)
-    manifest = {"name": suite.name, "trials": ids, "source": suite.source, "base": suite.base}
+    """Refuse an --out that holds other results or cannot be written (``check_out``); record
+    this suite there."""
+    record_suite(suite, out, check_out(suite, out, resume))
+
+
+def record_suite(suite: Suite, out: str, trial_ids: tuple[str, ...] | list[str]) -> None:
+    """Write the suite's manifest under ``out``: its name, source, base config, the trial ids
+    ``check_out`` answered, and the code of its plugins (those recorded earlier kept)."""
+    manifest = {"name": suite.name, "trials": list(trial_ids), "source": suite.source, "base": suite.base}
     recorded = (read_manifest(out) or {}).get("plugins") or {}
     code = {**recorded, **suite_plugins(suite)}
     write_manifest(out, {**manifest, "plugins": code} if code else manifest)
-
-
-def suite_plugins(suite: Suite) -> dict[str, str]:
-    """Plugin -> SHA-256 prefix of its code, over every trial the suite plans (``Config.plugin_code``)."""
-    code: dict[str, str] = {}
-    for trial in [*suite.trials, *suite.probes]:
-        code.update(trial.config.plugin_code())
-    return dict(sorted(code.items()))
-
-
-def check_out(suite: Suite, out: str, resume: bool) -> list[str]:
-    """Refuse (ConfigError, nothing written) an --out that cannot be written or holds other
-    results; the trial ids the manifest will list.  With ``resume``, the suite may have
-    grown (new seeds, grid values, more rounds): what is recorded must still be part of
-    it, and the base config must be the same."""
-    out = check_results_folder(out, suite.name)  # writable, and neither inside nor holding other results
-    manifest = read_manifest(out)
-    ids = [t.trial_id for t in suite.trials]
-    if manifest is None:
-        if has_rows(out):
-            raise ConfigError(
-                f"{out} already holds results that are not from suite {suite.name!r}; choose another --out."
-            )
-    elif manifest["name"] != suite.name:
-        raise ConfigError(f"{out} holds suite {manifest['name']!r}, not {suite.name!r}; choose another --out.")
-    elif not resume:
-        raise ConfigError(
-            f"{out} already holds suite {suite.name!r}; pass --resume to continue it, or choose another --out."
-        )
-    else:
-        grown = "--resume accepts it grown by new seeds, grid values or rounds; choose another --out"
-        change = _base_change(manifest["base"], suite.base) if "base" in manifest else None
-        if change:
-            raise ConfigError(f"Suite {suite.name!r} changed since {out} was written: {change}; {grown}.")
-        then, now = manifest.get("plugins") or {}, suite_plugins(suite)
-        changed = sorted(k for k in set(then) & set(now) if then[k] != now[k])
-        if changed:
-            raise ConfigError(
-                f"Plugin {changed[0]} changed since suite {suite.name!r} ran in {out}: sha256 {then[changed[0]]} then, "
-                f"{now[changed[0]]} now, and its trials would mix two versions of that code; restore it, or "
-                "run the new one into another --out."
-            )
-        missing = [] if suite.search.sampled else sorted(set(manifest["trials"]) - set(ids))
-        if missing:
-            raise ConfigError(
-                f"Suite {suite.name!r} changed since {out} was written: its trial {missing[0]!r} "
-                f"(and {len(missing) - 1} more) is not in it any more; {grown}."
-                if len(missing) > 1
-                else f"Suite {suite.name!r} changed since {out} was written: its trial {missing[0]!r} is not in it "
-                f"any more; {grown}."
-            )
-        ids += [tid for tid in manifest["trials"] if tid not in ids]  # a sampled suite's earlier points
-    return ids
 
 
 def check_suite_resources(suite: Suite, address: str | None, trials_per_gpu: int | None) -> None:
@@ -184,7 +125,7 @@ def grid_units(suite: Suite) -> list[list[int]]:
     return list(points.values())
 
 
-def _point_of(trial: Trial) -> dict[str, Any]:
+def _point_of(trial: TrialSpec) -> dict[str, Any]:
     """A trial's grid values without the seed, as JSON-able labels."""
     return {
         k: (v if isinstance(v, (int, float, str, bool)) or v is None else _label(v))
@@ -362,47 +303,36 @@ class Units:
     expected: int  # how many Tune trials a run that is not interrupted ends with
     names: list[str] | None = None  # a grid unit's Tune trial name; None: named as sampled
     sampled: dict | None = None  # what a sampled point's trainable needs to build its trials
+    # The trials a sampling searcher proposed in this run, added as Tune names them (_sampled_name):
+    # the one thing that grows while Tune runs (the Suite stays as loaded).
+    proposed: list[TrialSpec] = field(default_factory=list)
 
 
-def run_suite(
-    suite: Suite,
-    out: str,
-    address: str | None = None,
-    resume: bool = False,
-    max_concurrent: int | None = None,
-    stream: TextIO | None = None,
-    every: float = 30.0,
-    trials_per_gpu: int | None = None,
-    rounds: dict[str, int] | None = None,
-    shared_fs: bool = False,
-) -> list[tuple[str, str, str]]:
-    """Run every unfinished trial; returns (trial_id, error, traceback file) for the trials
-    that failed.  ``rounds``: each trial's round count, by id (``check_pools``' answer;
-    computed here when not given).  A sampled suite's proposed trials are added to
-    ``suite.trials`` as they are created.  Ctrl-C stops the trials and raises
-    KeyboardInterrupt; completed rounds are saved and ``resume`` continues.  A local ``out``
-    on a cluster of several nodes is refused unless ``shared_fs`` (see check_shared_out)."""
-    check_shared_out(out, address, shared_fs)
-    # Refused (ensembles under a scheduler) before anything is written.
-    grouping = ensemble_units(suite.trials or suite.probes, suite.name, suite.search.per_point, max_concurrent)
-    prepare_out(suite, out, resume)
-    rounds = rounds if rounds is not None else check_pools(suite)
+def run_suite(setup: SuiteSetup, stream: TextIO | None = None, every: float = 30.0) -> list[tuple[str, str, str]]:
+    """Run every unfinished trial of a checked suite (``engine.suite.options.set_up_suite``:
+    nothing is checked again here); returns (trial_id, error, traceback file) for the trials
+    that failed.  ``stream``: the console progress (default stdout), a block every ``every``
+    seconds.  Ctrl-C stops the trials and raises KeyboardInterrupt; completed rounds are
+    saved and ``resume`` continues."""
+    suite, options, out = setup.suite, setup.options, setup.out
+    record_suite(suite, out, setup.trial_ids)
     # A failed trial's traceback goes to its error.txt under --out; the driver lists the
     # failures at the end instead of Tune logging each traceback mid-progress.
     logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     location = out if "://" in out else filesystem(out)[1]
-    units = plan_units(suite, out, location, rounds, stream or sys.stdout, every, grouping)
+    units = plan_units(suite, out, location, setup.rounds, stream or sys.stdout, every, setup.grouping)
     if units is None:
         return []
-    init_ray(address)
+    init_ray(options.address)
     log_ray_to_file()  # Ray's own tracebacks (a sync to a store that is down) stay in its log folder
-    check_suite_resources(suite, address, trials_per_gpu)
-    tuner = build_tuner(suite, units, out, location, max(rounds.values()), max_concurrent, trials_per_gpu)
+    check_suite_resources(suite, options.address, options.trials_per_gpu)  # needs Ray: the cluster's resources
+    most = max(setup.rounds.values())
+    tuner = build_tuner(suite, units, out, location, most, options.max_concurrent, options.trials_per_gpu)
     try:
         grid = tuner.fit()
         units.progress.block(force=True)
         if suite.search.sampled:
-            record_sampled_trials(suite, out)
+            record_sampled_trials(units.proposed, out)
     except OSError as exc:  # Tune reads its state back from the store at the end; the store is down
         if "://" in out and store_failure(str(exc)):
             raise outage(exc, out) from None
@@ -428,7 +358,7 @@ def plan_units(
     trials = [{**t.config.to_dict(), "trial_id": t.trial_id} for t in (suite.trials or suite.probes)]
     if spec.sampled:
         progress = SuiteProgress(spec.num_samples * len(suite.seeds), 0, location, spec, record, stream, every)
-        sampled = {"name": suite.name, "base": suite.base, "seeds": suite.seeds, "keys": list(suite.space)}
+        sampled = {"name": suite.name, "base": suite.base, "seeds": list(suite.seeds), "keys": list(suite.space)}
         space = _sampled_space(suite, max(rounds.values()))
         return Units(space, progress, trials, stopped, spec.num_samples, sampled=sampled)
     units = grid_units(suite) if spec.per_point else grouping.units  # a point's seeds, or ensembles
@@ -496,7 +426,7 @@ def build_tuner(
     def name(trial) -> str:
         if units.names is not None:
             return units.names[trial.config["unit"]]
-        return _sampled_name(suite, trial.config, units.progress)
+        return _sampled_name(suite, trial.config, units)
 
     return tune.Tuner(
         trainable,
@@ -520,9 +450,9 @@ def build_tuner(
     )
 
 
-def record_sampled_trials(suite: Suite, out: str) -> None:
+def record_sampled_trials(proposed: list[TrialSpec], out: str) -> None:
     """The points the searcher proposed join the suite's manifest."""
-    ids = [t.trial_id for t in suite.trials]
+    ids = [t.trial_id for t in proposed]
     manifest = read_manifest(out) or {}
     ids += [tid for tid in manifest.get("trials", []) if tid not in ids]
     write_manifest(out, {**manifest, "trials": ids})
@@ -555,7 +485,7 @@ def _todo(suite: Suite, out: str, units: list[list[int]], rounds: dict[str, int]
                 last[trial.trial_id] = status["round"]
     intact = trial_rows_intact(out, last) if last else {}
 
-    def finished(trial: Trial) -> bool:
+    def finished(trial: TrialSpec) -> bool:
         return trial.trial_id in stopped or intact.get(trial.trial_id, False)
 
     complete = [u for u, unit in enumerate(units) if all(finished(suite.trials[i]) for i in unit)]
@@ -613,14 +543,16 @@ def _sampled_space(suite: Suite, most: int) -> dict:
     return {"cfg": {**constant, **domains}, "seeds": list(suite.seeds), "index": 0, "rounds": most}
 
 
-def _sampled_name(suite: Suite, config: dict, progress: SuiteProgress) -> str:
+def _sampled_name(suite: Suite, config: dict, units: Units) -> str:
+    """A sampled point's Tune trial name; the first time, its trials join ``units.proposed``
+    and the console progress learns the point."""
     values = {key: config["cfg"][key] for key in suite.space}
     point = sampled_point(suite.name, suite.base, suite.seeds, values)
     ids = [t.trial_id for t in point]
     name = point_id(ids)
-    if name not in progress.units:
-        suite.trials.extend(point)
-        progress.units[name] = {
+    if name not in units.progress.units:
+        units.proposed.extend(point)
+        units.progress.units[name] = {
             "point": {k: (v if isinstance(v, (int, float, str, bool)) else _label(v)) for k, v in values.items()},
             "trial_ids": ids,
             "seeds": list(suite.seeds),

@@ -56,7 +56,7 @@ SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"  # package data: shi
 
 
 @dataclass(frozen=True)
-class Trial:
+class TrialSpec:
     config: Config
     point: dict[str, Any]  # the grid values that made this trial, by dotted key
 
@@ -67,14 +67,17 @@ class Trial:
 
 @dataclass(frozen=True)
 class Suite:
+    """A loaded suite, as its file (and --set, --plugin, --tracker) says: never changed after
+    loading (a sampling searcher's proposed trials are kept by engine/suite/tune.py)."""
+
     name: str
-    trials: list[Trial]  # a sampling searcher's suite: none until Tune proposes them
+    trials: tuple[TrialSpec, ...]  # a sampling searcher's suite: none (Tune proposes them as it runs)
     source: str  # the suite file's text, saved next to the results
     base: dict[str, Any] = field(default_factory=dict)  # the base config, defaults and --set applied
     search: SearchSpec = field(default_factory=SearchSpec)
     space: dict[str, Any] = field(default_factory=dict)  # sampled keys: a Range or a list of choices
-    seeds: list[int] = field(default_factory=list)  # each sampled point's seeds
-    probes: list[Trial] = field(default_factory=list)  # a sampled suite's corners, checked up front
+    seeds: tuple[int, ...] = ()  # each sampled point's seeds
+    probes: tuple[TrialSpec, ...] = ()  # a sampled suite's corners, checked up front
     tracking: dict[str, Any] = field(default_factory=dict)  # engine/suite/tracking.py
 
     def grid_keys(self) -> list[str]:
@@ -186,8 +189,8 @@ def load_suite(file_or_name: str, plugins: list[str] = (), sets: list[str] = (),
                 f"Suite {name!r}: trials {seen[config.trial_id()] + 1} and {i + 1} ({described}) are the same config."
             )
         seen[config.trial_id()] = i
-        trials.append(Trial(config, point))
-    return Suite(name, trials, source, **common)
+        trials.append(TrialSpec(config, point))
+    return Suite(name, tuple(trials), source, **common)
 
 
 def _point_config(name: str, base: dict[str, Any], point: dict[str, Any], described: str) -> Config:
@@ -232,16 +235,16 @@ def _sampled_suite(name: str, source: str, grid: Any, common: dict[str, Any]) ->
         for value in values.ends() if isinstance(values, Range) else values:
             point = {**first, key: value}
             config = _point_config(name, common["base"], {**point, "seed": seeds[0]}, f"{key}={value!r}")
-            probes.append(Trial(config, point))
-    return Suite(name, [], source, space=space, seeds=list(seeds), probes=probes, **common)
+            probes.append(TrialSpec(config, point))
+    return Suite(name, (), source, space=space, seeds=tuple(seeds), probes=tuple(probes), **common)
 
 
-def sampled_point(name: str, base: dict[str, Any], seeds: list[int], values: dict[str, Any]) -> list[Trial]:
+def sampled_point(name: str, base: dict[str, Any], seeds: list[int], values: dict[str, Any]) -> list[TrialSpec]:
     """A sampled point's trials, one per seed (``values``: the searcher's choice for each
     sampled key; ``name``, ``base``, ``seeds``: the suite's)."""
     described = ", ".join(f"{k}={v!r}" for k, v in values.items())
     return [
-        Trial(_point_config(name, base, {**values, "seed": seed}, f"point ({described})"), dict(values))
+        TrialSpec(_point_config(name, base, {**values, "seed": seed}, f"point ({described})"), dict(values))
         for seed in seeds
     ]
 
