@@ -129,6 +129,9 @@ def test_the_exported_model_serves_what_round_r_evaluated(files, project, capsys
     predicted = served.predict(evaluation)
     accuracy = float(np.mean(np.array(predicted) == evaluation["label"].to_numpy()))
     assert math.isclose(accuracy, live.rows()["test_acc"].iloc[0], abs_tol=1e-9)
+    # The project is a results folder like any: `warmstart check` reads it; its round count is rounds.max_rounds.
+    code, out, _ = cli(capsys, "check", str(project))
+    assert code == 0 and out.splitlines()[0] == f"ok      {served.meta['trial_id']}: 1/3 rounds"
 
 
 def test_the_api_queries_teaches_and_steps(files, tmp_path):
