@@ -390,6 +390,17 @@ def test_a_project_on_an_object_store(files, aws, capsys):
     assert ws.Live(uri).rows()["round"].tolist() == [1, 2]
 
 
+def test_the_dataset_section_is_the_projects_own(files, tmp_path, capsys):
+    folder, _ = files
+    init = ["live", "init", "--pool", str(folder / "pool.parquet"), "--eval", str(folder / "eval.parquet")]
+    for setting, message in (
+        ("dataset=digits", "A live project's data is its pool and evaluation set, not the dataset 'digits'"),
+        ("dataset.train=mine.parquet", "The 'dataset.train' key is the live project's own"),
+    ):
+        code, _, err = cli(capsys, *init, "--out", str(tmp_path / "p"), "--set", setting)
+        assert code == 2 and message in one_line(err) and not (tmp_path / "p").exists()
+
+
 def test_the_cli_refuses_a_folder_that_is_no_project_and_a_bad_every(project, tmp_path, capsys):
     code, _, err = cli(capsys, "live", "step", str(tmp_path / "nothing"))
     assert code == 2 and one_line(err) == (

@@ -321,6 +321,18 @@ def live_config(config, sets, plugins, features: list[str]) -> Config:
     ``files`` dataset over the project's copies (its own keys ``shape``, ``normalize`` and
     ``num_classes`` may be set; the rest are the project's)."""
     cfg = build(config, ["dataset=files", *sets], plugins)
+    if cfg.dataset.name != "files":
+        raise ConfigError(
+            f"A live project's data is its pool and evaluation set, not the dataset {cfg.dataset.name!r}; "
+            "of the dataset section set only shape, normalize or num_classes."
+        )
+    taken = [k for k in ("train", "test", "inputs") if cfg.dataset.params().get(k) is not None]
+    if taken or cfg.dataset.labels != "y":
+        key = taken[0] if taken else "labels"
+        raise ConfigError(
+            f"The 'dataset.{key}' key is the live project's own (its pool, evaluation set, feature columns and "
+            "label column); leave it out."
+        )
     data = cfg.to_dict()
     data["dataset"].update(
         train=f"{LIVE}/pool.parquet", test=f"{LIVE}/eval.parquet", eval="test", labels=LABEL, inputs=features
