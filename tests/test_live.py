@@ -416,3 +416,38 @@ def test_the_cli_refuses_a_folder_that_is_no_project_and_a_bad_every(project, tm
         and one_line(err)
         == f"warmstart: error: {project} is already a live project: step it with `warmstart live step {project}`."
     )
+
+
+# --- docs/live.md cannot rot: its walkthrough runs as written ----------------------------------
+
+
+def test_the_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    from sklearn.datasets import load_digits
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "live.md").read_text()
+    walkthrough = page.split("## Walkthrough with plain files")[1].split("## The folder contract")[0]
+    python = re.findall(r"```python\n(.*?)```", walkthrough, re.S)
+    commands = [c.replace("\\\n", " ") for c in re.findall(r"```bash\n(.*?)```", walkthrough, re.S)]
+    printed = re.search(r"```text\n(.*?)```", walkthrough, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(python[0], {})  # writes pool.parquet and eval.parquet
+    init = shlex.split(commands[0])
+    assert init[:3] == ["warmstart", "live", "init"]
+    code, _, err = cli(capsys, *init[1:])
+    assert code == 0, err
+    truth = load_digits().target
+    query = pd.read_parquet("project/queries/round-0001.parquet")
+    exec(python[1], {"pd": pd, "my_labels": [truth[int(i[3:])] for i in query["id"]]})  # the team's labels
+    assert shlex.split(commands[1]) == ["warmstart", "live", "step", "project"]
+    code, out, err = cli(capsys, "live", "step", "project")
+    assert code == 0, err
+    # The lines as shown, numbers and paths aside.
+    shown = re.sub(r"\d+\.\d+", "N", printed.replace("/home/me/project", str(tmp_path / "project")))
+    assert re.sub(r"\d+\.\d+", "N", out) == shown
+    served = ws.Live("project").model()
+    frame = pd.read_parquet("eval.parquet")
+    assert len(served.predict(frame)) == len(frame) and served.probabilities(frame).shape == (len(frame), 10)
