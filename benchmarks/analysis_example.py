@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{df['trial_id'].nunique()} trials, {len(df)} rows; columns: {', '.join(df.columns[:12])}, ...")
 
     # 2. A trial is one (config, seed); the seeds of one config are the trials that agree on
-    #    everything but the seed.  Here the configs differ by init and acquisition strategy
-    #    (in a table of your own, add the columns your grid varies: shrink, perturb, model...).
+    #    everything but the seed.  Here the configs differ by init and acquisition strategy,
+    #    the config's columns cfg.init.name and cfg.acquisition.name (in a table of your own,
+    #    add the cfg.* columns your grid varies: cfg.init.shrink, cfg.model.name, ...).
     #    Average each round over seeds.  n_labeled is the same for every seed of a round.
-    strategy = ["init", "acquisition"]
+    strategy = ["cfg.init.name", "cfg.acquisition.name"]
     curves = (
         df.groupby([*strategy, "n_labeled"], observed=True)["test_acc"]
         .agg(["mean", "std", "count"])  # count: how many seeds reached this round
@@ -59,12 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {args.out}")
 
     # 4. From here: the cost side of the paper's question is one groupby away, e.g.
-    #    df.groupby(["init", "acquisition", "seed"], observed=True)["steps"].sum()
+    #    df.groupby([*strategy, "seed"], observed=True)["steps"].sum()
     #    gives each trial's optimizer steps (its train_seconds are comparable only between
     #    rows whose train_timing is "alone": a stacked ensemble's members get shares of its
     #    time, docs/results.md); engine.analysis.results has these as helpers
     #    (per_trial, by_round, summary, gap_to_random), and the paper's question with
-    #    intervals over seeds: contrast, outcome, claims.
+    #    intervals over seeds: contrast, outcome, claims; its load() adds short names for the
+    #    most used cfg.* columns (init for cfg.init.name, ...: engine.schema.records.SHORT_NAMES).
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from benchmarks import perf, round_vs_plain
 from engine.compute.models import build_model
 from engine.compute.train import PLAIN, OptimizerSpec, Performance, StepRunner, fit, make_optimizer, resolve_performance
+from engine.schema.catalogue import ACQUISITION_STRATEGIES
 from engine.schema.config import DEFAULTS
-from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
+from strategies.acquisition import PoolOutputs, pick
 
 BATCH = 128
 LR = 1e-3

@@ -64,8 +64,9 @@ from engine.compute.data import RawDataset, RawSplit, split_and_place
 from engine.compute.models import build_model
 from engine.compute.scoring import pool_outputs
 from engine.compute.train import PLAIN, Performance, fit, make_optimizer, resolve_performance
+from engine.schema.catalogue import ACQUISITION_STRATEGIES
 from engine.schema.config import DEFAULTS
-from strategies.acquisition import ACQUISITION_STRATEGIES, pick
+from strategies.acquisition import pick
 
 BATCH_SIZE = 128  # the paper's
 LR = 1e-3  # Adam, the paper's

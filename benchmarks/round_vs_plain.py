@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import engine.compute.builtins  # noqa: F401  (build validates against every registry)
 from engine.compute.models import build_model
 from engine.compute.train import fit, make_optimizer
 from engine.schema.config import build

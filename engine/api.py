@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+import engine.compute.builtins  # noqa: F401  (every registry loads its built-ins on first use)
 from engine.errors import ConfigError
 from engine.schema.catalogue import list_datasets, list_models, list_strategies
 from engine.schema.config import Config, build
-from engine.schema.records import arrow_schema
+from engine.schema.records import arrow_schema, with_short_names
 from engine.schema.registry import PluginChanged
 from engine.storage.folders import check_results_folder
 from engine.suite import tune
@@ -54,13 +55,13 @@ __all__ = [
 
 
 def _frame(rows: list[dict]):
-    """Rows as a DataFrame with the Parquet schema's types (as ``load`` would give them)."""
+    """Rows as a DataFrame with the Parquet schema's types and the short names (as ``load`` would give them)."""
     import pandas as pd
     import pyarrow as pa
 
     if not rows:
-        return pd.DataFrame(columns=arrow_schema().names)
-    return pa.Table.from_pylist(rows, schema=arrow_schema()).to_pandas()
+        return with_short_names(pd.DataFrame(columns=arrow_schema().names))
+    return with_short_names(pa.Table.from_pylist(rows, schema=arrow_schema()).to_pandas())
 
 
 def run_trial(
@@ -394,8 +395,8 @@ def run_suite(
 
 def load(*paths: str):
     """The results tables under one or more folders or URIs, as one DataFrame (names as
-    categoricals, counts as integers); see ``engine.analysis.results.load``.  Older folders load
-    too: rows written before the ``cfg.*`` columns get them from their trial's saved config."""
+    categoricals, counts as integers, short names such as ``init`` for ``cfg.init.name``); see
+    ``engine.analysis.results.load``."""
     from engine.analysis import results
 
     return results.load(*paths)

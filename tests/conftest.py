@@ -4,6 +4,8 @@ needs it shares one local instance for the whole session."""
 import pytest
 import torch
 
+import engine.compute.builtins  # noqa: F401  (as the command line and the API: the registries fill on first use)
+
 
 @pytest.fixture(scope="session")
 def ray_address():

@@ -18,7 +18,7 @@ import torch
 import warmstart as ws
 from engine.schema import plugins
 from engine.schema.config import DEFAULTS, build
-from engine.schema.records import CONFIG_PREFIX, RECORD_COLUMNS, arrow_schema, config_columns
+from engine.schema.records import CONFIG_PREFIX, RECORD_COLUMNS, SHORT_NAMES, arrow_schema, config_columns
 from strategies.acquisition import ACQUISITION_STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +42,8 @@ def test_run_trial_in_memory_returns_typed_rows_with_the_whole_config():
     assert df["cfg.init.blocks"].isna().all()  # warm_partial's parameter: not this strategy's
     assert df["cfg.dataset.holdout"].tolist() == [0.3333] * 3
     assert df["cfg.trial_id"].tolist() == df["trial_id"].tolist()
-    assert list(df.columns) == arrow_schema().names
+    assert list(df.columns) == arrow_schema().names + list(SHORT_NAMES)  # as ws.load gives them
+    assert df["init"].tolist() == ["shrink_perturb"] * 3
 
 
 def test_config_columns_cover_every_key_and_cast_to_the_column_type():

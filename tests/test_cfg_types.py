@@ -12,7 +12,7 @@ import pytest
 from engine.cli import main
 from engine.schema.catalogue import DATASETS
 from engine.schema.config import ALLOWED, COMPONENTS, DEFAULTS, PRETRAIN_ALLOWED, build, component_registry, flatten
-from engine.schema.records import CONFIG_PREFIX, arrow_schema, config_columns
+from engine.schema.records import CONFIG_PREFIX, SHORT_NAMES, arrow_schema, config_columns, with_short_names
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,19 +135,26 @@ def test_a_name_or_a_list_of_names_is_json_text():
     assert values["dataset.inputs"] == '["a", "b"]'
 
 
-def test_rows_typed_before_issue_23_load_beside_new_ones(written, tmp_path):
-    """An older folder resumed by this version: its rows kept 'auto' and bools as text."""
+def test_a_row_holds_its_config_once_as_cfg_columns(written):
+    """Issue 24: no flat copy of a cfg.* column (`init`, `lr`, ...) and no JSON copy of a section
+    (`model_params`, ...) is written; what is not a config value stays (trial_id, round, ...)."""
+    names = set(written.schema.names)
+    assert not names & set(SHORT_NAMES)
+    assert not names & {"model_params", "init_params", "acquisition_params", "pretrain_params"}
+    assert {"trial_id", "seed", "round", "test_acc", "shrink", "perturb", "momentum", "per_round"} <= names
+    assert all(column in names for column, *_ in SHORT_NAMES.values())
+
+
+def test_the_short_names_load_adds_equal_their_cfg_columns(written, tmp_path):
+    """results.load names the most used cfg.* columns short, each a copy of its column, typed as it is."""
     from engine.analysis import results
 
     (row,) = written.to_pylist()
-    trial = row["trial_id"]  # a row file's name says which (trial, round) it holds
-    pq.write_table(written, tmp_path / f"{trial}-round{row['round']:04d}.parquet")
-    old = dict(row, round=2, **{"cfg.performance.autocast": "auto", "cfg.performance.compile": "false"})
-    schema = written.schema
-    for column in ("cfg.performance.autocast", "cfg.performance.compile"):
-        schema = schema.set(schema.get_field_index(column), pa.field(column, pa.string()))
-    pq.write_table(pa.Table.from_pylist([old], schema=schema), tmp_path / f"{trial}-round0002.parquet")
+    pq.write_table(written, tmp_path / f"{row['trial_id']}-round{row['round']:04d}.parquet")
     frame = results.load(str(tmp_path))
-    assert frame["round"].tolist() == [1, 2]
-    assert frame["cfg.performance.compile"].tolist() == [False, False]
-    assert frame["cfg.performance.autocast"].isna().all()
+    for short, (column, *_) in SHORT_NAMES.items():
+        assert frame[short].astype(object).tolist() == frame[column].tolist(), short
+    assert (frame["init"].iloc[0], frame["lr"].iloc[0], frame["batch_size"].iloc[0]) == ("shrink_perturb", 0.001, 128)
+    assert frame["dataset"].iloc[0] == "digits" and frame["eval_split"].iloc[0] == "holdout"
+    assert frame["pretrain_dataset"].isna().all() and frame["bn_stats"].iloc[0] == "fresh"
+    assert with_short_names(row)["init"] == row["cfg.init.name"]  # one row as a dict, as for a tracker

@@ -222,7 +222,7 @@ def test_valid_run_as_subprocess(tmp_path):
     assert "Traceback" not in done.stderr
     table = pd.read_parquet(out)
     assert sorted(table["round"]) == [1, 2]
-    assert set(table["init"]) == {"warm"}
+    assert set(table["cfg.init.name"]) == {"warm"}
     assert len([line for line in done.stdout.splitlines() if ROUND_LINE.match(line)]) == 2
 
 
@@ -330,8 +330,8 @@ def test_plugin_strategy_usable_in_run_and_its_params_checked(tmp_path):
     )
     assert good.returncode == 0, good.stderr
     table = pd.read_parquet(out)
-    assert set(table["acquisition"]) == {"lowest_confidence_plugin"}
-    assert set(table["init"]) == {"halve_plugin"}
+    assert set(table["cfg.acquisition.name"]) == {"lowest_confidence_plugin"}
+    assert set(table["cfg.init.name"]) == {"halve_plugin"}
     assert sorted(table["n_labeled"]) == [100, 200]
 
 

@@ -445,7 +445,7 @@ def test_trial_id_stable_for_equal_configs():
 
 def test_trial_id_same_in_another_process():
     sets = ["seed=4", "init.shrink=0.3", "model.width=20"]
-    code = f"import sys; from engine.schema.config import build; sys.stdout.write(build(sets={sets!r}).trial_id())"
+    code = f"import sys, engine.compute.builtins; from engine.schema.config import build; sys.stdout.write(build(sets={sets!r}).trial_id())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == build(sets=sets).trial_id()

@@ -559,32 +559,6 @@ def test_a_strategy_redefined_between_two_rounds_of_a_live_trial_stops_it_in_one
 
 
 @pytest.mark.usefixtures("isolated")
-def test_rows_from_before_the_plugins_column_are_not_checked_and_still_reproduce(tmp_path, capsys):
-    """Rows an older warmstart wrote hold no ``plugins``: resume says so in a note and goes
-    on; a lost row's recompute checks every other column of them bit for bit, and a row that
-    reproduces is kept as it was written (docs/guarantees.md: a verified row is not written again)."""
-    import pyarrow.parquet as pq
-
-    path = plugin(tmp_path, "old.py", "from strategies.acquisition import register\n"
-                  "@register('old_first')\ndef old_first(outputs, k, rng):\n    return list(range(k))\n")  # fmt: skip
-    out = str(tmp_path / "out")
-    run = ["run", "--out", out, "--plugin", path, "--set", "acquisition.name=old_first", *FAST[:-1]]
-    assert main([*run, "--quiet", "--set", "rounds.max_rounds=2"]) == 0
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
-    for file in glob.glob(f"{out}/*.parquet"):
-        pq.write_table(pq.read_table(file).drop_columns(["plugins"]), file)  # as an older warmstart wrote them
-    os.remove(glob.glob(f"{out}/*round0002.parquet")[0])  # and one row lost: recomputed, round 1 verified
-    code, _, err = cli(capsys, *run, "--set", "rounds.max_rounds=3")
-    assert code == 0, err
-    assert "the rows of round(s) 1 of trial" in err and "do not record their plugins' code" in err
-    table = ws.load(out).sort_values("round")  # ws.load unifies the older row's schema with the newer ones'
-    assert table["round"].tolist() == [1, 2, 3]
-    assert [None if pd.isna(v) else v for v in table["plugins"]] == [None] + [
-        f'{{"old.py": "{digest}"}}'
-    ] * 2  # round 1 verified, kept
-
-
-@pytest.mark.usefixtures("isolated")
 def test_divergence_ends_the_round_and_stops_the_trial(tmp_path, capsys):
     path = plugin(
         tmp_path,

@@ -72,7 +72,7 @@ def test_the_guide_commands_run_with_the_example_plugin(tmp_path, capsys):
     assert main([*run, *FAST]) == 0, capsys.readouterr().err
     table = pd.read_parquet(out)
     assert sorted(table["round"]) == [1, 2]
-    assert set(table["acquisition"]) == {"tempered_entropy"} and set(table["init"]) == {"shrink_only"}
+    assert set(table["cfg.acquisition.name"]) == {"tempered_entropy"} and set(table["cfg.init.name"]) == {"shrink_only"}
     assert set(table["shrink"]) == {0.5} and set(table["perturb"]) == {0.0}  # its `effective`
     assert len(table["acquired"].iloc[1]) == 100
 

@@ -29,16 +29,16 @@ CONTRACT = [
     "suite",
     "trial_id",
     "seed",
-    "dataset",
-    "model",
-    "optimizer",
-    "lr",
-    "batch_size",
-    "weight_decay",
-    "init",
+    "cfg.dataset.name",
+    "cfg.model.name",
+    "cfg.optimizer.name",
+    "cfg.optimizer.lr",
+    "cfg.batch_size",
+    "cfg.optimizer.weight_decay",
+    "cfg.init.name",
     "shrink",
     "perturb",
-    "acquisition",
+    "cfg.acquisition.name",
     "per_round",
     "round",
     "n_labeled",
@@ -195,16 +195,16 @@ def test_row_values(base):
     assert table["suite"].isna().all()
     expected = {
         "seed": 0,
-        "dataset": "digits",
-        "model": "mlp",
-        "optimizer": "adam",
-        "lr": 0.001,
-        "batch_size": 128,
-        "weight_decay": 0.0,
-        "init": "shrink_perturb",
+        "cfg.dataset.name": "digits",
+        "cfg.model.name": "mlp",
+        "cfg.optimizer.name": "adam",
+        "cfg.optimizer.lr": 0.001,
+        "cfg.batch_size": 128,
+        "cfg.optimizer.weight_decay": 0.0,
+        "cfg.init.name": "shrink_perturb",
         "shrink": 0.4,
         "perturb": 0.1,
-        "acquisition": "random",
+        "cfg.acquisition.name": "random",
         "world_size": 1,
         "device": "cpu",
         "precise_bn": False,  # the MLP has no BatchNorm: nothing re-estimated
@@ -499,7 +499,7 @@ def test_precise_bn_column_records_the_setting(bn_tables, precise):
     rows = bn_tables[precise]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert [r["precise_bn"] for r in rows] == [precise] * 3
-    assert {r["model"] for r in rows} == {"resnet18"}
+    assert {r["cfg.model.name"] for r in rows} == {"resnet18"}
 
 
 def test_precise_bn_changes_evaluation_only(bn_tables):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.compute.models import MODELS, BasicBlock, Classifier, StridedPointwise, build_model, model_spec
+from engine.compute.models import MODELS, BasicBlock, Classifier, StridedPointwise, build_model
 from engine.errors import ConfigError
+from engine.schema.catalogue import model_spec
 from engine.schema.config import build
 
 

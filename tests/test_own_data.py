@@ -77,7 +77,7 @@ def test_the_files_example_runs_on_the_data_it_writes(scratch, capsys):
     assert main([*command[1:], *FAST]) == 0, capsys.readouterr().err
     table = pd.read_parquet(scratch / "results" / "my_data")
     assert sorted(table["round"]) == [1, 2] and list(table["n_labeled"]) == [50, 100]
-    assert set(table["dataset"]) == {"files"} and set(table["model"]) == {"tabular_mlp"}
+    assert set(table["cfg.dataset.name"]) == {"files"} and set(table["cfg.model.name"]) == {"tabular_mlp"}
     assert table["test_acc"].iloc[-1] > 0.4  # 3 classes: better than chance
 
 
@@ -113,7 +113,7 @@ def test_the_plugin_commands_run(capsys):
         assert line in listed, line
     assert main([*run[1:], *FAST]) == 0, capsys.readouterr().err
     table = pd.read_parquet("results/blobs")
-    assert set(table["dataset"]) == {"blobs"} and set(table["model"]) == {"tabular_mlp"}
+    assert set(table["cfg.dataset.name"]) == {"blobs"} and set(table["cfg.model.name"]) == {"tabular_mlp"}
     assert len(table) == 2
     # A dataset's and a model's code identify the trial's code as a strategy's do: the file's hash.
     digest = hashlib.sha256((ROOT / PLUGIN).read_bytes()).hexdigest()[:12]

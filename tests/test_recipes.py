@@ -78,7 +78,7 @@ def test_the_recipes_read_every_row_beside_the_report(folder):
     assert sorted(per_strategy["init"]) == ["random", "shrink_perturb", "warm"]
     assert per_strategy["trials"].tolist() == [2, 2, 2]
     by_strategy = names["by_strategy"].reset_index()
-    assert set(by_strategy["init"]) == set(INITS) and by_strategy["count"].sum() == 6
+    assert set(by_strategy["cfg.init.name"]) == set(INITS) and by_strategy["count"].sum() == 6
     steps = names["df"].groupby("trial_id")["steps"].sum()
     assert per_strategy["steps"].sum() == pytest.approx(steps.sum() / 2)  # two trials per strategy: the mean
 
@@ -89,7 +89,7 @@ def test_the_readme_grouping_keeps_every_init_strategy(folder):
     grouping = re.search(r"`(df\.groupby\(\[.*?\], dropna=False, observed=True\))`", said, flags=re.S).group(1)
     groups = eval(grouping).size()
     assert groups.sum() == len(df) == 6 * ROUNDS
-    assert set(groups.index.get_level_values("init")) == set(INITS)
+    assert set(groups.index.get_level_values("cfg.init.name")) == set(INITS)
     assert df.groupby("cfg.init.shrink").size().sum() == 2 * ROUNDS  # the trap the README warns of
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import re
 import runpy
 import sys
@@ -20,33 +19,35 @@ import pytest
 
 from engine.analysis import report, results
 from engine.errors import ConfigError
+from engine.schema.records import SHORT_NAMES
 from engine.storage.store import SCHEMA, TrialStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
-RANDOM = {"init": "random", "shrink": 0.0, "perturb": 1.0, "bn_stats": None, "init_params": "{}"}
-WARM = {"init": "warm", "shrink": 1.0, "perturb": 0.0, "bn_stats": None, "init_params": "{}"}
+RANDOM = {"init": "random", "shrink": 0.0, "perturb": 1.0, "bn_stats": None}
+WARM = {"init": "warm", "shrink": 1.0, "perturb": 0.0, "bn_stats": None}
 
 
 def mix(shrink: float, perturb: float) -> dict:
-    params = {"bn_stats": "fresh", "perturb": perturb, "shrink": shrink}
     return {
         "init": "shrink_perturb",
         "shrink": shrink,
         "perturb": perturb,
         "bn_stats": "fresh",
-        "init_params": json.dumps(params),
+        "cfg.init.shrink": shrink,
+        "cfg.init.perturb": perturb,
     }
 
 
 def write_trial(out, rng, *, seed=0, rounds=3, initial=100, per_round=100, n_pool=1000, values=None, **config) -> str:
     """One trial's rows, as the round loop writes them; test_acc and train_seconds are random
-    unless ``values`` gives (test_acc, train_seconds) per round."""
+    unless ``values`` gives (test_acc, train_seconds) per round.  ``config`` may name a cfg.*
+    column by its short name (``init="warm"``: records.SHORT_NAMES), written as that column."""
     row = {name: None for name in SCHEMA.names}
     row.update(
         suite="synthetic", seed=seed, dataset="digits", model="mlp", optimizer="adam", lr=0.001, batch_size=128,
         weight_decay=0.0, acquisition="random", per_round=per_round, world_size=1, device="cpu",
-        eval_split="holdout", precise_bn=True, model_params='{"width": 100}', acquisition_params="{}",
+        eval_split="holdout", precise_bn=True, **{"cfg.model.width": 100},
         n_pool=n_pool, n_eval=500, stop_reason="threshold", train_acc=0.99, train_loss=0.05, test_loss=0.4,
         acquire_seconds=0.01, eval_seconds=0.01,
     )  # fmt: skip
@@ -56,6 +57,7 @@ def write_trial(out, rng, *, seed=0, rounds=3, initial=100, per_round=100, n_poo
         f"{row[k]}" for k in ("dataset", "model", "optimizer", "init", "shrink", "perturb", "acquisition")
     )
     trial_id = f"{described}-s{seed}"
+    row = {SHORT_NAMES[k][0] if k in SHORT_NAMES else k: v for k, v in row.items()}
     store = TrialStore(str(out), trial_id)
     for r in range(1, rounds + 1):
         acc, seconds = values[r - 1] if values else (rng.uniform(0.5, 1.0), rng.uniform(0.1, 5.0))
@@ -85,11 +87,10 @@ def grid(tmp_path_factory) -> str:
     rng = np.random.default_rng(1)
     for model in ("mlp", "logreg"):
         for seed in range(2):
-            write_trial(out, rng, seed=seed, rounds=2, model=model, model_params=f'{{"m": "{model}"}}', **RANDOM)
+            write_trial(out, rng, seed=seed, rounds=2, model=model, **RANDOM)
             for shrink in (0.1, 0.5, 0.9):
                 for perturb in (0.001, 0.01):
-                    params = {"model_params": f'{{"m": "{model}"}}', **mix(shrink, perturb)}
-                    write_trial(out, rng, seed=seed, rounds=2, model=model, **params)
+                    write_trial(out, rng, seed=seed, rounds=2, model=model, **mix(shrink, perturb))
     return str(out)
 
 
@@ -152,7 +153,7 @@ def test_empty_missing_and_foreign_directories_are_clear_errors(tmp_path):
 
 
 def test_grid_columns_name_what_varies_and_nothing_it_implies(online, grid, two_phase):
-    # shrink / perturb / bn_stats / init_params follow from init here, momentum from the optimizer
+    # shrink / perturb / bn_stats / cfg.init.* follow from init here, momentum from the optimizer
     assert results.grid_columns(load(online)) == ["init", "acquisition"]
     assert results.grid_columns(load(grid)) == ["model", "init", "shrink", "perturb"]
     assert results.grid_columns(load(two_phase)) == ["dataset", "model", "optimizer", "init"]
@@ -431,7 +432,7 @@ def test_notes_on_unfinished_trials_and_indistinguishable_ones(tmp_path):
     # the same config and seed under another trial id: something the table does not record differs
     store = TrialStore(str(tmp_path), "other")
     for row in TrialStore(str(tmp_path), write_trial(tmp_path, rng, seed=0, rounds=3, dataset="svhn")).rows():
-        store.write_row({**row, "trial_id": "other", "dataset": "digits"})
+        store.write_row({**row, "trial_id": "other", "cfg.dataset.name": "digits"})
     notes = report.point_notes(results.load(str(tmp_path)))
     assert len(notes) == 2
     assert "1 (grid point, seed) pair(s) hold more than one trial" in notes[0]

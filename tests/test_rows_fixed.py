@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from engine.schema.config import build
+from engine.schema.records import SHORT_NAMES, with_short_names
 from engine.trial.driver import Driver
 from engine.trial.provenance import cpu_isa, device_name
 from engine.trial.resume import FLOAT_TOLERANCE
@@ -45,6 +46,23 @@ TRIAL = [
     "seed=3",
 ]
 THREADS = 1
+
+# What changed on purpose since the golden rows were made, each with the issue that changed it
+# (CHANGELOG.md); everything else is compared as the old code wrote it.
+# Issue 24: `pretrain: null` and `model.dropout: 0.0` joined the trial's identity (no key is
+# left out for holding a "neutral" value), so the trial id is another.
+TRIAL_ID = "digits-mlp-shrink_perturb-margin-s3-f7f69b97b4"
+# Issue 24: a row holds its config once, as cfg.* columns.  The flat copies (`init`, `lr`, ...)
+# are gone: each golden one is compared with the short name results.load derives from its cfg.*
+# column (records.with_short_names).  The JSON copies are gone too: what they held is in the
+# cfg.* columns, compared as they are.
+LEGACY_JSON = ("model_params", "init_params", "acquisition_params", "pretrain_params")
+
+
+def as_now(golden: dict) -> dict:
+    """A golden row with the changes made on purpose since (above) applied."""
+    kept = {k: v for k, v in golden.items() if k not in LEGACY_JSON}
+    return {**kept, "trial_id": TRIAL_ID, "cfg.trial_id": TRIAL_ID}
 
 
 def machine_here() -> dict:
@@ -139,9 +157,10 @@ def here():
 def test_fixed_trial_reproduces_the_golden_rows(rows, here, golden):
     """Bit for bit where the set was made on this kind of machine, within the tolerance between machines elsewhere."""
     exact = same_machine(golden["made_by"], here)
-    saved = [{k: decode(v) for k, v in row.items()} for row in golden["rows"]]
+    saved = [as_now({k: decode(v) for k, v in row.items()}) for row in golden["rows"]]
     assert [r["round"] for r in rows] == [1, 2, 3]
-    found = differences(rows, saved, tolerant=not exact)
+    assert not set(SHORT_NAMES) & set().union(*rows)  # the rows hold the cfg.* columns alone
+    found = differences([with_short_names(r) for r in rows], saved, tolerant=not exact)
     how = "bit for bit" if exact else f"within {FLOAT_TOLERANCE} (made on {golden['made_by']}, this is {here})"
     assert not found, f"{how}: {found}"
 

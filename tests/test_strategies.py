@@ -369,6 +369,31 @@ def test_registry_refuses_constraints_for_unknown_parameters():
         registry.add("t", lambda x, beta=1.0: x, {"alpha": None})
 
 
+def test_a_registry_of_built_ins_fills_itself_on_first_use_or_says_it_cannot():
+    registry = Registry("gadget", n_inputs=1, has_builtins=True)
+    with pytest.raises(RuntimeError, match=r"^No gadgets are registered yet: import engine.compute.builtins"):
+        registry.names()
+    fills = []
+
+    def fill():  # what engine/compute/builtins.py hands over: the built-ins' module, imported
+        fills.append("filled")
+        registry.add("cog", lambda x, teeth=8: x)
+
+    registry.fill_with(fill)
+    assert "cog" in registry and registry.names() == ["cog"] and registry.get("cog").defaults == {"teeth": 8}
+    assert fills == ["filled"]  # once
+
+
+def test_a_fill_that_fails_is_tried_again_on_the_next_lookup():
+    registry = Registry("gadget", n_inputs=1, has_builtins=True)
+    tries = []
+    registry.fill_with(lambda: tries.append(1) or 1 / 0)
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            registry.get("cog")
+    assert tries == [1, 1]
+
+
 @pytest.mark.usefixtures("clean_registries")
 def test_register_a_user_init_strategy():
     name = unique("halve")

@@ -1,7 +1,7 @@
-"""The one summary pipeline (engine.analysis.results) on tables built here with the flattened config
-as ``cfg.*`` columns: grid points, the seed-collision warning, the Pareto front, paired
-contrasts, the outcome in words and the paper's claims (tables built both ways).  The
-legacy path (folders without ``cfg.*`` columns) runs on rows of real tiny trials."""
+"""The one summary pipeline (engine.analysis.results) on tables built here as the engine writes
+rows, the config as ``cfg.*`` columns, with the short names ``results.load`` adds: grid points,
+the seed-collision warning, the Pareto front, paired contrasts, the outcome in words and the
+paper's claims.  Grid points of real tiny trials, too."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from scipy import stats as scipy_stats
 from engine.analysis import report, results, stats, tables
 from engine.cli import main
 from engine.errors import ConfigError
-from engine.storage.store import TrialStore
+from engine.schema.records import with_short_names
 
-EFFECTIVE = {"random": (0.0, 1.0), "warm": (1.0, 0.0)}  # (λ, σ) the legacy columns hold
+EFFECTIVE = {"random": (0.0, 1.0), "warm": (1.0, 0.0)}  # the effective (λ, σ) a row records
 
 
 def trial(
@@ -40,9 +40,9 @@ def trial(
     **cfg,
 ) -> pd.DataFrame:
     """One trial's rows: test accuracy final − 0.1·(rounds − r) in round r; steps and train
-    seconds split evenly over the rounds (totals ``steps``, ``seconds``).  Both the named
-    columns and the flattened config as ``cfg.*`` columns (keyword ``cfg`` items, dots as
-    double underscores: ``rounds__max_rounds=2``)."""
+    seconds split evenly over the rounds (totals ``steps``, ``seconds``).  The flattened config
+    as ``cfg.*`` columns (keyword ``cfg`` items, dots as double underscores:
+    ``rounds__max_rounds=2``), and the short names ``results.load`` derives from them."""
     lam, sigma = EFFECTIVE.get(init, (shrink, perturb))
     config = {
         "cfg.suite": "built",
@@ -68,12 +68,8 @@ def trial(
         {
             "trial_id": trial_id,
             "seed": seed,
-            "dataset": config["cfg.dataset.name"],
-            "model": config["cfg.model.name"],
-            "init": init,
             "shrink": lam,
             "perturb": sigma,
-            "acquisition": acquisition,
             "round": r,
             "n_labeled": 100 * r,
             "test_acc": final - 0.1 * (rounds - r),
@@ -84,7 +80,7 @@ def trial(
         }
         for r in range(1, rounds + 1)
     ]
-    return pd.DataFrame(rows)
+    return with_short_names(pd.DataFrame(rows))
 
 
 def table(*trials: pd.DataFrame) -> pd.DataFrame:
@@ -149,15 +145,18 @@ def test_a_varying_identity_key_splits_even_when_no_named_column_shows_it():
 
 
 def test_one_seed_twice_in_a_grid_point_warns_and_is_noted():
-    # The legacy table of the issue-11 scenario: without cfg.* columns nothing tells the runs apart.
-    runs = table(trial("short", seed=0, final=0.8, rounds=2), trial("long", seed=0, final=0.9, rounds=4))
-    legacy = runs.drop(columns=[c for c in runs if c.startswith("cfg.")])
+    # Two runs of one config under trial ids of their own (`--set trial_id=...`), to other
+    # round counts: nothing that decides what they compute tells them apart.
+    runs = table(
+        trial("short", seed=0, final=0.8, rounds=2, trial_id="short"),
+        trial("long", seed=0, final=0.9, rounds=4, trial_id="long"),
+    )
     with pytest.warns(results.SeedCollision, match=r"1 \(grid point, seed\) pair\(s\) hold more than one trial"):
-        summary = results.summary(legacy)
+        summary = results.summary(runs)
     assert summary["seeds"].tolist() == [2]
-    collisions = results.seed_collisions(legacy)
+    collisions = results.seed_collisions(runs)
     assert collisions.to_dict("records") == [{"init": "random", "seed": 0, "trials": 2}]
-    text = tables.summary_text(legacy)
+    text = tables.summary_text(runs)
     assert "hold more than one trial (e.g. init=random, seed=0: 2 trials)" in text
 
 
@@ -393,27 +392,18 @@ def test_load_and_report_several_folders(tmp_path, capsys):
     assert "report:" in capsys.readouterr().out
 
 
-def test_legacy_rows_of_real_runs_summarise_and_warn(tmp_path, capsys):
-    # Two runs into one --out that differ in a key no named column records (convergence.max_epochs).
+def test_real_runs_that_differ_in_a_key_without_a_short_name_are_two_grid_points(tmp_path, capsys):
+    # Two runs into one --out that differ in a key no short name shows (convergence.max_epochs).
     out = str(tmp_path / "runs")
     base = ["run", "--quiet", "--out", out, "--set", "rounds.initial=100", "--set", "rounds.per_round=100"]
     base += ["--set", "rounds.max_rounds=2", "--set", "dataset.holdout=0.2"]
     for epochs in (4, 5):
         assert main([*base, "--set", f"convergence.max_epochs={epochs}"]) == 0
-    legacy = results.load(out)
-    legacy = legacy.drop(columns=[c for c in legacy if c.startswith("cfg.")])  # as a folder written before them
-    with pytest.warns(results.SeedCollision):
-        summary = results.summary(legacy)
-    assert summary["seeds"].tolist() == [2] and summary["rounds"].tolist() == [2]
-    # The same rows with the flattened config beside them, from each trial's saved config: two grid points.
-    flat = []
-    for trial_id in legacy["trial_id"].unique():
-        config = pd.json_normalize(TrialStore(out, trial_id).saved_config(), sep=".").iloc[0].to_dict()
-        flat.append({"trial_id": trial_id, **{f"cfg.{k}": v for k, v in config.items() if not isinstance(v, list)}})
-    typed = legacy.merge(pd.DataFrame(flat), on="trial_id")
+    rows = results.load(out)
     with warnings.catch_warnings():
         warnings.simplefilter("error", results.SeedCollision)
-        summary = results.summary(typed)
+        summary = results.summary(rows)
     assert summary["cfg.convergence.max_epochs"].tolist() == [4, 5] and summary["seeds"].tolist() == [1, 1]
-    final = typed.sort_values("round").groupby("cfg.convergence.max_epochs")["test_acc"].last()
+    assert summary["rounds"].tolist() == [2, 2]
+    final = rows.sort_values("round").groupby("cfg.convergence.max_epochs")["test_acc"].last()
     assert summary["final_test_acc_mean"].tolist() == pytest.approx(final.tolist())

@@ -12,7 +12,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.compute.models import build_model
-from engine.compute.train import batches, batchnorm_layers, evaluate, fit, make_optimizer, precise_bn, seed_for
+from engine.compute.train import (
+    LOCAL,
+    Comm,
+    LocalComm,
+    batches,
+    batchnorm_layers,
+    evaluate,
+    fit,
+    make_optimizer,
+    precise_bn,
+    seed_for,
+)
 
 
 def convergence(train_acc=0.99, patience=None, min_delta=0.0, max_epochs=50):
@@ -380,3 +391,35 @@ def test_seed_for_differs_across_seed_round_and_purpose():
     # Usable as a torch and a numpy seed.
     torch.Generator().manual_seed(max(values.values()))
     np.random.default_rng(max(values.values()))
+
+
+def test_both_comms_declare_the_comm_protocol_with_its_signatures():
+    import inspect
+
+    from engine.trial.distributed import TorchComm
+
+    methods = {"wrap", "all_reduce_sum", "broadcast", "all_gather_cat", "check_same"}
+    assert Comm.__abstractmethods__ == methods
+    for comm in (LocalComm, TorchComm):
+        assert Comm in comm.__mro__ and not comm.__abstractmethods__
+        for name in methods:  # defined by the class itself, with the protocol's parameters
+            own = inspect.signature(vars(comm)[name]).parameters
+            assert list(own) == list(inspect.signature(getattr(Comm, name)).parameters), (comm, name)
+
+
+def test_the_local_comm_is_one_rank_that_hands_everything_back():
+    assert isinstance(LOCAL, Comm) and (LOCAL.rank, LOCAL.world_size) == (0, 1)
+    model, shard = nn.Linear(2, 2), torch.arange(6.0).reshape(3, 2)
+    assert LOCAL.wrap(model) is model and LOCAL.all_reduce_sum(shard) is shard and LOCAL.broadcast([4]) == [4]
+    assert LOCAL.all_gather_cat(shard, 3) is shard
+
+
+def test_a_comm_that_leaves_out_a_collective_cannot_be_made():
+    class Partial(Comm):
+        rank, world_size = 0, 1
+
+        def wrap(self, model):
+            return model
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()

@@ -6,7 +6,6 @@ Small data: digits, plus two datasets registered by these tests."""
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 
@@ -21,7 +20,7 @@ from engine.compute import data as data_module
 from engine.compute.data import RawDataset, RawSplit, load_digits
 from engine.compute.pretrain import pretrain
 from engine.errors import ConfigError
-from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, Config, build, merge, validate
+from engine.schema.config import DEFAULTS, PRETRAIN_DEFAULTS, build, merge, validate
 from engine.schema.records import columns_with
 from engine.trial.driver import Driver
 from engine.trial.session import start_trial
@@ -130,12 +129,14 @@ def test_bad_pretrain_values_are_refused_in_one_line(sets, expected):
         assert part in message, message
 
 
-def test_new_keys_at_their_neutral_values_keep_earlier_trial_ids():
-    """A config saved before `pretrain` and `model.dropout` existed has the same identity."""
+def test_pretrain_and_dropout_are_part_of_the_identity_like_every_key():
+    """No key is left out of the identity for holding a "neutral" value (issue 24): a config
+    without `pretrain` or `model.dropout` is validated to their defaults, and so to the
+    same trial; any other value is another trial."""
     cfg = build(sets=["seed=5"])
     old = cfg.to_dict()
     del old["pretrain"], old["model"]["dropout"]
-    assert Config(old).trial_id() == cfg.trial_id()
+    assert "pretrain" in cfg.identity() and cfg.identity()["model"]["dropout"] == 0.0
     assert validate(old).trial_id() == cfg.trial_id()
     assert build(sets=["seed=5", "pretrain=digits"]).trial_id() != cfg.trial_id()
     assert build(sets=["seed=5", "model.dropout=0.1"]).trial_id() != cfg.trial_id()
@@ -168,7 +169,7 @@ def test_round_1_starts_from_the_pretrained_model_with_a_fresh_head_when_classes
     for key in ("head.weight", "head.bias"):
         assert torch.equal(prev_round1[key], fresh.state_dict()[key])  # round 1's fresh 10-class head
         assert torch.equal(fresh_round1[key], fresh.state_dict()[key])
-    assert rows[0]["pretrain_dataset"] == "digits5"
+    assert rows[0]["cfg.pretrain.dataset"] == "digits5"
     assert rows[0]["pretrain_classes"] == 5 and rows[0]["pretrain_samples"] == POOL
     assert 1 <= rows[0]["pretrain_epochs"] <= 3 and rows[0]["pretrain_steps"] >= 10
     assert rows[0]["pretrain_stop_reason"] in ("threshold", "max_epochs")
@@ -188,7 +189,7 @@ def test_random_init_ignores_the_pretrained_model():
     cfg = build(sets=[*SMALL, "init=random", "pretrain={dataset: digits5, max_epochs: 2}"])
     transferred = trial_rows(cfg)
     assert [[r[c] for c in columns] for r in transferred] == [[r[c] for c in columns] for r in plain]
-    assert plain[0]["pretrain_dataset"] is None and plain[0]["pretrain_epochs"] is None
+    assert plain[0]["cfg.pretrain.dataset"] is None and plain[0]["pretrain_epochs"] is None
 
 
 def test_warm_start_from_the_pretrained_model_changes_round_1():
@@ -282,10 +283,10 @@ def test_resume_after_round_1_does_not_pretrain_again_and_keeps_the_pretrain_col
     # The pretrain columns reach the Parquet table, the same in every row.
     table = pd.read_parquet(tmp_path)
     assert table["round"].tolist() == [1, 2]
-    assert table["pretrain_dataset"].tolist() == ["digits5", "digits5"]
+    assert table["cfg.pretrain.dataset"].tolist() == ["digits5", "digits5"]
     for key in ("pretrain_epochs", "pretrain_steps", "pretrain_samples", "pretrain_classes", "pretrain_stop_reason"):
         assert table[key].tolist() == [reference[0][key]] * 2, key
-    assert json.loads(table["pretrain_params"][0])["max_epochs"] == 2
+    assert table["cfg.pretrain.max_epochs"].tolist() == [2, 2]
 
 
 # --- the suite -----------------------------------------------------------------------------------------

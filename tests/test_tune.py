@@ -348,7 +348,9 @@ def test_the_console_counts_and_names_an_ensembles_trials_and_never_averages_acr
     finals = {("random", 0): 0.5, ("random", 1): 0.7, ("warm", 0): 0.2, ("warm", 1): 0.4}
     for (init, seed), acc in finals.items():
         row = {name: None for name in SCHEMA.names}
-        row.update(trial_id=f"{init}-s{seed}", round=2, test_acc=acc, seed=seed, init=init, n_labeled=200)
+        row.update(
+            trial_id=f"{init}-s{seed}", round=2, test_acc=acc, seed=seed, n_labeled=200, **{"cfg.init.name": init}
+        )
         TrialStore(str(tmp_path), row["trial_id"]).write_row(row)
     stream = io.StringIO()
     progress = SuiteProgress(6, 0, str(tmp_path), SearchSpec(), None, stream, every=0)

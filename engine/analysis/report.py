@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 
 from engine.analysis import results
 from engine.analysis.results import CFG, grid_columns, is_strategy
-from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes: this module's API before engine.analysis.tables)
+from engine.analysis.tables import (
     CLAIMS_RULE,
     INTERVAL_NOTE,
     NUMBER,
@@ -50,13 +50,11 @@ from engine.analysis.tables import (  # noqa: F401  (format_summary, point_notes
     context,
     format_claims,
     format_gaps,
-    format_summary,
     init_label,
     label_keys,
     minus,
     point_notes,
     provenance,
-    strategy_name,
     summary_parts,
     summary_text,
     to_markdown,
@@ -86,7 +84,7 @@ def curves(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
     table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
     table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
-    if "acquisition" in varying or "acquisition_params" in varying:
+    if any(results.is_acquisition(c) for c in varying):
         table["line"] = table["init_label"] + " · " + table["acquisition_label"]
     else:
         table["line"] = table["init_label"]
@@ -112,7 +110,7 @@ def lambda_sigma_grid(frame: pd.DataFrame) -> pd.DataFrame:
     mixed = frame[frame["init"] == "shrink_perturb"]
     if mixed.empty or mixed["shrink"].nunique() < 2 or mixed["perturb"].nunique() < 2:
         return pd.DataFrame()
-    axes = {"init", "shrink", "perturb", "init_params", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    axes = {"init", "shrink", "perturb", f"{CFG}init.shrink", f"{CFG}init.perturb"}
     panels = [c for c in grid_columns(mixed) if c not in axes]
     table = results.summary(mixed, panels + ["shrink", "perturb"])
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
@@ -222,7 +220,7 @@ def pareto_points(frame: pd.DataFrame) -> pd.DataFrame:
     table["panel"] = [_setting_label(row, panels) for _, row in table.iterrows()]
     table["init_label"] = [init_label(row, varying) for _, row in table.iterrows()]
     table["acquisition_label"] = [acquisition_label(row, varying) for _, row in table.iterrows()]
-    by_acquisition = "acquisition" in varying or "acquisition_params" in varying
+    by_acquisition = any(results.is_acquisition(c) for c in varying)
     table["label"] = table["init_label"] + (" · " + table["acquisition_label"] if by_acquisition else "")
     for accuracy, cost in PARETO_AXES:
         if f"{accuracy}_mean" in table and f"{cost}_mean" in table:
@@ -240,7 +238,7 @@ def trial_lines(frame: pd.DataFrame) -> pd.DataFrame:
     varying = grid_columns(frame)
     trials = frame.drop_duplicates("trial_id")
     panels = [c for c in varying if not is_strategy(c)]
-    by_acquisition = "acquisition" in varying or "acquisition_params" in varying
+    by_acquisition = any(results.is_acquisition(c) for c in varying)
     seed = results.seed_column(trials)
     lines = pd.DataFrame({"trial_id": trials["trial_id"].to_numpy()})
     lines["seed"] = trials[seed].to_numpy() if seed else None

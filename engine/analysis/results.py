@@ -17,8 +17,9 @@ ddof=1, so NaN for a single seed).
 The config values are the ``cfg.*`` columns (the whole flattened config, one typed
 column per key) except the keys that do not change what a trial computes
 (``engine.schema.config.NOT_IDENTITY``: device, dataset.root, performance, ...) and the seed.
-Tables written before those columns existed are grouped by the named columns of
-``CONFIG_COLUMNS`` alone.
+``load`` adds the short names of the most used ones (``init`` for ``cfg.init.name``,
+``engine.schema.records.SHORT_NAMES``), which the functions below group and label by; a
+frame read otherwise gets them from ``records.with_short_names``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
+import engine.compute.builtins  # noqa: F401  (the cfg.* columns of older rows name every registered builder)
 from engine.analysis import stats
 from engine.errors import ConfigError
 from engine.schema.config import HOW_FAR, NOT_IDENTITY
+from engine.schema.config import strategy_label as config_label
 from engine.schema.records import (
     CONFIG_COLUMNS,
     CONFIG_PREFIX,
@@ -42,28 +45,23 @@ from engine.schema.records import (
     INIT_COLUMNS,
     NAME_COLUMNS,
     STRATEGY_COLUMNS,
-    upgrade_config_columns,
+    with_short_names,
 )
-from engine.schema.records import config_columns as config_columns_of
 from engine.storage.folders import row_files, row_key
 from engine.storage.object_store import object_store_reason, reach
-from engine.storage.store import SCHEMA, TrialStore
+from engine.storage.store import SCHEMA
 from engine.storage.uri import normalise
 
-# Columns that usually follow from others: model_params from model, shrink/perturb from
-# init in a random / warm / one shrink-perturb comparison, n_pool from the dataset,
-# momentum from the optimizer.  They join a grid point only when they tell apart trials
-# that the other varying columns do not (a λ×σ grid, two MLP widths), so that a table
-# shows "init, acquisition" and not six columns that say the same thing.
+# Columns that usually follow from others: shrink/perturb from init in a random / warm /
+# one shrink-perturb comparison, n_pool from the dataset, momentum from the optimizer.
+# They join a grid point only when they tell apart trials that the other varying columns
+# do not (a λ×σ grid), so that a table shows "init, acquisition" and not six columns that
+# say the same thing.
 DERIVED = [
     ("shrink", "perturb"),
     ("bn_stats",),
-    ("init_params",),
     ("momentum",),
-    ("model_params",),
-    ("acquisition_params",),
     ("n_pool", "n_eval"),
-    ("pretrain_params",),
 ]
 ROUND_METRICS = ("test_acc", "test_loss", "train_acc", "train_seconds", "epochs", "steps")
 INIT_ORDER = {"random": 0, "warm": 1, "shrink_perturb": 2}  # how tables and legends list them
@@ -94,6 +92,7 @@ def load(*paths: str) -> pd.DataFrame:
                 raise ConfigError(f"Trial {trial_id!r} is in both {seen[trial_id]} and {path}; load one copy of it.")
             seen[trial_id] = path
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True, sort=False)
+    frame = with_short_names(frame)
     for name in NAME_COLUMNS:
         if name in frame:
             frame[name] = frame[name].astype("category")
@@ -113,21 +112,14 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         reach(path_or_uri)
         fs, files = row_files(path_or_uri)
         dataset = pads.dataset(files, filesystem=fs, format="parquet")
-        # pyarrow takes the first file's schema for the whole folder; rows written by an older
-        # version (no cfg.* columns) beside newer ones would lose columns: unify them all.
+        # pyarrow takes the first file's schema for the whole folder; rows written by processes
+        # that had other plugins registered have other cfg.* columns (a component's columns are
+        # its registered builders' parameters): unify them all.
         schemas = {fragment.physical_schema for fragment in dataset.get_fragments()}
-        retype = False  # rows whose cfg.* columns were typed before issue 23: converted one by one
         if len(schemas) > 1:
-            try:
-                unified = pa.unify_schemas(list(schemas), promote_options="permissive")
-            except (pa.ArrowTypeError, pa.ArrowInvalid):
-                retype = True
-            else:
-                dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
-        parts = [
-            (f.path, upgrade_config_columns(f.to_table()) if retype else f.to_table(schema=dataset.schema))
-            for f in dataset.get_fragments()
-        ]
+            unified = pa.unify_schemas(list(schemas), promote_options="permissive")
+            dataset = pads.dataset(files, filesystem=fs, format="parquet", schema=unified)
+        parts = [(f.path, f.to_table(schema=dataset.schema)) for f in dataset.get_fragments()]
     except FileNotFoundError:
         raise ConfigError(f"No results at {path_or_uri}: the path does not exist.") from None
     except OSError as exc:  # also an object store that does not answer, a missing bucket, refused credentials
@@ -154,7 +146,7 @@ def _read(path_or_uri: str) -> pd.DataFrame:
         table = pa.concat_tables([part for path, part in parts if path not in misplaced], promote_options="permissive")
         if table.num_rows == 0:
             raise ConfigError(f"No results at {path_or_uri}: no warmstart rows found.")
-    return _fill_config(table.to_pandas(), path_or_uri)
+    return table.to_pandas()
 
 
 class MisplacedRow(UserWarning):
@@ -166,27 +158,6 @@ def _matches_its_name(path: str, part: pa.Table) -> bool:
     if key is None:  # not a warmstart row file's name (a table written by hand): nothing to check
         return True
     return part.num_rows == 1 and (part["trial_id"][0].as_py(), part["round"][0].as_py()) == key
-
-
-def _fill_config(frame: pd.DataFrame, out: str) -> pd.DataFrame:
-    """Rows written before the cfg.* columns existed get them from their trial's frozen
-    config (``_warmstart/<trial>/config.yaml``), so old and new rows group alike."""
-    legacy = frame["cfg.trial_id"].isna() if "cfg.trial_id" in frame else pd.Series(True, index=frame.index)
-    if not legacy.any():
-        return frame
-    filled = []
-    for trial_id in frame.loc[legacy, "trial_id"].unique():
-        saved = TrialStore(out, trial_id).saved_config()
-        if saved is not None:
-            values = config_columns_of({**saved, "trial_id": trial_id})
-            filled.append({"trial_id": trial_id, **{CFG + k: v for k, v in values.items()}})
-    if not filled:
-        return frame
-    fills = pd.DataFrame(filled).set_index("trial_id")
-    for column in fills.columns:
-        values = frame["trial_id"].map(fills[column])
-        frame[column] = frame[column].where(~legacy, values) if column in frame else values.where(legacy)
-    return frame
 
 
 # --- grid points ----------------------------------------------------------------------
@@ -205,6 +176,11 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
 def is_strategy(column: str) -> bool:
     """Whether a grid column says how rounds start or pick samples (init or acquisition)."""
     return column in STRATEGY_COLUMNS or column.startswith((f"{CFG}init.", f"{CFG}acquisition."))
+
+
+def is_acquisition(column: str) -> bool:
+    """Whether a grid column says how rounds pick their samples."""
+    return column == "acquisition" or column.startswith(f"{CFG}acquisition.")
 
 
 def is_init(column: str) -> bool:
@@ -245,7 +221,7 @@ def grid_columns(frame: pd.DataFrame) -> list[str]:
     The grid points are the combinations of every config column that varies across the
     trials (CONFIG_COLUMNS and the ``cfg.*`` columns of ``config_columns``), seed excluded.
     They are named with as few columns as tell the same points apart: the varying named
-    columns of CONFIG_COLUMNS first; a DERIVED group (shrink/perturb, model_params, ...)
+    columns of CONFIG_COLUMNS first; a DERIVED group (shrink/perturb, n_pool/n_eval, ...)
     and then a ``cfg.*`` column join only when they separate trials the columns chosen so
     far do not (a λ×σ grid; two runs that differ in ``cfg.convergence.train_acc``).  So a
     random / warm / shrink-perturb comparison is "init, acquisition", not ten columns
@@ -266,8 +242,8 @@ def grid_columns(frame: pd.DataFrame) -> list[str]:
 
 
 def seed_column(frame: pd.DataFrame) -> str | None:
-    """``seed``, or ``cfg.seed`` in a table that has only that."""
-    return next((c for c in ("seed", f"{CFG}seed") if c in frame), None)
+    """``seed``, where the table has it."""
+    return "seed" if "seed" in frame else None
 
 
 def _point_keys(frame: pd.DataFrame, keys: list[str] | None) -> tuple[pd.DataFrame, list[str]]:
@@ -508,7 +484,7 @@ def collision_note(collisions: pd.DataFrame) -> str | None:
     return (
         f"{len(collisions)} (grid point, seed) pair(s) hold more than one trial (e.g. {example}: "
         f"{first['trials']} trials); they are pooled as extra seeds. The table does not record what tells "
-        "them apart (results written before the cfg.* columns, e.g. runs with other rounds or convergence)."
+        "them apart (e.g. one config run under two trial_id values)."
     )
 
 
@@ -573,21 +549,19 @@ def gap_to_random(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.Data
 
 
 def _init_column(frame: pd.DataFrame) -> str | None:
-    return next((c for c in ("init", f"{CFG}init.name") if c in frame), None)
+    return "init" if "init" in frame else None
 
 
 def strategy_label(point: pd.Series | dict, keys: list[str] = ()) -> str:
-    """A grid point's init strategy in a few characters: ``warm``, ``shrink_perturb(0.6, 0.01)``
-    (λ, σ), with any other init column of ``keys``, e.g. ``shrink_perturb(0.6, 0.01, bn_stats=keep)``."""
-    init = point.get("init", point.get(f"{CFG}init.name"))
-    shrink = point.get("shrink", point.get(f"{CFG}init.shrink"))
-    perturb = point.get("perturb", point.get(f"{CFG}init.perturb"))
-    params = (
-        [f"{shrink:g}", f"{perturb:g}"] if init == "shrink_perturb" and _number(shrink) and _number(perturb) else []
-    )
-    shown = {"init", "shrink", "perturb", f"{CFG}init.name", f"{CFG}init.shrink", f"{CFG}init.perturb"}
-    params += [f"{k.removeprefix(CFG + 'init.')}={point.get(k)}" for k in keys if is_init(k) and k not in shown]
-    return f"{init}({', '.join(params)})" if params else str(init)
+    """A grid point's init strategy (``engine.schema.config.strategy_label``): ``warm``,
+    ``shrink_perturb(0.6, 0.01)`` (λ, σ), with any other init column of ``keys``, e.g.
+    ``shrink_perturb(0.6, 0.01, bn_stats=keep)``."""
+    init, shrink, perturb = point["init"], point.get("shrink"), point.get("perturb")
+    mix = init == "shrink_perturb" and _number(shrink) and _number(perturb)
+    params = {"shrink": shrink, "perturb": perturb} if mix else {}
+    shown = {"init", "shrink", "perturb", f"{CFG}init.shrink", f"{CFG}init.perturb"}
+    params |= {k.removeprefix(CFG + "init."): point.get(k) for k in keys if is_init(k) and k not in shown}
+    return config_label(init, params)
 
 
 def setting_label(point: pd.Series | dict, settings: list[str]) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from engine.analysis import results
 from engine.analysis.results import CFG, STRATEGY_COLUMNS, grid_columns
+from engine.schema.config import strategy_label
 
 BARE = {"dataset", "model", "optimizer"}  # shown as their value alone: "cifar10", not "dataset=cifar10"
 
@@ -56,8 +57,7 @@ def init_label(row: pd.Series, varying: list[str] = ()) -> str:
     """How a strategy's rounds start, as a legend says it: "warm start", "shrink_perturb(0.4, 0.1)"
     (λ, σ), with any other varying init column, e.g. "shrink_perturb(0.4, 0.1, bn_stats=keep)".
     The one name of a strategy: the report's tables, figures and the console all use it."""
-    keys = [c for c in varying if c not in ("init_params",)]
-    return strategy_name(results.strategy_label(row, keys))
+    return strategy_name(results.strategy_label(row, varying))
 
 
 def minus(text: str) -> str:
@@ -66,10 +66,11 @@ def minus(text: str) -> str:
 
 
 def acquisition_label(row: pd.Series, varying: list[str] = ()) -> str:
-    text = f"{_value(row.get('acquisition'))} acquisition"
-    if "acquisition_params" in varying and row.get("acquisition_params") not in (None, "{}"):
-        text += f" {row['acquisition_params']}"
-    return text
+    """How a grid point picks its samples: "margin acquisition", with any varying parameter of it,
+    e.g. "badge(embedding=penultimate) acquisition"."""
+    prefix = f"{CFG}acquisition."
+    params = {c.removeprefix(prefix): row[c] for c in varying if c.startswith(prefix) and c != f"{prefix}name"}
+    return f"{strategy_label(_value(row.get('acquisition')), params)} acquisition"
 
 
 def context(frame: pd.DataFrame) -> str:

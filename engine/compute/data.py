@@ -44,7 +44,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.schema.catalogue import DATASETS
-from engine.schema.config import DATASET_KEYS, dataset_params  # noqa: F401  (dataset_params: its old home)
+from engine.schema.config import DATASET_KEYS
 from engine.schema.registry import Interval, Nullable, OneOf, Type
 
 # The keys of the `dataset` section that every dataset has; the rest are its loader's parameters.

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from engine.errors import ConfigError
-from engine.schema.catalogue import MODELS, model_spec  # noqa: F401  (model_spec: its old home)
+from engine.schema.catalogue import MODELS
 from engine.schema.registry import Interval, OneOf
 
 

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from engine.compute.data import RawDataset, RawSplit, dataset_params, load_raw, sample_fraction, split_and_place
+from engine.compute.data import RawDataset, RawSplit, load_raw, sample_fraction, split_and_place
 from engine.compute.models import Classifier, build_model
-from engine.compute.train import LOCAL, PLAIN, Performance, fit, make_optimizer, seed_for
-from engine.schema.config import Config
+from engine.compute.train import LOCAL, PLAIN, Comm, Performance, fit, make_optimizer, seed_for
+from engine.schema.config import Config, dataset_params
 from engine.schema.records import PretrainRecord
 
 
@@ -30,7 +30,7 @@ class Pretrained:
     record: PretrainRecord  # what pretraining measured: the pretrain_* columns of every row
 
 
-def pretrain(cfg: Config, device: torch.device, comm=LOCAL, performance: Performance = PLAIN) -> Pretrained:
+def pretrain(cfg: Config, device: torch.device, comm: Comm = LOCAL, performance: Performance = PLAIN) -> Pretrained:
     """The source model: ``cfg.model`` trained to convergence on ``pretrain.source_fraction``
     of the source dataset's pool, every random choice seeded by (seed, 0, purpose).
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from engine.compute.models import Classifier
-from engine.compute.train import LOCAL, PLAIN, Performance, batches
+from engine.compute.train import LOCAL, PLAIN, Comm, Performance, batches
 from engine.errors import ConfigError
 from strategies.acquisition import PoolOutputs
 
@@ -29,7 +29,7 @@ def pool_outputs(
     x: torch.Tensor,
     needs: tuple[str, ...],
     batch_size: int,
-    comm=LOCAL,
+    comm: Comm = LOCAL,
     *,
     positions: torch.Tensor | None = None,
     labeled: torch.Tensor | None = None,

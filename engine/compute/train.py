@@ -18,8 +18,10 @@ import itertools
 import math
 import os
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,7 +37,40 @@ def seed_for(seed: int, round_: int, purpose: str) -> int:
     return int(np.random.SeedSequence([seed, round_, tag]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-class LocalComm:
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Comm(Protocol):
+    """What a round asks of the processes that compute it together (its data-parallel ranks):
+    ``LocalComm`` below is one process, ``engine.trial.distributed.TorchComm`` a torch.distributed
+    group.  Every rank calls each method at the same point of the round (they are collectives)."""
+
+    rank: int  # this process's place in the group, 0 .. world_size - 1
+    world_size: int  # how many processes compute the round
+
+    @abstractmethod
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module the training step calls: ``model`` itself, or wrapped to average gradients (DDP)."""
+
+    @abstractmethod
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks (in place); every rank gets the sum."""
+
+    @abstractmethod
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` (any picklable value), on every rank."""
+
+    @abstractmethod
+    def all_gather_cat(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Every rank's shard ``[n_r, ...]`` concatenated in rank order: ``[total, ...]``."""
+
+    @abstractmethod
+    def check_same(self, model: nn.Module, what: str) -> None:
+        """Raise when the ranks hold different parameters; ``what`` names the moment."""
+
+
+class LocalComm(Comm):
     """The single-process case of the communication a data-parallel round needs."""
 
     rank = 0
@@ -47,8 +82,12 @@ class LocalComm:
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
 
-    def broadcast(self, obj):
+    def broadcast(self, obj: T) -> T:
         return obj
+
+    def all_gather_cat(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        assert local.shape[0] == total, (local.shape, total)
+        return local
 
     def check_same(self, model: nn.Module, what: str) -> None:
         pass
@@ -224,7 +263,7 @@ class StepRunner:
     result equals a new optimizer's bit for bit (tests/test_graphs.py).
     """
 
-    def __init__(self, spec: OptimizerSpec, performance: Performance = PLAIN, comm=LOCAL) -> None:
+    def __init__(self, spec: OptimizerSpec, performance: Performance = PLAIN, comm: Comm = LOCAL) -> None:
         self.spec = spec
         self.performance = performance
         self.comm = comm
@@ -242,7 +281,9 @@ class StepRunner:
         self.static_y: torch.Tensor | None = None
 
     @classmethod
-    def around(cls, model: nn.Module, optimizer: torch.optim.Optimizer, performance: Performance, comm) -> StepRunner:
+    def around(
+        cls, model: nn.Module, optimizer: torch.optim.Optimizer, performance: Performance, comm: Comm
+    ) -> StepRunner:
         """One ``fit`` call's runner over a given model and optimizer: trains them directly, eagerly."""
         runner = cls(OptimizerSpec("given", 0.0), replace(performance, cuda_graphs=False), comm)
         runner._owned = False
@@ -439,7 +480,7 @@ def fit(
     batch_size: int,
     convergence,  # config section: train_acc, patience, min_delta, max_epochs
     seed: int,
-    comm=LOCAL,
+    comm: Comm = LOCAL,
     on_epoch: Callable[[int, float, float], None] | None = None,
     performance: Performance = PLAIN,
     runner: StepRunner | None = None,
@@ -485,7 +526,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def precise_bn(
-    model: nn.Module, x: torch.Tensor, batch_size: int, comm=LOCAL, performance: Performance = PLAIN
+    model: nn.Module, x: torch.Tensor, batch_size: int, comm: Comm = LOCAL, performance: Performance = PLAIN
 ) -> bool:
     """Re-estimate BatchNorm running statistics on ``x``: one pass in train mode with a
     cumulative average.  Returns False when the model has no BatchNorm."""

@@ -1,13 +1,16 @@
 """The catalogue: every registry of named builders, and what lists them (like timm's
 ``_registry.py``).
 
-It owns the four registries: datasets, models, init and acquisition strategies.  The
-built-ins register into them from their own modules (engine/compute/data.py,
-engine/compute/models.py, strategies/init.py, strategies/acquisition.py), with the same
-decorators plugins use; the catalogue imports a registry's built-in module by name the
-first time that registry is consulted (those modules import torch, which a config check
-or ``warmstart --help`` does not need).  Everything that needs a registry by its config
-section (validation, the ``cfg.*`` columns, ``warmstart list``, ``list_*``) asks here.
+It owns the four registries: datasets, models, init and acquisition strategies, and is the
+one place the engine reaches them from.  The built-ins register into them from their own
+modules (engine/compute/data.py, engine/compute/models.py, strategies/init.py,
+strategies/acquisition.py), with the same decorators plugins use.  Those modules sit above
+this layer, so nothing here imports them: importing one registers its built-ins, and
+engine/compute/builtins.py (imported by the command line, the Python API and the analysis)
+makes each registry import its built-ins' module the first time it is consulted, so a
+config check or ``warmstart --help`` does not wait for torch.  Everything that needs a
+registry by its config section (validation, the ``cfg.*`` columns, ``warmstart list``,
+``list_*``) asks here.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from __future__ import annotations
 from engine.schema.plugins import load_entry_points
 from engine.schema.registry import ModelSpec, Registry
 
-DATASETS = Registry("dataset", n_inputs=2, plural="datasets", builtins="engine.compute.data")
-MODELS = Registry("model", n_inputs=2, plural="models", builtins="engine.compute.models")
-INIT_STRATEGIES = Registry("init strategy", n_inputs=2, plural="init strategies", builtins="strategies.init")
+DATASETS = Registry("dataset", n_inputs=2, plural="datasets", has_builtins=True)
+MODELS = Registry("model", n_inputs=2, plural="models", has_builtins=True)
+INIT_STRATEGIES = Registry("init strategy", n_inputs=2, plural="init strategies", has_builtins=True)
 ACQUISITION_STRATEGIES = Registry(
-    "acquisition strategy", n_inputs=3, plural="acquisition strategies", builtins="strategies.acquisition"
+    "acquisition strategy", n_inputs=3, plural="acquisition strategies", has_builtins=True
 )
 
 # Config section -> the registry its ``name`` is looked up in, in the order ``warmstart list`` shows them.

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -273,14 +274,30 @@ NOT_IDENTITY = (
 )
 
 # Keys that say how far a trial runs, not what its rounds compute: its identity holds them
-# as null (the default, so trial ids written before this rule are unchanged), and raising
-# `rounds.max_rounds` continues the same trial instead of starting a new one.
+# as null (their default), and raising `rounds.max_rounds` continues the same trial instead
+# of starting a new one.
 HOW_FAR = ("rounds.max_rounds",)
 
-# Keys added after results existed, left out of the identity while they hold the value
-# that means "as before": configs written before them keep their trial ids (and so
-# resume into their own rows).
-NEUTRAL_IN_IDENTITY = {"pretrain": None, "model.dropout": 0.0}
+
+def strategy_label(name: str, params: dict[str, Any] | None = None) -> str:
+    """A strategy (or any component) with its parameters, the one way the engine writes one:
+    ``warm``, ``shrink_perturb(0.6, 0.01)``, ``shrink_perturb(0.6, 0.01, bn_stats=keep)``,
+    ``badge(embedding=penultimate)``.  λ and σ (``shrink``, ``perturb``), what every init
+    strategy is compared on, come first and by position, as the paper writes them; any other
+    parameter by name.  Suite records and console lines, the summary tables and the report's
+    legends all call this."""
+    rest = dict(params or {})
+    shown = [_value_text(rest.pop(key)) for key in ("shrink", "perturb")] if {"shrink", "perturb"} <= set(rest) else []
+    shown += [f"{key}={_value_text(value)}" for key, value in rest.items()]
+    return f"{name}({', '.join(shown)})" if shown else str(name)
+
+
+def _value_text(value: Any) -> str:
+    """A parameter's value as text: a float (numpy's too) as Python writes it, the shortest
+    text that reads back as the same number; anything else as ``str``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return repr(float(value))
+    return str(value)
 
 
 class Section:
@@ -332,10 +349,6 @@ class Config(Section):
         for dotted in HOW_FAR:
             node, leaf = parent(dotted)
             node[leaf] = None
-        for dotted, neutral in NEUTRAL_IN_IDENTITY.items():
-            node, leaf = parent(dotted)
-            if leaf in node and node[leaf] == neutral and type(node[leaf]) is type(neutral):
-                del node[leaf]
         overrides = self.overrides()
         if overrides:  # a replaced built-in computes something else: another trial
             identity["overrides"] = overrides

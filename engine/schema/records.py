@@ -87,17 +87,11 @@ class RoundRecord:
     suite: str | None = _doc("the suite's name; null for a single run", "name", "context")
     trial_id: str = _doc("derived from the config: the same config always writes to the same trial")
     seed: int = _doc("the trial's seed", "count")
-    dataset: str = _doc("dataset name", "name", config="data")
-    model: str = _doc("model name", "name", config="model")
-    optimizer: str = _doc("adam | sgd", "name", config="optimizer")
-    lr: float = _doc("learning rate", config="optimizer")
-    batch_size: int = _doc("training batch size", "count", config="training")
-    weight_decay: float = _doc("weight decay", config="optimizer")
-    init: str = _doc("init strategy name", "name", config="init")
     shrink: float = _doc("effective λ: random 0, warm 1; NaN for strategies that are no mix", config="init")
     perturb: float = _doc("effective σ: random 1, warm 0; NaN for strategies that are no mix", config="init")
-    acquisition: str = _doc("acquisition strategy name", "name", config="acquisition")
-    per_round: int = _doc("samples added per round after the first", "count", config="rounds")
+    per_round: int = _doc(
+        "samples added per round after the first (cfg.rounds.per_round as a count)", "count", config="rounds"
+    )
     round: int = _doc("from 1", "count")
     n_labeled: int = _doc("labeled samples trained on in this round", "count")
     epochs: int = _doc("epochs this round trained", "count")
@@ -105,7 +99,7 @@ class RoundRecord:
     stop_reason: str = _doc("threshold | plateau | max_epochs | diverged (non-finite training loss)", "name")
     train_acc: float = _doc("running accuracy over the last training epoch")
     train_loss: float = _doc("running loss over the last training epoch")
-    test_acc: float = _doc("accuracy on the evaluation split (eval_split)")
+    test_acc: float = _doc("accuracy on the evaluation split (cfg.dataset.eval)")
     test_loss: float = _doc("loss on the evaluation split")
     train_seconds: float = _doc("wall seconds of training (see train_timing)", "timing")
     train_timing: str = _doc(
@@ -131,14 +125,9 @@ class RoundRecord:
         "a live project's round (docs/live.md): the label or batch files it consumed, as 'labels/NAME#SHA256'; "
         "null in a simulated trial"
     )
-    eval_split: str = _doc("holdout | test", config="data")
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")
-    bn_stats: str | None = _doc("shrink_perturb's fresh | keep; null otherwise", "name", config="init")
-    momentum: float | None = _doc("SGD momentum; null for adam", config="optimizer")
-    model_params: str = _doc("JSON of the model's parameters (legacy; see cfg.model.*)", config="model")
-    init_params: str = _doc("JSON of the init strategy's parameters (legacy; see cfg.init.*)", config="init")
-    acquisition_params: str = _doc(
-        "JSON of the acquisition's parameters (legacy; see cfg.acquisition.*)", config="acquisition"
+    momentum: float | None = _doc(
+        "the momentum SGD uses (cfg.optimizer.momentum); null for adam, which has none", config="optimizer"
     )
     eval_seconds: float = _doc("wall seconds of BatchNorm re-estimation and evaluation", "timing")
     capture_seconds: float = _doc(
@@ -147,8 +136,6 @@ class RoundRecord:
     n_pool: int = _doc("samples the rounds draw from", config="data")
     n_eval: int = _doc("samples of the evaluation split", config="data")
     performance: str = _doc("JSON of the effective performance options")
-    pretrain_dataset: str | None = _doc("the source dataset; null without pretraining", config="data")
-    pretrain_params: str | None = _doc("JSON of the pretrain section (legacy; see cfg.pretrain.*)", config="data")
     overrides: str | None = _doc("JSON {component: 'name=plugin'} of plugins that replaced a built-in")
     plugins: str | None = _doc(
         "JSON {plugin: sha256 prefix} of the user code the trial ran (a plugin file, a module, "
@@ -253,14 +240,51 @@ def column_fields() -> list[tuple[str, dataclasses.Field]]:
     return out
 
 
+# --- short names: what tables call a cfg.* column ---------------------------------------------
+
+# A row holds its config once, as cfg.* columns.  The tables (engine/analysis) and users of
+# ``results.load`` name the most used of them short, as a column of the loaded frame: each is
+# a copy of one cfg.* column, made by ``with_short_names`` and nowhere else.  Per short name:
+# (the cfg.* column, its CONFIG_GROUPS group, its ROLES, the column of its group it follows in
+# tables; None: first).
+SHORT_NAMES: dict[str, tuple[str, str, tuple[str, ...], str | None]] = {
+    "dataset": ("cfg.dataset.name", "data", ("name",), None),
+    "eval_split": ("cfg.dataset.eval", "data", (), "dataset"),
+    "pretrain_dataset": ("cfg.pretrain.dataset", "data", (), "n_eval"),
+    "model": ("cfg.model.name", "model", ("name",), None),
+    "optimizer": ("cfg.optimizer.name", "optimizer", ("name",), None),
+    "lr": ("cfg.optimizer.lr", "optimizer", (), "optimizer"),
+    "weight_decay": ("cfg.optimizer.weight_decay", "optimizer", (), "lr"),
+    "batch_size": ("cfg.batch_size", "training", ("count",), None),
+    "init": ("cfg.init.name", "init", ("name",), None),
+    "bn_stats": ("cfg.init.bn_stats", "init", ("name",), "perturb"),
+    "acquisition": ("cfg.acquisition.name", "acquisition", ("name",), None),
+}
+
+
+def with_short_names(table: Any) -> Any:
+    """``table`` (a DataFrame, or one row as a dict) with every SHORT_NAMES column it lacks,
+    copied from its cfg.* column where the table has that."""
+    added = {
+        short: table[column] for short, (column, *_) in SHORT_NAMES.items() if column in table and short not in table
+    }
+    return table.assign(**added) if hasattr(table, "assign") else {**table, **added}
+
+
 def columns_with(role: str) -> list[str]:
-    """The columns declared with ``role`` (one of ROLES), in column order."""
-    return [name for name, f in column_fields() if role in f.metadata["roles"]]
+    """The columns declared with ``role`` (one of ROLES): the short names with it, then the own columns in column order."""
+    short = [name for name, (_, _, roles, _) in SHORT_NAMES.items() if role in roles]
+    return short + [name for name, f in column_fields() if role in f.metadata["roles"]]
 
 
 def config_group(group: str) -> list[str]:
-    """The columns of one CONFIG_GROUPS group, in column order."""
-    return [name for name, f in column_fields() if f.metadata["config"] == group]
+    """The columns of one CONFIG_GROUPS group in table order: its own columns in column order,
+    each short name placed after the column it follows."""
+    columns = [name for name, f in column_fields() if f.metadata["config"] == group]
+    for name, (_, in_group, _, after) in SHORT_NAMES.items():
+        if in_group == group:
+            columns.insert(0 if after is None else columns.index(after) + 1, name)
+    return columns
 
 
 NAME_COLUMNS = columns_with("name")
@@ -374,37 +398,6 @@ def _cast(value: Any, kind: Any) -> Any:
     return value
 
 
-def upgrade_config_columns(table: pa.Table) -> pa.Table:
-    """Rows written before the ``cfg.*`` columns were typed by kind (issue 23: 'auto' or a
-    bool as text, lists of numbers as lists of strings) with those columns as this process
-    types them: 'auto' null, 'true' a bool, '36' a number.  Other columns are left as they are."""
-    types = dict(config_fields())
-    for i, name in enumerate(table.schema.names):
-        want = types.get(name)
-        if want is None or _same_type(table.schema.field(i).type, want):
-            continue
-        values = [_from_text(v, want) for v in table.column(i).to_pylist()]
-        table = table.set_column(i, name, pa.array(values, type=want))
-    return table
-
-
-def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
-    """Equal types, lists by their element type (Parquet names a list's item 'element')."""
-    if pa.types.is_list(a) and pa.types.is_list(b):
-        return _same_type(a.value_type, b.value_type)
-    return a == b
-
-
-def _from_text(value: Any, want: pa.DataType) -> Any:
-    if value is None or (value == "auto" and not pa.types.is_string(want)):
-        return None
-    if pa.types.is_list(want):
-        return [_from_text(v, want.value_type) for v in value]
-    if pa.types.is_string(want):
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return json.loads(value) if isinstance(value, str) else value
-
-
 def arrow_schema() -> pa.Schema:
     """The Parquet schema of a row written by this process (registries as loaded now)."""
     return pa.schema(record_fields() + config_fields())
@@ -440,11 +433,11 @@ def column_table() -> str:
         elif f.name != "config":
             kind = _type_name(_arrow_of_hint(hints[f.name]), type(None) in typing.get_args(hints[f.name]))
             lines.append(row(f.name, kind, f.metadata["doc"]))
-    config_types = dict(config_fields())
     for key, default in {**DEFAULTS, "pretrain": PRETRAIN_DEFAULTS}.items():
         column = CONFIG_PREFIX + key
-        if not isinstance(default, dict):
-            lines.append(row(column, _type_name(config_types[column], default is None), f"config key `{key}`"))
+        if not isinstance(default, dict):  # typed as _sections types it; sections: per key, so no registry is read
+            arrow = _arrow_of_kind(kind_of(ALLOWED.get(key), default))
+            lines.append(row(column, _type_name(arrow, default is None), f"config key `{key}`"))
             continue
         keys = ", ".join(f"`{k}`" for k in default)
         if key in (*COMPONENTS, "dataset"):

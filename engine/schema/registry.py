@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import inspect
 import marshal
 import math
@@ -398,26 +397,43 @@ class Entry:
 
 
 class Registry:
-    """Builders by name. ``n_inputs`` positional parameters are the engine's, not the user's."""
+    """Builders by name. ``n_inputs`` positional parameters are the engine's, not the user's.
 
-    def __init__(self, what: str, n_inputs: int, plural: str | None = None, builtins: str | None = None) -> None:
+    ``has_builtins``: warmstart registers built-ins here from a module of a higher layer
+    (a model from engine/compute/models.py), so this layer never imports it.  That module
+    registers them when it is imported, or the first time the registry is consulted once
+    an upper layer handed over the function that imports it (``fill_with``: see
+    engine/compute/builtins.py).  Consulted before either, the registry raises rather than
+    answer "unknown" or list nothing."""
+
+    def __init__(self, what: str, n_inputs: int, plural: str | None = None, *, has_builtins: bool = False) -> None:
         self.what = what
         self.plural = plural or f"{what}s"
         self.n_inputs = n_inputs
+        self.has_builtins = has_builtins
         self._entries: dict[str, Entry] = {}
-        self._builtins = builtins  # the module that registers the built-ins, imported on first use
+        self._fill: Callable[[], object] | None = None  # registers the built-ins; called on first use
 
-    def _load_builtins(self) -> None:
-        """Import the built-ins' module the first time the registry is used (a no-op while
-        that module is being imported: its own registrations land here)."""
-        if self._builtins is None:
-            return
-        module, self._builtins = self._builtins, None
-        try:
-            importlib.import_module(module)
-        except BaseException:
-            self._builtins = module
-            raise
+    def fill_with(self, fill: Callable[[], object]) -> None:
+        """Call ``fill`` (it imports the module that registers the built-ins) the first time
+        the registry is consulted."""
+        self._fill = fill
+
+    def _load_builtins(self, consulting: bool = True) -> None:
+        """Register the built-ins the first time the registry is used (a no-op while their
+        module is being imported: its own registrations land here)."""
+        if self._fill is not None:
+            fill, self._fill = self._fill, None
+            try:
+                fill()
+            except BaseException:
+                self._fill = fill
+                raise
+        elif consulting and self.has_builtins and not self._entries:
+            raise RuntimeError(
+                f"No {self.plural} are registered yet: import engine.compute.builtins (or the module that "
+                f"defines the built-in {self.plural}) before consulting the registry"
+            )
 
     def add(
         self, name: str, fn: Callable, constraints: dict | None = None, *, override: bool = False, **extra: Any
@@ -434,7 +450,7 @@ class Registry:
         of that code made (engine/trial/resume.py)."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.what} needs a non-empty string name, got {name!r}")
-        self._load_builtins()  # a plugin's override must find the built-in it replaces
+        self._load_builtins(consulting=False)  # a plugin's override must find the built-in it replaces
         origin = origin_of(fn)
         existing = self._entries.get(name)
         # The same module again, or the same plugin by its key (a --plugin file's name, which

@@ -4,7 +4,7 @@ Layout under ``--out`` (a local path or a URI pyarrow understands, e.g. ``s3://b
 
     <trial_id>-round0001.parquet      one row each; pandas.read_parquet(out) reads them all
     _warmstart/<trial_id>/config.yaml the frozen config that made the rows
-    _warmstart/<trial_id>/checkpoint.pt  what the next round needs to continue
+    _warmstart/<trial_id>/checkpoint-NNNN.pt  what the next round needs to continue (two generations)
     _warmstart/<trial_id>/status.json    the last completed round and the number of rounds
 
 pyarrow's dataset discovery skips names that start with ``_`` or ``.``, so the
@@ -457,14 +457,12 @@ class TrialStore:
         for old in self._checkpoints()[KEEP_GENERATIONS:]:  # newest first
             with contextlib.suppress(OSError):
                 self.fs.delete_file(old)
-        with contextlib.suppress(OSError, FileNotFoundError):  # the single file of older versions
-            self.fs.delete_file(f"{self.meta}/checkpoint.pt")
 
     def _checkpoints(self) -> list[str]:
-        """Checkpoint files, newest round first (an older version's checkpoint.pt last)."""
+        """Checkpoint files, newest round first."""
         names = {os.path.basename(p): p for p in self._names(self.meta)}
         generations = sorted((n for n in names if n.startswith("checkpoint-") and n.endswith(".pt")), reverse=True)
-        return [names[n] for n in generations] + ([names["checkpoint.pt"]] if "checkpoint.pt" in names else [])
+        return [names[n] for n in generations]
 
     def load_checkpoint(self) -> dict | None:
         """The newest checkpoint whose checksum holds; a corrupt one is noted and passed over
@@ -475,12 +473,11 @@ class TrialStore:
             raw = self._get(path)
             name = os.path.basename(path)
             try:
-                if raw.startswith(CHECKPOINT_MAGIC):
-                    digest, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
-                    if hashlib.sha256(payload).hexdigest().encode() != digest:
-                        raise ValueError("checksum mismatch")
-                else:  # written before checksums: torch's own format
-                    payload = raw
+                if not raw.startswith(CHECKPOINT_MAGIC):
+                    raise ValueError("no checksum header")
+                digest, _, payload = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
+                if hashlib.sha256(payload).hexdigest().encode() != digest:
+                    raise ValueError("checksum mismatch")
                 return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
             except Exception as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

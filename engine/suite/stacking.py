@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 
 from engine.errors import ConfigError
+from engine.schema.catalogue import MODELS
 from engine.schema.config import Config
 
 # Measured (benchmarks/ensemble.py; figures in benchmarks/README.md, "Ensembles"): the fewest
@@ -60,8 +61,6 @@ def device_of(cfg: Config) -> str:
 
 def why_alone(cfg: Config) -> str | None:
     """Why this trial cannot be stacked with others; None when it can."""
-    from engine.compute.models import MODELS
-
     if cfg.scaling.workers is not None:
         return "it runs on Ray Train (scaling.workers)"
     if cfg.pretrain is not None:

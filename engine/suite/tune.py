@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from engine.schema.config import flatten
+from engine.schema.config import flatten, strategy_label
 from engine.storage.folders import trial_rows_intact
 from engine.storage.object_store import object_store, outage, store_failure
 from engine.storage.store import TrialStore, filesystem, ray_storage, read_manifest, write_manifest
@@ -562,11 +562,11 @@ def _sampled_name(suite: Suite, config: dict, units: Units) -> str:
 
 
 def _label(value) -> str:
-    """A grid value as text: a component mapping as ``shrink_perturb(shrink=0.4, perturb=0.1)``."""
+    """A grid value as text: a component mapping as ``shrink_perturb(0.4, 0.1)`` (schema.config.strategy_label)."""
     if isinstance(value, dict):
         params = ", ".join(f"{k}={v}" for k, v in value.items() if k != "name")
         if "name" in value:
-            return f"{value['name']}({params})" if params else value["name"]
+            return strategy_label(value["name"], {k: v for k, v in value.items() if k != "name"})
         return params
     return str(value)
 

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from engine.compute.train import Comm
 from engine.errors import ConfigError, TrialError
 from engine.schema.config import Config, validate
 from engine.schema.plugins import load_plugins
@@ -70,7 +71,7 @@ def error_line(exc: BaseException) -> str:
     return (errors[-1] if errors else lines[-1] if lines else type(exc).__name__)[:300]
 
 
-class TorchComm:
+class TorchComm(Comm):
     """Collectives over the process group Ray Train set up."""
 
     def __init__(self, device: torch.device, sync_batchnorm: bool = False) -> None:

@@ -43,14 +43,14 @@ from engine.compute.models import Classifier
 from engine.compute.pretrain import with_target_head
 from engine.compute.scoring import pool_outputs
 from engine.compute.stacked import evaluate_stacked, member_batch
-from engine.compute.train import PLAIN, FitStats, Performance, evaluate, fit, precise_bn, seed_for
+from engine.compute.train import PLAIN, Comm, FitStats, Performance, evaluate, fit, precise_bn, seed_for
 from engine.errors import ConfigError, StrategyError, TrialError
+from engine.schema.catalogue import ACQUISITION_STRATEGIES, INIT_STRATEGIES
 from engine.schema.config import Config
 from engine.schema.records import RoundRecord
 from engine.trial.provenance import now
 from engine.trial.setup import RoundPlan, TrialContext, TrialState, fresh_model
-from strategies.acquisition import ACQUISITION_STRATEGIES, PoolOutputs, pick
-from strategies.init import INIT_STRATEGIES
+from strategies.acquisition import PoolOutputs, pick
 
 
 @dataclass
@@ -281,7 +281,7 @@ def acquire(
     labeled: np.ndarray,
     k: int,
     round_: int,
-    comm,
+    comm: Comm,
     performance: Performance = PLAIN,
 ) -> tuple[np.ndarray, PoolOutputs]:
     """Pool positions of the k samples the acquisition strategy picks from the unlabeled
@@ -306,7 +306,7 @@ def acquire(
     return choose(cfg, outputs, unlabeled, k, round_, comm), outputs
 
 
-def choose(cfg: Config, outputs: PoolOutputs, unlabeled: np.ndarray, k: int, round_: int, comm) -> np.ndarray:
+def choose(cfg: Config, outputs: PoolOutputs, unlabeled: np.ndarray, k: int, round_: int, comm: Comm) -> np.ndarray:
     """The pool positions the acquisition strategy picks from ``outputs`` (over ``unlabeled``)."""
     entry = ACQUISITION_STRATEGIES.get(cfg.acquisition.name)
     picked = None

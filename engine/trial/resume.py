@@ -57,17 +57,14 @@ def load_state(store: TrialStore | None, context: TrialContext) -> TrialState | 
 def check_code(store: TrialStore, cfg: Config) -> None:
     """Refuse (ConfigError, before anything is written) to continue a trial whose rows were
     made by another version of a plugin it runs: its rounds would mix two versions of the
-    code.  Rows written before rows recorded their plugins are not checked (a note says so)."""
+    code."""
     now = cfg.plugin_code()
     try:
         rows, _ = store.read_rows()
     except OSError:  # an out that is a file, or unreadable: store.probe() says so next
         return
-    unchecked = [r for r, row in rows.items() if "plugins" not in row]
     for round_, row in sorted(rows.items()):
-        if round_ in unchecked:
-            continue
-        changed = _changed_plugin(row["plugins"], now)
+        changed = _changed_plugin(row.get("plugins"), now)
         if changed is not None:
             key, before, after = changed
             raise ConfigError(
@@ -75,11 +72,6 @@ def check_code(store: TrialStore, cfg: Config) -> None:
                 f"sha256 {before} then, {after} now, {ONE_VERSION}; restore that code, or run the new one into "
                 "another out or under another trial_id."
             )
-    if unchecked and now:
-        store.notes.append(
-            f"note: the rows of round(s) {_rounds(unchecked)} of trial {store.trial_id} do not record their plugins' "
-            "code (written by an older warmstart): the plugins were not checked against them"
-        )
 
 
 def check_code_unchanged(context: TrialContext, next_round: int) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from engine.compute.data import Data
 from engine.compute.pretrain import pretrain
-from engine.compute.train import LOCAL
+from engine.compute.train import LOCAL, Comm
 from engine.errors import ConfigError
 from engine.schema.config import Config
 from engine.storage.store import CONFIG_REMEDY, TrialStore
@@ -34,9 +33,6 @@ from engine.trial.setup import (
     resolve_device,
     trial_context,
 )
-
-if TYPE_CHECKING:
-    from engine.compute.train import Comm
 
 
 @dataclass(frozen=True)

@@ -12,23 +12,20 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from engine.compute.data import Data, dataset_params, load_raw, pool_fraction, split_and_place
+from engine.compute.data import Data, load_raw, pool_fraction, split_and_place
 from engine.compute.models import Classifier, build_model
-from engine.compute.train import LOCAL, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
+from engine.compute.train import LOCAL, Comm, OptimizerSpec, Performance, StepRunner, resolve_performance, seed_for
 from engine.errors import ConfigError
-from engine.schema.config import Config, resolve_count
+from engine.schema.config import Config, dataset_params, resolve_count
 from engine.schema.records import PretrainRecord, config_columns
 from engine.trial.provenance import provenance_columns
 from strategies.acquisition import PoolOutputs
 from strategies.init import effective_mix
-
-if TYPE_CHECKING:
-    from engine.compute.train import Comm  # the collectives a trial's ranks share
 
 
 class Reporter(Protocol):
@@ -125,7 +122,7 @@ def node_name() -> str:
 
 
 def trial_columns(
-    cfg: Config, plan: RoundPlan, data: Data, device: torch.device, comm, performance: Performance
+    cfg: Config, plan: RoundPlan, data: Data, device: torch.device, comm: Comm, performance: Performance
 ) -> dict:
     """The RoundRecord fields that are the same in every round of the trial."""
     shrink, perturb = effective_mix(cfg.init.name, cfg.init.params())
@@ -134,31 +131,16 @@ def trial_columns(
         "suite": cfg.suite,
         "trial_id": cfg.trial_id(),
         "seed": cfg.seed,
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "batch_size": cfg.batch_size,
-        "weight_decay": cfg.optimizer.weight_decay,
         "momentum": cfg.optimizer.momentum if cfg.optimizer.name == "sgd" else None,
-        "init": cfg.init.name,
         "shrink": shrink,
         "perturb": perturb,
-        "bn_stats": cfg.init.params().get("bn_stats"),
-        "acquisition": cfg.acquisition.name,
         "per_round": plan.per_round,
         "world_size": comm.world_size,
         "device": device.type,
         "node": node_name(),
-        "eval_split": cfg.dataset.eval,
-        "model_params": json.dumps(cfg.model.params(), sort_keys=True),
-        "init_params": json.dumps(cfg.init.params(), sort_keys=True),
-        "acquisition_params": json.dumps(cfg.acquisition.params(), sort_keys=True),
         "n_pool": plan.n_pool,
         "n_eval": int(data.eval_y.shape[0]),
         "performance": json.dumps(performance.to_dict(), sort_keys=True),
-        "pretrain_dataset": cfg.pretrain.dataset if cfg.pretrain is not None else None,
-        "pretrain_params": json.dumps(cfg.pretrain.to_dict(), sort_keys=True) if cfg.pretrain is not None else None,
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "plugins": json.dumps(plugins, sort_keys=True) if plugins else None,
         "ensemble": None,  # an ensemble's member: its label (trial_context's ``ensemble``)

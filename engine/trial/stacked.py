@@ -31,12 +31,12 @@ import torch
 from engine.compute.data import Data
 from engine.compute.stacked import DETERMINISTIC, MemberBatches, fit_stacked, member_batch, pool_outputs_stacked
 from engine.compute.train import OptimizerSpec, seed_for
+from engine.schema.catalogue import ACQUISITION_STRATEGIES
 from engine.schema.config import Config
 from engine.trial.loop import RoundResult, evaluate_round, finish_round, start_round
 from engine.trial.provenance import now
 from engine.trial.session import TrialSession, start_trial
 from engine.trial.setup import load_data, resolve_device
-from strategies.acquisition import ACQUISITION_STRATEGIES
 
 
 def data_key(cfg: Config, device: torch.device) -> str:
