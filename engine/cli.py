@@ -191,14 +191,14 @@ def _add_live(sub) -> None:
     init.add_argument(
         "--eval", metavar="EVAL.parquet", required=True, help="the evaluation set: features, a label column"
     )
-    init.add_argument("--out", metavar="DIR", required=True, help="the project's folder")
+    init.add_argument("--out", metavar="DIR_OR_URI", required=True, help="the project's folder, or an object store URI")
     _add_config_args(init)
     step = commands.add_parser(
         "step", help="train the next round on the label files that arrived; write the next query"
     )
-    step.add_argument("dir", metavar="DIR", help="the live project's folder")
+    step.add_argument("dir", metavar="DIR", help="the live project's folder or URI")
     watch = commands.add_parser("watch", help="run steps as label files arrive, until Ctrl-C")
-    watch.add_argument("dir", metavar="DIR", help="the live project's folder")
+    watch.add_argument("dir", metavar="DIR", help="the live project's folder or URI")
     watch.add_argument("--every", metavar="N[s]", default="30s", help="seconds between looks (default 30s)")
 
 
