@@ -40,6 +40,7 @@ from engine.trial.session import start_trial
 __all__ = [
     "Config",
     "ConfigError",
+    "Live",
     "PluginChanged",
     "Trial",
     "TrialRound",
@@ -250,6 +251,95 @@ class Trial:
 
     def __repr__(self) -> str:
         return f"Trial({self.trial_id!r}, round {self.round}/{self.rounds})"
+
+
+class Live:
+    """A live project (docs/live.md): rounds whose labels arrive as files.
+
+        live = Live.init("pool.parquet", "eval.parquet", "project", {"acquisition": "margin"})
+        query = live.query()                          # the ids to label: id, rank, score
+        live.teach(query.assign(label=my_labels))     # a label file in project/labels/
+        rows = live.step()                            # the next round; its row(s)
+        live.rows()                                   # every round so far
+        live.model().predict(frame)                   # the exported model, for serving
+
+    ``step`` is ``warmstart live step``: bad input is a ``ConfigError`` naming the file, before
+    anything trains."""
+
+    def __init__(self, out: str) -> None:
+        from engine.live.project import Project
+
+        self._project = Project.open(out)
+        self.out = self._project.out
+
+    @classmethod
+    def init(
+        cls,
+        pool,
+        eval,  # the evaluation set (the CLI's --eval)
+        out: str,
+        config: Config | dict | str | None = None,
+        *,
+        sets: list[str] = (),
+        plugins: list[str] = (),
+    ) -> Live:
+        """Make a live project in ``out`` from ``pool`` and ``eval`` (Parquet paths or DataFrames),
+        as ``warmstart live init``; the config as ``run_trial``'s."""
+        from engine.live.project import init
+
+        return cls(init(pool, eval, out, config, sets, plugins).out)
+
+    @property
+    def round(self) -> int:
+        """The last completed round (0 before round 1)."""
+        return self._project.completed()
+
+    def query(self):
+        """The current query (the ids the next round asks labels for) as a DataFrame with the
+        columns id, rank and score, in rank order; empty when there is none."""
+        import pandas as pd
+
+        from engine.live.project import QUERIES
+
+        payload = self._project.read(QUERIES, f"round-{self.round + 1:04d}.parquet")
+        if payload is None:
+            return pd.DataFrame({"id": [], "rank": [], "score": []})
+        return pd.read_parquet(io.BytesIO(payload))
+
+    def teach(self, frame, name: str | None = None) -> str:
+        """Write ``frame``'s ``id`` and ``label`` columns as a label file in ``labels/`` (named
+        ``name``, default ``teach-<UTC time>.parquet``); its path.  The next step checks it."""
+        import datetime
+
+        from engine.live.project import LABELS, parquet_bytes
+
+        missing = [c for c in ("id", "label") if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"teach() needs the columns id and label; the frame has no {' or '.join(missing)}.")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+        return self._project.write(
+            LABELS, name or f"teach-{stamp}.parquet", payload=parquet_bytes(frame[["id", "label"]])
+        )
+
+    def step(self, progress: bool = False):
+        """The next round(s) from the label files that arrived; their rows (empty: no new labels)."""
+        from engine.live.step import step
+
+        result = step(self.out, say=(lambda line: print(line, flush=True)) if progress else None)
+        return _frame(result.rows)
+
+    def rows(self):
+        """Every round's row so far, as ``load`` reads them (empty before round 1)."""
+        return load(self.out) if self.round else _frame([])
+
+    def model(self):
+        """The latest round's exported model (``predict(frame)``, ``probabilities(frame)``, ``meta``)."""
+        from engine.live.project import Served
+
+        return Served(self._project)
+
+    def __repr__(self) -> str:
+        return f"Live({self.out!r}, round {self.round})"
 
 
 def run_suite(

@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     _add_report_command(sub)
     checker = sub.add_parser("check", help="verify that a results folder's rows, status and checkpoints are intact")
     checker.add_argument("results", metavar="DIR_OR_URI", help="a results directory or URI")
+    _add_live(sub)
     lister = sub.add_parser("list", help="list datasets, models, init and acquisition strategies")
     _add_repeated(
         lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
@@ -177,6 +178,48 @@ def _add_report_command(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--every", metavar="N", type=float, default=30.0, help="with --watch: seconds between rewrites (default 30)"
     )
+
+
+def _add_live(sub) -> None:
+    """``warmstart live init|step|watch`` (docs/live.md)."""
+    live = sub.add_parser("live", help="a live project: rounds fed by label files as they arrive (docs/live.md)")
+    commands = live.add_subparsers(dest="live_command", required=True, metavar="init|step|watch")
+    init = commands.add_parser("init", help="make a live project from an unlabelled pool and an evaluation set")
+    init.add_argument(
+        "--pool", metavar="POOL.parquet", required=True, help="the unlabelled data: an id column, features"
+    )
+    init.add_argument(
+        "--eval", metavar="EVAL.parquet", required=True, help="the evaluation set: features, a label column"
+    )
+    init.add_argument("--out", metavar="DIR_OR_URI", required=True, help="the project's folder, or an object store URI")
+    _add_config_args(init)
+    step = commands.add_parser(
+        "step", help="train the next round on the label files that arrived; write the next query"
+    )
+    step.add_argument("dir", metavar="DIR", help="the live project's folder or URI")
+    watch = commands.add_parser("watch", help="run steps as label files arrive, until Ctrl-C")
+    watch.add_argument("dir", metavar="DIR", help="the live project's folder or URI")
+    watch.add_argument("--every", metavar="N[s]", default="30s", help="seconds between looks (default 30s)")
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from engine.live import project, step
+
+    if args.live_command == "init":
+        made = project.init(args.pool, args.eval, args.out, args.config, args.sets, args.plugins)
+        print(f"live project {made.out}: label the ids of {made.query_path(1)}, save them in {made.path('labels')}")
+        print(f"then: warmstart live step {args.out}")
+        return 0
+    if args.live_command == "step":
+        step.step(args.dir, say=lambda line: print(line, flush=True))
+        return 0
+    every = args.every.removesuffix("s")
+    try:
+        seconds = float(every)
+    except ValueError:
+        raise ConfigError(f"--every is a number of seconds such as 30 or 30s, not {args.every!r}.") from None
+    step.watch(args.dir, seconds, say=lambda line: print(line, flush=True))
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -411,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": cmd_report,
             "list": cmd_list,
             "check": cmd_check,
+            "live": cmd_live,
         }
         return commands[args.command](args)
     except ConfigError as exc:

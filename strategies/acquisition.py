@@ -63,12 +63,16 @@ def register(
     *,
     on_device: bool = False,
     override: bool = False,
+    score=None,
 ):
     """Register ``fn(outputs, k, rng, **params) -> positions`` under ``name``.
 
     ``on_device``: the function takes its outputs on the training device (a GPU when the
     trial has one) and works with torch there; False: CPU tensors.  ``override=True``
-    replaces a registered strategy: its source then joins the trial id and the rows."""
+    replaces a registered strategy: its source then joins the trial id and the rows.
+    ``score``: optional, ``score(outputs, **params) -> float [N]``, the strategy's own score
+    of each unlabeled sample (higher: picked first), which a live project's query shows
+    next to each id (docs/live.md); None for strategies without one (random, badge)."""
     needs = tuple(needs)
     unknown = [n for n in needs if n not in POOL_OUTPUTS]
     if unknown:
@@ -82,7 +86,9 @@ def register(
                 f"acquisition strategy {name!r} needs 'mc_probs', so it needs an 'mc_samples' parameter "
                 "(the number of stochastic passes, with a default)"
             )
-        return ACQUISITION_STRATEGIES.add(name, fn, constraints, override=override, needs=needs, on_device=on_device)
+        return ACQUISITION_STRATEGIES.add(
+            name, fn, constraints, override=override, needs=needs, on_device=on_device, score=score
+        )
 
     return wrap
 
@@ -141,6 +147,17 @@ def check_positions(name: str, positions, k: int, n: int, round_: int | None = N
     return positions.astype(np.int64)
 
 
+def scores(name: str, outputs: PoolOutputs, params: dict) -> torch.Tensor | None:
+    """The registered strategy's own score of each sample of ``outputs`` (float [N], higher:
+    picked first), or None when it declares none."""
+    score = ACQUISITION_STRATEGIES.get(name).extra.get("score")
+    if score is None:
+        return None
+    if not ACQUISITION_STRATEGIES.get(name).extra.get("on_device", False):
+        outputs = outputs.to("cpu")
+    return torch.as_tensor(score(outputs, **params)).double()
+
+
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Positions of the k largest scores, largest first; ties go to the lower position
     (deterministic): exactly the first k of a stable descending sort."""
@@ -164,14 +181,19 @@ def random(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> np.ndarray
     return rng.choice(outputs.n, size=k, replace=False)
 
 
-@register("margin", needs=("probs",), on_device=True)
-def margin(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
-    """Smallest gap between the two largest class probabilities."""
+def margin_score(outputs: PoolOutputs) -> torch.Tensor:
+    """The negated gap between the two largest class probabilities, [N]."""
     # The runner-up as the max once the top class is masked: the same values as
     # topk(2, dim=1), which is 10x slower over few classes (measured on CPU).
     first, top = outputs.probs.max(1)  # [N]
     second = outputs.probs.scatter(1, top[:, None], float("-inf")).max(1).values  # [N]
-    return top_k(second - first, k)  # largest negated gap = smallest gap
+    return second - first
+
+
+@register("margin", needs=("probs",), on_device=True, score=margin_score)
+def margin(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
+    """Smallest gap between the two largest class probabilities."""
+    return top_k(margin_score(outputs), k)  # largest negated gap = smallest gap
 
 
 # --- uncertainty --------------------------------------------------------------------------
@@ -180,22 +202,30 @@ def margin(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tens
 CHUNK = 65536
 
 
-@register("entropy", needs=("probs",), on_device=True)
+def entropy_score(outputs: PoolOutputs) -> torch.Tensor:
+    """Predictive entropy −Σ p·log p over the classes, [N] float64."""
+    return torch.cat([torch.special.entr(p.double()).sum(1) for p in outputs.probs.split(CHUNK)])
+
+
+@register("entropy", needs=("probs",), on_device=True, score=entropy_score)
 def entropy(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
     """Highest predictive entropy −Σ p·log p over the classes."""
-    scores = torch.cat([torch.special.entr(p.double()).sum(1) for p in outputs.probs.split(CHUNK)])
-    return top_k(scores, k)
+    return top_k(entropy_score(outputs), k)
 
 
-@register("least_confidence", needs=("probs",), on_device=True)
+def least_confidence_score(outputs: PoolOutputs) -> torch.Tensor:
+    """The negated top-class probability, [N]."""
+    return -outputs.probs.max(1).values
+
+
+@register("least_confidence", needs=("probs",), on_device=True, score=least_confidence_score)
 def least_confidence(outputs: PoolOutputs, k: int, rng: np.random.Generator) -> torch.Tensor:
     """Lowest top-class probability (the least confident predictions)."""
-    return top_k(-outputs.probs.max(1).values, k)
+    return top_k(least_confidence_score(outputs), k)
 
 
-@register("bald", needs=("mc_probs",), constraints={"mc_samples": Interval(2, integer=True)}, on_device=True)
-def bald(outputs: PoolOutputs, k: int, rng: np.random.Generator, mc_samples: int = 20) -> torch.Tensor:
-    """Largest mutual information between label and weights under MC dropout (BALD); needs model.dropout > 0."""
+def bald_score(outputs: PoolOutputs, mc_samples: int = 20) -> torch.Tensor:
+    """Mutual information between label and weights under MC dropout, [N] float64."""
     # I(y; θ) = H(E_t p_t) − E_t H(p_t): high where the passes disagree, not where each
     # pass is merely unsure.  mc_probs is [T, N, C]; blocks over N bound the temporaries.
     scores = []
@@ -204,7 +234,15 @@ def bald(outputs: PoolOutputs, k: int, rng: np.random.Generator, mc_samples: int
         entropy_of_mean = torch.special.entr(p.mean(0)).sum(1)  # [b]
         mean_entropy = torch.special.entr(p).sum(2).mean(0)  # [b]
         scores.append(entropy_of_mean - mean_entropy)
-    return top_k(torch.cat(scores), k)
+    return torch.cat(scores)
+
+
+@register(
+    "bald", needs=("mc_probs",), constraints={"mc_samples": Interval(2, integer=True)}, on_device=True, score=bald_score
+)
+def bald(outputs: PoolOutputs, k: int, rng: np.random.Generator, mc_samples: int = 20) -> torch.Tensor:
+    """Largest mutual information between label and weights under MC dropout (BALD); needs model.dropout > 0."""
+    return top_k(bald_score(outputs, mc_samples), k)
 
 
 # --- diversity ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ LAYERS = {
     "engine.compute": 3,
     "engine.trial": 4,
     "engine.suite": 5,
+    "engine.live": 5,
     "engine.analysis": 6,
     "engine.cli": 7,
     "engine.api": 7,

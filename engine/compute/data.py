@@ -512,6 +512,14 @@ def _read_parquet(path: str, inputs: str | list | None, labels: str) -> tuple[An
     return x, frame[labels].to_numpy()
 
 
+def read_table(path: str, features: list[str], key: str, shape: list | None) -> tuple[np.ndarray, np.ndarray]:
+    """A Parquet file's inputs, read as the ``files`` dataset reads them (``features`` its
+    columns, reshaped to ``shape``), and its column ``key`` as it is: a live project's pool
+    and its ids, or its evaluation set and its labels (engine/live/)."""
+    x, column = _read_parquet(path, features, key)
+    return _as_inputs(x, path, shape), column
+
+
 def _as_inputs(x: Any, path: str, shape: list | None) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "biuf" or x.ndim == 0:

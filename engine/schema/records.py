@@ -121,6 +121,10 @@ class RoundRecord:
         "how many of this round's acquired samples are of each class (index: the class label), for the "
         "report's class histograms without reloading the dataset"
     )
+    label_files: list[str] | None = _doc(
+        "a live project's round (docs/live.md): the label or batch files it consumed, as 'labels/NAME#SHA256'; "
+        "null in a simulated trial"
+    )
     precise_bn: bool = _doc("BatchNorm statistics re-estimated before evaluation", config="eval")
     momentum: float | None = _doc(
         "the momentum SGD uses (cfg.optimizer.momentum); null for adam, which has none", config="optimizer"

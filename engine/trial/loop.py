@@ -49,7 +49,7 @@ from engine.schema.catalogue import ACQUISITION_STRATEGIES, INIT_STRATEGIES
 from engine.schema.config import Config
 from engine.schema.records import RoundRecord
 from engine.trial.provenance import now
-from engine.trial.setup import TrialContext, TrialState, fresh_model
+from engine.trial.setup import RoundPlan, TrialContext, TrialState, fresh_model
 from strategies.acquisition import PoolOutputs, pick
 
 
@@ -119,7 +119,7 @@ def finish_round(
     round_ = start.round
     added = np.sort(context.data.pool_index[state.labeled == round_])
     record = RoundRecord(
-        **context.columns,
+        **{**context.columns, **context.labels.columns(round_)},
         **fit_columns(stats),
         **start.seconds,
         train_timing=start.train_timing,
@@ -156,6 +156,12 @@ class SimulatedLabels:
         if outputs is not None:
             return choose(cfg, outputs, np.flatnonzero(state.labeled == 0), k, round_, context.comm), outputs
         return acquire(cfg, state.model, context.data, state.labeled, k, round_, context.comm, context.performance)
+
+    def columns(self, round_: int) -> dict:
+        return {}
+
+    def last_round(self, plan: RoundPlan) -> int:
+        return plan.rounds
 
 
 SIMULATED = SimulatedLabels()

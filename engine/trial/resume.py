@@ -268,6 +268,6 @@ def save_round(
     pretrained = {c: row[c] for c in PRETRAIN_COLUMNS}
     checkpoint = {"round": state.round, "labeled": state.labeled.copy(), "model": weights, "pretrain": pretrained}
     store.save_checkpoint({**checkpoint, "stopped": state.stopped})
-    status = {"round": state.round, "rounds": context.plan.rounds, "test_acc": row["test_acc"]}
+    status = {"round": state.round, "rounds": context.labels.last_round(context.plan), "test_acc": row["test_acc"]}
     store.save_status({**status, "stopped": state.stopped} if state.stopped else status)
     return saved or row

@@ -144,7 +144,7 @@ class TrialSession:
     @property
     def done(self) -> bool:
         """Every round run, or stopped early (``state.stopped``: a divergence)."""
-        return self.state.done(self.context.plan.rounds)
+        return self.state.done(self.context.labels.last_round(self.context.plan))
 
     def info(self, out: str | None) -> TrialInfo:
         plan, data = self.context.plan, self.context.data

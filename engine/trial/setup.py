@@ -144,6 +144,7 @@ def trial_columns(
         "overrides": json.dumps(overrides, sort_keys=True) if overrides else None,
         "plugins": json.dumps(plugins, sort_keys=True) if plugins else None,
         "ensemble": None,  # an ensemble's member: its label (trial_context's ``ensemble``)
+        "label_files": None,  # a live project's round: its LabelSource's columns (engine/live/step.py)
         **provenance_columns(device),  # what made the rows; started_at and ended_at are the round's
         "config": config_columns({**cfg.to_dict(), "trial_id": cfg.trial_id()}),
     }
@@ -161,6 +162,15 @@ class LabelSource(Protocol):
         """The pool positions round ``round_`` labels, and the pool outputs they were picked
         with (``outputs``: already scored elsewhere, or None).  When it returns,
         ``context.data.pool_y`` holds their labels."""
+        ...
+
+    def columns(self, round_: int) -> dict:
+        """Row columns round ``round_``'s labels add (a live project's ``label_files``); {}: none."""
+        ...
+
+    def last_round(self, plan: RoundPlan) -> int | None:
+        """The trial's last round: the plan's when the source labels ``rounds.per_round`` a round
+        (simulated); None: as long as labels arrive (a live project stops at ``rounds.max_rounds``)."""
         ...
 
 
@@ -213,5 +223,6 @@ class TrialState:
     pretrain: PretrainRecord | None = None  # pretraining's results, for every row
     stopped: str | None = None  # why the trial ended before its last round ("diverged"), if it did
 
-    def done(self, rounds: int) -> bool:
-        return self.round >= rounds or self.stopped is not None
+    def done(self, rounds: int | None) -> bool:
+        """``rounds`` run (None: never all), or stopped early."""
+        return (rounds is not None and self.round >= rounds) or self.stopped is not None
