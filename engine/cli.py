@@ -165,7 +165,64 @@ def parser() -> argparse.ArgumentParser:
     _add_repeated(
         lister, "--plugin", "MODULE_OR_FILE.py", "plugins", "also list the strategies this module or file registers"
     )
+
+    live = sub.add_parser("live", help="a live project: rounds whose labels come from an annotator or a stream")
+    live_sub = live.add_subparsers(dest="live_command", required=True, metavar="LIVE_COMMAND")
+    _add_labelstudio(live_sub)
     return top
+
+
+def _add_labelstudio(live_sub) -> None:
+    """``warmstart live labelstudio push|pull DIR --url URL [--project NAME]`` (docs/live.md);
+    the commands set ``handler``, which ``main`` calls."""
+    tool = live_sub.add_parser(
+        "labelstudio",
+        help="Label Studio as the annotator: push the query as tasks, pull finished annotations as a label file",
+        description="The API key comes from the LABEL_STUDIO_API_KEY environment variable.",
+    )
+    actions = tool.add_subparsers(dest="labelstudio_command", required=True, metavar="push|pull")
+    push = actions.add_parser(
+        "push", help="the latest query (DIR/queries/round-NNNN.parquet) as tasks, its scores as predictions"
+    )
+    pull = actions.add_parser("pull", help="finished annotations not pulled before as DIR/labels/labelstudio-*.parquet")
+    for command in (push, pull):
+        command.add_argument("dir", metavar="DIR", help="the live project's folder")
+        command.add_argument(
+            "--url", required=True, metavar="URL", help="the Label Studio server, e.g. http://localhost:8080"
+        )
+        command.add_argument(
+            "--project", metavar="NAME", help="the Label Studio project's title (default: warmstart <DIR's name>)"
+        )
+        command.add_argument(
+            "--eval", metavar="EVAL.parquet", help="the evaluation set: its 'label' column gives the classes"
+        )
+        command.set_defaults(handler=cmd_labelstudio)
+    push.add_argument("--pool", metavar="POOL.parquet", help="the pool (id and features) the query's ids come from")
+    push.add_argument("--round", type=int, metavar="N", help="push the query of round N (default: the latest)")
+    push.add_argument(
+        "--view", choices=["auto", "image", "table"], default="auto", help="how a task shows an item (default: auto)"
+    )
+    push.add_argument("--shape", metavar="HxW|CxHxW", help="an item's image shape (default: a square of its values)")
+
+
+def cmd_labelstudio(args: argparse.Namespace) -> int:
+    from engine.live import labelstudio
+
+    if args.labelstudio_command == "push":
+        done = labelstudio.push(
+            args.dir,
+            args.url,
+            args.project,
+            pool=args.pool,
+            eval=args.eval,
+            round=args.round,
+            view=args.view,
+            shape=args.shape,
+        )
+    else:
+        done = labelstudio.pull(args.dir, args.url, args.project, eval=args.eval)
+    print(done.summary())
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -392,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             "list": cmd_list,
             "check": cmd_check,
         }
-        return commands[args.command](args)
+        handler = getattr(args, "handler", None) or commands[args.command]  # a subcommand's own, or the command's
+        return handler(args)
     except ConfigError as exc:
         _explain(exc, debug)
         return EXIT_USAGE

@@ -26,6 +26,7 @@ LAYERS = {
     "engine.trial": 4,
     "engine.suite": 5,
     "engine.analysis": 6,
+    "engine.live": 6,
     "engine.cli": 7,
     "engine.api": 7,
     "engine.__main__": 8,
