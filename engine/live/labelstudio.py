@@ -71,15 +71,15 @@ class Pulled:
     project: str
     path: str | None  # the label file written; None when there was nothing new
     labels: int
-    cancelled: int  # skipped annotations (not labels)
+    skipped: int  # tasks the annotators skipped (cancelled), none of them labelled
     repeated: int  # annotations of ids already labelled (not written again)
-    waiting: int  # tasks of the project without a finished annotation
+    waiting: int  # tasks nobody has labelled or skipped yet
 
     def summary(self) -> str:
         notes = [
             f"{n} {what}"
             for n, what in (
-                (self.cancelled, "skipped annotation(s) left out"),
+                (self.skipped, "task(s) skipped"),
                 (self.repeated, "annotation(s) of ids already labelled left out"),
                 (self.waiting, "task(s) still unlabelled"),
             )
@@ -499,11 +499,11 @@ def pull(
         for task in sorted(tasks, key=lambda t: t.id):
             if not (isinstance(task.data, dict) and "ws_id" in task.data):
                 continue  # a task warmstart did not push
-            item, finished = task.data["ws_id"], False
+            item, finished, skipped = task.data["ws_id"], False, False
             for annotation in sorted(task.annotations or [], key=lambda a: _field(a, "id")):
                 number = _field(annotation, "id")
                 if _field(annotation, "was_cancelled"):
-                    cancelled += number not in pulled
+                    skipped = True
                     continue
                 choice = _choice(annotation)
                 if choice is None:
@@ -522,7 +522,9 @@ def pull(
                     continue
                 labelled.add(_key(item))
                 rows.append((item, by_name[choice]))
-            waiting += not finished
+            if not finished:
+                cancelled += skipped
+                waiting += not skipped
         if not new_annotations:
             return Pulled(title, None, 0, cancelled, repeated, waiting)
         path = None
@@ -563,10 +565,15 @@ def _commit(folder: str, state: dict, project_id: int, rows: list, annotations: 
     state["project_id"] = project_id
     _write_state(folder, project_id, state)
     final = os.path.join(labels_dir, name)
-    os.replace(staged, final)
+    _publish(staged, final)
     _recover(folder, state)
     _write_state(folder, project_id, state)
     return final
+
+
+def _publish(staged: str, final: str) -> None:
+    """The commit of a pull: the label file appears in ``DIR/labels/``, whole."""
+    os.replace(staged, final)
 
 
 def _recover(folder: str, state: dict) -> bool:
