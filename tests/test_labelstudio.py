@@ -172,34 +172,36 @@ def test_push_annotate_pull(server, personal_token, digits_project, capsys, monk
     assert annotator.http.get(f"/api/projects/{project}/").json()["model_version"] == "round-0002"
 
 
-def test_tabular_items_with_string_ids_and_classes(server, tmp_path, capsys, monkeypatch):
-    """A table of features instead of an image; ids and classes stay strings.  The legacy token works too."""
+def test_a_project_as_live_init_made_it_tabular_with_string_ids_and_classes(server, tmp_path, capsys, monkeypatch):
+    """The pool, classes and features that `live init` recorded under DIR/_live/ (no --pool,
+    no --eval); round 1's random picks have no score, so no prediction; a table of features
+    instead of an image; ids and classes stay strings.  The legacy token works too."""
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", server.token)
+    folder = tmp_path / "clinic"
+    (folder / "_live").mkdir(parents=True)
+    (folder / "queries").mkdir()
     rng = np.random.default_rng(0)
     pool = pd.DataFrame(rng.normal(size=(20, 3)), columns=["height", "weight", "age"])
     pool.insert(0, "id", [f"patient-{i}" for i in range(20)])
-    pool.to_parquet(tmp_path / "pool.parquet")
-    pd.DataFrame({"height": [0.0, 1.0], "weight": [0.0, 1.0], "age": [0.0, 1.0], "label": ["sick", "well"]}).to_parquet(
-        tmp_path / "eval.parquet"
-    )
-    folder = tmp_path / "clinic"
-    (folder / "queries").mkdir(parents=True)
-    pd.DataFrame({"id": ["patient-4", "patient-9"], "score": [2.0, 1.0]}).to_parquet(
-        folder / "queries" / "round-0003.parquet"
-    )
-    code, out, _ = cli(
-        capsys, "live", "labelstudio", "push", str(folder), "--url", server.url, "--project", "Clinic triage",
-        "--pool", str(tmp_path / "pool.parquet"), "--eval", str(tmp_path / "eval.parquet"),
-    )  # fmt: skip
-    assert code == 0 and out.startswith("pushed round 3 to Label Studio project 'Clinic triage': 2 new task(s)")
+    pool.to_parquet(folder / "_live" / "pool.parquet")
+    record = {"features": ["height", "weight", "age"], "classes": ["sick", "well"], "shape": None}
+    (folder / "_live" / "project.json").write_text(json.dumps(record))
+    query = pd.DataFrame({"id": ["patient-4", "patient-9"], "rank": [1, 2], "score": [np.nan, np.nan]})
+    query.to_parquet(folder / "queries" / "round-0001.parquet")
+    push = ("live", "labelstudio", "push", str(folder), "--url", server.url, "--project", "Clinic triage")
+    code, out, _ = cli(capsys, *push)
+    assert code == 0 and out.startswith("pushed round 1 to Label Studio project 'Clinic triage': 2 new task(s)")
     annotator = Annotator(server)
-    tasks = annotator.tasks(annotator.project("Clinic triage"))
+    project = annotator.project("Clinic triage")
+    config = annotator.http.get(f"/api/projects/{project}/").json()["parsed_label_config"]["label"]
+    assert (config["labels"], config["inputs"][0]["type"]) == (["sick", "well"], "Table")
+    tasks = annotator.tasks(project)
     row = pool.set_index("id").loc["patient-4"]
     assert tasks["patient-4"]["data"]["features"] == {k: f"{v:.4g}" for k, v in row.items()}
+    assert tasks["patient-4"]["data"]["heading"] == "id patient-4: round 1, rank 1"
+    assert tasks["patient-4"]["predictions"] == [] and tasks["patient-9"]["data"]["score"] is None
     annotator.label(tasks["patient-9"], "well")
-    code, out, _ = cli(
-        capsys, "live", "labelstudio", "pull", str(folder), "--url", server.url, "--project", "Clinic triage"
-    )
+    code, out, _ = cli(capsys, "live", "labelstudio", "pull", *push[3:])
     assert code == 0 and "pulled 1 label(s)" in out
     (frame,) = labels_in(folder).values()
     assert frame.to_dict("list") == {"id": ["patient-9"], "label": ["well"]}
@@ -239,9 +241,9 @@ def test_a_pull_that_stopped_midway_is_redone_or_finished(server, personal_token
     assert labelstudio.pull(str(folder), url, title).path is None
     frames = pd.concat(labels_in(folder).values())
     assert sorted(zip(frames["id"], frames["label"], strict=True)) == [(1003, truth[1003]), (1042, truth[1042])]
-    state = json.loads(next((folder / "labelstudio").glob("project-*.json")).read_text())
+    state = json.loads(next((folder / "_labelstudio").glob("project-*.json")).read_text())
     assert "pending" not in state and sorted(state["ids"]) == [1003, 1042]
-    assert os.listdir(folder / "labelstudio" / "staging") == []
+    assert os.listdir(folder / "_labelstudio" / "staging") == []
 
 
 def test_errors_are_one_line_and_write_nothing(server, personal_token, digits_project, capsys, monkeypatch):

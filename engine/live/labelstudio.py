@@ -7,7 +7,7 @@ whose ``model_version`` is the round.  An id already in the project is not pushe
 
 ``pull`` turns the finished annotations into one label file, ``DIR/labels/labelstudio-<UTC
 time>.parquet`` (``id``, ``label``), for ``warmstart live step``.  Each annotation is written
-once: what was pulled is recorded in ``DIR/labelstudio/project-<id>.json``, and the label
+once: what was pulled is recorded in ``DIR/_labelstudio/project-<id>.json``, and the label
 file's rename into ``DIR/labels/`` is the one step that commits a pull (a pull that crashed
 before it wrote nothing; one that crashed after it is completed by the next pull).  Skipped
 (cancelled) annotations and empty ones are not labels; an id gets one label, its first
@@ -45,6 +45,8 @@ QUERY = re.compile(r"round-(\d+)\.parquet")
 TITLE_LENGTH = (3, 50)  # what Label Studio accepts as a project title
 IMAGE_PIXELS = 160  # an image is scaled up (nearest neighbour) to about this many pixels a side
 BATCH = 500  # tasks per import request
+STATE = "_labelstudio"  # DIR/_labelstudio/: what was pulled (a name under _: no reader of the rows looks in it)
+RECORD = os.path.join("_live", "project.json")  # what `live init` recorded: features, classes, shape
 
 
 @dataclass(frozen=True)
@@ -261,8 +263,27 @@ def read_query(path: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def read_pool(path: str | None, folder: str) -> pd.DataFrame:
-    """The pool's features, indexed by id: every column but ``id`` (and ``label``, if present)."""
+def recorded(folder: str) -> dict:
+    """What ``live init`` recorded in ``DIR/_live/project.json`` (features, classes, shape), or {}."""
+    path = os.path.join(folder, RECORD)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise ConfigError(f"{path} is damaged (not JSON).") from None
+
+
+def _beside(folder: str, given: str | None, name: str) -> str | None:
+    """``given``, else the project's own copy ``DIR/_live/<name>`` if there is one."""
+    own = os.path.join(folder, "_live", name)
+    return given if given is not None else own if os.path.exists(own) else None
+
+
+def read_pool(path: str | None, folder: str, features: list | None = None) -> pd.DataFrame:
+    """The pool's features, indexed by id: ``features`` (the project's), else every column but
+    ``id`` (and ``label``, if present)."""
     if path is None:
         raise ConfigError(f"Name the pool of {folder} with --pool POOL.parquet (the file live init was given).")
     try:
@@ -273,7 +294,13 @@ def read_pool(path: str | None, folder: str) -> pd.DataFrame:
         raise ConfigError(f"--pool {path} is not a Parquet table ({type(exc).__name__}).") from None
     if "id" not in frame.columns:
         raise ConfigError(f"--pool {path} has no 'id' column.")
-    features = frame.drop(columns=[c for c in ("id", "label") if c in frame.columns])
+    if features:
+        absent = [c for c in features if c not in frame.columns]
+        if absent:
+            raise ConfigError(f"--pool {path} lacks the project's feature column(s) {', '.join(map(str, absent[:5]))}.")
+        features = frame[list(features)]
+    else:
+        features = frame.drop(columns=[c for c in ("id", "label") if c in frame.columns])
     if features.shape[1] == 0:
         raise ConfigError(f"--pool {path} has no feature column besides 'id'.")
     features.index = frame["id"].map(_plain)
@@ -395,15 +422,19 @@ def push(
     title = _check_title(project or default_title(folder))
     round, query_path = latest_query(folder, round)
     query = read_query(query_path)
+    record = recorded(folder)
+    pool, eval = _beside(folder, pool, "pool.parquet"), _beside(folder, eval, "eval.parquet")
+    if shape is None and record.get("shape"):
+        shape = "x".join(map(str, record["shape"]))
     client = connect(url, api_key)
     url = url.rstrip("/")
     existing = find_project(client, url, title)
-    features = read_pool(pool, folder)
+    features = read_pool(pool, folder, record.get("features"))
     missing = [i for i in query["id"].map(_plain) if i not in features.index]
     if missing:
         raise ConfigError(f"{query_path} names id(s) not in the pool {pool}: {', '.join(map(repr, missing[:5]))}.")
     if existing is None:
-        classes = read_classes(eval)
+        classes = record["classes"] if record.get("classes") else read_classes(eval)
         view, image_shape = choose_view(features, view, parse_shape(shape))
         config = label_config(classes, view)
         created = _call(
@@ -413,17 +444,20 @@ def push(
     else:
         classes = None
         names, view = _project_shape(existing)
-        if eval is not None and names != [str(c) for c in read_classes(eval)]:
+        ours = record.get("classes") or (read_classes(eval) if eval is not None else None)
+        if ours is not None and names != [str(c) for c in ours]:
             raise ConfigError(
-                f"Label Studio project {title!r} offers the classes {names}, the evaluation set {eval} has "
-                f"{[str(c) for c in read_classes(eval)]}; name another project with --project."
+                f"Label Studio project {title!r} offers the classes {names}, this project has "
+                f"{[str(c) for c in ours]}; name another Label Studio project with --project."
             )
         image_shape = choose_view(features, view, parse_shape(shape))[1] if view == "image" else None
     with _locked(folder):
         state = _read_state(folder, existing.id)
         if classes is not None or "classes" not in state:
             state.update(url=url, project=title, project_id=existing.id)
-            state["classes"] = classes if classes is not None else _typed_classes(_project_shape(existing)[0], eval)
+            state["classes"] = (
+                classes if classes is not None else _typed_classes(_project_shape(existing)[0], folder, eval)
+            )
             _write_state(folder, existing.id, state)
 
     version = model_version(round)
@@ -434,23 +468,25 @@ def push(
             known.setdefault(task.data["ws_id"], task)
     new, rescored, present = [], 0, 0
     for rank, row in enumerate(query.itertuples(index=False), start=1):
-        item, score = _plain(row.id), float(row.score)
+        item, score = _plain(row.id), _score(row.score)
         task = known.get(item)
         if task is not None:
-            if any(_field(p, "model_version") == version for p in task.predictions or []):
+            if score is None or any(_field(p, "model_version") == version for p in task.predictions or []):
                 present += 1
             else:
                 _call(url, client.predictions.create, task=task.id, model_version=version, score=score, result=[])
                 rescored += 1
             continue
         data = {"ws_id": item, "round": round, "rank": rank, "score": score}
-        data["heading"] = f"id {item}: round {round}, rank {rank}, score {score:.4g}"
+        scored = "" if score is None else f", score {score:.4g}"
+        data["heading"] = f"id {item}: round {round}, rank {rank}{scored}"
         values = features.loc[[item]]
         if view == "image":
             data["image"] = png_data_uri(_vectors(values)[0], image_shape)
         else:
             data["features"] = _table(values.iloc[0])
-        new.append({"data": data, "predictions": [{"model_version": version, "score": score, "result": []}]})
+        predictions = [] if score is None else [{"model_version": version, "score": score, "result": []}]
+        new.append({"data": data, "predictions": predictions})
     for start in range(0, len(new), BATCH):
         _call(url, client.projects.import_tasks, existing.id, request=new[start : start + BATCH], return_task_ids=True)
     if new or rescored:
@@ -458,12 +494,22 @@ def push(
     return Pushed(title, existing.id, round, len(new), rescored, present, f"{url}/projects/{existing.id}")
 
 
+def _score(value: Any) -> float | None:
+    """A query's score, or None where the acquisition gave none (round 1's random picks)."""
+    if value is None or pd.isna(value):
+        return None
+    return float(value)
+
+
 def _field(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-def _typed_classes(names: list[str], eval: str | None) -> list:
-    """A project's choice names as the evaluation set's classes (ints stay ints)."""
+def _typed_classes(names: list[str], folder: str, eval: str | None) -> list:
+    """A project's choice names as the live project's classes (ints stay ints)."""
+    if recorded(folder).get("classes"):
+        return recorded(folder)["classes"]
+    eval = _beside(folder, eval, "eval.parquet")
     if eval is not None:
         return read_classes(eval)
     return [int(n) if re.fullmatch(r"-?\d+", n) else n for n in names]
@@ -491,7 +537,7 @@ def pull(
         state = _read_state(folder, found.id)
         if _recover(folder, state):
             _write_state(folder, found.id, state)
-        classes = state.get("classes") or _typed_classes(names, eval)
+        classes = state.get("classes") or _typed_classes(names, folder, eval)
         by_name = {str(c): c for c in classes}
         pulled, labelled = set(state.get("pulled", [])), set(map(_key, state.get("ids", [])))
         rows, new_annotations, cancelled, repeated, waiting = [], [], 0, 0, 0
@@ -550,7 +596,7 @@ def _choice(annotation: Any) -> str | None:
 
 
 def _commit(folder: str, state: dict, project_id: int, rows: list, annotations: list[int]) -> str:
-    """Write the label file: staged under ``DIR/labelstudio/``, the state told which
+    """Write the label file: staged under ``DIR/_labelstudio/``, the state told which
     annotations it holds, then renamed into ``DIR/labels/`` (the commit), then the state
     updated.  ``_recover`` finishes or undoes a pull that stopped between these steps."""
     labels_dir = os.path.join(folder, "labels")
@@ -609,7 +655,7 @@ def _label_name(labels_dir: str) -> str:
 
 
 def _state_dir(folder: str) -> str:
-    return os.path.join(folder, "labelstudio")
+    return os.path.join(folder, STATE)
 
 
 def _state_path(folder: str, project_id: int) -> str:
