@@ -192,7 +192,7 @@ def _titles(client, url: str) -> list[str]:
 def label_config(classes: list, view: str) -> str:
     """A classification config: the item (``$image`` or ``$features``) and one choice per class."""
     shown = (
-        '<Image name="item" value="$image" zoom="true"/>'
+        '<Image name="item" value="$image" zoom="true" maxWidth="320px"/>'
         if view == "image"
         else '<Table name="item" value="$features"/>'
     )
