@@ -99,6 +99,7 @@ class Pulled:
 def connect(url: str, api_key: str | None = None):
     """A client of the Label Studio at ``url``, checked: the server answers and takes the key."""
     try:
+        import httpx
         from label_studio_sdk import LabelStudio
         from label_studio_sdk.core.api_error import ApiError
     except ImportError:
@@ -119,7 +120,7 @@ def connect(url: str, api_key: str | None = None):
         client.users.whoami()
     except ApiError as exc:
         raise _api_error(exc, url) from None
-    except Exception as exc:  # httpx's connection errors, a server that is not Label Studio
+    except (httpx.HTTPError, ValueError) as exc:  # no connection, a timeout, an answer that is not Label Studio's
         raise _transport_error(exc, url) from None
     return client
 
@@ -154,15 +155,14 @@ def _detail(body: Any) -> str:
 
 def _call(url: str, what, *args, **kwargs):
     """One API call, its failures as one line for the user."""
+    import httpx
     from label_studio_sdk.core.api_error import ApiError
 
     try:
         return what(*args, **kwargs)
     except ApiError as exc:
         raise _api_error(exc, url) from None
-    except ConfigError:
-        raise
-    except Exception as exc:
+    except (httpx.HTTPError, ValueError) as exc:
         raise _transport_error(exc, url) from None
 
 
@@ -530,7 +530,8 @@ def pull(
     found = find_project(client, url, title)
     if found is None:
         titles = _titles(client, url)
-        has = f"it has {', '.join(map(repr, titles))}" if titles else "it has no project"
+        more = f" and {len(titles) - 10} more" if len(titles) > 10 else ""
+        has = f"it has {', '.join(map(repr, titles[:10]))}{more}" if titles else "it has no project"
         raise ConfigError(f"Label Studio at {url} has no project {title!r} ({has}); push a query first.")
     names, _ = _project_shape(found)
     with _locked(folder):
