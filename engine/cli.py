@@ -183,7 +183,7 @@ def _add_report_command(sub: argparse._SubParsersAction) -> None:
 def _add_live(sub) -> None:
     """``warmstart live init|step|watch`` (docs/live.md)."""
     live = sub.add_parser("live", help="a live project: rounds fed by label files as they arrive (docs/live.md)")
-    commands = live.add_subparsers(dest="live_command", required=True, metavar="init|step|watch")
+    commands = live.add_subparsers(dest="live_command", required=True, metavar="init|step|watch|labelstudio")
     init = commands.add_parser("init", help="make a live project from an unlabelled pool and an evaluation set")
     init.add_argument(
         "--pool", metavar="POOL.parquet", required=True, help="the unlabelled data: an id column, features"
@@ -200,6 +200,7 @@ def _add_live(sub) -> None:
     watch = commands.add_parser("watch", help="run steps as label files arrive, until Ctrl-C")
     watch.add_argument("dir", metavar="DIR", help="the live project's folder or URI")
     watch.add_argument("--every", metavar="N[s]", default="30s", help="seconds between looks (default 30s)")
+    _add_labelstudio(commands)
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -219,6 +220,59 @@ def cmd_live(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--every is a number of seconds such as 30 or 30s, not {args.every!r}.") from None
     step.watch(args.dir, seconds, say=lambda line: print(line, flush=True))
+    return 0
+
+
+def _add_labelstudio(live_sub) -> None:
+    """``warmstart live labelstudio push|pull DIR --url URL [--project NAME]`` (docs/live.md);
+    the commands set ``handler``, which ``main`` calls."""
+    tool = live_sub.add_parser(
+        "labelstudio",
+        help="Label Studio as the annotator: push the query as tasks, pull finished annotations as a label file",
+        description="The API key comes from the LABEL_STUDIO_API_KEY environment variable.",
+    )
+    actions = tool.add_subparsers(dest="labelstudio_command", required=True, metavar="push|pull")
+    push = actions.add_parser(
+        "push", help="the latest query (DIR/queries/round-NNNN.parquet) as tasks, its scores as predictions"
+    )
+    pull = actions.add_parser("pull", help="finished annotations not pulled before as DIR/labels/labelstudio-*.parquet")
+    for command in (push, pull):
+        command.add_argument("dir", metavar="DIR", help="the live project's folder")
+        command.add_argument(
+            "--url", required=True, metavar="URL", help="the Label Studio server, e.g. http://localhost:8080"
+        )
+        command.add_argument(
+            "--project", metavar="NAME", help="the Label Studio project's title (default: warmstart <DIR's name>)"
+        )
+        command.add_argument(
+            "--eval", metavar="EVAL.parquet", help="the evaluation set: its 'label' column gives the classes"
+        )
+        command.set_defaults(handler=cmd_labelstudio)
+    push.add_argument("--pool", metavar="POOL.parquet", help="the pool (id and features) the query's ids come from")
+    push.add_argument("--round", type=int, metavar="N", help="push the query of round N (default: the latest)")
+    push.add_argument(
+        "--view", choices=["auto", "image", "table"], default="auto", help="how a task shows an item (default: auto)"
+    )
+    push.add_argument("--shape", metavar="HxW|CxHxW", help="an item's image shape (default: a square of its values)")
+
+
+def cmd_labelstudio(args: argparse.Namespace) -> int:
+    from engine.live import labelstudio
+
+    if args.labelstudio_command == "push":
+        done = labelstudio.push(
+            args.dir,
+            args.url,
+            args.project,
+            pool=args.pool,
+            eval=args.eval,
+            round=args.round,
+            view=args.view,
+            shape=args.shape,
+        )
+    else:
+        done = labelstudio.pull(args.dir, args.url, args.project, eval=args.eval)
+    print(done.summary())
     return 0
 
 
@@ -456,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             "check": cmd_check,
             "live": cmd_live,
         }
-        return commands[args.command](args)
+        handler = getattr(args, "handler", None) or commands[args.command]  # a subcommand's own, or the command's
+        return handler(args)
     except ConfigError as exc:
         _explain(exc, debug)
         return EXIT_USAGE
