@@ -24,7 +24,6 @@ LAYERS = {
     "engine.suite": 5,
     "engine.live": 5,
     "engine.analysis": 6,
-    "engine.live": 6,
     "engine.cli": 7,
     "engine.api": 7,
     "engine.__main__": 8,
