@@ -428,11 +428,26 @@ def push(
         shape = "x".join(map(str, record["shape"]))
     client = connect(url, api_key)
     url = url.rstrip("/")
-    existing = find_project(client, url, title)
     features = read_pool(pool, folder, record.get("features"))
     missing = [i for i in query["id"].map(_plain) if i not in features.index]
     if missing:
         raise ConfigError(f"{query_path} names id(s) not in the pool {pool}: {', '.join(map(repr, missing[:5]))}.")
+    existing, view, image_shape = _open_project(client, url, folder, title, round, features, record, eval, view, shape)
+    version = model_version(round)
+    tasks = _call(url, lambda: list(client.tasks.list(project=existing.id, fields="all", page_size=100)))
+    new, rescored, present = _new_tasks(client, url, tasks, query, round, features, view, image_shape)
+    for start in range(0, len(new), BATCH):
+        _call(url, client.projects.import_tasks, existing.id, request=new[start : start + BATCH], return_task_ids=True)
+    if new or rescored:
+        _call(url, client.projects.update, existing.id, model_version=version)
+    return Pushed(title, existing.id, round, len(new), rescored, present, f"{url}/projects/{existing.id}")
+
+
+def _open_project(client, url: str, folder: str, title: str, round: int, features, record: dict, eval, view, shape):
+    """The Label Studio project ``title`` (made with the classes if it does not exist, its
+    classes checked against this project's if it does), its view and image shape; its id and
+    classes remembered in the folder's state."""
+    existing = find_project(client, url, title)
     if existing is None:
         classes = record["classes"] if record.get("classes") else read_classes(eval)
         view, image_shape = choose_view(features, view, parse_shape(shape))
@@ -459,9 +474,13 @@ def push(
                 classes if classes is not None else _typed_classes(_project_shape(existing)[0], folder, eval)
             )
             _write_state(folder, existing.id, state)
+    return existing, view, image_shape
 
+
+def _new_tasks(client, url: str, tasks: list, query, round: int, features, view: str, image_shape):
+    """The query's rows as new tasks (an id already pushed is not pushed again: it gets this
+    round's score as a prediction where it lacks one); (new tasks, rescored, already present)."""
     version = model_version(round)
-    tasks = _call(url, lambda: list(client.tasks.list(project=existing.id, fields="all", page_size=100)))
     known = {}
     for task in tasks:
         if isinstance(task.data, dict) and "ws_id" in task.data:
@@ -487,11 +506,7 @@ def push(
             data["features"] = _table(values.iloc[0])
         predictions = [] if score is None else [{"model_version": version, "score": score, "result": []}]
         new.append({"data": data, "predictions": predictions})
-    for start in range(0, len(new), BATCH):
-        _call(url, client.projects.import_tasks, existing.id, request=new[start : start + BATCH], return_task_ids=True)
-    if new or rescored:
-        _call(url, client.projects.update, existing.id, model_version=version)
-    return Pushed(title, existing.id, round, len(new), rescored, present, f"{url}/projects/{existing.id}")
+    return new, rescored, present
 
 
 def _score(value: Any) -> float | None:
@@ -541,37 +556,8 @@ def pull(
         classes = state.get("classes") or _typed_classes(names, folder, eval)
         by_name = {str(c): c for c in classes}
         pulled, labelled = set(state.get("pulled", [])), set(map(_key, state.get("ids", [])))
-        rows, new_annotations, cancelled, repeated, waiting = [], [], 0, 0, 0
         tasks = _call(url, lambda: list(client.tasks.list(project=found.id, fields="all", page_size=100)))
-        for task in sorted(tasks, key=lambda t: t.id):
-            if not (isinstance(task.data, dict) and "ws_id" in task.data):
-                continue  # a task warmstart did not push
-            item, finished, skipped = task.data["ws_id"], False, False
-            for annotation in sorted(task.annotations or [], key=lambda a: _field(a, "id")):
-                number = _field(annotation, "id")
-                if _field(annotation, "was_cancelled"):
-                    skipped = True
-                    continue
-                choice = _choice(annotation)
-                if choice is None:
-                    continue  # an empty annotation: no label
-                finished = True
-                if number in pulled:
-                    continue
-                if choice not in by_name:
-                    raise ConfigError(
-                        f"Annotation {number} of task {task.id} (id {item!r}) chose {choice!r}, not one of the "
-                        f"classes {list(by_name)}; correct it in Label Studio. Nothing written."
-                    )
-                new_annotations.append(number)
-                if _key(item) in labelled:
-                    repeated += 1
-                    continue
-                labelled.add(_key(item))
-                rows.append((item, by_name[choice]))
-            if not finished:
-                cancelled += skipped
-                waiting += not skipped
+        rows, new_annotations, (cancelled, repeated, waiting) = _finished(tasks, by_name, pulled, labelled)
         if not new_annotations:
             return Pulled(title, None, 0, cancelled, repeated, waiting)
         path = None
@@ -581,6 +567,43 @@ def pull(
             state["pulled"] = sorted(pulled | set(new_annotations))
             _write_state(folder, found.id, state)
         return Pulled(title, path, len(rows), cancelled, repeated, waiting)
+
+
+def _finished(tasks: list, by_name: dict, pulled: set, labelled: set):
+    """From warmstart's tasks: the (id, label) rows of finished annotations not pulled before
+    (one label per id: its task's first annotation), those annotations' numbers, and the
+    counts (skipped, repeated, waiting).  ``labelled`` grows with the ids labelled here."""
+    rows, new_annotations, cancelled, repeated, waiting = [], [], 0, 0, 0
+    for task in sorted(tasks, key=lambda t: t.id):
+        if not (isinstance(task.data, dict) and "ws_id" in task.data):
+            continue  # a task warmstart did not push
+        item, finished, skipped = task.data["ws_id"], False, False
+        for annotation in sorted(task.annotations or [], key=lambda a: _field(a, "id")):
+            number = _field(annotation, "id")
+            if _field(annotation, "was_cancelled"):
+                skipped = True
+                continue
+            choice = _choice(annotation)
+            if choice is None:
+                continue  # an empty annotation: no label
+            finished = True
+            if number in pulled:
+                continue
+            if choice not in by_name:
+                raise ConfigError(
+                    f"Annotation {number} of task {task.id} (id {item!r}) chose {choice!r}, not one of the "
+                    f"classes {list(by_name)}; correct it in Label Studio. Nothing written."
+                )
+            new_annotations.append(number)
+            if _key(item) in labelled:
+                repeated += 1
+                continue
+            labelled.add(_key(item))
+            rows.append((item, by_name[choice]))
+        if not finished:
+            cancelled += skipped
+            waiting += not skipped
+    return rows, new_annotations, (cancelled, repeated, waiting)
 
 
 def _key(item: Any) -> str:
