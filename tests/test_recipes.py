@@ -193,3 +193,16 @@ def test_nullable_integers_and_counts_read_as_docs_say(folder):
     first = df[df["round"] == 1]
     assert (first["cfg.rounds.initial"] >= 1).all()  # counts, not fractions
     assert first["n_labeled"].tolist() == first["cfg.rounds.initial"].astype(int).tolist() == [100] * 6
+
+
+def test_the_results_functions_take_rows_however_they_were_read(folder):
+    """pd.read_parquet's frame has only the cfg.* columns; every results function derives
+    the short names it groups by, so it answers as on load's frame (not an empty table)."""
+    loaded = results.load(folder)
+    raw = pd.concat([pd.read_parquet(p) for p in sorted(Path(folder).glob("*.parquet"))], ignore_index=True)
+    assert "init" not in raw and "init" in loaded
+    for function in (results.summary, results.outcome, results.claims, results.per_trial, results.by_round):
+        expected, got = function(loaded), function(raw)
+        assert len(expected) > 0, function.__name__
+        plain = [f.reset_index(drop=True).astype(object) for f in (got, expected)]
+        pd.testing.assert_frame_equal(*plain, check_like=True)

@@ -24,6 +24,7 @@ frame read otherwise gets them from ``records.with_short_names``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -163,6 +164,19 @@ def _matches_its_name(path: str, part: pa.Table) -> bool:
 # --- grid points ----------------------------------------------------------------------
 
 
+def short_named(fn):
+    """For a public function of a results table: rows however they were read (``load``'s
+    frame, or ``pd.read_parquet``'s, pyarrow's, ...) get the short names it groups and labels
+    by (records.SHORT_NAMES) from their cfg.* columns."""
+
+    @functools.wraps(fn)
+    def on_rows(frame, *args, **kwargs):
+        return fn(with_short_names(frame), *args, **kwargs)
+
+    return on_rows
+
+
+@short_named
 def config_columns(frame: pd.DataFrame) -> list[str]:
     """The ``cfg.*`` columns that decide what a trial computes: every one but the
     NOT_GROUPING keys (and those below them)."""
@@ -215,6 +229,7 @@ def _n_points(trials: pd.DataFrame, columns: list[str]) -> int:
     return len(trials[columns].drop_duplicates()) if columns else 1
 
 
+@short_named
 def grid_columns(frame: pd.DataFrame) -> list[str]:
     """The columns that name a table's grid points.
 
@@ -241,6 +256,7 @@ def grid_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in CONFIG_COLUMNS if c in chosen] + [c for c in chosen if c.startswith(CFG)]
 
 
+@short_named
 def seed_column(frame: pd.DataFrame) -> str | None:
     """``seed``, where the table has it."""
     return "seed" if "seed" in frame else None
@@ -275,6 +291,7 @@ def _sort_key(column: pd.Series) -> pd.Series:
     return column
 
 
+@short_named
 def sort_points(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Rows in reading order: by each key in turn; init as random, warm, shrink_perturb, then
     others, acquisition random (passive) first."""
@@ -305,6 +322,7 @@ TIMING_NOTE = (
 )
 
 
+@short_named
 def train_timing(frame: pd.DataFrame) -> pd.Series:
     """Per row, how its ``train_seconds`` was measured: ``alone`` or ``stacked_share``.  Rows
     written before the ``train_timing`` column: ``stacked_share`` when they name an ensemble."""
@@ -316,16 +334,19 @@ def train_timing(frame: pd.DataFrame) -> pd.Series:
     return recorded.where(recorded.notna(), guess)
 
 
+@short_named
 def measured_alone(frame: pd.DataFrame) -> pd.Series:
     """Per row, whether its ``train_seconds`` is a measurement of its own (``train_timing`` alone)."""
     return train_timing(frame) == ALONE
 
 
+@short_named
 def any_stacked(frame: pd.DataFrame) -> bool:
     """Whether some row's ``train_seconds`` is a share of a stacked ensemble's time."""
     return bool((~measured_alone(frame)).any())
 
 
+@short_named
 def timing_note(frame: pd.DataFrame) -> str | None:
     """One line on trials that trained stacked (and what that does to their times); None without any."""
     alone = measured_alone(frame).groupby(frame["trial_id"], observed=True).all()
@@ -337,6 +358,7 @@ def timing_note(frame: pd.DataFrame) -> str | None:
     )
 
 
+@short_named
 def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per trial: its final and mean test accuracy, total train time, epochs and steps,
     and the rounds it completed; the trial's config columns are kept.  ``train_timing``:
@@ -370,6 +392,7 @@ def per_trial(frame: pd.DataFrame) -> pd.DataFrame:
     return firsts.join(summary).reset_index()
 
 
+@short_named
 def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_METRICS) -> pd.DataFrame:
     """Per grid point and round: ``<metric>_mean`` and ``<metric>_std`` over seeds, and
     ``seeds``, the number of trials that reached the round.  ``keys`` are the grid
@@ -396,6 +419,7 @@ def by_round(frame: pd.DataFrame, keys: list[str] | None = None, metrics=ROUND_M
     return sort_points(table, keys + ["round"])
 
 
+@short_named
 def summary(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """One row per grid point: ``seeds`` (trials), ``rounds`` (the most any seed ran), final
     and mean-over-rounds test accuracy, total train seconds and total optimizer steps as
@@ -459,6 +483,7 @@ class SeedCollision(UserWarning):
     record tells them apart, and summaries pool them as extra seeds."""
 
 
+@short_named
 def seed_collisions(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """The (grid point, seed) pairs that hold more than one trial: the grid columns, the
     seed and ``trials`` (how many).  Empty when every seed of a grid point is one trial."""
@@ -494,6 +519,7 @@ def _warn_collisions(trials: pd.DataFrame, keys: list[str]) -> None:
         warnings.warn(note, SeedCollision, stacklevel=3)
 
 
+@short_named
 def gap_to_random(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """Each non-random grid point against random init with otherwise the same settings
     (every grid column outside INIT_COLUMNS equal): the paper's question.
@@ -589,6 +615,7 @@ def _by_seed(part: pd.DataFrame, seed: str | None, measure: str) -> dict:
     return part.groupby(seed)[measure].mean().to_dict()  # two trials on one seed: their mean
 
 
+@short_named
 def contrast(
     frame: pd.DataFrame, measure: str, treatment: str, control: str, keys: list[str] | None = None
 ) -> pd.DataFrame:
@@ -640,6 +667,7 @@ def contrast(
     return pd.DataFrame(rows, columns=columns)
 
 
+@short_named
 def outcome(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """The suite's result in numbers: every strategy against random init with otherwise the
     same settings.  Per (setting, strategy): ``acc_effect`` (final test accuracy, strategy −
@@ -683,6 +711,7 @@ ORDERINGS = [
 HEATMAP_CLAIM = "λ×σ grid: best final test accuracy at λ < 1 with σ > 0"
 
 
+@short_named
 def claims(frame: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
     """The paper's claims tested on this table, wherever it holds the trials a claim needs:
     one row per claim and pair of grid points (or per setting for the λ×σ claim).

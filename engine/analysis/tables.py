@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from engine.analysis import results
-from engine.analysis.results import CFG, STRATEGY_COLUMNS, grid_columns
+from engine.analysis.results import CFG, STRATEGY_COLUMNS, grid_columns, short_named
 from engine.schema.config import strategy_label
 
 BARE = {"dataset", "model", "optimizer"}  # shown as their value alone: "cifar10", not "dataset=cifar10"
@@ -73,6 +73,7 @@ def acquisition_label(row: pd.Series, varying: list[str] = ()) -> str:
     return f"{strategy_label(_value(row.get('acquisition')), params)} acquisition"
 
 
+@short_named
 def context(frame: pd.DataFrame) -> str:
     """What every trial of the table shares, for a figure's title: "digits · mlp · adam lr=0.001"."""
     trials = frame.drop_duplicates("trial_id")
@@ -87,6 +88,7 @@ def context(frame: pd.DataFrame) -> str:
     return " · ".join(parts)
 
 
+@short_named
 def label_keys(frame: pd.DataFrame) -> list[str]:
     """The grid columns plus the strategy columns that do not vary within a grid point: they
     never split a grid point (grid_columns' guarantee) but name it, e.g. λ and σ of the one
@@ -182,6 +184,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 NUMBER = re.compile(r"^([-+−]?[\d.]|–$|✓$|$)")  # a number, "–" (none) or a mark: right-aligned
 
 
+@short_named
 def point_notes(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
     """Notes on grid points the table cannot describe fully: trials that share a grid point and
     a seed (results.seed_collisions: the table lacks what tells them apart), and trials with
@@ -230,6 +233,7 @@ def _points(value: float) -> str:
     return "–" if pd.isna(value) else minus(f"{100 * value:+.1f}")
 
 
+@short_named
 def outcome_lines(frame: pd.DataFrame, keys: list[str] | None = None) -> list[str]:
     """The outcome stated in words, one line per setting, computed by results.outcome, e.g.
     "warm start: −3.0 ± 0.4 points final test accuracy vs random init, 47% fewer steps".
@@ -316,6 +320,7 @@ class Summary:
     claims: pd.DataFrame
 
 
+@short_named
 def summary_parts(frame: pd.DataFrame) -> Summary:
     varying = grid_columns(frame)
     with warnings.catch_warnings():  # the collision warning becomes a note line
@@ -352,6 +357,7 @@ def claim_lines(claims: pd.DataFrame) -> list[str]:
 VERDICTS = ["holds", "contradicted", "inconclusive", "not enough seeds"]
 
 
+@short_named
 def summary_text(frame: pd.DataFrame) -> str:
     """What ``report`` writes to summary.md and ``warmstart suite``/``quickstart`` print at their
     end: the summary per grid point (results.summary, mean ± std over seeds, the Pareto
@@ -392,6 +398,7 @@ def _tally(values: pd.Series, unrecorded: int, none: str) -> str:
     return text + (f"; {unrecorded} older rows: {NOT_RECORDED}" if unrecorded else "")
 
 
+@short_named
 def provenance(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """What made the rows, for the report's header: (what, text) for the UTC date range of the
     rounds (``started_at`` … ``ended_at``), the warmstart, torch and ray versions, the git

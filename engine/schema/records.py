@@ -268,6 +268,8 @@ def with_short_names(table: Any) -> Any:
     added = {
         short: table[column] for short, (column, *_) in SHORT_NAMES.items() if column in table and short not in table
     }
+    if not added:
+        return table
     return table.assign(**added) if hasattr(table, "assign") else {**table, **added}
 
 
