@@ -15,7 +15,7 @@ def ray_address():
     from engine.trial.distributed import init_ray
 
     # Two workers plus headroom for Ray Train's own actors; one logical GPU (none needs to exist)
-    # for the resource arithmetic of trials packed onto a GPU (tests/test_packing.py).
+    # for the resource arithmetic of trials packed onto a GPU (tests/suite/test_packing.py).
     init_ray(None, num_cpus=4, num_gpus=1)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -22,7 +22,7 @@ from engine.analysis import report, results
 from engine.errors import ConfigError
 from engine.storage.store import SCHEMA, TrialStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 RANDOM = {"init": "random", "shrink": 0.0, "perturb": 1.0, "bn_stats": None, "init_params": "{}"}
 WARM = {"init": "warm", "shrink": 1.0, "perturb": 0.0, "bn_stats": None, "init_params": "{}"}

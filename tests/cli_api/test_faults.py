@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from cli_support import cli, one_line, plain
 
 import warmstart as ws
 from engine.cli import main
@@ -36,6 +35,7 @@ from engine.storage.store import TrialStore
 from strategies import acquisition
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
+from tests.cli_support import cli, one_line, plain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

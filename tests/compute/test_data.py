@@ -1,7 +1,7 @@
 """engine/compute/data.py: the dataset readers on files written here in the official on-disk formats,
 and splitting / normalising / placing the splits on a device.  No network: downloads are
 either refused (download=False) or monkeypatched to fail.  The dataset registry, the
-generated mnist1d and the user's `files` are in tests/test_data_registry.py."""
+generated mnist1d and the user's `files` are in tests/compute/test_data_registry.py."""
 
 from __future__ import annotations
 

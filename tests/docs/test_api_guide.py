@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-GUIDE = (Path(__file__).resolve().parent.parent / "docs" / "python-api.md").read_text()
+GUIDE = (Path(__file__).resolve().parents[2] / "docs" / "python-api.md").read_text()
 
 
 def cells() -> list[str]:

@@ -21,7 +21,7 @@ from engine.schema.config import DEFAULTS, merge, validate
 from strategies.acquisition import ACQUISITION_STRATEGIES
 from strategies.init import INIT_STRATEGIES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "writing-strategies.md").read_text()
 FAST = ["--set", "device=cpu", "--set", "rounds.max_rounds=2", "--set", "convergence.max_epochs=3", "--quiet"]
 

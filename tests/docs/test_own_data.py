@@ -23,7 +23,7 @@ from engine.compute.models import MODELS
 from engine.schema import plugins
 from engine.schema.config import DEFAULTS, merge, validate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUIDE = (ROOT / "docs" / "own-data.md").read_text()
 FAST = ["--set", "device=cpu", "--set", "rounds.max_rounds=2", "--set", "convergence.max_epochs=3", "--quiet"]
 PLUGIN = "docs/examples/my_dataset_and_model.py"

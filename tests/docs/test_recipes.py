@@ -17,7 +17,7 @@ from engine.trial.session import start_trial
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INITS = {
     "random": {"name": "random"},
     "warm": {"name": "warm"},

@@ -193,7 +193,7 @@ def test_the_gpu_check_never_imports_ray():
         "import benchmarks.gpu, benchmarks.packing, benchmarks.perf, engine.suite.packing, engine.trial.loop\n"
         "assert sys.modules['ray'] is None\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0
 

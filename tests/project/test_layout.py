@@ -14,7 +14,7 @@ import pytest
 
 import engine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # lowest first; a module may import its own layer's modules and any layer below
 LAYERS = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.schema import records
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_ships_the_suites_and_the_public_package(tmp_path):

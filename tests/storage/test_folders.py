@@ -21,7 +21,6 @@ import textwrap
 
 import pandas as pd
 import pytest
-from cli_support import cli, one_line, plain
 
 import warmstart as ws
 from engine.cli import main
@@ -29,6 +28,7 @@ from engine.errors import ConfigError
 from engine.schema.records import columns_with
 from engine.storage.check import check
 from engine.storage.store import CONFIG_REMEDY, TrialStore, read_manifest, write_manifest
+from tests.cli_support import cli, one_line, plain
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -28,7 +28,7 @@ import pytest
 from benchmarks.local_cluster import SUITE, LocalCluster, s3_server
 from engine.cli import main
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What the nodes' processes see: an endpoint where nothing listens, keys that are not the server's.
 WRONG_ENV = {
     "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9",
@@ -235,7 +235,7 @@ def test_two_worker_trial_across_two_nodes_matches_one_node(cluster, s3, aws):
     assert ddp["node"].iloc[0] in {node.node_id for node in cluster.workers}
     assert ddp["n_labeled"].tolist() == local["n_labeled"].tolist() == [100, 150, 200]
     assert [list(a) for a in ddp["acquired"]] == [list(a) for a in local["acquired"]]
-    # The equivalence of tests/test_distributed.py: the same optimisation up to summation order.
+    # The equivalence of tests/trial/test_distributed.py: the same optimisation up to summation order.
     assert (ddp["test_acc"] - local["test_acc"]).abs().max() <= 0.03
     assert (ddp["epochs"] - local["epochs"]).abs().max() <= 3
     assert _versions(s3, "ddp") and set(_versions(s3, "ddp").values()) == {1}

@@ -1,5 +1,5 @@
 """The search: section, ranges, tracking settings, growing suites and the search record
-(no Ray here; tests/test_tune.py runs searches on Tune)."""
+(no Ray here; tests/suite/test_tune.py runs searches on Tune)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from engine.compute.data import pool_size
 from engine.suite.plan import SUITES_DIR, load_suite
 from engine.trial.setup import plan_rounds
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SUITE_FILES = sorted(SUITES_DIR.glob("*.yaml"))
 
 # Trials per suite, as each file's header states them.

@@ -183,7 +183,7 @@ def test_out_guard(tmp_path):
 
 
 def test_describe_point_names_components_by_their_name():
-    # (the suite's summary is engine.analysis.results.summary, tested in tests/test_summary.py)
+    # (the suite's summary is engine.analysis.results.summary, tested in tests/analysis/test_summary.py)
     assert describe_point({"init": {"name": "warm"}, "seed": 1}) == "init=warm seed=1"
     point = {"init": {"name": "shrink_perturb", "shrink": 0.4, "perturb": 0.1}}
     assert describe_point(point) == "init=shrink_perturb(shrink=0.4, perturb=0.1)"

@@ -23,7 +23,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.trial.distributed import check_token_path, private_token_file
 
-REPO = str(Path(__file__).resolve().parents[1])
+REPO = str(Path(__file__).resolve().parents[2])
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 RUN = ["run", "--set", "dataset.name=digits", "--set", "rounds.max_rounds=1", "--quiet"]
 
@@ -238,7 +238,7 @@ def not_a_head():
      ("silent", "it accepted the connection but did not answer within 5s")],
 )  # fmt: skip
 def test_an_address_where_no_ray_head_listens_is_one_line(not_a_head, kind, why, tmp_path, capsys):
-    from cli_support import cli, one_line
+    from tests.cli_support import cli, one_line
 
     address = not_a_head[kind]
     code, _, err = cli(capsys, *RUN, "--set", "device=cpu", "--out", str(tmp_path / "out"), "--address", address)

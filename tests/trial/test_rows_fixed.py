@@ -1,10 +1,10 @@
 """The rows of one fixed trial as the code made them before the engine was restructured
 (issue 18): a refactor that changes a number, a name or a type fails here.
 
-tests/data/rows_fixed.json holds the rows the code of commit 4154cd6 (the flat engine/) wrote
+tests/trial/data/rows_fixed.json holds the rows the code of commit 4154cd6 (the flat engine/) wrote
 running exactly TRIAL below with ``start_trial(cfg, None).run()`` on a CPU with one torch
 thread, one set per machine that made them, each with what made it (``made_by``: ATen's CPU
-capability, the torch build, the CPU model, the thread count; tests/data/make_rows_fixed.py
+capability, the torch build, the CPU model, the thread count; tests/trial/data/make_rows_fixed.py
 adds a set, always from that old code).  Floats are stored as ``float.hex``.
 
 Against a set made on this kind of machine the rows must be equal bit for bit; against the

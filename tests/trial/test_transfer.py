@@ -37,7 +37,7 @@ SMALL = [
     "rounds.max_rounds=2",
     "convergence.max_epochs=4",
 ]
-SUITE = os.path.join(os.path.dirname(__file__), "..", "engine", "suites", "fig9_transfer.yaml")
+SUITE = os.path.join(os.path.dirname(__file__), "..", "..", "engine", "suites", "fig9_transfer.yaml")
 
 
 def trial_rows(cfg, out: str | None = None, reporter=None) -> list[dict]:

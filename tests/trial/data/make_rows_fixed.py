@@ -1,11 +1,11 @@
-"""Add this machine's set to tests/data/rows_fixed.json, made by the code before the engine was
+"""Add this machine's set to tests/trial/data/rows_fixed.json, made by the code before the engine was
 restructured (commit 4154cd6), never by the code under test:
 
     git archive 4154cd6 | tar -x -C /tmp/old
-    PYTHONPATH=/tmp/old python tests/data/make_rows_fixed.py          # this machine as it is
-    PYTHONPATH=/tmp/old ATEN_CPU_CAPABILITY=avx2 python tests/data/make_rows_fixed.py
+    PYTHONPATH=/tmp/old python tests/trial/data/make_rows_fixed.py          # this machine as it is
+    PYTHONPATH=/tmp/old ATEN_CPU_CAPABILITY=avx2 python tests/trial/data/make_rows_fixed.py
 
-It runs tests/test_rows_fixed.py's TRIAL with one torch thread and appends the rows (floats as
+It runs tests/trial/test_rows_fixed.py's TRIAL with one torch thread and appends the rows (floats as
 ``float.hex``; timings and ``suite`` left out, as in the first set) with what made them.  A
 machine that already has a set is refused."""
 
@@ -25,15 +25,15 @@ COMMIT = "4154cd6"
 
 
 def trial() -> list[str]:
-    """TRIAL of tests/test_rows_fixed.py, read without importing it (it imports today's engine)."""
+    """TRIAL of tests/trial/test_rows_fixed.py, read without importing it (it imports today's engine)."""
     for node in ast.parse((TESTS / "test_rows_fixed.py").read_text()).body:
         if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["TRIAL"]:
             return ast.literal_eval(node.value)
-    raise SystemExit("no TRIAL in tests/test_rows_fixed.py")
+    raise SystemExit("no TRIAL in tests/trial/test_rows_fixed.py")
 
 
 def machine_here() -> dict:
-    """As tests/test_rows_fixed.py's machine_here (engine/trial/provenance.py's CPU model name)."""
+    """As tests/trial/test_rows_fixed.py's machine_here (engine/trial/provenance.py's CPU model name)."""
     model = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None
     )
