@@ -1,8 +1,17 @@
 """Shared fixtures.  Ray is expensive to start (about 10 s here), so every test that
-needs it shares one local instance for the whole session."""
+needs it shares one local instance for the whole session, and is marked ``slow``."""
 
 import pytest
 import torch
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """A test on the shared Ray instance is slow whether or not it says so: ``-m "not slow"``
+    never starts Ray."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

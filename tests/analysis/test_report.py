@@ -287,6 +287,7 @@ def test_no_table1_without_two_phase_trials(online):
 # --- the report -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_and_notes_what_it_skips(online):
     lines = report.write_report(online)
     out = Path(online) / "_report"
@@ -348,6 +349,7 @@ def test_report_writes_every_file_and_notes_what_it_skips(online):
     assert not re.search(r"[\s>(\[]-\d", results_part)  # one minus sign: U+2212, never an ASCII hyphen
 
 
+@pytest.mark.slow
 def test_acquisition_panels_on_known_picks(tmp_path):
     """Two strategies, two seeds, two rounds: the picks' classes and their overlap, by hand."""
     rng = np.random.default_rng(5)
@@ -390,6 +392,7 @@ def test_strategy_colours_are_far_apart_and_shrink_perturb_settings_share_a_hue(
     assert colors["mine"] not in set(greens) | {colors["random init"], colors["warm start"]}
 
 
+@pytest.mark.slow
 def test_report_with_heatmaps_and_table1(grid, two_phase, tmp_path):
     names = {Path(line).name for line in report.write_report(grid, str(tmp_path / "grid")) if "note" not in line}
     assert {"lambda_sigma_accuracy.png", "lambda_sigma_train_time.png"} <= names
@@ -454,6 +457,7 @@ def test_analysis_example_runs(online, tmp_path, monkeypatch, capsys):
 # --- stacked trials: times that are shares, compute compared by steps --------------------------
 
 
+@pytest.mark.slow
 def test_stacked_trials_are_marked_and_their_times_never_compared(tmp_path):
     """digits: warm trained stacked (its seconds a share of an ensemble's), random alone; svhn: both
     alone.  Times are compared on svhn only; steps everywhere.  One stacked trial is a row written
@@ -506,6 +510,7 @@ def test_stacked_trials_are_marked_and_their_times_never_compared(tmp_path):
 # --- report --watch ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
     from engine.cli import _watch_report
 
@@ -533,6 +538,7 @@ def test_watch_rewrites_a_self_refreshing_page_until_ctrl_c(tmp_path, capsys):
         _watch_report([str(tmp_path / "nowhere" / "results")], None, 5, sleep=sleep)
 
 
+@pytest.mark.slow
 def test_watch_started_before_the_suite_waits_for_its_folder(tmp_path, capsys):
     """``warmstart report DIR --watch`` and ``warmstart suite ... --out DIR`` started together:
     DIR does not exist for the first seconds; the watch waits instead of exiting."""
@@ -590,6 +596,7 @@ def test_within_round_curves_look_as_in_every_other_figure(online):
     assert box.x0 <= legend.x0 and legend.x1 <= box.x1, (box, legend)  # not clipped at either side
 
 
+@pytest.mark.slow
 def test_what_acquisition_panels_cannot_show_is_said_at_the_end(tmp_path):
     """One strategy alone: no overlap to compute, said in a note; rows without picks (older
     rows, a hand-made table): every acquisition panel is skipped with its reason."""
@@ -613,6 +620,7 @@ def test_what_acquisition_panels_cannot_show_is_said_at_the_end(tmp_path):
     assert '<section id="acquisition">' not in (tmp_path / "old" / "_report" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_search_reads_in_the_pages_units_and_scrolls_in_its_own_box(tmp_path):
     """A search's points: sampled values to 4 digits (not 17), accuracy in % as in every other
     table, the table in its own scrolling box (the page never scrolls sideways on a phone)."""
@@ -681,6 +689,7 @@ def test_class_histograms_one_panel_a_row_for_six_strategies():
     assert len(shown) == 6 and {ax.get_subplotspec().colspan.start for ax in shown} == {0}
 
 
+@pytest.mark.slow
 def test_the_headers_dates_never_break_at_their_hyphens(tmp_path):
     rng = np.random.default_rng(10)
     when = {"started_at": pd.Timestamp("2026-12-06 07:16:20"), "ended_at": pd.Timestamp("2026-12-06 07:17:38")}

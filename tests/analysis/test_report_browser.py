@@ -18,7 +18,7 @@ from engine.analysis import report
 from engine.schema.config import build
 from engine.trial.session import start_trial
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # Chromium on a real report
 
 CHROMIUM = ("chromium", "chromium-browser", "google-chrome")  # Debian's package installs /usr/bin/chromium
 SCREENS = [(1366, 768, 1), (390, 844, 2)]  # CSS px, and device pixels per CSS px: a phone loads the 2x PNGs

@@ -209,6 +209,7 @@ def test_valid_run_prints_a_line_per_round_and_writes_rows(capsys, tmp_path):
     assert table["trial_id"].iloc[0] in stdout
 
 
+@pytest.mark.slow
 def test_valid_run_as_subprocess(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
@@ -303,6 +304,7 @@ def test_list_with_plugin_shows_its_strategies(tmp_path):
     assert "shrink_perturb(shrink=0.4, perturb=0.1, bn_stats='fresh')" in done.stdout
 
 
+@pytest.mark.slow
 def test_plugin_strategy_usable_in_run_and_its_params_checked(tmp_path):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN)
@@ -353,6 +355,7 @@ def test_quickstart_help_says_what_the_suite_file_runs(capsys):
         assert dataset == "mnist1d" and "MNIST-1D" in said and "digits" not in said
 
 
+@pytest.mark.slow
 def test_a_plugin_file_edited_between_two_runs_stops_the_resume_with_one_line(tmp_path):
     """The same trial continued into the same --out after its plugin file changed: exit 2,
     one line naming the plugin and both hashes, nothing written; the rows say which code

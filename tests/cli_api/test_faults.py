@@ -653,6 +653,7 @@ def test_progress_of_a_results_folder_that_does_not_exist_yet(tmp_path):
     assert store.rows() == [] and store.load_progress() is None and store.load_status() is None
 
 
+@pytest.mark.slow
 def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path):
     driver = subprocess.Popen(
         [
@@ -701,6 +702,7 @@ def test_a_joined_cluster_is_waited_for_with_a_message_then_refused(ray_address,
     check_resources(1, 0.0, ray_address, timeout=1.0)  # what the cluster has passes at once
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "engine", "run", "--out", str(out), *FAST[:4], "--set", "rounds.max_rounds=6"]

@@ -304,6 +304,7 @@ def test_strided_pointwise_is_a_strided_1x1_convolution(c_in, stride, shape):
     assert torch.allclose(mine.weight.grad, reference.weight.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_narrow_resnet18_trains_with_one_thread_in_channels_last():
     """The regression: resnet18 at width 4 with one intra-op thread (a Ray trial's default),
     channels_last or not, aborted the process in oneDNN's strided 1x1 weight gradient."""

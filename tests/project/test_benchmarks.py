@@ -25,6 +25,7 @@ def quick_report(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_perf_quick_writes_every_section(quick_report):
     r = quick_report
     assert r["quick"] is True and r["command"].endswith("--quick --repeats 1 --out " + r["command"].split()[-1])
@@ -43,6 +44,7 @@ def test_perf_quick_writes_every_section(quick_report):
             assert case["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_engine_and_plain_did_the_same_work(quick_report):
     for case in quick_report["engine_vs_plain"]:
         assert case["same_result"] is True, case["model"]
@@ -53,6 +55,7 @@ def test_engine_and_plain_did_the_same_work(quick_report):
         assert case["meets_target"] is (wall["ratio"] <= perf.TARGETS["engine_vs_plain"])
 
 
+@pytest.mark.slow
 def test_reference_did_the_same_steps_as_the_engine(quick_report):
     for case, spec in zip(quick_report["engine_vs_reference"], perf.REFERENCE_CASES, strict=True):
         assert case["n"] == spec.quick_n and case["epochs"] == spec.quick_epochs
@@ -62,6 +65,7 @@ def test_reference_did_the_same_steps_as_the_engine(quick_report):
         assert case["meets_target"] is ((case["speedup"] >= 3.0) if case["model"] == "mlp" else None)
 
 
+@pytest.mark.slow
 def test_scoring_scores_the_unlabeled_pool_and_picks_k(quick_report):
     for case, spec in zip(quick_report["scoring"], perf.SCORING_CASES, strict=True):
         assert case["pool_unlabeled"] == spec.quick_pool - min(spec.labeled, spec.quick_pool // 4)
@@ -97,6 +101,7 @@ def test_bad_repeats_is_refused(capsys):
     assert "--repeats must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_gpu_section_code_runs_on_cpu(monkeypatch, capsys):
     """The GPU section's arithmetic and report, run on the CPU at toy size (its figures mean
     nothing here; on a GPU, ``--device cuda`` runs the same code at full size).  Compiled
@@ -152,6 +157,7 @@ def gpu_smoke(tmp_path_factory):
     return out, json.loads((out / "gpu_check.json").read_text())
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_every_section(gpu_smoke):
     out, report = gpu_smoke
     assert report["errors"] == {}
@@ -173,6 +179,7 @@ def test_gpu_check_smoke_writes_every_section(gpu_smoke):
     assert set(table["rounds_per_gpu_minute"]) == {"1", "2"} and table["chosen"] in (1, 2)
 
 
+@pytest.mark.slow
 def test_gpu_check_prints_its_tables(gpu_smoke, capsys):
     gpu.print_report(gpu_smoke[1])
     printed = capsys.readouterr().out

@@ -75,6 +75,7 @@ QUICK = [
 ]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ASSIGNMENT, max_size=4))
 def test_every_set_either_validates_or_is_one_config_error(assignments):

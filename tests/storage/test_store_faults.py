@@ -26,6 +26,9 @@ from engine.cli import main
 from engine.storage import object_store as object_store_module
 from engine.storage.object_store import bounds, object_store_reason
 
+# Suites and trials against a real S3 server that stops, hangs and restarts.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 FAST = {"WARMSTART_S3_TIMEOUT": "0.5", "WARMSTART_S3_RETRIES": "2"}

@@ -28,6 +28,9 @@ import pytest
 from benchmarks.local_cluster import SUITE, LocalCluster, s3_server
 from engine.cli import main
 
+# A multi-node Ray cluster and an S3 server for the module.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What the nodes' processes see: an endpoint where nothing listens, keys that are not the server's.
 WRONG_ENV = {

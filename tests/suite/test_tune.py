@@ -19,6 +19,9 @@ from engine.storage.store import TrialStore
 from engine.suite.plan import load_suite
 from engine.suite.search import read_record
 
+# Every suite here runs on Ray Tune.
+pytestmark = pytest.mark.slow
+
 BASE = """
     base:
       rounds: {initial: 200, per_round: 200, max_rounds: ROUNDS}

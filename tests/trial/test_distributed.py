@@ -19,6 +19,9 @@ from engine.cli import main
 from engine.compute.models import mlp
 from engine.compute.train import LOCAL, fit
 
+# Ray Train worker groups, and drivers and workers killed.
+pytestmark = pytest.mark.slow
+
 QUICK = ["--set", "rounds.max_rounds=3", "--quiet"]
 
 

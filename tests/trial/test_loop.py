@@ -350,6 +350,7 @@ def reference(tmp_path_factory):
     return rows
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, reference):
     reporter = InterruptAfter(2)
     with pytest.raises(KeyboardInterrupt):

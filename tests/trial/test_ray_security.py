@@ -23,6 +23,9 @@ import pytest
 from engine.errors import ConfigError
 from engine.trial.distributed import check_token_path, private_token_file
 
+# Ray instances started and joined.
+pytestmark = pytest.mark.slow
+
 REPO = str(Path(__file__).resolve().parents[2])
 AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 RUN = ["run", "--set", "dataset.name=digits", "--set", "rounds.max_rounds=1", "--quiet"]
