@@ -369,6 +369,7 @@ def _write(folder, rows: pd.DataFrame) -> str:
     return str(folder)
 
 
+@pytest.mark.slow
 def test_load_and_report_several_folders(tmp_path, capsys):
     rows = comparison(
         {"random": [0.61, 0.60, 0.62], "warm": [0.58, 0.56, 0.59], "shrink_perturb": [0.62, 0.60, 0.63]},

@@ -170,6 +170,7 @@ def test_holdout_leaving_no_evaluation_samples_refused(capsys, tmp_path):
     assert "'dataset.holdout'" in line
 
 
+@pytest.mark.slow
 def test_invalid_input_as_subprocess(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
@@ -289,6 +290,7 @@ def test_list_prints_every_registered_name_with_parameters(capsys):
     assert "needs: probs" in acquisition
 
 
+@pytest.mark.slow
 def test_list_with_plugin_shows_its_strategies(tmp_path):
     """As a subprocess (the console script), so the plugin's registrations stay out of this process."""
     plugin = tmp_path / "my_plugin.py"

@@ -125,6 +125,7 @@ def test_mnist1d_parameters_are_the_packages_own_with_its_defaults():
     }
 
 
+@pytest.mark.slow
 def test_mnist1d_with_the_package_size_is_the_standard_dataset(tmp_path):
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -139,6 +140,7 @@ def test_mnist1d_with_the_package_size_is_the_standard_dataset(tmp_path):
     assert raw.train.labels.dtype == np.int64 and raw.normalize == "per_channel"
 
 
+@pytest.mark.slow
 def test_mnist1d_default_size_and_split(tmp_path):
     raw = load_raw("mnist1d", str(tmp_path), False)
     assert raw.train.inputs.shape == (8000, 1, 40) and raw.test.inputs.shape == (2000, 1, 40)

@@ -15,7 +15,7 @@ from engine.schema.config import build
 from engine.trial.ensemble import Ensemble
 from engine.trial.session import start_trial
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # trials and a report, once for the module
 
 ROOT = Path(__file__).resolve().parents[2]
 INITS = {

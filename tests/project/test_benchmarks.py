@@ -193,6 +193,7 @@ def test_gpu_check_without_a_gpu_needs_smoke(tmp_path, capsys):
     assert "--smoke" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_gpu_check_never_imports_ray():
     """The GPU machine has no Ray: every module the check imports must load without it."""
     code = (

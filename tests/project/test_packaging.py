@@ -10,11 +10,14 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from engine.schema import records
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_the_suites_and_the_public_package(tmp_path):
     build = subprocess.run(
         [

@@ -443,6 +443,7 @@ def test_trial_id_stable_for_equal_configs():
     assert a.trial_id().startswith("digits-mlp-shrink_perturb-random-s1-")
 
 
+@pytest.mark.slow
 def test_trial_id_same_in_another_process():
     sets = ["seed=4", "init.shrink=0.3", "model.width=20"]
     code = f"import sys; from engine.schema.config import build; sys.stdout.write(build(sets={sets!r}).trial_id())"

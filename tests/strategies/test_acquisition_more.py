@@ -379,6 +379,7 @@ def test_labeled_embeddings_in_a_trial_are_those_of_the_labeled_set(monkeypatch)
 # --- end to end ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sets",
     [

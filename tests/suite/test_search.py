@@ -196,6 +196,7 @@ def test_resume_accepts_a_grown_suite_and_names_a_changed_base_key(tmp_path):
         prepare_out(grown(tmp_path, "d", shrinks="[0.2]", seeds="[0, 1]"), out, resume=True)
 
 
+@pytest.mark.slow
 def test_tracking_settings(tmp_path):
     assert parse_tracking(None) == {}
     assert parse_tracking(["tensorboard"], ["mlflow=file:/tmp/x"]) == {

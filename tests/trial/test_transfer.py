@@ -173,6 +173,7 @@ def test_round_1_starts_from_the_pretrained_model_with_a_fresh_head_when_classes
     assert rows[0]["pretrain_stop_reason"] in ("threshold", "max_epochs")
 
 
+@pytest.mark.slow
 def test_the_head_is_kept_when_the_class_counts_agree(spy):
     cfg = build(sets=[*SMALL, "pretrain={dataset: digits, max_epochs: 2}", "init=ws_test_spy"])
     trial_rows(cfg)
@@ -198,6 +199,7 @@ def test_warm_start_from_the_pretrained_model_changes_round_1():
     assert transferred[0]["test_acc"] != plain[0]["test_acc"]
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic():
     sets = [
         *SMALL,
