@@ -1,6 +1,6 @@
 """A multi-node Ray cluster and an S3-compatible server on this machine, to rehearse a real
 cluster before paying for one (docs/cluster.md), and to test and measure the multi-node path
-(tests/test_cluster.py, benchmarks/cluster_scaling.py).
+(tests/suite/test_cluster.py, benchmarks/cluster_scaling.py).
 
     python -m benchmarks.local_cluster [--nodes 2] [--cpus-per-node 1] [--bucket warmstart]
 

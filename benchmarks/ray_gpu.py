@@ -11,7 +11,7 @@ types it (``warmstart`` = ``python -m engine``).  Sections, each also in ``DIR/r
 
 run     one trial (resnet18 width 16, 1,000 + 1,000 per round, 3 rounds, random acquisition)
         with ``warmstart run --workers 1 --gpus-per-worker 1`` against the same trial
-        in-process (``warmstart run``); the rows must agree as tests/test_distributed.py
+        in-process (``warmstart run``); the rows must agree as tests/trial/test_distributed.py
         asks of a Ray Train trial against in-process: the same columns, rounds and labelled
         counts, identical picks, test accuracy within 0.03 and epochs within 3 per round.
         Also recorded: the seconds of each and whether the rows are identical.
@@ -92,7 +92,7 @@ def engine(args: list[str], log_name: str) -> tuple[float, str]:
 
 
 def compare(local, ray) -> dict:
-    """Ray Train rows against in-process rows, by tests/test_distributed.py's criteria."""
+    """Ray Train rows against in-process rows, by tests/trial/test_distributed.py's criteria."""
     local = local.sort_values("round").reset_index(drop=True)
     ray = ray.sort_values("round").reset_index(drop=True)
     same_rounds = ray["round"].tolist() == local["round"].tolist()
@@ -125,7 +125,7 @@ def compare(local, ray) -> dict:
         ),
         "checks": checks,
         "ok": all(checks.values()),
-        "criteria": "tests/test_distributed.py: same columns, rounds, n_labeled and picks; "
+        "criteria": "tests/trial/test_distributed.py: same columns, rounds, n_labeled and picks; "
         f"|test_acc difference| <= {TARGETS['test_acc_difference']}, |epochs difference| <= {TARGETS['epochs_difference']}",
     }
 

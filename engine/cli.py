@@ -12,7 +12,7 @@ import time
 import traceback
 
 # Only light modules here: `warmstart --help` and a refused config must not wait for
-# torch, pandas, pyarrow or Ray (tests/test_api.py checks it).  A command imports what
+# torch, pandas, pyarrow or Ray (tests/cli_api/test_api.py checks it).  A command imports what
 # pulls them in when it runs.
 import engine.compute.builtins  # noqa: F401  (every registry loads its built-ins on first use, not here)
 from engine import __version__

@@ -1,10 +1,19 @@
 """Shared fixtures.  Ray is expensive to start (about 10 s here), so every test that
-needs it shares one local instance for the whole session."""
+needs it shares one local instance for the whole session, and is marked ``slow``."""
 
 import pytest
 import torch
 
 import engine.compute.builtins  # noqa: F401  (as the command line and the API: the registries fill on first use)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items):
+    """A test on the shared Ray instance is slow whether or not it says so: ``-m "not slow"``
+    never starts Ray."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +26,7 @@ def ray_address():
     from engine.trial.distributed import init_ray
 
     # Two workers plus headroom for Ray Train's own actors; one logical GPU (none needs to exist)
-    # for the resource arithmetic of trials packed onto a GPU (tests/test_packing.py).
+    # for the resource arithmetic of trials packed onto a GPU (tests/suite/test_packing.py).
     init_ray(None, num_cpus=4, num_gpus=1)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

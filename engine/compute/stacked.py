@@ -4,7 +4,7 @@ them in the kernels of one (``torch.func``: ``stack_module_state`` + ``vmap`` ov
 
 Each member keeps its own data order (its own ``randperm`` generator), labelled set,
 convergence stop and optimizer state.  What makes the stacked step equal to the members'
-own steps (checked on torch CPU, tests/test_ensemble.py):
+own steps (checked on torch CPU, tests/trial/test_ensemble.py):
 
 - the loss is the SUM of the members' mean losses, so each member's gradient is the
   gradient of its own mean loss;

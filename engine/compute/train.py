@@ -112,7 +112,7 @@ def inductor_cache_per_isa() -> None:
     """One inductor cache folder per ATen CPU capability, unless the user chose one
     (``TORCHINDUCTOR_CACHE_DIR``).  torch 2.14's compile cache does not tell a kernel built
     for AVX-512 from one for AVX2: on an AVX-512 CPU, a run under ``ATEN_CPU_CAPABILITY=avx2``
-    loaded the native run's cached code and trained to NaN (tests/test_performance.py)."""
+    loaded the native run's cached code and trained to NaN (tests/compute/test_performance.py)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     default = os.path.abspath(default_cache_dir())
@@ -260,7 +260,7 @@ class StepRunner:
     with a full batch, and never again: each batch is gathered into one static input
     buffer, so a training set that grows every round reuses it.  Everywhere else
     (CPU, DDP, graphs off) the same persistent model and optimizer step eagerly, and the
-    result equals a new optimizer's bit for bit (tests/test_graphs.py).
+    result equals a new optimizer's bit for bit (tests/compute/test_graphs.py).
     """
 
     def __init__(self, spec: OptimizerSpec, performance: Performance = PLAIN, comm: Comm = LOCAL) -> None:

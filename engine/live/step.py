@@ -13,7 +13,7 @@
 The round itself is the round driver's (engine/trial/driver.py: loop.run_round, then
 resume.save_round); the label source (``LiveLabels``, the trial's ``labels``) is all that
 differs from a simulated trial, whose source is the dataset's ground truth.  Labelling exactly the queried ids with the
-ground truth therefore reproduces ``warmstart run``'s rows (tests/test_live.py).
+ground truth therefore reproduces ``warmstart run``'s rows (tests/live/test_live.py).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from engine.trial.setup import TrialContext, TrialState, fresh_model
 # How far a float may move when the same round is computed in another order: on another
 # CPU (ATen's AVX2 and AVX-512 kernels, and the BLAS's, reduce in other orders) or torch
 # build, or stacked in an ensemble.  Such a float32 training run differs in its last bits
-# (measured: at most 1.3e-7 relative over tests/test_rows_fixed.py's 3 rounds, AVX2 vs
+# (measured: at most 1.3e-7 relative over tests/trial/test_rows_fixed.py's 3 rounds, AVX2 vs
 # AVX-512 and two CPU models); 1e-4 leaves room for that to grow over longer trials, and is
 # far below what an analysis reads (one test sample of 10,000 is 1e-4 of accuracy).
 FLOAT_TOLERANCE = {"rel_tol": 1e-4, "abs_tol": 1e-6}
