@@ -230,16 +230,16 @@ def scoring_section(members: int, pool: int, repeats: int, device: torch.device)
 PHASES = [
     ("open members (data, stores)", "start_members", "engine/trial/stacked.py"),
     ("train (fit_stacked)", "fit_stacked", "engine/compute/stacked.py"),
-    ("  forward", "forward", "engine/compute/stacked.py"),
-    ("  backward", "backward", "torch/_tensor.py"),
-    ("  optimizer step", "step", "torch/optim/adam.py"),
-    ("  loss", "cross_entropy", "torch/nn/functional.py"),
-    ("  first use of torch._dynamo (import)", "<module>", "torch/_dynamo/__init__.py"),
+    ("train: forward", "forward", "engine/compute/stacked.py"),
+    ("train: backward", "backward", "torch/_tensor.py"),
+    ("train: optimizer step", "step", "torch/optim/adam.py"),
+    ("train: loss", "cross_entropy", "torch/nn/functional.py"),
+    ("train: first use of torch._dynamo (import)", "<module>", "torch/_dynamo/__init__.py"),
     ("evaluate (evaluate_round)", "evaluate_round", "engine/trial/loop.py"),
     ("score the pool (stacked)", "_score", "engine/trial/stacked.py"),
     ("select and init (start_round)", "start_round", "engine/trial/loop.py"),
     ("save rows, checkpoints, status", "save_round", "engine/trial/resume.py"),
-    ("  of which the first use of pandas (import)", "<module>", "pandas/__init__.py"),
+    ("save: first use of pandas (import)", "<module>", "pandas/__init__.py"),
 ]
 
 

@@ -278,3 +278,27 @@ def test_the_benchmark_measures_how_full_a_stack_stays():
     ]
     # round 2: 15 member epochs of 20; overall (20 * 100 + 15 * 200) / (20 * 100 + 20 * 200)
     assert stack_fill(rows) == {"by_round": {1: 1.0, 2: 0.75}, "overall": round(5000 / 6000, 3)}
+
+
+def test_the_benchmark_prints_the_readme_tables(capsys):
+    from benchmarks.ensemble import print_cpu
+
+    arm = {"ensembles": 2, "wall_seconds": 30.0, "steps_per_second": 2000.0, "final_test_acc": 0.6}
+    suite = {
+        "suite": "mnist1d_sp_sweep",
+        "seeds": [0],
+        "rounds": 4,
+        "speedup": 2.0,
+        "runs": [
+            {**arm, "ensemble": False, "wall_seconds": 60.0, "load_before": [1.5], "load_after": [1.9]},
+            {**arm, "ensemble": True, "load_before": [1.9], "load_after": [1.4]},
+        ],
+    }
+    mlp = {"model": "mlp", "members": 11, "alone_seconds": [20.0, 22.0], "stacked_seconds": [10.0, 9.0]}
+    mlp |= {"speedup": 2.1, "steps_per_second_alone": 300.0, "steps_per_second_stacked": 700.0, "load": [1.2]}
+    print_cpu({"cpus": 2, "suite": suite, "in_process": [mlp]})
+    out = capsys.readouterr().out
+    assert "| 1 | off (trials alone) | 60.0 | 2000.0 | 0.6 | 1.5 → 1.9 |" in out
+    assert "| 1 | on (2 ensembles) | 30.0 | 2000.0 | 0.6 | 1.9 → 1.4 |" in out
+    assert "stacked / alone, median wall: 2.0x" in out
+    assert "| mlp | 11 | 21.0 | 9.5 | 2.1x | 300.0 → 700.0 | 1.2 |" in out
