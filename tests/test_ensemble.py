@@ -302,3 +302,18 @@ def test_the_benchmark_prints_the_readme_tables(capsys):
     assert "| 1 | on (2 ensembles) | 30.0 | 2000.0 | 0.6 | 1.9 → 1.4 |" in out
     assert "stacked / alone, median wall: 2.0x" in out
     assert "| mlp | 11 | 21.0 | 9.5 | 2.1x | 300.0 → 700.0 | 1.2 |" in out
+
+
+def test_under_autocast_a_stacked_plain_chain_computes_what_vmap_computes():
+    from engine.compute.models import build_model
+    from engine.compute.stacked import Stack
+
+    torch.manual_seed(0)
+    models = [build_model("mlp", {"width": 16, "depth": 2}, (8,), 10) for _ in range(2)]
+    x = torch.randn(2, 5, 8)
+    direct, mapped = Stack(models), Stack(models)
+    mapped.chain = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = direct.forward(x), mapped.forward(x)
+    assert out.shape == (2, 5, 10) and out.dtype == expected.dtype
+    assert torch.equal(out, expected)

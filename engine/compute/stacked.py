@@ -83,8 +83,13 @@ class Stack:
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         """[M, B, C] class scores of every member on ``x``: [M, B, ...] per member, or
         [B, ...] shared by all (``shared_input``)."""
-        if self.chain is not None and not shared_input:
-            return self._chain_forward(x)
+        if (
+            self.chain is not None
+            and not shared_input
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return self._chain_forward(x)  # checked bit for bit against vmap on a CPU, without autocast
 
         def one(state, xb):
             return functional_call(self.base, state, (xb,))
@@ -104,7 +109,9 @@ class Stack:
 
     def _chain_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` of a plain chain (``_chain``) on per-member input, as batched matrix
-        products: the ops vmap's rules dispatch for it, without vmap's per-call cost."""
+        products: the ops vmap's rules dispatch for it, without vmap's per-call cost.  Only
+        where the same bits were checked: on a CPU, without autocast (a GPU's stacks are
+        large, where vmap's cost per call matters little)."""
         for kind, name, arg in self.chain:
             if kind == "linear":
                 x = torch.matmul(x, self.params[name + "weight"].transpose(1, 2))
