@@ -265,6 +265,12 @@ def test_a_model_that_is_not_a_plain_chain_runs_under_vmap():
     assert Stack([Twice(mlp.features, mlp.head)] * 2).chain is None
     assert Stack([hooked, hooked]).chain is None
     assert Stack([dropout, dropout]).chain is None
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert Stack([mlp, mlp]).chain is None
+    finally:
+        handle.remove()
+    assert Stack([mlp, mlp]).chain is not None
 
 
 def test_the_benchmark_measures_how_full_a_stack_stays():

@@ -168,26 +168,42 @@ def _chain(model: nn.Module) -> list[tuple] | None:
     as steps (kind, parameter prefix, argument) that ``Stack._chain_forward`` runs on [M, B, ...]
     input; None for any other model (vmap then runs it).  Types are checked exactly: a
     subclass may compute something else."""
-    if type(model) is not Classifier:
+    if type(model) is not Classifier or _global_hooks() or any(_hooked(m) for m in model.modules()):
         return None
     parts = [("features.", model.features), ("head.", model.head)]
     if type(model.features) is nn.Sequential:
         parts[:1] = [(f"features.{name}.", module) for name, module in model.features.named_children()]
     steps = []
     for prefix, module in parts:
-        if module._forward_hooks or module._forward_pre_hooks or module._backward_hooks:
-            return None
         kind = type(module)
         if kind is nn.Linear:
             steps.append(("linear", prefix, module.bias is not None))
         elif kind is nn.Flatten:  # per member [B, ...]; stacked [M, B, ...]: one dimension later
-            end = module.end_dim + 1 if module.end_dim >= 0 else module.end_dim
-            steps.append(("flatten", prefix, (module.start_dim + 1, end)))
+            start, end = (d + 1 if d >= 0 else d for d in (module.start_dim, module.end_dim))
+            steps.append(("flatten", prefix, (start, end)))
         elif kind in _ACTIVATIONS:
             steps.append(("activation", prefix, _ACTIVATIONS[kind]))
         else:
             return None
     return steps
+
+
+def _hooked(module: nn.Module) -> bool:
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for name in names)
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook``, ...)."""
+    from torch.nn.modules import module as torch_module
+
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return any(getattr(torch_module, name, None) for name in names)
 
 
 class _Params:
