@@ -1,10 +1,12 @@
 """Ensembles (issue 20): a suite's trials stacked into one vmapped model, against the same
 trials one by one.
 
-    python -m benchmarks.ensemble [--seeds 0] [--rounds 4] [--repeats 1] [--out FILE]
+    python -m benchmarks.ensemble [--sections suite in_process profile scoring] [--seeds 0] [--rounds 4]
+                                  [--repeats 1] [--out FILE]
     python -m benchmarks.ensemble --gpu [--smoke] [--out DIR]
 
-CPU (default), three sections, each arm on the same trials and seeds:
+CPU (default: suite, in_process, scoring; ``profile`` when named), each arm on the same
+trials and seeds:
 
 suite      ``mnist1d_sp_sweep`` cut to ``--seeds`` and ``--rounds`` (default: seed 0, 4 rounds:
            11 trials), run by ``run_suite`` (Ray Tune, one CPU per Tune trial) with
@@ -13,6 +15,11 @@ suite      ``mnist1d_sp_sweep`` cut to ``--seeds`` and ``--rounds`` (default: se
            second (a stacked step of M members counts M steps: equal work on both sides).
 in_process the mlp and cnn1d: the same members run one by one (``start_trial``) and as one
            the round driver's ``STACKED`` backend, in this process, one thread, interleaved: the compute alone, no Tune.
+profile    the cut sweep's trials as one stacked ensemble in this process (one thread, results
+           written to a temporary folder, as in a Tune trial): cProfile's shares of the run
+           (opening the members, training and its forward/backward/optimizer, evaluation,
+           scoring, saving rows and checkpoints) and how full the stack stays (member epochs
+           over stack epochs x members: below 1 when fast members have converged and left).
 scoring    the stacked margin-scoring pass (``pool_outputs_stacked``) against a bare
            vmapped forward over the same gathered inputs (target: >= 0.9).
 
@@ -20,7 +27,8 @@ scoring    the stacked margin-scoring pass (``pool_outputs_stacked``) against a 
 the mlp at 8, 32 and 128 members against one trial (the engine's ``fit`` with the GPU's
 ``auto`` options: bf16, CUDA graphs), images per second; a few seconds per configuration.
 Writes ``DIR/ensemble.json`` (``$OUT`` by default); run by ``benchmarks/gpu_check.sh``.
-Machine load (``os.getloadavg``) is recorded next to every CPU figure.
+Machine load (``os.getloadavg``) is recorded next to every CPU figure, and the CPU sections
+end with their figures as the markdown tables of benchmarks/README.md ("Ensembles").
 """
 
 from __future__ import annotations
@@ -216,6 +224,87 @@ def scoring_section(members: int, pool: int, repeats: int, device: torch.device)
     return result
 
 
+# --- CPU: where a stacked ensemble's time goes ---------------------------------------------
+
+# (share, function name, file suffix): cumulative seconds of these functions under cProfile
+PHASES = [
+    ("open members (data, stores)", "start_members", "engine/trial/stacked.py"),
+    ("train (fit_stacked)", "fit_stacked", "engine/compute/stacked.py"),
+    ("train: forward", "forward", "engine/compute/stacked.py"),
+    ("train: backward", "backward", "torch/_tensor.py"),
+    ("train: optimizer step", "step", "torch/optim/adam.py"),
+    ("train: loss", "cross_entropy", "torch/nn/functional.py"),
+    ("train: first use of torch._dynamo (import)", "<module>", "torch/_dynamo/__init__.py"),
+    ("evaluate (evaluate_round)", "evaluate_round", "engine/trial/loop.py"),
+    ("score the pool (stacked)", "_score", "engine/trial/stacked.py"),
+    ("select and init (start_round)", "start_round", "engine/trial/loop.py"),
+    ("save rows, checkpoints, status", "save_round", "engine/trial/resume.py"),
+    ("save: first use of pandas (import)", "<module>", "pandas/__init__.py"),
+]
+
+
+def profile_section(seeds: list[int], rounds: int) -> dict:
+    """One stacked ensemble of the cut sweep's trials, in this process, one thread, under cProfile."""
+    import cProfile
+    import pstats
+
+    from engine.suite.suite_file import load_suite
+    from engine.trial.driver import STACKED, Driver
+    from engine.trial.stacked import start_members
+
+    suite = load_suite(SWEEP, sets=["performance.ensemble=true", f"rounds.max_rounds={rounds}"])
+    cfgs = [t.config for t in suite.trials if t.config.seed in seeds]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    profiler = cProfile.Profile()
+    began_load = load()
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            began = time.perf_counter()
+            profiler.enable()
+            rows = Driver(start_members(cfgs, out, "profile"), STACKED).run()
+            profiler.disable()
+            wall = time.perf_counter() - began
+    finally:
+        torch.set_num_threads(threads)
+    stats = pstats.Stats(profiler).stats
+    cumulative: dict[tuple[str, str], float] = {}
+    for (file, _, name), (_, _, _, cum, _) in stats.items():
+        for _, fn, suffix in PHASES:
+            if name == fn and file.replace("\\", "/").endswith(suffix):
+                cumulative[(fn, suffix)] = max(cumulative.get((fn, suffix), 0.0), cum)
+    shares = [
+        {"part": part, "seconds": round(seconds, 2), "share": round(seconds / wall, 3)}
+        for part, fn, suffix in PHASES
+        for seconds in [cumulative.get((fn, suffix), 0.0)]
+    ]
+    return {
+        "members": len(cfgs),
+        "rounds": rounds,
+        "wall_seconds": round(wall, 2),
+        "shares": shares,
+        "stack_fill": stack_fill(rows),
+        "load_before": began_load,
+        "load_after": load(),
+    }
+
+
+def stack_fill(rows: list[dict]) -> dict:
+    """Per round, member epochs over (the longest member's epochs x members), weighted by
+    batches per epoch: 1.0 when every member trains as long as the slowest."""
+    by_round: dict[int, list[dict]] = {}
+    for row in rows:
+        by_round.setdefault(row["round"], []).append(row)
+    fill, work, full = {}, 0.0, 0.0
+    for round_, members in sorted(by_round.items()):
+        epochs = [row["epochs"] for row in members]
+        fill[round_] = round(sum(epochs) / (max(epochs) * len(epochs)), 3)
+        size = members[0]["n_labeled"]  # samples per epoch: batches per epoch in proportion
+        work += sum(epochs) * size
+        full += max(epochs) * len(epochs) * size
+    return {"by_round": fill, "overall": round(work / full, 3)}
+
+
 # --- GPU --------------------------------------------------------------------------------------
 
 
@@ -316,6 +405,47 @@ def print_gpu(report: dict) -> None:
             print(f"{c['model']:10} {c['members']:>7} {c.get('error') or c.get('skipped')}")
 
 
+def print_cpu(report: dict) -> None:
+    """The CPU sections' figures as benchmarks/README.md's tables."""
+    if "suite" in report:
+        suite = report["suite"]
+        print(
+            f"\n{suite['suite']} cut to seeds {suite['seeds']}, {suite['rounds']} rounds, on Ray Tune ({report['cpus']} CPUs)"
+        )
+        print("| run | arm | wall s | member steps/s | final test acc (mean) | load average before → after |")
+        print("| --- | --- | ---: | ---: | ---: | --- |")
+        runs = {False: 0, True: 0}
+        for arm in suite["runs"]:
+            runs[arm["ensemble"]] += 1
+            name = f"on ({arm['ensembles']} ensembles)" if arm["ensemble"] else "off (trials alone)"
+            print(
+                f"| {runs[arm['ensemble']]} | {name} | {arm['wall_seconds']} | {arm['steps_per_second']} | "
+                f"{arm['final_test_acc']} | {arm['load_before'][0]} → {arm['load_after'][0]} |"
+            )
+        print(f"stacked / alone, median wall: {suite['speedup']}x (aim >= 2.5x on a quiet machine)")
+    if "in_process" in report:
+        print("\n| model | members | alone s | stacked s | speedup | member steps/s alone → stacked | load |")
+        print("| --- | ---: | ---: | ---: | ---: | --- | --- |")
+        for r in report["in_process"]:
+            print(
+                f"| {r['model']} | {r['members']} | {statistics.median(r['alone_seconds'])} | "
+                f"{statistics.median(r['stacked_seconds'])} | {r['speedup']}x | "
+                f"{r['steps_per_second_alone']} → {r['steps_per_second_stacked']} | {r['load'][0]} |"
+            )
+    if "profile" in report:
+        p = report["profile"]
+        print(
+            f"\none stacked ensemble of {p['members']} members, {p['rounds']} rounds, in process: {p['wall_seconds']} s"
+        )
+        print("| part | seconds | share |")
+        print("| --- | ---: | ---: |")
+        for part in p["shares"]:
+            print(f"| {part['part']} | {part['seconds']} | {part['share']:.1%} |")
+        fill = p["stack_fill"]
+        print(f"stack fill (member epochs / stack epochs x members): {fill['overall']} (by round {fill['by_round']})")
+        print(f"load {p['load_before']} → {p['load_after']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -335,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
             in_process({"name": "mlp", "activation": "relu", "width": 100, "depth": 2}, 11, 1, args.repeats),
             in_process({"name": "cnn1d"}, 4, 1, args.repeats),
         ]
+    if "profile" in args.sections:
+        report["profile"] = profile_section(args.seeds, args.rounds)
+        print(json.dumps(report["profile"]), flush=True)
     if "scoring" in args.sections:
         report["scoring"] = scoring_section(11, 8000, 5, torch.device("cpu"))
     if "suite" in args.sections:
@@ -342,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in report["suite"].items() if k != "runs"}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+    print_cpu(report)
     return 0
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from engine.compute.models import Classifier
 from engine.compute.train import PLAIN, FitStats, OptimizerSpec, Performance, StopRule, batches, make_optimizer
 from strategies.acquisition import PoolOutputs
 
@@ -63,6 +64,7 @@ class Stack:
                 name: torch.stack([b[name] for _, b in named]) for name in named[0][1]
             }
         self.base = copy.deepcopy(models[0]).to("meta")
+        self.chain = _chain(self.base)
         for module in self.base.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.register_forward_pre_hook(_float_input)
@@ -81,6 +83,13 @@ class Stack:
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         """[M, B, C] class scores of every member on ``x``: [M, B, ...] per member, or
         [B, ...] shared by all (``shared_input``)."""
+        if (
+            self.chain is not None
+            and not shared_input
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+        ):
+            return self._chain_forward(x)  # checked bit for bit against vmap on a CPU, without autocast
 
         def one(state, xb):
             return functional_call(self.base, state, (xb,))
@@ -97,6 +106,22 @@ class Stack:
             return embeddings, functional_call(head, head_state, (embeddings,))
 
         return self._vmap(one, x, shared_input, self._state("features."), self._state("head."))
+
+    def _chain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` of a plain chain (``_chain``) on per-member input, as batched matrix
+        products: the ops vmap's rules dispatch for it, without vmap's per-call cost.  Only
+        where the same bits were checked: on a CPU, without autocast (a GPU's stacks are
+        large, where vmap's cost per call matters little)."""
+        for kind, name, arg in self.chain:
+            if kind == "linear":
+                x = torch.matmul(x, self.params[name + "weight"].transpose(1, 2))
+                if arg:
+                    x = x + self.params[name + "bias"].unsqueeze(1)
+            elif kind == "flatten":
+                x = x.flatten(*arg)
+            else:
+                x = arg(x)
+        return x
 
     def train(self, mode: bool = True) -> Stack:
         self.base.train(mode)
@@ -132,6 +157,53 @@ class Stack:
                     for k, v in state.items()
                 }
         return kept
+
+
+_ACTIVATIONS = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh}
+
+
+def _chain(model: nn.Module) -> list[tuple] | None:
+    """A ``Classifier`` whose features are exactly ``nn.Linear``, ``nn.ReLU``, ``nn.Tanh`` and
+    ``nn.Flatten`` modules in an ``nn.Sequential`` (the built-in mlp and logreg), with no hooks,
+    as steps (kind, parameter prefix, argument) that ``Stack._chain_forward`` runs on [M, B, ...]
+    input; None for any other model (vmap then runs it).  Types are checked exactly: a
+    subclass may compute something else."""
+    if type(model) is not Classifier or _global_hooks() or any(_hooked(m) for m in model.modules()):
+        return None
+    parts = [("features.", model.features), ("head.", model.head)]
+    if type(model.features) is nn.Sequential:
+        parts[:1] = [(f"features.{name}.", module) for name, module in model.features.named_children()]
+    steps = []
+    for prefix, module in parts:
+        kind = type(module)
+        if kind is nn.Linear:
+            steps.append(("linear", prefix, module.bias is not None))
+        elif kind is nn.Flatten:  # per member [B, ...]; stacked [M, B, ...]: one dimension later
+            start, end = (d + 1 if d >= 0 else d for d in (module.start_dim, module.end_dim))
+            steps.append(("flatten", prefix, (start, end)))
+        elif kind in _ACTIVATIONS:
+            steps.append(("activation", prefix, _ACTIVATIONS[kind]))
+        else:
+            return None
+    return steps
+
+
+def _hooked(module: nn.Module) -> bool:
+    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(module, name, None) for name in names)
+
+
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``torch.nn.modules.module.register_module_forward_hook``, ...)."""
+    from torch.nn.modules import module as torch_module
+
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return any(getattr(torch_module, name, None) for name in names)
 
 
 class _Params:

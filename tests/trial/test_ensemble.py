@@ -218,3 +218,108 @@ def test_the_gpu_ensemble_benchmark_runs_at_toy_sizes_anywhere(tmp_path):
     cases = json.loads((tmp_path / "ensemble.json").read_text())["cases"]
     assert [(c["model"], c["members"]) for c in cases] == [("mlp", 2), ("mlp", 3), ("resnet18", 2), ("resnet18", 3)]
     assert all(c["images_per_s_stacked"] > 0 and c["images_per_s_one_trial"] > 0 for c in cases)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("mlp", {"width": 16, "depth": 2, "activation": "relu"}),
+        ("mlp", {"width": 16, "depth": 3, "activation": "tanh", "bias": False}),
+        ("logreg", {}),
+    ],
+)
+def test_a_plain_chain_stacks_without_vmap_to_the_same_bits(name, params):
+    from engine.compute import stacked
+    from engine.compute.models import build_model
+
+    torch.manual_seed(0)
+    models = [build_model(name, params, (2, 8), 10) for _ in range(3)]
+    x, y = torch.randn(3, 7, 2, 8), torch.randint(0, 10, (3, 7))
+    direct, mapped = stacked.Stack(models), stacked.Stack(models)
+    assert direct.chain is not None
+    mapped.chain = None  # the vmap path
+    results = []
+    for stack in (direct, mapped):
+        out = stack.forward(x)
+        torch.nn.functional.cross_entropy(out.flatten(0, 1), y.flatten()).backward()
+        results.append((out, [p.grad for p in stack.params.values()]))
+    assert results[0][0].shape == (3, 7, 10)
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_a_model_that_is_not_a_plain_chain_runs_under_vmap():
+    from engine.compute.models import Classifier, build_model
+    from engine.compute.stacked import Stack
+
+    class Twice(Classifier):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    mlp = build_model("mlp", {"width": 8, "depth": 1}, (4,), 3)
+    hooked = build_model("mlp", {"width": 8, "depth": 1}, (4,), 3)
+    hooked.head.register_forward_hook(lambda module, args, out: out * 2)
+    dropout = build_model("mlp", {"width": 8, "depth": 1, "dropout": 0.5}, (4,), 3)
+    assert Stack([mlp, mlp]).chain is not None
+    assert Stack([build_model("cnn1d", {}, (1, 40), 3)] * 2).chain is None
+    assert Stack([Twice(mlp.features, mlp.head)] * 2).chain is None
+    assert Stack([hooked, hooked]).chain is None
+    assert Stack([dropout, dropout]).chain is None
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert Stack([mlp, mlp]).chain is None
+    finally:
+        handle.remove()
+    assert Stack([mlp, mlp]).chain is not None
+
+
+def test_the_benchmark_measures_how_full_a_stack_stays():
+    from benchmarks.ensemble import stack_fill
+
+    rows = [
+        {"round": 1, "epochs": 10, "n_labeled": 100},
+        {"round": 1, "epochs": 10, "n_labeled": 100},
+        {"round": 2, "epochs": 10, "n_labeled": 200},
+        {"round": 2, "epochs": 5, "n_labeled": 200},
+    ]
+    # round 2: 15 member epochs of 20; overall (20 * 100 + 15 * 200) / (20 * 100 + 20 * 200)
+    assert stack_fill(rows) == {"by_round": {1: 1.0, 2: 0.75}, "overall": round(5000 / 6000, 3)}
+
+
+def test_the_benchmark_prints_the_readme_tables(capsys):
+    from benchmarks.ensemble import print_cpu
+
+    arm = {"ensembles": 2, "wall_seconds": 30.0, "steps_per_second": 2000.0, "final_test_acc": 0.6}
+    suite = {
+        "suite": "mnist1d_sp_sweep",
+        "seeds": [0],
+        "rounds": 4,
+        "speedup": 2.0,
+        "runs": [
+            {**arm, "ensemble": False, "wall_seconds": 60.0, "load_before": [1.5], "load_after": [1.9]},
+            {**arm, "ensemble": True, "load_before": [1.9], "load_after": [1.4]},
+        ],
+    }
+    mlp = {"model": "mlp", "members": 11, "alone_seconds": [20.0, 22.0], "stacked_seconds": [10.0, 9.0]}
+    mlp |= {"speedup": 2.1, "steps_per_second_alone": 300.0, "steps_per_second_stacked": 700.0, "load": [1.2]}
+    print_cpu({"cpus": 2, "suite": suite, "in_process": [mlp]})
+    out = capsys.readouterr().out
+    assert "| 1 | off (trials alone) | 60.0 | 2000.0 | 0.6 | 1.5 → 1.9 |" in out
+    assert "| 1 | on (2 ensembles) | 30.0 | 2000.0 | 0.6 | 1.9 → 1.4 |" in out
+    assert "stacked / alone, median wall: 2.0x" in out
+    assert "| mlp | 11 | 21.0 | 9.5 | 2.1x | 300.0 → 700.0 | 1.2 |" in out
+
+
+def test_under_autocast_a_stacked_plain_chain_computes_what_vmap_computes():
+    from engine.compute.models import build_model
+    from engine.compute.stacked import Stack
+
+    torch.manual_seed(0)
+    models = [build_model("mlp", {"width": 16, "depth": 2}, (8,), 10) for _ in range(2)]
+    x = torch.randn(2, 5, 8)
+    direct, mapped = Stack(models), Stack(models)
+    mapped.chain = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = direct.forward(x), mapped.forward(x)
+    assert out.shape == (2, 5, 10) and out.dtype == expected.dtype
+    assert torch.equal(out, expected)
