@@ -22,9 +22,8 @@ from engine.schema.plugins import load_plugins
 from engine.storage.object_store import adopt_filesystem
 from engine.suite.search import RoundMeans
 from engine.suite.suite_file import sampled_point
-from engine.trial.driver import STACKED, Driver, lockstep
+from engine.trial.driver import ALONE, STACKED, Driver, lockstep
 from engine.trial.runner import RayTrainGroups
-from engine.trial.session import start_trial
 from engine.trial.stacked import start_members
 
 
@@ -64,22 +63,6 @@ def point_rounds(cfgs: list, out: str, stop_after: int | None = None, ensemble: 
     if cfgs[0].scaling.workers is not None:
         yield from lockstep(RayTrainGroups(cfgs, out, start=stop_after is None), None, stop_after)
         return
-    if ensemble is not None:
-        driver = Driver(start_members(cfgs, out, ensemble), STACKED)
-    else:
-        driver = Driver(start_all(cfgs, out))
+    driver = Driver(start_members(cfgs, out, ensemble), ALONE if ensemble is None else STACKED)
     with driver:  # a reused Tune actor must not keep the trials' locks
         yield from lockstep(driver, max(s.context.plan.rounds for s in driver.sessions), stop_after)
-
-
-def start_all(cfgs: list, out: str) -> list:
-    """Every trial opened (or resumed) in this process; on a failure, the ones opened are closed."""
-    sessions = []
-    try:
-        for cfg in cfgs:
-            sessions.append(start_trial(cfg, out))
-    except BaseException:
-        for session in sessions:
-            session.close()
-        raise
-    return sessions

@@ -149,12 +149,11 @@ class Driver:
     # --- as lockstep's trials --------------------------------------------------------
 
     def completed(self) -> list[dict[int, dict]]:
-        """Each trial's rows of the rounds it has completed, by round: not the rows after
-        them that it recomputes (a trial recomputed from round 1 keeps its later rows to check)."""
-        return [
-            {row["round"]: row for row in s.store.rows() if row["round"] <= s.state.round} if s.store else {}
-            for s in self.sessions
-        ]
+        """Before the first step: each trial's saved rows of the rounds it has completed, by
+        round, as its session read them when it opened (``TrialSession.expected``): not the
+        rows after them that it recomputes (a trial recomputed from round 1 keeps its later
+        rows to check)."""
+        return [{r: row for r, row in s.expected.items() if r <= s.state.round} for s in self.sessions]
 
     def advance(self) -> list[tuple[int, dict]]:
         return [(i, result.row) for i, result in self.step()]

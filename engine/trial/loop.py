@@ -222,10 +222,7 @@ def evaluate_round(contexts: list[TrialContext], starts: list[RoundStart]) -> li
     (engine/compute/stacked.py); a member alone, by itself.  Sets each start's
     ``eval_seconds`` (a stacked pass's seconds shared equally)."""
     evaluations: list = [None] * len(contexts)
-    groups: dict[int, list[int]] = {}
-    for i, context in enumerate(contexts):
-        groups.setdefault(id(context.data), []).append(i)
-    for group in groups.values():
+    for group in same_data(contexts, range(len(contexts))):
         began = time.perf_counter()
         bn = {i: re_estimate(contexts[i], starts[i]) for i in group}
         first = contexts[group[0]]
@@ -243,6 +240,14 @@ def evaluate_round(contexts: list[TrialContext], starts: list[RoundStart]) -> li
             evaluations[i] = (bn[i], acc, loss)
             starts[i].seconds["eval_seconds"] = seconds
     return evaluations
+
+
+def same_data(contexts: list[TrialContext], members) -> list[list[int]]:
+    """``members`` (indices into ``contexts``) grouped by the data tensors their trials share."""
+    groups: dict[int, list[int]] = {}
+    for i in members:
+        groups.setdefault(id(contexts[i].data), []).append(i)
+    return list(groups.values())
 
 
 def re_estimate(context: TrialContext, start: RoundStart) -> bool:

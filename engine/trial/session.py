@@ -126,7 +126,9 @@ class TrialSession:
         notes: tuple[str, ...] = (),
     ) -> None:
         self.context, self.state, self.store = context, state, store
-        self.expected = expected  # saved rows of the rounds this process recomputes: each must reproduce
+        # The rows saved under out when the trial opened, by round: those of the rounds this
+        # process recomputes must reproduce (engine.trial.resume.verify_row).
+        self.expected = expected
         self.notes = notes  # what was found under out and recovered from (one line each)
         self.rows: list[dict] = []  # the rows of the rounds this session ran
 

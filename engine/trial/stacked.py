@@ -33,7 +33,7 @@ from engine.compute.stacked import DETERMINISTIC, MemberBatches, fit_stacked, me
 from engine.compute.train import OptimizerSpec, seed_for
 from engine.schema.catalogue import ACQUISITION_STRATEGIES
 from engine.schema.config import Config
-from engine.trial.loop import RoundResult, evaluate_round, finish_round, start_round
+from engine.trial.loop import RoundResult, evaluate_round, finish_round, same_data, start_round
 from engine.trial.provenance import now
 from engine.trial.session import TrialSession, start_trial
 from engine.trial.setup import load_data, resolve_device
@@ -46,9 +46,10 @@ def data_key(cfg: Config, device: torch.device) -> str:
     return json.dumps([str(device), cfg.dataset.to_dict(), seed, pretrain], sort_keys=True, default=str)
 
 
-def start_members(cfgs: list[Config], out: str | None, label: str) -> list[TrialSession]:
-    """Open (or resume) every member of the ensemble ``label``; members with the same data
-    share its tensors."""
+def start_members(cfgs: list[Config], out: str | None, label: str | None) -> list[TrialSession]:
+    """Open (or resume) every trial of ``cfgs``: the members of the ensemble ``label`` (None:
+    trials that run alone); trials with the same data share its tensors.  On a failure, the
+    ones opened are closed."""
     loaded: dict[str, Data] = {}
     sessions: list[TrialSession] = []
     try:
@@ -79,7 +80,7 @@ def _score(sessions: list[TrialSession]) -> tuple[list, float]:
     if not stacked:
         return outputs, 0.0
     began = time.perf_counter()
-    for group in _same_data(sessions, stacked):
+    for group in same_data([s.context for s in sessions], stacked):
         first = sessions[group[0]].context
         needs = tuple(
             dict.fromkeys(
@@ -102,14 +103,6 @@ def _score(sessions: list[TrialSession]) -> tuple[list, float]:
         for i, pool in zip(group, scored, strict=True):
             outputs[i] = pool
     return outputs, time.perf_counter() - began
-
-
-def _same_data(sessions: list[TrialSession], members: list[int]) -> list[list[int]]:
-    """``members`` grouped by the data tensors they share."""
-    groups: dict[int, list[int]] = {}
-    for i in members:
-        groups.setdefault(id(sessions[i].context.data), []).append(i)
-    return list(groups.values())
 
 
 def _member_batches(sessions: list[TrialSession], starts: list) -> MemberBatches:
