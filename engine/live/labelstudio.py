@@ -266,13 +266,19 @@ def read_query(path: str) -> pd.DataFrame:
 def recorded(folder: str) -> dict:
     """What ``live init`` recorded in ``DIR/_live/project.json`` (features, classes, shape), or {}."""
     path = os.path.join(folder, RECORD)
+    return _read_json(path, f"{path} is damaged (not JSON).")
+
+
+def _read_json(path: str, damaged: str) -> dict:
+    """The JSON object in ``path``, {} where there is no file; ``damaged``: the ConfigError's
+    message where it is not JSON."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         return {}
     except ValueError:
-        raise ConfigError(f"{path} is damaged (not JSON).") from None
+        raise ConfigError(damaged) from None
 
 
 def _beside(folder: str, given: str | None, name: str) -> str | None:
@@ -522,8 +528,9 @@ def _field(obj: Any, name: str) -> Any:
 
 def _typed_classes(names: list[str], folder: str, eval: str | None) -> list:
     """A project's choice names as the live project's classes (ints stay ints)."""
-    if recorded(folder).get("classes"):
-        return recorded(folder)["classes"]
+    classes = recorded(folder).get("classes")
+    if classes:
+        return classes
     eval = _beside(folder, eval, "eval.parquet")
     if eval is not None:
         return read_classes(eval)
@@ -688,15 +695,7 @@ def _state_path(folder: str, project_id: int) -> str:
 
 def _read_state(folder: str, project_id: int) -> dict:
     path = _state_path(folder, project_id)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
-    except ValueError:
-        raise ConfigError(
-            f"{path} is damaged (not JSON): what was pulled is unknown; restore it from a backup."
-        ) from None
+    return _read_json(path, f"{path} is damaged (not JSON): what was pulled is unknown; restore it from a backup.")
 
 
 def _write_state(folder: str, project_id: int, state: dict) -> None:

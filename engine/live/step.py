@@ -75,7 +75,7 @@ def write_labels(context: TrialContext, files: list[LabelFile]) -> dict[int, int
 
 
 @dataclass
-class Plan:
+class RoundFiles:
     """What a step will do: every round's files (saved rounds, from their rows' label_files;
     new rounds, from the files that arrived: one round per batch, then one for the label
     files), and the rounds to run in order (saved after the checkpoint: redone; then new)."""
@@ -89,7 +89,7 @@ class Plan:
         return [f for r in sorted(self.files) if r <= through for f in self.files[r] if f.batch]
 
 
-def plan(project: Project, rows: dict[int, dict], checkpoint_round: int) -> Plan:
+def round_files(project: Project, rows: dict[int, dict], checkpoint_round: int) -> RoundFiles:
     """Read the consumed files of the saved ``rows`` and check the new ones against them."""
     known = Known.of(project)
     files, consumed = {}, {}
@@ -107,7 +107,7 @@ def plan(project: Project, rows: dict[int, dict], checkpoint_round: int) -> Plan
     if labels:
         files[next_round] = labels
         run.append(next_round)
-    return Plan(files, run, set(redo))
+    return RoundFiles(files, run, set(redo))
 
 
 @dataclass
@@ -126,7 +126,7 @@ def step(out: str, say=None) -> StepResult:
     store = TrialStore(project.out, project.trial_id)
     completed = (store.load_status() or {}).get("round", 0)
     rows = store.read_rows()[0]
-    todo = plan(project, rows, completed)  # refusals before anything opens
+    todo = round_files(project, rows, completed)  # refusals before anything opens
     if not todo.run and not completed:
         raise ConfigError(
             f"No labels yet in {project.path('labels')}: label the ids of {project.query_path(1)} and save them "
@@ -148,7 +148,7 @@ def step(out: str, say=None) -> StepResult:
     return _run(project, cfg, todo, say)
 
 
-def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
+def _run(project: Project, cfg, todo: RoundFiles, say) -> StepResult:
     """The rounds to run, each in a trial session of its own (its data: the pool and the
     batches up to it), saved; then the exported model and the next query.  What to run is
     decided again under each session's lock (the checkpoint it resumes from decides which
@@ -160,7 +160,7 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
     while True:
         with start_trial(cfg, project.out, data=project.data(cfg, device, batches), labels=source) as session:
             context, state = session.context, session.state
-            mine = plan(project, dict(session.expected), state.round)
+            mine = round_files(project, dict(session.expected), state.round)
             source.files = mine.files
             needed = mine.batches(mine.run[0] if mine.run else state.round)
             if [b.sha256 for b in needed] != [b.sha256 for b in batches]:
@@ -190,7 +190,7 @@ def _run(project: Project, cfg, todo: Plan, say) -> StepResult:
     return StepResult(ran, query)
 
 
-def _one_round(project: Project, session, todo: Plan, say) -> dict:
+def _one_round(project: Project, session, todo: RoundFiles, say) -> dict:
     """Round ``state.round + 1`` with its files, by the round driver (trained, saved, reported); its row."""
     round_ = session.state.round + 1
     files = todo.files[round_]
@@ -207,7 +207,7 @@ def _one_round(project: Project, session, todo: Plan, say) -> dict:
     return row
 
 
-def _resume_labels(context: TrialContext, state: TrialState, todo: Plan) -> None:
+def _resume_labels(context: TrialContext, state: TrialState, todo: RoundFiles) -> None:
     """The labels of the rounds already trained into the data, and the labelled state as long
     as the pool is now (a batch since the checkpoint made it longer)."""
     for round_ in range(1, state.round + 1):
